@@ -1,0 +1,130 @@
+"""Typed pipeline config: a YAML file plus dotted ``--set`` overrides, validated before any work.
+
+Each stage declares its own settings as a pydantic ``Config`` class in its module; this module
+assembles them under the stage's name beside the ``run`` section. Unknown keys and bad values fail
+at once with the key's dotted name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from stages import STAGE_ORDER, available_stages, get_stage_class
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the offending key."""
+
+
+class DemoMediaConfig(BaseModel):
+    """Synthetic demo videos generated before the run when absent (the embedded default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dir: str = "runs/demo-media"
+    per_concept: int = Field(1, ge=1, description="clips per (colour, shape, motion) concept")
+    seconds: float = Field(2.0, gt=0)
+    size: tuple[int, int] = (320, 240)
+    fps: int = Field(15, ge=1)
+
+
+class RunConfig(BaseModel):
+    """Where the run writes and which stages it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: str = Field("runs/demo", description="run root: a local path or s3:// / gs:// URI")
+    stages: list[str] = Field(default_factory=lambda: list(available_stages()))
+    ray_address: str | None = Field(None, description="Ray address; None attaches or starts local")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default all)")
+    rows_per_part: int = Field(256, ge=1, description="rows per manifest Parquet part")
+    progress_interval_s: float = Field(10.0, gt=0)
+    demo_media: DemoMediaConfig | None = None
+
+    @field_validator("stages")
+    @classmethod
+    def _known_and_ordered(cls, names: list[str]) -> list[str]:
+        known = available_stages()
+        for n in names:
+            if n not in known:
+                raise ValueError(f"unknown stage {n!r}; available: {', '.join(known)}")
+        if len(set(names)) != len(names):
+            raise ValueError("a stage is listed twice")
+        return sorted(names, key=STAGE_ORDER.index)
+
+
+@cache
+def config_model() -> type[BaseModel]:
+    """The pydantic model of the whole config: ``run`` plus one section per available stage."""
+    sections: dict[str, Any] = {"run": (RunConfig, RunConfig())}
+    for name in available_stages():
+        cfg_cls = get_stage_class(name).Config
+        sections[name] = (cfg_cls, cfg_cls())
+    return create_model(
+        "PipelineConfig", __config__=ConfigDict(extra="forbid", validate_assignment=True), **sections
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"depth.batch_size=32"`` -> (["depth", "batch_size"], 32); values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. depth.batch_size=32")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in a nested dict, creating sections as needed."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BaseModel:
+    """Read YAML (or defaults when ``path`` is None), apply overrides, validate; ``ConfigError`` if bad."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    apply_overrides(data, overrides or [])
+    try:
+        return config_model().model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each starting with the dotted key."""
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err else ""
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}{got}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def section_hash(section: BaseModel) -> str:
+    """A short stable hash of one config section (recorded in ``_SUCCESS.json``)."""
+    blob = json.dumps(section.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,102 @@
+"""The pipeline's entry point: ``python -m pipeline.run``, ``python pipeline/run.py`` and
+``ray submit ray_cluster.yaml pipeline/run.py -- …``.
+
+Runs the configured stages (or one, or a prefix) over a run root, resuming by default, and prints a
+per-stage summary. Exit status: 0 when the run finished (rows may have failed: the summary says how
+many), 2 for a config or input error, 1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python pipeline/run.py` (the form `ray submit` uses)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import store  # noqa: E402
+from pipeline.config import ConfigError, load_config  # noqa: E402
+
+EPILOG = """examples:
+  python -m pipeline.run --config configs/demo.yaml
+  python -m pipeline.run --config configs/demo.yaml --input my_videos.csv --root runs/mine
+  python -m pipeline.run --config configs/vidal.yaml --stage depth --set depth.batch_size=32
+  python -m pipeline.run --config configs/vidal.yaml --until shard --retry-failed
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        description="Build a VIDAL-style dataset: run the pipeline's stages on Ray, writing Parquet "
+        "manifests and WebDataset shards under a run root. Reruns resume where the last run stopped.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="pipeline config YAML (configs/demo.yaml, configs/vidal.yaml); "
+                   "without it, built-in defaults")
+    p.add_argument("--input", metavar="LIST", help="run on your own videos: a CSV/Parquet/JSONL list with a "
+                   "'path' or 'url' column and optional title, hashtags, description columns "
+                   "(replaces discover.inputs)")
+    p.add_argument("--root", help="run root: a local directory or s3:// / gs:// URI (sets run.root)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stage", metavar="NAME", help="run only this stage (its upstream output must exist)")
+    which.add_argument("--until", metavar="NAME", help="run the configured stages up to and including NAME")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true", help="discard the selected stages' output and redo them")
+    mode.add_argument("--retry-failed", action="store_true", help="redo only the rows that failed before")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set depth.batch_size=32 (repeatable; values are YAML)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the final summary")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    overrides = list(args.overrides)
+    if args.root:
+        overrides.append(f"run.root={args.root}")
+    try:
+        config = load_config(args.config, overrides)
+        if args.input:
+            config.discover.inputs = [args.input]
+        from pipeline.runner import run_pipeline, select_stages, summary_table
+
+        stages = select_stages(config, args.stage, args.until)
+        if config.run.demo_media and "discover" in stages and not args.input and not config.discover.inputs:
+            from pipeline.synthetic import make_demo_media
+
+            d = config.run.demo_media
+            config.discover.inputs = [str(make_demo_media(d.dir, per_concept=d.per_concept, seconds=d.seconds,
+                                                          fps=d.fps, size=tuple(d.size)))]
+    except (ConfigError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from pipeline.runner import StageInputError
+
+    mode = "force" if args.force else "retry_failed" if args.retry_failed else "resume"
+    try:
+        reports = run_pipeline(config, stages, mode)
+    except (StageInputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    root = store.normalize(config.run.root)
+    print(f"\nrun root: {root}")
+    print(summary_table(reports))
+    failed = sum(r.counts["failed"] for r in reports)
+    if failed:
+        print(f"{failed} rows failed; their reasons are in each stage's manifest (status='failed', error) "
+              f"and _SUCCESS.json; rerun with --retry-failed to redo them")
+    for r in reports:
+        if r.stage == "shard":
+            info = store.read_json(store.join(root, "shard", "_SUCCESS.json"))
+            print(f"shards: {info.get('shards', 0)} tars, {info.get('samples', 0)} samples in {info.get('dir')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Turns stages into streaming Ray Data plans: read upstream manifests, skip what is done, process,
+write manifest parts atomically, report progress and stats.
+
+One plan per stage::
+
+    upstream ok rows (joined on video_id) ─► drop done ids ─► stage.process ─► write parts ─► stats
+
+Model stages run on an actor pool (``setup()`` once per actor, ``num_gpus`` from config); I/O and
+CPU stages run as tasks that keep one stage instance per worker process.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+import ray
+from pydantic import BaseModel
+
+import pipeline
+from pipeline import manifest, store
+from pipeline.config import section_hash
+from stages import get_stage_class
+from stages.base import FAILED, FILTERED, OK, RunContext, Stage
+
+log = logging.getLogger("vidal")
+Mode = Literal["resume", "force", "retry_failed"]
+TOP_REASONS = 5
+
+
+class StageInputError(RuntimeError):
+    """A stage cannot start: a required upstream stage has no output in this run root."""
+
+
+@dataclass
+class StageReport:
+    """What one stage did in this run, and the state of its whole manifest after it."""
+
+    stage: str
+    rows_in: int = 0  # rows processed in this run
+    skipped: int = 0  # rows already in the manifest (resume)
+    counts: dict[str, int] = field(default_factory=lambda: {OK: 0, FAILED: 0, FILTERED: 0})
+    totals: dict[str, int] = field(default_factory=dict)  # whole manifest, by status
+    wall_s: float = 0.0
+    parts: int = 0
+    reasons: list[dict[str, Any]] = field(default_factory=list)  # top failure / filter reasons
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- Ray -------------------------------------------------------------------------------------------
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Attach to a running cluster (``ray submit``, ``RAY_ADDRESS``) or start a local one."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
+        return
+    try:
+        ray.init(address="auto", runtime_env=env)
+        log.info("attached to the running Ray cluster")
+    except (ConnectionError, RuntimeError, ValueError):
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, runtime_env=env)
+        log.info("started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+
+
+# -- workers ---------------------------------------------------------------------------------------
+_WORKER_STAGES: dict[tuple[str, str], Stage] = {}
+_DONE_SETS: dict[str, frozenset[str]] = {}
+
+
+def _make_stage(name: str, config_json: dict[str, Any], context: RunContext) -> Stage:
+    cls = get_stage_class(name)
+    stage = cls(cls.Config.model_validate(config_json), context)
+    stage.setup()
+    return stage
+
+
+def _checked(stage: Stage, out: pa.Table) -> pa.Table:
+    schema = stage.output_schema()
+    missing = [f.name for f in schema if f.name not in out.column_names]
+    if missing:
+        raise RuntimeError(f"stage {stage.name} returned a batch without columns {missing}")
+    return out.select(schema.names).cast(schema)
+
+
+def _run_task(batch: pa.Table, name: str, config_json: dict[str, Any], context: RunContext) -> pa.Table:
+    # One stage instance per worker process, so setup() (clients, caches) is paid once.
+    key = (name, context.stage_config_hash)
+    if key not in _WORKER_STAGES:
+        _WORKER_STAGES[key] = _make_stage(name, config_json, context)
+    stage = _WORKER_STAGES[key]
+    return _checked(stage, stage.process(batch))
+
+
+class _StageActor:
+    """Actor-pool wrapper: loads the stage's models once, then processes batches."""
+
+    def __init__(self, name: str, config_json: dict[str, Any], context: RunContext):
+        self.stage = _make_stage(name, config_json, context)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _checked(self.stage, self.stage.process(batch))
+
+
+def _read_source(items: pa.Table, name: str, config_json: dict[str, Any], context: RunContext) -> Iterator[pa.Table]:
+    cls = get_stage_class(name)
+    stage = cls(cls.Config.model_validate(config_json), context)
+    for item in items.to_pylist():
+        yield from stage.read_inputs(item)
+
+
+def _drop_done(batch: pa.Table, done_ref: list[Any]) -> pa.Table:
+    key = done_ref[0].hex()
+    if key not in _DONE_SETS:
+        _DONE_SETS[key] = frozenset(ray.get(done_ref[0]))
+    done = _DONE_SETS[key]
+    mask = pa.array([vid not in done for vid in batch["video_id"].to_pylist()], pa.bool_())
+    return batch.filter(mask)
+
+
+def _dedupe_batch(batch: pa.Table) -> pa.Table:
+    ids = batch["video_id"].to_pylist()
+    first = {v: i for i, v in reversed(list(enumerate(ids)))}
+    return batch.take(sorted(first.values())) if len(first) < len(ids) else batch
+
+
+def _write_part(batch: pa.Table, root: str, stage: str) -> pa.Table:
+    """Write one manifest part and return one stats row describing it."""
+    store.write_parquet(manifest.new_part_uri(root, stage), batch)
+    statuses = batch["status"].to_pylist()
+    reasons = collections.Counter()
+    example: dict[tuple[str, str], str] = {}
+    for vid, status, err in zip(batch["video_id"].to_pylist(), statuses, batch["error"].to_pylist()):
+        if status != OK:
+            k = (status, err or "")
+            reasons[k] += 1
+            example.setdefault(k, vid)
+    c = collections.Counter(statuses)
+    return pa.table({
+        "rows": [len(batch)], OK: [c[OK]], FAILED: [c[FAILED]], FILTERED: [c[FILTERED]],
+        "reasons": [[{"status": s, "reason": r, "count": n, "example": example[(s, r)]}
+                     for (s, r), n in reasons.most_common(TOP_REASONS * 4)]],
+    })
+
+
+# -- plans -----------------------------------------------------------------------------------------
+def _upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray.data.Dataset | None, int]:
+    """The ok rows of the stage's upstream stages joined on video_id, with only the needed columns."""
+    present = [s for s in cls.upstream + cls.optional_upstream if manifest.has_output(root, s)]
+    required, optional = cls.plan_upstream(config, present)
+    missing = [s for s in required if s not in present]
+    if missing:
+        raise StageInputError(
+            f"stage {cls.name!r} needs the output of {missing} under {root}; "
+            f"run `--until {cls.name}` or `--stage {missing[0]}` first"
+        )
+    taken: set[str] = {"video_id"}
+    plan: list[tuple[str, list[str], str]] = []
+    for up in [*required, *optional]:
+        schema = manifest.read_schema(root, up)
+        cols = [c for c in schema.names if c not in ("video_id", "status", "error")]
+        wanted = [c for c in cols if c not in taken and (cls.reads is None or c in cls.reads)]
+        taken.update(wanted)
+        if wanted or up in required:
+            plan.append((up, wanted, "inner" if up in required else "left_outer"))
+    ds, n_rows = None, 0
+    for up, cols, how in plan:
+        ids = manifest.read_columns(root, up, ["video_id"], status=OK)
+        if ds is None:
+            n_rows = len(ids)
+        if n_rows == 0:
+            return None, 0
+        part = ray.data.read_parquet(manifest.part_files(root, up), columns=["video_id", "status", *cols])
+        part = part.filter(expr="status == 'ok'").drop_columns(["status"])
+        if ds is None:
+            ds = part
+        else:
+            ds = ds.join(part, join_type=how, num_partitions=max(1, min(16, n_rows // 5000 + 1)),
+                         on=("video_id",))
+    return ds, n_rows
+
+
+def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageReport:
+    """Run one stage over everything its upstream produced that it has not done yet."""
+    cls = get_stage_class(name)
+    section = getattr(config, name)
+    root = store.normalize(config.run.root)
+    out_dir = manifest.stage_dir(root, name)
+    started = time.time()
+    if mode == "force":
+        store.remove(out_dir)
+    store.remove_temp_files(out_dir)
+    manifest.clear_success(root, name)
+    if mode == "retry_failed":
+        log.info("[%s] retrying %d failed rows", name, manifest.drop_status(root, name, FAILED))
+    context = RunContext(root=root, stage_config_hash=section_hash(section))
+    config_json = section.model_dump(mode="json")
+    stage = cls(section, context)
+    done = manifest.done_ids(root, name)
+    report = StageReport(stage=name, skipped=len(done))
+
+    if cls.upstream or cls.optional_upstream:
+        ds, expected = _upstream_input(cls, config, root)
+    else:
+        items = stage.plan_inputs()
+        ds = ray.data.from_items(items) if items else None
+        expected = 0
+        if ds is not None:
+            ds = ds.map_batches(_read_source, batch_size=1, batch_format="pyarrow",
+                                fn_kwargs={"name": name, "config_json": config_json, "context": context})
+            ds = ds.map_batches(_dedupe_batch, batch_format="pyarrow", batch_size=None)
+    if ds is not None and len(done):
+        ds = ds.map_batches(_drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(done.to_pylist())]})
+
+    if ds is not None:
+        stage.prepare()
+        try:
+            _execute(ds, stage, config, report, config_json, context, expected - len(done) if expected else 0)
+        finally:
+            stage.finish()
+
+    report.totals = manifest.status_counts(root, name)
+    report.wall_s = round(time.time() - started, 3)
+    manifest.write_success(root, name, {
+        "stage": name,
+        "rows_in": report.rows_in,
+        "skipped_already_done": report.skipped,
+        "this_run": report.counts,
+        "totals": report.totals,
+        "top_reasons": report.reasons,
+        "wall_s": report.wall_s,
+        "rows_per_s": round(report.rows_in / report.wall_s, 3) if report.wall_s else None,
+        "config_hash": context.stage_config_hash,
+        "config": config_json,
+        "models": stage.models(),
+        **stage.summary(),
+        "vidal_version": pipeline.__version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return report
+
+
+def _execute(ds: ray.data.Dataset, stage: Stage, config: BaseModel, report: StageReport,
+             config_json: dict[str, Any], context: RunContext, expected: int) -> None:
+    """Add the stage and the manifest writer to the plan and drive it."""
+    res = stage.resources()
+    kwargs = {"name": stage.name, "config_json": config_json, "context": context}
+    common: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "pyarrow", "num_cpus": res.num_cpus}
+    if res.num_gpus:
+        common["num_gpus"] = res.num_gpus
+    if res.actors:
+        ds = ds.map_batches(_StageActor, fn_constructor_kwargs=kwargs, **common,
+                            compute=ray.data.ActorPoolStrategy(min_size=res.actors[0], max_size=res.actors[1]))
+    else:
+        ds = ds.map_batches(_run_task, fn_kwargs=kwargs, **common)
+    ds = ds.map_batches(_write_part, batch_size=config.run.rows_per_part, batch_format="pyarrow",
+                        fn_kwargs={"root": context.root, "stage": stage.name})
+    _collect(ds, report, expected, config.run.progress_interval_s)
+
+
+def _collect(ds: ray.data.Dataset, report: StageReport, expected: int, interval_s: float) -> None:
+    """Drive the streaming plan, aggregating per-part stats and printing a periodic progress line."""
+    reasons: collections.Counter[tuple[str, str]] = collections.Counter()
+    examples: dict[tuple[str, str], str] = {}
+    t0 = last = time.time()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            report.rows_in += row["rows"]
+            report.parts += 1
+            for s in (OK, FAILED, FILTERED):
+                report.counts[s] += row[s]
+            for r in row["reasons"]:
+                k = (r["status"], r["reason"])
+                reasons[k] += r["count"]
+                examples.setdefault(k, r["example"])
+        if time.time() - last >= interval_s:
+            last = time.time()
+            rate = report.rows_in / max(last - t0, 1e-9)
+            of = f"/{expected}" if expected > 0 else ""
+            log.info("[%s] %d%s rows (ok %d, failed %d, filtered %d) %.1f rows/s", report.stage,
+                     report.rows_in, of, report.counts[OK], report.counts[FAILED], report.counts[FILTERED], rate)
+    report.reasons = [{"status": s, "reason": r, "count": n, "example": examples[(s, r)]}
+                      for (s, r), n in reasons.most_common(TOP_REASONS)]
+
+
+def select_stages(config: BaseModel, stage: str | None, until: str | None) -> list[str]:
+    """The stages to run: one (``--stage``), a prefix (``--until``), or all configured."""
+    configured = list(config.run.stages)
+    if stage:
+        return [stage]
+    if until:
+        if until not in configured:
+            raise ValueError(f"--until {until!r} is not among the configured stages {configured}")
+        return configured[: configured.index(until) + 1]
+    return configured
+
+
+def run_pipeline(config: BaseModel, stages: list[str], mode: Mode = "resume") -> list[StageReport]:
+    """Run stages in order; each reads what the previous ones wrote under the run root."""
+    init_ray(config.run.ray_address, config.run.num_cpus)
+    reports = []
+    for name in stages:
+        log.info("[%s] starting", name)
+        report = run_stage(config, name, mode)
+        log.info("[%s] done: %d rows in %.1fs (ok %d, failed %d, filtered %d; %d already done)", name,
+                 report.rows_in, report.wall_s, report.counts[OK], report.counts[FAILED],
+                 report.counts[FILTERED], report.skipped)
+        reports.append(report)
+    return reports
+
+
+def summary_table(reports: list[StageReport]) -> str:
+    """The final per-stage table printed at the end of a run."""
+    head = f"{'stage':<10} {'in':>7} {'ok':>7} {'failed':>7} {'filtered':>8} {'skipped':>8} {'total ok':>8} {'wall s':>8}"
+    lines = [head, "-" * len(head)]
+    for r in reports:
+        lines.append(f"{r.stage:<10} {r.rows_in:>7} {r.counts[OK]:>7} {r.counts[FAILED]:>7} "
+                     f"{r.counts[FILTERED]:>8} {r.skipped:>8} {r.totals.get(OK, 0):>8} {r.wall_s:>8.1f}")
+    return "\n".join(lines)
+
+

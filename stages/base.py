@@ -1,0 +1,173 @@
+"""The stage interface: what every pipeline stage is, independent of how the runner executes it.
+
+A stage is a small class. The runner (``pipeline.runner``) builds one instance per Ray actor or task,
+calls ``setup()`` once and ``process(batch)`` per batch. ``process`` gets a ``pyarrow.Table`` with the
+columns in ``reads`` (from the ``ok`` rows of the ``upstream`` stages joined on ``video_id``) and
+returns a table with ``video_id``, ``status``, ``error`` and the columns of ``schema``. One bad row
+becomes a row with ``status="failed"`` and a one-line ``error``; it never crashes the batch.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+OK, FAILED, FILTERED = "ok", "failed", "filtered"
+STATUSES = (OK, FAILED, FILTERED)
+BASE_FIELDS = [
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+]
+
+
+class StageConfig(BaseModel):
+    """Settings every stage has; a stage's own ``Config`` subclasses this and adds its keys."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    batch_size: int = Field(16, ge=1, description="rows per call of process()")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per task or actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions share a GPU)")
+    actors: tuple[int, int] = Field((1, 1), description="actor pool (min, max) for model stages")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the runner should schedule a stage: tasks for I/O stages, an actor pool for model stages."""
+
+    batch_size: int = 16
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    actors: tuple[int, int] | None = None  # None: stateless tasks
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a stage may know of the run: where it writes media and the run's identity."""
+
+    root: str  # run root URI (local path or s3://…)
+    stage_config_hash: str = ""
+
+
+class Stage:
+    """Base class of pipeline stages; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    upstream: ClassVar[tuple[str, ...]] = ()  # required: their ok rows are inner-joined
+    optional_upstream: ClassVar[tuple[str, ...]] = ()  # left-joined when present in the run
+    reads: ClassVar[tuple[str, ...] | None] = ("video_id",)  # None: every upstream column
+    schema: ClassVar[pa.Schema] = pa.schema([])  # output columns besides video_id/status/error
+    uses_model: ClassVar[bool] = False  # True: run on an actor pool, setup() once per actor
+    Config: ClassVar[type[StageConfig]] = StageConfig
+
+    def __init__(self, config: StageConfig, context: RunContext):
+        self.config = config
+        self.context = context
+
+    # -- what subclasses implement -------------------------------------------------------------
+    def setup(self) -> None:
+        """Load models or open clients; called once per actor (or task) before any batch."""
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Turn an input batch into output rows; by default one ``process_row`` call per row."""
+        return self.rows_to_table(self.process_rows(batch.to_pylist()))
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Process one row; raise ``RowError`` (or any exception) to mark it failed."""
+        raise NotImplementedError
+
+    def models(self) -> dict[str, str]:
+        """Model ids from config (no loading): recorded in ``_SUCCESS.json``."""
+        return {}
+
+    def prepare(self) -> None:
+        """On the driver, before the stage's plan runs (e.g. start a coordinating actor)."""
+
+    def finish(self) -> None:
+        """On the driver, after the stage's plan ran (even when it failed)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Extra totals for ``_SUCCESS.json``, computed on the driver after the run."""
+        return {}
+
+    @classmethod
+    def plan_upstream(cls, config: Any, present: list[str]) -> tuple[list[str], list[str]]:
+        """(required, optional) upstream stages for this run, given those with output under the root."""
+        return list(cls.upstream), [s for s in cls.optional_upstream if s in present]
+
+    # -- source stages (no upstream): the runner calls these instead of reading manifests ---------
+    def plan_inputs(self) -> list[dict[str, Any]]:
+        """Small descriptors of the inputs (one per file, term, ...), read in parallel by tasks."""
+        raise NotImplementedError(f"stage {self.name} has no upstream and no inputs")
+
+    def read_inputs(self, item: dict[str, Any]) -> Iterator[pa.Table]:
+        """Candidate rows for one input descriptor, as tables of at most a few thousand rows."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def process_rows(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Apply ``process_row`` to each row, turning exceptions into failed rows."""
+        for row in rows:
+            yield run_isolated(row["video_id"], lambda r=row: self.process_row(r))
+
+    @classmethod
+    def output_schema(cls) -> pa.Schema:
+        """The full output schema: base fields then the stage's own columns."""
+        return pa.schema(BASE_FIELDS + list(cls.schema))
+
+    @classmethod
+    def rows_to_table(cls, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+        """Build an output table in ``output_schema()``; missing columns become nulls."""
+        schema = cls.output_schema()
+        rows = list(rows)
+        columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+        return pa.Table.from_pydict(columns, schema=schema)
+
+    def resources(self) -> Resources:
+        """Scheduling from config: an actor pool when the stage loads a model, else tasks."""
+        c = self.config
+        actors = tuple(c.actors) if self.uses_model else None
+        return Resources(c.batch_size, c.num_cpus, c.num_gpus, actors)
+
+
+class RowError(Exception):
+    """A row-level failure with a reason meant for the manifest's ``error`` column."""
+
+    def __init__(self, reason: str, status: str = FAILED):
+        super().__init__(reason)
+        self.status = status
+
+
+class RowFiltered(RowError):
+    """A row dropped by a rule (not a failure): ``status="filtered"`` with the rule as the reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, status=FILTERED)
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Collapse an error message to one line of bounded length for the ``error`` column."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def run_isolated(video_id: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``fn`` for one row; a raised error becomes a failed (or filtered) row with its reason."""
+    try:
+        out = dict(fn())
+        out.setdefault("video_id", video_id)
+        out.setdefault("status", OK)
+        out.setdefault("error", None)
+        return out
+    except RowError as e:
+        return {"video_id": video_id, "status": e.status, "error": one_line(str(e))}
+    except Exception as e:  # a bad row is data, not a crash
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        reason = f"{type(e).__name__}: {e} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        return {"video_id": video_id, "status": FAILED, "error": one_line(reason)}

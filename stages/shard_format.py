@@ -1,0 +1,95 @@
+"""The shard format: the one contract between the pipeline's shard writer and the trainer's reader.
+
+One WebDataset sample per video, keyed by ``video_id``::
+
+    rgb.0.jpg … rgb.7.jpg     RGB frames (JPEG, short side 256)
+    depth.0.png … depth.7.png depth in millimetres (uint16 PNG, clipped at 10 m)
+    ir.0.jpg … ir.7.jpg       thermal infrared (8-bit single-channel JPEG)
+    flac                      16 kHz mono audio (absent when the video has none)
+    mp4                       the source video (optional)
+    json                      text and metadata (``JSON_FIELDS``)
+
+Beside each ``NNNNN.tar`` the writer puts ``NNNNN.parquet`` (one row per sample: key and text fields)
+and the shard directory gets a ``_SUCCESS.json`` with totals. This module has no heavy imports so
+that both ``stages.shard`` and ``model.data`` can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+NUM_FRAMES = 8
+SAMPLE_RATE = 16_000
+DEPTH_MAX_MM = 10_000  # VIDAL clips depth at 10 m and stores millimetres
+
+# Per-frame keys: modality -> (prefix, extension). Frame i of a modality is f"{prefix}.{i}.{ext}".
+FRAME_KEYS: dict[str, tuple[str, str]] = {
+    "rgb": ("rgb", "jpg"),
+    "depth": ("depth", "png"),
+    "ir": ("ir", "jpg"),
+}
+AUDIO_KEY = "flac"
+VIDEO_KEY = "mp4"
+JSON_KEY = "json"
+
+# The JSON fields, named as in the released VIDAL-10M metadata.
+TEXT_FIELDS = ("raw", "mplug", "polish_mplug", "sound_mplug", "asr")
+LIST_TEXT_FIELDS = ("ofa",)
+JSON_FIELDS = (
+    "video_id",
+    "url",
+    "title",
+    "hashtags",
+    "raw",
+    "ofa",
+    "mplug",
+    "polish_mplug",
+    "sound_mplug",
+    "asr",
+    "duration",
+    "fps",
+    "width",
+    "height",
+    "license",
+    "depth_kind",
+    "models",
+)
+MODEL_COLUMN_SUFFIX = "_model"  # a model stage writes f"{stage}_model" per row; the JSON's models map
+
+SHARD_NAME_DIGITS = 5
+_VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def frame_key(modality: str, index: int) -> str:
+    """The tar member suffix of frame ``index`` of ``modality`` (``rgb``, ``depth`` or ``ir``)."""
+    prefix, ext = FRAME_KEYS[modality]
+    return f"{prefix}.{index}.{ext}"
+
+
+def shard_name(index: int) -> str:
+    """``00012`` for shard 12; tars are ``{name}.tar`` and their indexes ``{name}.parquet``."""
+    return f"{index:0{SHARD_NAME_DIGITS}d}"
+
+
+def is_valid_video_id(video_id: str) -> bool:
+    """True for ids made only of ``[A-Za-z0-9_-]``, at most 64 characters (safe as a key and a file name)."""
+    return bool(_VIDEO_ID.match(video_id))
+
+
+def encode_json(meta: dict[str, Any]) -> bytes:
+    """Encode a sample's JSON with exactly ``JSON_FIELDS`` (missing ones as null)."""
+    return json.dumps({k: meta.get(k) for k in JSON_FIELDS}, ensure_ascii=False).encode("utf-8")
+
+
+def frames_of(sample: dict[str, Any], modality: str) -> list[bytes]:
+    """The encoded frames of one modality in a raw (undecoded) WebDataset sample, in frame order."""
+    prefix, ext = FRAME_KEYS[modality]
+    out = []
+    for i in range(NUM_FRAMES):
+        data = sample.get(f"{prefix}.{i}.{ext}")
+        if data is None:
+            break
+        out.append(data)
+    return out
