@@ -103,3 +103,49 @@ def write_success(root: str, stage: str, summary: dict[str, Any]) -> None:
 
 def clear_success(root: str, stage: str) -> None:
     store.remove(store.join(stage_dir(root, stage), SUCCESS))
+
+
+STATUS_RANK = {"ok": 0, "filtered": 1, "failed": 2}
+
+
+def dedupe(root: str, stage: str) -> int:
+    """Keep one row per video_id (the best status, then the first part); returns rows removed.
+
+    Duplicates arise when a killed run's in-flight tasks finish after a rerun has read what was
+    done; the rerun calls this before it declares the stage complete.
+    """
+    parts = part_files(root, stage)
+    best: dict[str, tuple[int, int]] = {}  # video_id -> (rank, part index)
+    counts: Counter[str] = Counter()
+    per_part: list[tuple[list[str], list[str]]] = []
+    for i, uri in enumerate(parts):
+        fs, path = store.resolve(uri)
+        t = pq.read_table(path, filesystem=fs, columns=["video_id", "status"])
+        ids, statuses = t["video_id"].to_pylist(), t["status"].to_pylist()
+        per_part.append((ids, statuses))
+        for vid, st in zip(ids, statuses):
+            counts[vid] += 1
+            cand = (STATUS_RANK.get(st, 3), i)
+            if vid not in best or cand < best[vid]:
+                best[vid] = cand
+    if all(n == 1 for n in counts.values()):
+        return 0
+    removed = 0
+    for i, (uri, (ids, _)) in enumerate(zip(parts, per_part)):
+        keep = [counts[v] == 1 or best[v][1] == i for v in ids]
+        # within the winning part a duplicate id may repeat: keep its first occurrence only
+        seen: set[str] = set()
+        for j, v in enumerate(ids):
+            if keep[j] and counts[v] > 1:
+                keep[j] = v not in seen
+                seen.add(v)
+        if all(keep):
+            continue
+        removed += len(keep) - sum(keep)
+        fs, path = store.resolve(uri)
+        table = pq.read_table(path, filesystem=fs).filter(pa.array(keep))
+        if len(table):
+            store.write_parquet(uri, table)
+        else:
+            store.remove(uri)
+    return removed

@@ -67,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.runner import run_pipeline, select_stages, summary_table
 
         stages = select_stages(config, args.stage, args.until)
-        if config.run.demo_media and "discover" in stages and not args.input and not config.discover.inputs:
+        if config.run.demo_media and "discover" in stages and not args.input and not config.discover.has_inputs():
             from pipeline.synthetic import make_demo_media
 
             d = config.run.demo_media
+            # file:// URLs, so that the demo runs the real yt-dlp path (download.allow_file_urls)
             config.discover.inputs = [str(make_demo_media(d.dir, per_concept=d.per_concept, seconds=d.seconds,
-                                                          fps=d.fps, size=tuple(d.size)))]
+                                                          fps=d.fps, size=tuple(d.size), as_urls=True))]
     except (ConfigError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -21,12 +22,13 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import ray
+from ray.data.expressions import col
 from pydantic import BaseModel
 
 import pipeline
 from pipeline import manifest, store
 from pipeline.config import section_hash
-from stages import get_stage_class
+from stages import STAGE_ORDER, get_stage_class
 from stages.base import FAILED, FILTERED, OK, RunContext, Stage
 
 log = logging.getLogger("vidal")
@@ -57,21 +59,28 @@ class StageReport:
 
 # -- Ray -------------------------------------------------------------------------------------------
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Attach to a running cluster (``ray submit``, ``RAY_ADDRESS``) or start a local one."""
-    if ray.is_initialized():
-        return
-    env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
-        return
-    try:
-        ray.init(address="auto", runtime_env=env)
-        log.info("attached to the running Ray cluster")
-    except (ConnectionError, RuntimeError, ValueError):
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, runtime_env=env)
-        log.info("started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
+    """Attach to a running cluster (``ray submit``, ``RAY_ADDRESS``, ``ray start``) or start a local one.
+
+    ``address="local"`` always starts a fresh local instance.
+    """
+    if not ray.is_initialized():
+        env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address and address != "local":
+            ray.init(address=address, runtime_env=env)
+        else:
+            try:
+                if address == "local":
+                    raise ConnectionError
+                ray.init(address="auto", runtime_env=env)
+                log.info("attached to the running Ray cluster")
+            except (ConnectionError, RuntimeError, ValueError):
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                         runtime_env=env)
+                log.info("started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    # On a terminal Ray Data draws live bars; elsewhere our periodic progress line is the progress.
+    ctx.enable_progress_bars = sys.stderr.isatty()
     ctx.print_on_execution_start = False
 
 
@@ -166,13 +175,16 @@ def _upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray
             f"stage {cls.name!r} needs the output of {missing} under {root}; "
             f"run `--until {cls.name}` or `--stage {missing[0]}` first"
         )
-    taken: set[str] = {"video_id"}
+    # A column present in several upstreams is taken from the latest stage in pipeline order
+    # (probe's measured duration over discover's claimed one, captions over imported ones).
+    owner: dict[str, str] = {}
+    for up in sorted([*required, *optional], key=STAGE_ORDER.index):
+        for c in manifest.read_schema(root, up).names:
+            if c not in ("video_id", "status", "error") and (cls.reads is None or c in cls.reads):
+                owner[c] = up
     plan: list[tuple[str, list[str], str]] = []
     for up in [*required, *optional]:
-        schema = manifest.read_schema(root, up)
-        cols = [c for c in schema.names if c not in ("video_id", "status", "error")]
-        wanted = [c for c in cols if c not in taken and (cls.reads is None or c in cls.reads)]
-        taken.update(wanted)
+        wanted = [c for c, o in owner.items() if o == up]
         if wanted or up in required:
             plan.append((up, wanted, "inner" if up in required else "left_outer"))
     ds, n_rows = None, 0
@@ -182,8 +194,8 @@ def _upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray
             n_rows = len(ids)
         if n_rows == 0:
             return None, 0
-        part = ray.data.read_parquet(manifest.part_files(root, up), columns=["video_id", "status", *cols])
-        part = part.filter(expr="status == 'ok'").drop_columns(["status"])
+        part = ray.data.read_parquet(manifest.part_files(root, up)).select_columns(["video_id", "status", *cols])
+        part = part.filter(expr=col("status") == OK).drop_columns(["status"])
         if ds is None:
             ds = part
         else:
@@ -231,6 +243,9 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
         finally:
             stage.finish()
 
+    removed = manifest.dedupe(root, name)
+    if removed:
+        log.warning("[%s] removed %d duplicate rows left by an earlier, killed run", name, removed)
     report.totals = manifest.status_counts(root, name)
     report.wall_s = round(time.time() - started, 3)
     manifest.write_success(root, name, {
@@ -256,6 +271,9 @@ def _execute(ds: ray.data.Dataset, stage: Stage, config: BaseModel, report: Stag
              config_json: dict[str, Any], context: RunContext, expected: int) -> None:
     """Add the stage and the manifest writer to the plan and drive it."""
     res = stage.resources()
+    # Blocks of at most rows_per_part rows: a task's output reaches the manifest when the task ends,
+    # so this bounds what a killed run loses, and it spreads small runs over all workers.
+    ds = ds.repartition(target_num_rows_per_block=config.run.rows_per_part)
     kwargs = {"name": stage.name, "config_json": config_json, "context": context}
     common: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "pyarrow", "num_cpus": res.num_cpus}
     if res.num_gpus:

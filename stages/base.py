@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OK, FAILED, FILTERED = "ok", "failed", "filtered"
 STATUSES = (OK, FAILED, FILTERED)
@@ -35,6 +35,28 @@ class StageConfig(BaseModel):
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per task or actor")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions share a GPU)")
     actors: tuple[int, int] = Field((1, 1), description="actor pool (min, max) for model stages")
+
+    # Validators, not Field bounds, so that a subclass that changes a default keeps the check.
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _non_negative_gpus(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("actors")
+    @classmethod
+    def _actor_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError("must be (min, max) with 1 <= min <= max")
+        return v
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,8 @@ def probe_file(
     """
     try:
         container = av.open(source, metadata_errors="ignore")
+    except FileNotFoundError:
+        raise MediaError(f"file not found: {source}") from None
     except av.error.InvalidDataError as e:
         raise MediaError(f"not a readable media file ({e.strerror or e})") from None
     except av.error.FFmpegError as e:

@@ -1,0 +1,408 @@
+"""WebDataset loader over the pipeline's shards (``stages.shard_format``), for training and evaluation.
+
+One ``ShardStream`` per rank, read by a ``torch`` DataLoader whose workers open the tars, shuffle,
+decode (``model.preprocess``) and batch, so the training process only receives tensors:
+
+- shards: a path, directory, glob, brace pattern (``runs/x/shard/{00000..00009}.tar``), ``::``-joined
+  list, or URLs (``http(s)://``, ``s3://``/``gs://`` through pyarrow, ``pipe:cmd``);
+- each epoch the shard order is reshuffled from ``(seed, epoch)``, identical on every rank, then split
+  by rank and by DataLoader worker; a sample shuffle buffer follows;
+- ``resampled``: every worker draws shards with replacement from weighted sources instead;
+- each rank yields exactly ``batches_per_epoch`` micro-batches (webdataset's ``with_epoch``), so DDP
+  ranks never wait on one another at an epoch's end; a worker that runs out of shards starts again;
+- a sample that fails to decode is skipped and counted (``bad``), one without the requested
+  modalities or text is skipped and counted (``filtered``); neither stops the run;
+- every batch says which worker made it and how many samples that worker has read this epoch, which
+  makes the data position of a checkpoint exact (``resume``): augmentation and text choices are
+  seeded per sample from ``(seed, epoch, key)``, so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import braceexpand
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.filters import _shuffle
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+# Imported here, not in the workers: forked DataLoader workers inherit it instead of importing anew
+# (torchvision and PyAV take seconds) at every epoch.
+from model.preprocess import preprocess
+from model.text_choice import TEXT_FIELDS, NoText, choose_text, frame_for
+from stages.shard_format import AUDIO_KEY, JSON_KEY, frames_of
+
+log = logging.getLogger(__name__)
+
+# Model modality -> the shard's frame prefix (``audio`` is the ``flac`` member).
+FRAME_MODALITY = {"video": "rgb", "depth": "depth", "infrared": "ir"}
+INDEX_FLAG = {"audio": "has_audio", "depth": "has_depth", "infrared": "has_ir"}
+MAX_WARNINGS = 5  # per worker and epoch: the count keeps going, the log does not
+
+
+class Source(BaseModel):
+    """One weighted source of shards for resampled mode."""
+
+    model_config = ConfigDict(extra="forbid")
+    shards: str | list[str]
+    weight: float = Field(1.0, gt=0)
+
+
+class DataConfig(BaseModel):
+    """Where the shards are and how they become batches."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    shards: str | list[str] = Field("runs/demo/shard", description="path, dir, glob, brace pattern or URLs")
+    modalities: list[str] = Field(default_factory=lambda: ["video"], description="towers to train")
+    text_field: str = Field("raw", description=f"one of {TEXT_FIELDS}")
+    mix: dict[str, float] | None = Field(None, description="weights for text_field=mix (LanguageBind's if null)")
+    batch_size: int = Field(32, ge=1, description="micro-batch per rank")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
+    prefetch: int = Field(4, ge=1, description="batches each worker keeps ready")
+    shuffle_buffer: int = Field(1000, ge=0, description="samples; 0 keeps shard order")
+    shard_shuffle: bool = True
+    resampled: bool = Field(False, description="draw shards with replacement from `sources`")
+    sources: list[Source] = Field(default_factory=list, description="weighted shard sets (resampled)")
+    epoch_samples: int | None = Field(None, ge=1, description="samples per epoch; null: count the shard indexes")
+    augment: bool = Field(True, description="random crop and flip (off where direction matters)")
+    holdout: float = Field(0.0, ge=0, lt=1, description="fraction of video ids held out for evaluation")
+    split_seed: int = 0
+
+    @field_validator("modalities")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in (*FRAME_MODALITY, "audio")]
+        if bad or not v:
+            raise ValueError(f"unknown modalities {bad}; choose from video, audio, depth, infrared")
+        return v
+
+    @field_validator("text_field")
+    @classmethod
+    def _field(cls, v: str) -> str:
+        if v not in TEXT_FIELDS:
+            raise ValueError(f"unknown text field {v!r}; choose from {list(TEXT_FIELDS)}")
+        return v
+
+
+# -- shard lists ------------------------------------------------------------------------------
+def expand_shards(spec: str | list[str]) -> list[str]:
+    """Shard URLs of a path, directory (its ``*.tar``), glob, brace pattern, ``::`` list or URL list."""
+    parts = spec if isinstance(spec, list) else str(spec).split("::")
+    urls: list[str] = []
+    for part in parts:
+        for item in braceexpand.braceexpand(str(part).strip()):
+            if "://" in item or item.startswith("pipe:"):
+                urls.append(item)
+            elif os.path.isdir(item):
+                urls += sorted(glob.glob(os.path.join(item, "*.tar")))
+            elif glob.has_magic(item):
+                urls += sorted(glob.glob(item))
+            elif os.path.exists(item):
+                urls.append(item)
+            else:
+                raise FileNotFoundError(f"shard {item!r} does not exist (from {spec!r})")
+    if not urls:
+        raise FileNotFoundError(f"no shards match {spec!r}")
+    return urls
+
+
+def open_shard(url: str) -> Any:
+    """A binary stream of one tar: local path, ``file://``, ``http(s)://``, pyarrow filesystems, ``pipe:``."""
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    if "://" not in url and not url.startswith("pipe:"):
+        return open(url, "rb")
+    if url.startswith(("http://", "https://")):
+        import requests
+
+        response = requests.get(url, stream=True, timeout=60)
+        response.raise_for_status()
+        response.raw.decode_content = True
+        return response.raw
+    if url.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
+        return gopen(url)
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(url)
+    return filesystem.open_input_stream(path)
+
+
+def in_holdout(key: str, fraction: float, seed: int = 0) -> bool:
+    """True for the ~``fraction`` of video ids held out for evaluation (a stable hash of the id)."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha1(f"{seed}/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+Split = Literal["train", "holdout", "all"]
+
+
+def keep_key(key: str, split: Split, fraction: float, seed: int) -> bool:
+    """Whether ``key`` belongs to ``split`` (``all`` keeps everything)."""
+    if split == "all" or fraction <= 0:
+        return split != "holdout"
+    return in_holdout(key, fraction, seed) == (split == "holdout")
+
+
+def count_samples(urls: list[str], modalities: list[str], split: Split, fraction: float, seed: int) -> int | None:
+    """Samples of ``split`` with any of ``modalities``, from the Parquet index beside each tar; None
+    when an index is missing (remote shards without one: set ``data.epoch_samples``)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for url in urls:
+        index = url[: -len(".tar")] + ".parquet" if url.endswith(".tar") else None
+        if index is None or "://" in index or not os.path.exists(index):
+            return None
+        rows = pq.read_table(index).to_pylist()
+        for r in rows:
+            present = any(m == "video" or r.get(INDEX_FLAG[m]) for m in modalities)
+            total += present and keep_key(r["key"], split, fraction, seed)
+    return total
+
+
+# -- decoding ---------------------------------------------------------------------------------
+def modality_source(sample: dict[str, Any], modality: str, frame: int) -> Any:
+    """The shard bytes one tower needs: all RGB frames, the FLAC, or one depth / IR frame; None if absent."""
+    if modality == "audio":
+        return sample.get(AUDIO_KEY)
+    frames = frames_of(sample, FRAME_MODALITY[modality])
+    if not frames:
+        return None
+    return frames if modality == "video" else frames[min(frame, len(frames) - 1)]
+
+
+def decode_sample(sample: dict[str, Any], cfg: DataConfig, sizes: dict[str, dict[str, Any]], *,
+                  train: bool, seed: int, epoch: int, label_field: str | None = None) -> dict[str, Any]:
+    """One raw shard sample -> ``{"key", "text", modality: tensor, ...}``; ``NoText`` when filtered.
+
+    ``label_field``: also copy that JSON field (lists joined) as ``label``, for classification.
+    """
+    key = sample["__key__"]
+    meta = json.loads(sample[JSON_KEY])
+    rng = random.Random(f"{seed}:{epoch}:{key}")  # the same choices whichever worker decodes it
+    text, ofa_index = choose_text(meta, cfg.text_field, rng, train=train, mix=cfg.mix)
+    frame = frame_for(ofa_index, rng, train)
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    out: dict[str, Any] = {"key": key, "text": text}
+    if label_field:
+        value = meta.get(label_field)
+        out["label"] = " ".join(map(str, value)) if isinstance(value, list) else str(value or "")
+    for m in cfg.modalities:
+        source = modality_source(sample, m, frame)
+        if source is not None:
+            out[m] = preprocess(m, source, **sizes[m], train=train and cfg.augment, generator=generator)
+    if not any(m in out for m in cfg.modalities):
+        raise NoText(f"{key}: none of {cfg.modalities} in the sample")
+    return out
+
+
+def input_shape(modality: str, size: dict[str, Any]) -> tuple[int, ...]:
+    """The tensor shape one sample of ``modality`` decodes to (``preprocess``'s output)."""
+    if modality == "audio":
+        return (3, *size["image_size"])
+    s = size["image_size"]
+    return (size["num_frames"], 3, s, s) if modality == "video" else (3, s, s)
+
+
+def collate(items: list[dict[str, Any]], modalities: list[str], sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Stack decoded samples. With several modalities every one is present (zeros where a sample lacks
+    it, so all ranks run the same towers and collectives) and ``valid[m]`` marks who has ``m``."""
+    batch: dict[str, Any] = {"key": [i["key"] for i in items], "text": [i["text"] for i in items]}
+    if items and "label" in items[0]:
+        batch["label"] = [i["label"] for i in items]
+    for m in modalities:
+        have = [m in i for i in items]
+        if not items or (len(modalities) == 1 and not any(have)):
+            continue
+        blank = torch.zeros(input_shape(m, sizes[m]))
+        batch[m] = torch.stack([i.get(m, blank) for i in items])
+        if len(modalities) > 1:
+            batch.setdefault("valid", {})[m] = torch.tensor(have)
+    return batch
+
+
+# -- the stream -------------------------------------------------------------------------------
+class ShardStream(IterableDataset):
+    """Batches of one rank for one epoch; see the module docstring. ``set_position`` before iterating."""
+
+    def __init__(self, cfg: DataConfig, sizes: dict[str, dict[str, Any]], *, train: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, split: Split = "train",
+                 batches_per_epoch: int | None = None, label_field: str | None = None) -> None:
+        self.cfg, self.sizes, self.train, self.seed = cfg, sizes, train, seed
+        self.label_field = label_field
+        self.rank, self.world_size, self.split = rank, world_size, split
+        self.sources = [(expand_shards(s.shards), s.weight) for s in cfg.sources] if cfg.resampled else []
+        if cfg.resampled and not self.sources:
+            self.sources = [(expand_shards(cfg.shards), 1.0)]
+        self.urls = [u for urls, _ in self.sources for u in urls] or expand_shards(cfg.shards)
+        self.workers = cfg.workers if train else max(0, min(cfg.workers, len(self.urls)))
+        self.batches_per_epoch = batches_per_epoch
+        if train and batches_per_epoch is None:
+            raise ValueError("a training stream needs batches_per_epoch (see count_samples)")
+        readers = world_size * max(1, self.workers)
+        if train and not cfg.resampled and len(self.urls) < readers:
+            raise ValueError(
+                f"{len(self.urls)} shards cannot feed {world_size} ranks x {max(1, self.workers)} loader workers "
+                f"= {readers} readers (each reads whole shards); lower data.workers, write more, smaller shards "
+                f"(shard.samples_per_shard), or set data.resampled=true")
+        self.set_position(0)
+
+    def set_position(self, epoch: int, batches: int = 0, raw: dict[int, int] | None = None) -> None:
+        """Start at ``epoch`` after ``batches`` micro-batches, worker ``w`` having read ``raw[w]`` samples."""
+        self.epoch, self.start_batch, self.raw = epoch, batches, dict(raw or {})
+
+    # Shard order for one pass: identical on every rank (seeded by epoch and pass only), then split.
+    def _pass_shards(self, worker: int, workers: int, pass_index: int) -> list[str]:
+        urls = list(self.urls)
+        if self.train and self.cfg.shard_shuffle:
+            random.Random(f"{self.seed}:{self.epoch}:{pass_index}").shuffle(urls)
+        if self.train:
+            urls = urls[self.rank :: self.world_size]
+        return urls[worker::workers]
+
+    def _passes(self, worker: int, workers: int) -> Iterator[list[str] | Iterator[str]]:
+        """Shard lists, one per pass over this worker's shards (training repeats; resampled never ends)."""
+        if self.cfg.resampled:
+            rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}")
+            weights = [w for _, w in self.sources]
+            yield (rng.choice(rng.choices(self.sources, weights)[0][0]) for _ in iter(int, 1))
+            return
+        pass_index = 0
+        while True:
+            yield self._pass_shards(worker, workers, pass_index)
+            if not self.train:
+                return
+            pass_index += 1
+
+    def _samples(self, worker: int, workers: int, counts: dict[str, int]) -> Iterator[dict[str, Any]]:
+        """Samples of this worker, shuffled within each pass, so that an epoch of balanced shards holds
+        every sample once."""
+        def handler(exn: Exception) -> bool:
+            counts["bad"] += 1
+            if counts["bad"] <= MAX_WARNINGS:
+                log.warning("skipping unreadable shard data: %s", str(exn).splitlines()[0][:300])
+            return True
+
+        for pass_index, urls in enumerate(self._passes(worker, workers)):
+            streams = ({"url": u, "stream": self._open(u, handler)} for u in urls)
+            files = tar_file_expander((s for s in streams if s["stream"] is not None), handler=handler)
+            samples = (s for s in group_by_keys(files, handler=handler)
+                       if keep_key(s["__key__"], self.split, self.cfg.holdout, self.cfg.split_seed))
+            if self.train and self.cfg.shuffle_buffer > 1:
+                rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}:{pass_index}")
+                samples = _shuffle(samples, self.cfg.shuffle_buffer, min(100, self.cfg.shuffle_buffer), rng=rng)
+            yield from samples
+
+    @staticmethod
+    def _open(url: str, handler: Any) -> Any:
+        try:
+            return open_shard(url)
+        except Exception as e:  # a missing or unreachable shard is skipped like a bad sample
+            handler(RuntimeError(f"{url}: {e}"))
+            return None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers = info.num_workers if info else 1
+        # After a resume the DataLoader asks physical worker 0 first; it plays the worker whose turn it is.
+        worker = ((info.id if info else 0) + self.start_batch) % workers
+        counts = {"bad": 0, "filtered": 0}
+        samples = self._samples(worker, workers, counts)
+        quota = None
+        if self.batches_per_epoch is not None:  # this worker's turns in [start_batch, batches_per_epoch)
+            turns = lambda n: max(0, (n - worker + workers - 1) // workers)  # noqa: E731
+            quota = turns(self.batches_per_epoch) - turns(self.start_batch)
+            if quota <= 0:
+                return
+        raw, skip, items, made, reported = 0, self.raw.get(worker, 0), [], 0, dict(counts)
+        started = time.perf_counter()
+        for sample in samples:
+            raw += 1
+            if raw <= skip:  # already trained on before the checkpoint: skip before decoding
+                continue
+            try:
+                items.append(decode_sample(sample, self.cfg, self.sizes, train=self.train,
+                                           seed=self.seed, epoch=self.epoch, label_field=self.label_field))
+            except NoText as e:
+                counts["filtered"] += 1
+                log.debug("filtered %s", e)
+                continue
+            except Exception as e:
+                counts["bad"] += 1
+                if counts["bad"] <= MAX_WARNINGS:
+                    log.warning("skipping bad sample %s: %s", sample.get("__key__"), str(e).splitlines()[0][:300])
+                continue
+            if len(items) == self.cfg.batch_size:
+                yield self._finish(items, worker, raw, counts, reported, started)
+                items, made, started = [], made + 1, time.perf_counter()
+                if quota is not None and made >= quota:
+                    return
+        if not self.train and (items or counts != reported):  # the last counts travel even without samples
+            yield self._finish(items, worker, raw, counts, reported, started)
+
+    def _finish(self, items: list[dict[str, Any]], worker: int, raw: int, counts: dict[str, int],
+                reported: dict[str, int], started: float) -> dict[str, Any]:
+        batch = collate(items, self.cfg.modalities, self.sizes)
+        # Deltas since this worker's previous batch, so the trainer can sum them over workers.
+        batch["stats"] = {"worker": worker, "raw": raw, "decode_s": time.perf_counter() - started,
+                          **{k: counts[k] - reported[k] for k in counts}}
+        reported.update(counts)
+        return batch
+
+
+def make_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``stream`` (batches come ready-made from its workers)."""
+    workers = stream.workers
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=stream.cfg.prefetch if workers else None,
+        pin_memory=pin_memory,
+        persistent_workers=False,  # a new epoch re-sends the stream with its new position
+        generator=torch.Generator().manual_seed(stream.seed),  # keeps the global RNG untouched
+    )
+
+
+def tower_sizes(model_config: Any) -> dict[str, dict[str, Any]]:
+    """Per-modality ``preprocess`` sizes from a ``ModelConfig``: image size (audio: its grid), frames."""
+    out = {}
+    for m, tower in model_config.modalities.items():
+        size = tuple(tower.image_size) if m == "audio" else tower.image_size[0]
+        out[m] = {"image_size": size, "num_frames": tower.num_frames}
+    return out
+
+
+def describe_sample(sample: dict[str, Any]) -> str:
+    """A one-line summary of a decoded batch (for logs and ``--dry-run``)."""
+    parts = [f"{k}{tuple(v.shape)}" for k, v in sample.items() if isinstance(v, torch.Tensor)]
+    return f"{len(sample['key'])} samples: " + ", ".join(parts)
+
+
+def read_keys_texts(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """All (key, JSON) of one local tar without decoding media (for tests and tools)."""
+    import tarfile
+
+    out = []
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            if member.name.endswith("." + JSON_KEY):
+                meta = json.load(io.BytesIO(tar.extractfile(member).read()))
+                out.append((member.name.split(".", 1)[0], meta))
+    return out

@@ -1,0 +1,194 @@
+"""Caption stage: a caption per sampled frame (``ofa``) and one for the whole video (``mplug``).
+
+Frame captions come from an image captioner (BLIP by default), batched across the frames of every
+video in the batch. The video caption comes from a vision-language model given a few of the frames
+and, as quoted data in its prompt, the uploader's title and hashtags (``stages/prompts/
+video_caption.v1.txt``). Captions a source already carries (the VIDAL-10M import) are kept unless
+``keep_imported`` is off. Each row records ``caption_model`` and ``caption_prompt_version``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+from PIL import Image
+from pydantic import Field, field_validator
+
+from stages.backends import pick_device
+from stages.backends.batching import BatchRunner, ItemError, flatten, pick_dtype, regroup
+from stages.backends.captioners import (
+    FrameCaptioner,
+    VideoCaptioner,
+    VideoRequest,
+    check_captioner_spec,
+    load_image_text_model,
+)
+from stages.base import FAILED, OK, Stage, StageConfig, one_line
+from stages.prompts import clean_text, data_block, load_prompt
+
+IMPORTED = "imported"
+
+
+class CaptionConfig(StageConfig):
+    batch_size: int = 8
+    frame_model: str = Field("hf:Salesforce/blip-image-captioning-large",
+                             description="image captioner: hf:<id or dir> or tiny (tiny:git)")
+    frame_prompt: str | None = Field(None, description="text prompt for conditional captioners "
+                                     "(BLIP: 'a picture of'; Florence-2: '<MORE_DETAILED_CAPTION>')")
+    frame_batch_size: int = Field(32, ge=1, description="frames per generate call")
+    frame_max_new_tokens: int = Field(30, ge=1)
+    video_model: str = Field("hf:Qwen/Qwen2.5-VL-3B-Instruct",
+                             description="vision-language model for the video caption: hf:<id or dir>, tiny or none")
+    video_prompt: str = Field("video_caption.v1", description="repo prompt name or a path to a .txt prompt")
+    video_frames: int = Field(4, ge=1, le=64, description="frames (evenly spaced) given to the video model")
+    video_frame_side: int = Field(224, ge=16, description="short side of the frames given to the video model")
+    video_batch_size: int = Field(4, ge=1, description="videos per generate call")
+    video_max_new_tokens: int = Field(80, ge=1)
+    num_beams: int = Field(1, ge=1)
+    max_title_chars: int = Field(200, ge=0, description="title characters quoted in the prompt")
+    max_hashtags: int = Field(15, ge=0)
+    keep_imported: bool = Field(True, description="keep ofa / mplug a source already carries")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
+    precision: str = Field("auto", description="auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
+
+    @field_validator("frame_model")
+    @classmethod
+    def _frame_spec(cls, v: str) -> str:
+        return check_captioner_spec(v, video=False)
+
+    @field_validator("video_model")
+    @classmethod
+    def _video_spec(cls, v: str) -> str:
+        return check_captioner_spec(v, video=True)
+
+    @field_validator("video_prompt")
+    @classmethod
+    def _prompt_exists(cls, v: str) -> str:
+        load_prompt(v)
+        return v
+
+
+def frame_images(blobs: list[bytes] | None) -> list[Image.Image]:
+    """JPEG frames -> RGB PIL images; ``ValueError`` naming the first frame that does not decode."""
+    if not blobs:
+        raise ValueError("no frames (the probe stage recorded none)")
+    images = []
+    for i, data in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                images.append(im.convert("RGB"))
+        except Exception as e:  # PIL raises several types for broken data
+            raise ValueError(f"frame {i} is not a decodable image ({type(e).__name__})") from None
+    return images
+
+
+def spread(items: list[Any], n: int) -> list[Any]:
+    """``n`` evenly spaced items (all of them when there are no more than ``n``)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else [items[len(items) // 2]]
+
+
+def shrink(image: Image.Image, short_side: int) -> Image.Image:
+    """Downscale so the short side is at most ``short_side`` (fewer vision tokens per frame)."""
+    w, h = image.size
+    if min(w, h) <= short_side:
+        return image
+    s = short_side / min(w, h)
+    return image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
+
+
+class CaptionStage(Stage):
+    name = "caption"
+    upstream = ("probe",)
+    optional_upstream = ("discover",)
+    reads = ("video_id", "frames", "title", "hashtags", "ofa", "mplug")
+    uses_model = True
+    Config = CaptionConfig
+    schema = pa.schema([
+        ("ofa", pa.list_(pa.string())),
+        ("mplug", pa.string()),
+        ("caption_model", pa.string()),
+        ("caption_prompt_version", pa.string()),
+    ])
+    config: CaptionConfig
+
+    def setup(self) -> None:
+        c = self.config
+        device = pick_device(c.device)
+        dtype = pick_dtype(device, c.precision)
+        self.frames = FrameCaptioner(load_image_text_model(c.frame_model, device, dtype, "blip"),
+                                     c.frame_prompt, c.frame_max_new_tokens, c.num_beams)
+        self.frame_runner = BatchRunner(c.frame_batch_size, device, what="frame captioning")
+        self.video: VideoCaptioner | None = None
+        if c.video_model != "none":
+            self.video = VideoCaptioner(load_image_text_model(c.video_model, device, dtype, "llava"),
+                                        c.video_max_new_tokens, c.num_beams)
+            self.video_runner = BatchRunner(c.video_batch_size, device, what="video captioning")
+        self.prompt = load_prompt(c.video_prompt)
+
+    def models(self) -> dict[str, str]:
+        return {"caption_frames": self.config.frame_model, "caption_video": self.config.video_model}
+
+    def video_request(self, row: dict[str, Any], frames: list[Image.Image]) -> VideoRequest:
+        """The video model's input: a few frames and the prompt with title and hashtags as quoted data."""
+        c = self.config
+        tags = [t for t in (clean_text(h, 40) for h in (row.get("hashtags") or [])[: c.max_hashtags]) if t]
+        data = data_block({"title": clean_text(row.get("title"), c.max_title_chars), "hashtags": tags})
+        picked = [shrink(f, c.video_frame_side) for f in spread(frames, c.video_frames)]
+        system, user = self.prompt.render(data, num_frames=len(picked))
+        return VideoRequest(picked, system, user)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        c = self.config
+        rows = batch.to_pylist()
+        out: list[dict[str, Any]] = [{"video_id": r["video_id"], "status": OK, "error": None} for r in rows]
+        images: dict[int, list[Image.Image]] = {}
+        for i, r in enumerate(rows):
+            try:
+                images[i] = frame_images(r.get("frames"))
+            except ValueError as e:
+                out[i].update(status=FAILED, error=one_line(str(e)))
+
+        def fail(i: int, what: str, err: ItemError) -> None:
+            if out[i]["status"] == OK:
+                out[i].update(status=FAILED, error=one_line(f"{what}: {err.reason}"))
+
+        # Frame captions, batched across all frames of all videos that need them.
+        imported_ofa = {i for i, r in enumerate(rows) if c.keep_imported and r.get("ofa")}
+        todo = [i for i in images if i not in imported_ofa]
+        items, owners = flatten([images[i] for i in todo])
+        per_row = regroup(self.frame_runner.run(items, self.frames), owners, len(todo))
+        for i, caps in zip(todo, per_row):
+            bad = next((x for x in caps if isinstance(x, ItemError)), None)
+            if bad:
+                fail(i, "frame captioning failed", bad)
+            out[i]["ofa"] = None if bad else caps
+        for i in imported_ofa:
+            out[i]["ofa"] = rows[i]["ofa"]
+
+        # Video captions: a few frames and the title/hashtags prompt per video.
+        imported_mplug = {i for i, r in enumerate(rows) if c.keep_imported and r.get("mplug")}
+        todo = [i for i in images if i not in imported_mplug and out[i]["status"] == OK]
+        if self.video is not None and todo:
+            results = self.video_runner.run([self.video_request(rows[i], images[i]) for i in todo], self.video)
+            for i, cap in zip(todo, results):
+                if isinstance(cap, ItemError):
+                    fail(i, "video captioning failed", cap)
+                else:
+                    out[i]["mplug"] = cap
+        for i in imported_mplug:
+            out[i]["mplug"] = rows[i]["mplug"]
+
+        for i, o in enumerate(out):
+            if o["status"] != OK:
+                o.pop("ofa", None), o.pop("mplug", None)
+                continue
+            made_mplug = self.video is not None and i not in imported_mplug
+            ofa_id = IMPORTED if i in imported_ofa else self.frames.model_id
+            mplug_id = IMPORTED if i in imported_mplug else (self.video.model_id if self.video else "none")
+            o["caption_model"] = f"ofa={ofa_id};mplug={mplug_id}"
+            o["caption_prompt_version"] = self.prompt.version if made_mplug else None
+        return self.rows_to_table(out)

@@ -1,0 +1,212 @@
+"""The yt-dlp path: pages that need an extractor (YouTube and the other sites yt-dlp knows), and
+``file://`` URLs when the config allows them.
+
+One ``YoutubeDL`` per thread, reused for every download of that thread (making one costs ~130 ms
+and a reused one keeps its extractors and connections). Each download extracts first, checks what
+the info says (playlist, live, duration, size), then downloads the chosen format into a directory the
+caller owns, under a name the caller chose: nothing from the remote side ever names a file.
+
+yt-dlp signals problems in several ways: ``DownloadError`` wrapping the real cause, bare
+``RequestError`` / ``TransportError`` from its networking layer (a ``file://`` URL without
+``enable_file_urls`` raises ``RequestError``), or a message and no file (``max_filesize``).
+``describe_error`` turns each into words for the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from stages.base import RowError, RowFiltered
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+INFO_FIELDS = ("id", "extractor", "extractor_key", "webpage_url", "original_url", "title", "duration", "width",
+               "height", "fps", "vcodec", "acodec", "tbr", "vbr", "abr", "format_note", "resolution", "filesize",
+               "filesize_approx", "uploader", "uploader_id", "channel", "channel_id", "upload_date", "timestamp",
+               "license", "tags", "categories", "view_count", "like_count", "comment_count", "age_limit",
+               "availability", "live_status", "language", "aspect_ratio")
+MAX_DESCRIPTION = 5000
+TRANSIENT = re.compile(r"^(HTTP (5\d\d|429|408)|timed out|stalled|connection refused|connection reset|network error)")
+# Phrases in yt-dlp's messages, and what a user should read instead.
+KNOWN_MESSAGES = (
+    ("sign in to confirm you", "the site asks to sign in (bot check); set download.cookies_file "
+                               "(see docs/crawl.md) or lower the request rate"),
+    ("sign in to confirm your age", "age-restricted: needs a signed-in session (download.cookies_file)"),
+    ("private video", "private video"),
+    ("members-only", "members-only video"),
+    ("video unavailable", "video unavailable (removed or blocked)"),
+    ("this video has been removed", "video removed"),
+    ("not available in your country", "geo-restricted in this country"),
+    ("requested format is not available", "no format matches download.format"),
+    ("unsupported url", "no video found at this URL (no extractor and no embedded video)"),
+    ("no video formats found", "no video found on the page"),
+    ("js runtime", "yt-dlp needs a JavaScript runtime for this site (see docs/crawl.md)"),
+    ("file:// urls are disabled", "file:// URLs are disabled; set download.allow_file_urls: true"),
+    ("did not get any data blocks", "empty response body"),
+)
+
+
+class CollectingLogger:
+    """A yt-dlp logger that keeps the last messages of this thread instead of printing them."""
+
+    def __init__(self, keep: int = 20):
+        self.messages: deque[str] = deque(maxlen=keep)
+
+    def debug(self, msg: str) -> None:
+        self.messages.append(ANSI.sub("", msg))
+
+    info = debug
+    warning = debug
+
+    def error(self, msg: str) -> None:
+        self.messages.append(ANSI.sub("", msg))
+
+
+@dataclass
+class YtdlpResult:
+    """The file yt-dlp wrote and what it said about it."""
+
+    path: str
+    info: dict[str, Any]
+
+
+class SizeCapExceeded(RowFiltered):
+    """Raised from a progress hook when a body without Content-Length grows past the cap."""
+
+
+def info_subset(info: dict[str, Any]) -> dict[str, Any]:
+    """The info fields worth keeping in the manifest (JSON-safe, description bounded)."""
+    out = {k: info.get(k) for k in INFO_FIELDS if info.get(k) is not None}
+    if info.get("description"):
+        out["description"] = str(info["description"])[:MAX_DESCRIPTION]
+    return json.loads(json.dumps(out, default=str))
+
+
+def describe_error(e: BaseException) -> str:
+    """One line saying what went wrong, from a yt-dlp exception (and the messages before it)."""
+    from yt_dlp.networking.exceptions import HTTPError, TransportError
+
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        exc_info = getattr(cur, "exc_info", None)
+        nxt = exc_info[1] if exc_info and len(exc_info) > 1 and exc_info[1] is not cur else None
+        cur = nxt or getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+    for c in chain:
+        if isinstance(c, HTTPError):
+            if 300 <= c.status < 400:  # requests gave up following redirects
+                return f"redirect loop: too many redirects (last HTTP {c.status})"
+            return f"HTTP {c.status} {c.reason or ''}".strip()
+    texts = [ANSI.sub("", str(c)).lower() for c in chain]
+    for t in texts:  # the outermost message first: its causes are often more generic
+        for phrase, words in KNOWN_MESSAGES:
+            if phrase in t:
+                return words
+    low = " ".join(texts)
+    for c in chain:
+        if isinstance(c, TransportError) or isinstance(c, (TimeoutError, ConnectionError)):
+            if "timed out" in low or "timeout" in low:
+                return "timed out: no data within socket_timeout"
+            if "refused" in low:
+                return "connection refused"
+            if "redirect" in low:
+                return "redirect loop: too many redirects"
+            return f"network error: {ANSI.sub('', str(c))[:200]}"
+    if "redirect" in low and ("loop" in low or "too many" in low):
+        return "redirect loop: too many redirects"
+    if "timed out" in low:
+        return "stalled: no data within socket_timeout" + (" (retries exhausted)" if "giving up" in low else "")
+    message = ANSI.sub("", str(e)).removeprefix("ERROR: ").strip() or type(e).__name__
+    return f"yt-dlp: {message}"
+
+
+class YtdlpDownloader:
+    """Downloads through yt-dlp with one ``YoutubeDL`` per thread, kept for the process's life."""
+
+    def __init__(self, params: dict[str, Any], *, max_bytes: int, max_duration: float | None,
+                 max_seconds: float = 300.0, retries: int = 0, backoff_s: float = 1.0):
+        self.params, self.max_bytes, self.max_duration, self.max_seconds = params, max_bytes, max_duration, max_seconds
+        self.retries, self.backoff_s = retries, backoff_s
+        self._local = threading.local()
+
+    def _client(self) -> tuple[Any, CollectingLogger]:
+        if not hasattr(self._local, "ydl"):
+            import yt_dlp
+
+            logger = CollectingLogger()
+            params = {**self.params, "logger": logger, "progress_hooks": [self._guard]}
+            self._local.ydl, self._local.logger = yt_dlp.YoutubeDL(params), logger
+        return self._local.ydl, self._local.logger
+
+    def _guard(self, d: dict[str, Any]) -> None:
+        # yt-dlp applies max_filesize only when a Content-Length is sent, and has no wall-clock cap
+        # (a server sending a byte now and then keeps its socket timeout from firing): both are here.
+        if d.get("status") != "downloading":
+            return
+        if (d.get("downloaded_bytes") or 0) > self.max_bytes:
+            raise SizeCapExceeded(f"file larger than the size cap (over {self.max_bytes / 1e6:.1f} MB while streaming)")
+        if (d.get("elapsed") or 0) > self.max_seconds:
+            raise RowError(f"download too slow: over {self.max_seconds:g} s (max_download_s)")
+
+    def download(self, url: str, out_dir: str) -> YtdlpResult:
+        """Extract and download one video into ``out_dir`` as ``media.<ext>``; RowError on any problem."""
+        ydl, logger = self._client()
+        logger.messages.clear()
+        ydl.params["outtmpl"] = {"default": os.path.join(out_dir.replace("%", "%%"), "media.%(ext)s")}
+        try:
+            info = self._extract(ydl, url)
+            if not info:
+                raise RowError(f"yt-dlp found nothing: {self._last(logger)}")
+            self._check_before_download(info)
+            info = ydl.process_ie_result(info, download=True)
+        except RowError:
+            raise
+        except Exception as e:  # yt-dlp raises many types; each becomes words, never a crash
+            raise RowError(describe_error(e)) from None
+        path = next((d.get("filepath") for d in info.get("requested_downloads") or [] if d.get("filepath")), None)
+        if not path or not os.path.exists(path):
+            last = self._last(logger)
+            if "larger than max-filesize" in last.lower():
+                raise RowFiltered(f"file larger than the size cap ({self.max_bytes / 1e6:.1f} MB, from Content-Length)")
+            raise RowError(f"yt-dlp wrote no file: {last or 'no message'}")
+        return YtdlpResult(path, info)
+
+    def _extract(self, ydl: Any, url: str) -> dict[str, Any] | None:
+        # yt-dlp retries the media transfer itself (``retries``) but not most page fetches: a 5xx
+        # or a timeout while extracting is retried here, with the same backoff as the HTTP path.
+        attempt = 0
+        while True:
+            try:
+                return ydl.extract_info(url, download=False)
+            except Exception as e:
+                reason = describe_error(e)
+                if attempt >= self.retries or not TRANSIENT.match(reason):
+                    raise RowError(reason + (f" (after {attempt + 1} attempts)" if attempt else "")) from None
+                attempt += 1
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+
+    def _check_before_download(self, info: dict[str, Any]) -> None:
+        kind = info.get("_type", "video")
+        if kind in ("playlist", "multi_video"):
+            n = info.get("playlist_count") or len(info.get("entries") or [])
+            raise RowError(f"the URL is a playlist ({n} entries), not one video; list the videos' own URLs")
+        if info.get("is_live") or info.get("live_status") in ("is_live", "is_upcoming"):
+            raise RowFiltered(f"live stream ({info.get('live_status') or 'is_live'}): not a finished video")
+        duration = info.get("duration")
+        if self.max_duration is not None and duration and duration > self.max_duration:
+            raise RowFiltered(f"duration {duration:.1f} s over the cap of {self.max_duration:g} s (from metadata)")
+        size = info.get("filesize") or info.get("filesize_approx")
+        if size and size > self.max_bytes:
+            raise RowFiltered(f"file larger than the size cap ({size / 1e6:.1f} MB > {self.max_bytes / 1e6:.1f} MB, "
+                              f"from metadata)")
+
+    @staticmethod
+    def _last(logger: CollectingLogger) -> str:
+        return " | ".join(list(logger.messages)[-2:])

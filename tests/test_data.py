@@ -1,0 +1,284 @@
+"""The shard loader: URL forms, epoch shuffling across ranks, split by worker, bad samples, the text
+sampler, resampled sources, the held-out split and the exact data position used by resume.
+
+``write_concept_shards`` (also used by the trainer's and evaluator's tests) writes real shards in
+the pipeline's format: synthetic concept clips rendered by ``pipeline.synthetic``, JPEG frames,
+uint16 depth PNGs, IR JPEGs and FLAC audio, through ``stages.shard.write_tar``.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import random
+import tarfile
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.data import DataConfig, ShardStream, count_samples, expand_shards, in_holdout, make_loader
+from model.text_choice import LANGUAGEBIND_MIX, NoText, choose_text
+from pipeline.synthetic import CONCEPTS, render_frames, tone
+from stages import shard_format as fmt
+from stages.shard import write_tar
+
+SIZES = {"video": {"image_size": 32, "num_frames": 8}, "depth": {"image_size": 32, "num_frames": 8},
+         "infrared": {"image_size": 32, "num_frames": 8}, "audio": {"image_size": (126, 1036), "num_frames": 8}}
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _png16(mm: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mm.astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def concept_sample(concept, k: int, *, short_side: int = 64, depth: bool = False, ir: bool = False,
+                   ofa: bool = False) -> tuple[str, dict[str, bytes]]:
+    """One shard sample of a synthetic clip: 8 frames sampled uniformly from 30, resized as the probe does."""
+    frames = render_frames(concept, n_frames=30, size=(160, 120), seed=1000 * k + CONCEPTS.index(concept))
+    picked = frames[np.linspace(0, 29, fmt.NUM_FRAMES).round().astype(int)]
+    w = round(160 * short_side / 120)
+    rgb = [np.asarray(Image.fromarray(f).resize((w, short_side), Image.BILINEAR)) for f in picked]
+    key = f"syn-{concept.slug}-{k}"
+    files = {fmt.frame_key("rgb", i): _jpeg(f) for i, f in enumerate(rgb)}
+    if depth:  # frame i is a flat plane at (i + 1) metres: the frame a depth sample used is visible
+        files.update({fmt.frame_key("depth", i): _png16(np.full((short_side, w), 1000 * (i + 1))) for i in range(8)})
+    if ir:
+        files.update({fmt.frame_key("ir", i): _jpeg(f.mean(axis=2).astype(np.uint8)) for i, f in enumerate(rgb)})
+    meta = {"video_id": key, "title": concept.title, "hashtags": concept.hashtags,
+            "raw": f"{concept.title} " + " ".join(f"#{t}" for t in concept.hashtags),
+            "ofa": [f"frame {i} of {concept.title}" for i in range(8)] if ofa else None}
+    files[fmt.JSON_KEY] = fmt.encode_json(meta)
+    return key, files
+
+
+def _flac(samples: np.ndarray, rate: int = fmt.SAMPLE_RATE) -> bytes:
+    from stages.media import encode_flac
+
+    return encode_flac(samples, rate)
+
+
+def write_concept_shards(out: Path, concepts=CONCEPTS, per_concept: int = 1, per_shard: int = 8,
+                         **kwargs) -> list[Path]:
+    """Shards ``00000.tar …`` (with their Parquet indexes) of ``per_concept`` clips of each concept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    samples = [_sample(c, k, **kwargs) for k in range(per_concept) for c in concepts]
+    random.Random(0).shuffle(samples)
+    paths = []
+    for n, start in enumerate(range(0, len(samples), per_shard)):
+        chunk = samples[start : start + per_shard]
+        path = out / f"{fmt.shard_name(n)}.tar"
+        write_tar(str(path), chunk)
+        index = [{"key": k, "title": None, "has_audio": fmt.AUDIO_KEY in f, "has_depth": "depth.0.png" in f,
+                  "has_ir": "ir.0.jpg" in f} for k, f in chunk]
+        pq.write_table(pa.Table.from_pylist(index), out / f"{fmt.shard_name(n)}.parquet")
+        paths.append(path)
+    return paths
+
+
+def _sample(concept, k: int, audio: bool = False, **kwargs) -> tuple[str, dict[str, bytes]]:
+    key, files = concept_sample(concept, k, **kwargs)
+    if audio:
+        files[fmt.AUDIO_KEY] = _flac((tone(concept, 1.0, fmt.SAMPLE_RATE) * 32767).astype(np.int16))
+    return key, files
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[Path]:
+    return write_concept_shards(tmp_path_factory.mktemp("shards"), CONCEPTS[:32], per_concept=1, per_shard=4)
+
+
+def _keys(stream: ShardStream) -> list[str]:
+    return [k for batch in make_loader(stream) for k in batch["key"]]
+
+
+def test_expand_shards_forms(shards):
+    d, names = shards[0].parent, [str(s) for s in shards]
+    assert expand_shards(str(d)) == names
+    assert expand_shards(str(d / "*.tar")) == names
+    assert expand_shards(str(d / "{00000..00002}.tar")) == names[:3]
+    assert expand_shards(f"{shards[0]}::{shards[5]}") == [names[0], names[5]]
+    assert expand_shards(["http://127.0.0.1:1/a.tar"]) == ["http://127.0.0.1:1/a.tar"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        expand_shards(str(d / "missing.tar"))
+    assert count_samples([str(s) for s in shards], ["video"], "all", 0.0, 0) == 32
+
+
+def test_epoch_shuffle_differs_between_epochs_and_agrees_across_ranks(shards):
+    cfg = DataConfig(shards=str(shards[0].parent), batch_size=2, workers=2, shuffle_buffer=0)
+    orders = {}
+    for epoch in (0, 1):
+        per_rank = []
+        for rank in (0, 1):
+            s = ShardStream(cfg, SIZES, rank=rank, world_size=2, batches_per_epoch=1, seed=7)
+            s.set_position(epoch)
+            per_rank.append([s._pass_shards(w, 2, 0) for w in (0, 1)])
+        flat = [u for rank in per_rank for worker in rank for u in worker]
+        assert sorted(flat) == sorted(str(s) for s in shards)  # every shard once, no rank overlap
+        orders[epoch] = flat
+    assert orders[0] != orders[1]
+    # the same epoch gives the same order on a fresh stream (every rank computes it alone)
+    s = ShardStream(cfg, SIZES, rank=1, world_size=2, batches_per_epoch=1, seed=7)
+    s.set_position(1)
+    assert s._pass_shards(0, 2, 0) == orders[1][len(orders[1]) // 2 :][: len(s._pass_shards(0, 2, 0))]
+
+
+def test_stream_reads_each_sample_once_per_epoch_and_reshuffles(shards):
+    cfg = DataConfig(shards=str(shards[0].parent), batch_size=4, workers=2, shuffle_buffer=16)
+    s = ShardStream(cfg, SIZES, batches_per_epoch=8, seed=1)
+    first = _keys(s)
+    s.set_position(1)
+    second = _keys(s)
+    assert len(first) == 32 and sorted(first) == sorted(second) and len(set(first)) == 32
+    assert first != second
+    s.set_position(0)
+    assert _keys(s) == first  # deterministic
+
+
+def test_too_few_shards_for_ranks_and_workers_is_a_clear_error(shards):
+    cfg = DataConfig(shards=[str(p) for p in shards[:3]], batch_size=2, workers=2)
+    with pytest.raises(ValueError, match="3 shards cannot feed 2 ranks x 2 loader workers"):
+        ShardStream(cfg, SIZES, rank=0, world_size=2, batches_per_epoch=1)
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path, shards):
+    good = [(k, f) for k, f in _members(shards[0])]
+    broken_jpeg = (good[0][0] + "x", {**good[0][1], "rgb.3.jpg": b"not a jpeg"})
+    broken_json = (good[1][0] + "y", {**good[1][1], "json": b"{not json"})
+    write_tar(str(tmp_path / "00000.tar"), [broken_jpeg, *good, broken_json])
+    truncated = shards[1].read_bytes()
+    (tmp_path / "00001.tar").write_bytes(truncated[: len(truncated) // 2 + 700])
+    cfg = DataConfig(shards=str(tmp_path), batch_size=3, workers=0)
+    batches = list(make_loader(ShardStream(cfg, SIZES, train=False)))
+    keys = [k for b in batches for k in b["key"]]
+    assert set(k for k, _ in good) <= set(keys) and broken_jpeg[0] not in keys and broken_json[0] not in keys
+    bad = sum(b["stats"]["bad"] for b in batches)
+    assert bad >= 3  # two undecodable samples and the truncated tar; the run went on
+
+
+def _members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            key, suffix = m.name.split(".", 1)
+            samples.setdefault(key, {})[suffix] = tar.extractfile(m).read()
+    return list(samples.items())
+
+
+def test_mix_sampler_frequencies_and_fallback():
+    meta = {"video_id": "v", "raw": "R", "mplug": "M", "polish_mplug": "P", "sound_mplug": "S",
+            "ofa": [f"O{i}" for i in range(8)]}
+    rng = random.Random(0)
+    n = 40_000
+    counts = Counter(choose_text(meta, "mix", rng)[0] for _ in range(n))
+    for name in ("R", "M", "P", "S"):
+        assert abs(counts[name] / n - LANGUAGEBIND_MIX["raw"]) < 0.01
+    for i in range(8):
+        assert abs(counts[f"O{i}"] / n - 0.025) < 0.005
+    # a missing source is dropped and the rest renormalised
+    sparse = {"video_id": "v", "raw": "R", "ofa": ["O0", "", None, None, None, None, None, None]}
+    counts = Counter(choose_text(sparse, "mix", rng)[0] for _ in range(n))
+    assert abs(counts["R"] / n - 0.2 / 0.225) < 0.01 and set(counts) == {"R", "O0"}
+    with pytest.raises(NoText):
+        choose_text({"video_id": "v"}, "mplug", rng)
+    assert choose_text(meta, "ofa", rng, train=False) == ("O4", 4)
+
+
+def test_depth_frame_follows_the_ofa_caption(tmp_path):
+    write_concept_shards(tmp_path, CONCEPTS[:8], per_concept=1, per_shard=8, depth=True, ofa=True)
+    from model.preprocess import depth_input
+
+    by_frame = {i: depth_input(_png16(np.full((64, 85), 1000 * (i + 1))), 32) for i in range(8)}
+    cfg = DataConfig(shards=str(tmp_path), modalities=["depth"], text_field="mix", batch_size=8, workers=0,
+                     shuffle_buffer=0, mix={"ofa": 1.0})
+    seen = set()
+    for epoch in range(3):
+        s = ShardStream(cfg, SIZES, batches_per_epoch=1)
+        s.set_position(epoch)
+        for batch in make_loader(s):
+            for text, depth in zip(batch["text"], batch["depth"]):
+                i = int(text.split()[1])
+                assert np.allclose(depth, by_frame[i], atol=1e-5), text
+                seen.add(i)
+    assert len(seen) >= 4
+
+
+def test_resampled_sources_follow_their_weights(tmp_path):
+    a = write_concept_shards(tmp_path / "a", CONCEPTS[:8], per_shard=4)
+    b = write_concept_shards(tmp_path / "b", CONCEPTS[8:16], per_shard=4)
+    cfg = DataConfig(resampled=True, sources=[{"shards": str(a[0].parent), "weight": 3.0},
+                                              {"shards": str(b[0].parent), "weight": 1.0}],
+                     batch_size=4, workers=2, shuffle_buffer=0)
+    keys = _keys(ShardStream(cfg, SIZES, batches_per_epoch=100, seed=3))
+    from_a = sum(k in {f"syn-{c.slug}-0" for c in CONCEPTS[:8]} for k in keys)
+    assert len(keys) == 400 and abs(from_a / len(keys) - 0.75) < 0.08
+
+
+def test_holdout_split_is_disjoint_and_stable(shards):
+    cfg = DataConfig(shards=str(shards[0].parent), batch_size=4, workers=0, holdout=0.3)
+    train = set(_keys(ShardStream(cfg, SIZES, train=False, split="train")))
+    held = set(_keys(ShardStream(cfg, SIZES, train=False, split="holdout")))
+    assert train.isdisjoint(held) and len(train | held) == 32 and 3 <= len(held) <= 18
+    assert all(in_holdout(k, 0.3) for k in held)
+    assert count_samples([str(s) for s in shards], ["video"], "holdout", 0.3, 0) == len(held)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_data_position_resumes_the_exact_batch_sequence(shards, workers):
+    cfg = DataConfig(shards=str(shards[0].parent), batch_size=3, workers=workers, shuffle_buffer=8)
+    stream = ShardStream(cfg, SIZES, batches_per_epoch=9, seed=5)
+    stream.set_position(2)
+    full = list(make_loader(stream))
+    assert len(full) == 9
+    k = 4
+    raw = {}
+    for b in full[:k]:
+        raw[b["stats"]["worker"]] = b["stats"]["raw"]
+    stream.set_position(2, k, raw)
+    rest = list(make_loader(stream))
+    assert [b["key"] for b in rest] == [b["key"] for b in full[k:]]
+    assert all(np.array_equal(x["video"], y["video"]) for x, y in zip(rest, full[k:]))
+
+
+def test_several_modalities_carry_validity_masks(tmp_path):
+    write_concept_shards(tmp_path / "a", CONCEPTS[:4], per_shard=8, audio=True)
+    write_concept_shards(tmp_path / "b", CONCEPTS[4:8], per_shard=8)
+    cfg = DataConfig(shards=[str(tmp_path / "a" / "00000.tar"), str(tmp_path / "b" / "00000.tar")],
+                     modalities=["video", "audio"], batch_size=8, workers=0, shuffle_buffer=0)
+    (batch,) = list(make_loader(ShardStream(cfg, SIZES, train=False)))
+    has_audio = {f"syn-{c.slug}-0" for c in CONCEPTS[:4]}
+    assert batch["valid"]["audio"].tolist() == [k in has_audio for k in batch["key"]]
+    assert batch["audio"].shape == (8, 3, 126, 1036) and batch["valid"]["video"].all()
+
+
+def test_shards_over_http(shards):
+    handler = functools.partial(_QuietHandler, directory=str(shards[0].parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{{00000..00003}}.tar"
+        cfg = DataConfig(shards=url, batch_size=4, workers=0)
+        remote = _keys(ShardStream(cfg, SIZES, train=False))
+        local = _keys(ShardStream(cfg.model_copy(update={"shards": [str(s) for s in shards[:4]]}), SIZES, train=False))
+        assert remote == local and len(remote) == 16
+    finally:
+        server.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
