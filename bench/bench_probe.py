@@ -7,6 +7,11 @@ decoder thread: videos/s per core. Usage: python bench/bench_probe.py [--clips 4
 
 from __future__ import annotations
 
+import os
+
+# one decoder thread for OpenCV too, or its FFmpeg backend decodes on every core
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "threads;1")
+
 import argparse
 import platform
 import tempfile
@@ -17,8 +22,8 @@ import av
 import cv2
 
 from pipeline.synthetic import CONCEPTS, make_clip
-from stages.probe import encode_jpeg
 from stages.media import probe_file
+from stages.probe import encode_jpeg
 
 
 def full_decode_pyav(path: str) -> int:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import json
 import logging
 import os
 import random
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import braceexpand
@@ -386,23 +384,4 @@ def tower_sizes(model_config: Any) -> dict[str, dict[str, Any]]:
     for m, tower in model_config.modalities.items():
         size = tuple(tower.image_size) if m == "audio" else tower.image_size[0]
         out[m] = {"image_size": size, "num_frames": tower.num_frames}
-    return out
-
-
-def describe_sample(sample: dict[str, Any]) -> str:
-    """A one-line summary of a decoded batch (for logs and ``--dry-run``)."""
-    parts = [f"{k}{tuple(v.shape)}" for k, v in sample.items() if isinstance(v, torch.Tensor)]
-    return f"{len(sample['key'])} samples: " + ", ".join(parts)
-
-
-def read_keys_texts(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """All (key, JSON) of one local tar without decoding media (for tests and tools)."""
-    import tarfile
-
-    out = []
-    with tarfile.open(path) as tar:
-        for member in tar.getmembers():
-            if member.name.endswith("." + JSON_KEY):
-                meta = json.load(io.BytesIO(tar.extractfile(member).read()))
-                out.append((member.name.split(".", 1)[0], meta))
     return out

@@ -408,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks after the tokenizer ran
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (a stuck run says where)
+    if hasattr(signal, "SIGUSR1") and _main_thread():  # `kill -USR1 PID` prints every thread's stack
         import faulthandler
 
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        with contextlib.suppress(OSError, ValueError):  # no real stderr (captured): skip it
+            faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     if args.export:
         print(export_checkpoint(*args.export))
         return 0

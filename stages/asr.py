@@ -46,7 +46,7 @@ class AsrConfig(StageConfig):
 class AsrStage(Stage):
     name = "asr"
     upstream = ("probe",)
-    reads = ("video_id", "audio", "has_audio")
+    reads = ("video_id", "audio")
     uses_model = True
     Config = AsrConfig
     schema = pa.schema([

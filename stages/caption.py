@@ -183,8 +183,8 @@ class CaptionStage(Stage):
             out[i]["mplug"] = rows[i]["mplug"]
 
         for i, o in enumerate(out):
-            if o["status"] != OK:
-                o.pop("ofa", None), o.pop("mplug", None)
+            if o["status"] != OK:  # a failed row carries no partial captions
+                o["ofa"] = o["mplug"] = None
                 continue
             made_mplug = self.video is not None and i not in imported_mplug
             ofa_id = IMPORTED if i in imported_ofa else self.frames.model_id

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from pipeline import manifest, store
@@ -177,7 +178,8 @@ class DiscoverStage(Stage):
         if queries and not c.research_done_terms and manifest.has_output(self.context.root, self.name):
             schema = manifest.read_schema(self.context.root, self.name)
             if schema is not None and "query" in schema.names:
-                done = set(manifest.read_columns(self.context.root, self.name, ["query"])["query"].to_pylist())
+                column = manifest.read_columns(self.context.root, self.name, ["query"])["query"]
+                done = set(pc.unique(column).to_pylist())  # unique first: a crawl has ~20 rows per query
                 kept = [q for q in queries if q not in done]
                 self._terms_skipped = len(queries) - len(kept)
                 queries = kept

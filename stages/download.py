@@ -18,6 +18,7 @@ to ``download.rate_limit_per_host`` per second over all workers.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -80,7 +81,7 @@ class DownloadConfig(StageConfig):
     extractor_retries: int = Field(3, ge=0)
     retry_backoff_s: float = Field(1.0, ge=0, description="first retry wait, doubled each retry")
     max_redirects: int = Field(10, ge=0)
-    sleep_interval_s: float = Field(0.0, ge=0, description="sleep before each download (yt-dlp's sleep_interval)")
+    sleep_interval_s: float = Field(0.0, ge=0, description="sleep before each download, on both paths")
     max_sleep_interval_s: float | None = Field(None, ge=0, description="random sleep up to this (with the above)")
     sleep_requests_s: float = Field(0.0, ge=0, description="sleep between yt-dlp's extraction requests")
     cookies_file: str | None = Field(None, description="Netscape cookies.txt for sites that demand sign-in")
@@ -167,9 +168,7 @@ class DownloadStage(Stage):
             "overwrites": True, "continuedl": False, "updatetime": False, "allow_playlist_files": False,
             "check_formats": False, "color": {"stdout": "no_color", "stderr": "no_color"},
         }
-        if c.sleep_interval_s:
-            params["sleep_interval"] = c.sleep_interval_s
-            params["max_sleep_interval"] = max(c.max_sleep_interval_s or 0, c.sleep_interval_s)
+        # (sleep_interval is not passed: the stage sleeps before every download, on both paths)
         if c.sleep_requests_s:
             params["sleep_interval_requests"] = c.sleep_requests_s
         if c.cookies_file:
@@ -282,5 +281,5 @@ class DownloadStage(Stage):
         digest, size = sha256_of(path)
         if size == 0:
             raise RowError(f"empty file (0 bytes): {path}")
-        return {"media": path, "sha256": digest, "bytes": size, "ext": path.rsplit(".", 1)[-1].lower()[:8],
-                "downloader": "local"}
+        ext = os.path.splitext(path.rsplit("/", 1)[-1])[1].lstrip(".").lower()
+        return {"media": path, "sha256": digest, "bytes": size, "ext": ext or None, "downloader": "local"}

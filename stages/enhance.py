@@ -220,8 +220,8 @@ class EnhanceStage(Stage):
                                       + (f"; {POLISH} copied from {source}" if POLISH in job.fields else ""))
         for i in todo:
             o = out[i]
-            if o["status"] != OK:
-                o.pop(POLISH, None), o.pop(SOUND, None)
+            if o["status"] != OK:  # a failed row carries no partial texts
+                o[POLISH] = o[SOUND] = None
                 continue
             o.update(enhance_model=self.backend.model_id, enhance_prompt_version=self.prompt_version,
                      enhance_note="; ".join(notes[i]) or None)

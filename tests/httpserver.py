@@ -11,7 +11,7 @@ Routes (GET), ``<name>`` being a file registered in ``server.files``:
 - ``/slow/<seconds>/<name>``: waits, then the file (concurrency measurements)
 - ``/loop/<n>``: a redirect loop; ``/redirect/<name>``: 302 to ``/v/<name>``
 - ``/big/<mb>.mp4`` (Content-Length) and ``/bignolength/<mb>.mp4`` (close-delimited): an MP4 header
-  then zeros; ``/nolength/<name>``: the file without Content-Length
+  then zeros; ``/nolength/<name>``: the file without Content-Length; ``/chunked/<name>``: chunked
 - ``/robots/<value>/<name>``: the file with ``X-Robots-Tag: <value>``; ``/metarobots/<content>``: a
   page with a robots ``<meta>``; ``/empty.mp4``; ``/garbage.mp4``
 
@@ -173,6 +173,15 @@ class Handler(BaseHTTPRequestHandler):
             self.big(int(rest[0].split(".")[0]) * 1_000_000, with_length=head == "big")
         elif head == "nolength" and (data := self.file(rest[0])) is not None:
             self.send(200, data, length=False)
+        elif head == "chunked" and (data := self.file(rest[0])) is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), 5000):
+                piece = data[i: i + 5000]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
         elif head == "robots" and (data := self.file(rest[1])) is not None:
             self.send(200, data, headers={"X-Robots-Tag": unquote(rest[0])})
         elif head == "metarobots":

@@ -21,7 +21,7 @@ FAST = dict(socket_timeout_s=2.0, retries=1, retry_backoff_s=0.05, max_filesize_
             threads=8, per_host_connections=8)
 CASES = {  # name -> path on the server
     "direct": "/v/a.mp4", "no_extension": "/ctype/video%2Fmp4/clip", "octet_stream": "/ctype/application%2Foctet-stream/clip",
-    "page_with_video": "/page/b", "redirect": "/redirect/b.mp4", "no_length": "/nolength/a.mp4", "flaky": "/flaky/1/b.mp4",
+    "page_with_video": "/page/b", "redirect": "/redirect/b.mp4", "no_length": "/nolength/a.mp4", "chunked": "/chunked/b.mp4", "flaky": "/flaky/1/b.mp4",
     "other_bot_opt_out": "/robots/otherbot%3A%20noai/a.mp4",
     "http_404": "/status/404/x.mp4", "http_403": "/status/403/x.mp4", "http_500": "/status/500/x.mp4",
     "stall": "/stall/a.mp4", "drip": "/drip/a.mp4", "html_instead_of_video": "/html.mp4", "page_without_video": "/plain",
@@ -35,6 +35,7 @@ BAD_URLS = {"refused": None, "malformed": "http//example.com/a.mp4", "whitespace
 AUTO = {
     "direct": ("ok", "http"), "no_extension": ("ok", "http"), "octet_stream": ("ok", "http"),
     "page_with_video": ("ok", "yt-dlp"), "redirect": ("ok", "http"), "no_length": ("ok", "http"),
+    "chunked": ("ok", "http"),
     "flaky": ("ok", "http"), "other_bot_opt_out": ("ok", "http"),
     "http_404": ("failed", "HTTP 404"), "http_403": ("failed", "HTTP 403"),
     "http_500": ("failed", "HTTP 500 Internal Server Error (after 2 attempts)"),
@@ -53,7 +54,7 @@ AUTO = {
 }
 YTDLP = {
     **{k: ("ok", "yt-dlp") for k in ("direct", "no_extension", "octet_stream", "page_with_video", "redirect",
-                                     "no_length", "other_bot_opt_out", "x_robots_noai")},
+                                     "no_length", "chunked", "other_bot_opt_out", "x_robots_noai")},
     "http_404": ("failed", "HTTP 404"), "http_403": ("failed", "HTTP 403"), "http_500": ("failed", "HTTP 500 Internal Server Error (after 2 attempts)"),
     "stall": ("failed", "stalled: no data within socket_timeout"), "drip": ("failed", "too slow"),
     "html_instead_of_video": ("failed", "no video found"), "page_without_video": ("failed", "no video found"),

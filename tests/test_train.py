@@ -82,11 +82,13 @@ def test_optimizer_follows_languagebind(tmp_path, shards):
     assert any(n.startswith("logit_scale") for g in trainer.opt.param_groups for n in map(names.get, map(id, g["params"])))
 
 
-def test_run_writes_atomic_checkpoints_logs_and_an_export(tmp_path, shards):
+def test_run_writes_atomic_checkpoints_logs_and_an_export(tmp_path, shards, monkeypatch):
     from model import LanguageBind
     from model.checkpoint import latest_checkpoint, load_model, read_checkpoint
 
-    path = write_config(tmp_path, shards, model=tiny_model(lora={"r": 4}), train={"save_every": 2, "tensorboard": True})
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # wandb, when installed, must not go online in a test
+    path = write_config(tmp_path, shards, model=tiny_model(lora={"r": 4}),
+                        train={"save_every": 2, "tensorboard": True, "wandb": {"project": "test"}})
     assert main(["--config", str(path), "--max-steps", "5"]) == 0
     run = tmp_path / "run"
     ckpt = latest_checkpoint(run)
@@ -108,6 +110,10 @@ def test_run_writes_atomic_checkpoints_logs_and_an_export(tmp_path, shards):
         model.eval()
         exported.eval()
         assert torch.allclose(model.towers["video"](x), exported.towers["video"](x), atol=1e-5)
+    # a new run over it is refused; --fresh starts over
+    assert main(["--config", str(path), "--max-steps", "5"]) == 2
+    assert main(["--config", str(path), "--max-steps", "1", "--fresh", "--set", "train.export=false"]) == 0
+    assert not (run / "export").exists() and latest_checkpoint(run).name == "step_0000001"
 
 
 def test_resume_continues_exactly(tmp_path, shards):
