@@ -106,18 +106,27 @@ def profile(stage: str, extra: list[str], jpegs: list[bytes], table: pa.Table, q
         ir = s.net.translate(frames[:1], keys[:1])[0].numpy()
         encode = timed(lambda: encode_ir_jpeg(ir), min_s=0.3)
     h, w = frames[0].shape[1:]
-    return {"stage": stage, "model": s.config.model, "frame": f"{h}x{w}",
-            "frames_per_s": round(table.num_rows * FRAMES / total, 1), "decode_ms": round(decode * 1e3, 2),
-            "model_ms": round(model * 1e3, 2), "encode_ms": round(encode * 1e3, 2)}
+    return {
+        "stage": stage,
+        "model": s.config.model,
+        "frame": f"{h}x{w}",
+        "frames_per_s": round(table.num_rows * FRAMES / total, 1),
+        "decode_ms": round(decode * 1e3, 2),
+        "model_ms": round(model * 1e3, 2),
+        "encode_ms": round(encode * 1e3, 2),
+    }
 
 
 def cpu_stage_rows(quick: bool) -> list[dict[str, Any]]:
     """process() frames/s of each stage with tiny models, with a decode / model / encode split."""
     torch.set_num_threads(1)  # what a 1-CPU actor gets
-    cases = [("depth", ["depth.model=tiny"]), ("depth", ["depth.model=tiny:dpt"]),
-             ("depth", ["depth.model=tiny:depth_anything"]),
-             ("infrared", ["infrared.model=tiny", "infrared.short_side=null"]),
-             ("infrared", ["infrared.model=tiny:cyclegan", "infrared.short_side=null"])]
+    cases = [
+        ("depth", ["depth.model=tiny"]),
+        ("depth", ["depth.model=tiny:dpt"]),
+        ("depth", ["depth.model=tiny:depth_anything"]),
+        ("infrared", ["infrared.model=tiny", "infrared.short_side=null"]),
+        ("infrared", ["infrared.model=tiny:cyclegan", "infrared.short_side=null"]),
+    ]
     rows = []
     for short in (128, 256):
         jpegs = synthetic_jpegs(32, short, round(short * 16 / 9))
@@ -138,55 +147,69 @@ def cpu_section(out: Path, quick: bool, profile_stages: bool = True) -> dict[str
     init_ray("local", 2)
     source = build_source("depth", config, common, out / "source", videos=16)  # probe output, shared
     rows = (16, 48) if quick else (32, 160)
-    for stage, extra in [("depth", ["depth.model=tiny"]),
-                         ("infrared", ["infrared.model=tiny", "infrared.short_side=null"])]:
-        r = measure(stage, [*extra, *common], rows=rows, config=config, source_root=str(source),
-                    work_dir=str(out / f"overhead-{stage}"), repeat=1 if quick else 2)
+    for stage, extra in [
+        ("depth", ["depth.model=tiny"]),
+        ("infrared", ["infrared.model=tiny", "infrared.short_side=null"]),
+    ]:
+        r = measure(
+            stage,
+            [*extra, *common],
+            rows=rows,
+            config=config,
+            source_root=str(source),
+            work_dir=str(out / f"overhead-{stage}"),
+            repeat=1 if quick else 2,
+        )
         print(as_markdown(r), flush=True)
         result["overhead"].append(r)
     return result
 
 
 # -- GPU ---------------------------------------------------------------------------------------------
-def real_depth_models(quick: bool = False) -> dict[str, tuple[Any, Any]]:
-    """(config, processor) of the released architectures, from their published hyper-parameters
-    (tiny ones of the same families when ``quick``, to check the script on a CPU)."""
-    if quick:
-        from stages.backends.depth import tiny_config, tiny_processor
-
-        names = {"GLPN-NYU (MiT-b4)": "glpn", "DPT-large": "dpt", "Depth Anything V2 small": "depth_anything"}
-        return {n: (tiny_config(a), tiny_processor(a)) for n, a in names.items()}
-    from transformers import (
-        DepthAnythingConfig,
-        Dinov2Config,
-        DPTConfig,
-        DPTImageProcessor,
-        GLPNConfig,
-        GLPNImageProcessor,
-    )
-
-    def dav2(hidden: int, layers: int, heads: int, outs: list[int], neck: list[int], fusion: int):
-        backbone = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                patch_size=14, image_size=518, reshape_hidden_states=False,
-                                out_indices=outs)
-        return DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=neck, fusion_hidden_size=fusion,
-                                   head_hidden_size=32, reassemble_hidden_size=hidden, patch_size=14)
-
-    da_processor = DPTImageProcessor(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14)
-    return {
-        "GLPN-NYU (MiT-b4)": (GLPNConfig(depths=[3, 8, 27, 3], hidden_sizes=[64, 128, 320, 512],
-                                         num_attention_heads=[1, 2, 5, 8], decoder_hidden_size=64, max_depth=10),
-                              GLPNImageProcessor()),
-        "DPT-large": (DPTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                                backbone_out_indices=[5, 11, 17, 23], neck_hidden_sizes=[256, 512, 1024, 1024]),
-                      DPTImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3)),
-        "Depth Anything V2 small": (dav2(384, 12, 6, [3, 6, 9, 12], [48, 96, 192, 384], 64), da_processor),
-        "Depth Anything V2 large": (dav2(1024, 24, 16, [5, 12, 18, 24], [256, 512, 1024, 1024], 256), da_processor),
-    }
+# Published hyper-parameters of the released checkpoints (the weights here are random).
+# fmt: off
+REAL_DEPTH = {
+    "GLPN-NYU (MiT-b4)": ("glpn", {"depths": [3, 8, 27, 3], "hidden_sizes": [64, 128, 320, 512],
+                                   "num_attention_heads": [1, 2, 5, 8], "decoder_hidden_size": 64}),
+    "DPT-large": ("dpt", {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                          "intermediate_size": 4096, "backbone_out_indices": [5, 11, 17, 23],
+                          "neck_hidden_sizes": [256, 512, 1024, 1024]}),
+    "Depth Anything V2 small": ("depth_anything", {"backbone": (384, 12, 6, [3, 6, 9, 12]), "fusion_hidden_size": 64,
+                                                   "neck_hidden_sizes": [48, 96, 192, 384]}),
+    "Depth Anything V2 large": ("depth_anything", {"backbone": (1024, 24, 16, [5, 12, 18, 24]),
+                                                   "fusion_hidden_size": 256,
+                                                   "neck_hidden_sizes": [256, 512, 1024, 1024]}),
+}
+# fmt: on
 
 
-def gflop_per_frame(build: Callable[[], torch.nn.Module], call: Callable[[torch.nn.Module, torch.Tensor], Any],
-                    shape: tuple[int, ...]) -> float:
+def depth_config(arch: str, kw: dict[str, Any]) -> Any:
+    """A transformers config of ``arch`` with the given hyper-parameters."""
+    from transformers import DepthAnythingConfig, Dinov2Config, DPTConfig, GLPNConfig
+
+    if arch == "depth_anything":
+        hidden, layers, heads, outs = kw["backbone"]
+        backbone = Dinov2Config(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            patch_size=14,
+            image_size=518,
+            reshape_hidden_states=False,
+            out_indices=outs,
+        )
+        rest = {k: v for k, v in kw.items() if k != "backbone"}
+        return DepthAnythingConfig(
+            backbone_config=backbone, reassemble_hidden_size=hidden, patch_size=14, **rest
+        )
+    return {"glpn": GLPNConfig, "dpt": DPTConfig}[arch](**kw)
+
+
+def gflop_per_frame(
+    build: Callable[[], torch.nn.Module],
+    call: Callable[[torch.nn.Module, torch.Tensor], Any],
+    shape: tuple[int, ...],
+) -> float:
     """Matmul/conv GFLOP of one frame, counted on the meta device (no memory, no compute)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -197,8 +220,13 @@ def gflop_per_frame(build: Callable[[], torch.nn.Module], call: Callable[[torch.
     return round(counter.get_total_flops() / 1e9, 1)
 
 
-def forward_of(forward: Callable[[torch.Tensor], Any], one: torch.Tensor, device: torch.device,
-               dtype: torch.dtype, channels_last: bool = False) -> Callable[[int], Any]:
+def forward_of(
+    forward: Callable[[torch.Tensor], Any],
+    one: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool = False,
+) -> Callable[[int], Any]:
     """``bs -> forward(batch)`` under autocast, on ``one`` repeated to ``bs`` (built once per size, untimed)."""
     batches: dict[int, torch.Tensor] = {}
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -212,7 +240,9 @@ def forward_of(forward: Callable[[torch.Tensor], Any], one: torch.Tensor, device
     return run
 
 
-def sweep(fn: Callable[[int], Any], sizes: list[int], device: torch.device, quick: bool) -> list[dict[str, Any]]:
+def sweep(
+    fn: Callable[[int], Any], sizes: list[int], device: torch.device, quick: bool
+) -> list[dict[str, Any]]:
     """frames/s and peak memory of ``fn(batch_size)`` for each size, stopping at the first OOM."""
     cuda = device.type == "cuda"
     out = []
@@ -221,77 +251,138 @@ def sweep(fn: Callable[[int], Any], sizes: list[int], device: torch.device, quic
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            per_call = timed(lambda bs=bs: fn(bs), min_s=0 if quick else 1.5, min_n=1 if quick else 3, sync=cuda)
+            per_call = timed(
+                lambda bs=bs: fn(bs), min_s=0 if quick else 1.5, min_n=1 if quick else 3, sync=cuda
+            )
         except torch.OutOfMemoryError:
             out.append({"batch": bs, "oom": True})
             break
-        out.append({"batch": bs, "frames_per_s": round(bs / per_call, 1),
-                    "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None})
+        out.append(
+            {
+                "batch": bs,
+                "frames_per_s": round(bs / per_call, 1),
+                "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None,
+            }
+        )
         print(bs, out[-1], flush=True)
     return out
+
+
+def measure_model(
+    name: str,
+    net: torch.nn.Module,
+    one: torch.Tensor,
+    forward: Callable[[torch.Tensor], Any],
+    pre_post: Callable[[int], Any],
+    gflop: float,
+    device: torch.device,
+    quick: bool,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """One model's sweeps: the network alone on preprocessed input, and with the backend's pre/post."""
+    sizes = [1, 2] if quick else [1, 8, 16, 32, 64, 128]
+    return {
+        "model": name,
+        "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1),
+        "input": "x".join(map(str, one.shape[-2:])),
+        "gflop_per_frame": gflop,
+        "model_only": sweep(
+            forward_of(forward, one, device, torch.bfloat16, channels_last), sizes, device, quick
+        ),
+        "with_pre_post": sweep(pre_post, sizes, device, quick),
+    }
 
 
 def gpu_section(device: torch.device, quick: bool, work: Path) -> dict[str, Any]:
     from transformers import AutoModelForDepthEstimation
 
-    from stages.backends.depth import DepthModel
+    from stages.backends.depth import DepthModel, tiny_config, tiny_processor
     from stages.backends.infrared import InfraredModel
     from stages.backends.munit import TINY_ARCH, MunitArch, MunitGenerator, MunitTranslator
 
     h, w = (64, 112) if quick else (256, 455)
-    sizes = [1, 2] if quick else [1, 8, 16, 32, 64, 128]
-    dtype = torch.bfloat16
     jpegs = synthetic_jpegs(32, h, w)
     frames = [f.to(device) for f in decode_frames(jpegs, torch.device("cpu"))]
     batch_of = lambda bs: [frames[i % len(frames)] for i in range(bs)]  # noqa: E731
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-                               "frame": f"{h}x{w}", "dtype": "bf16", "models": []}
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if cuda else str(device),
+        "frame": f"{h}x{w}",
+        "dtype": "bf16",
+        "models": [],
+    }
+    if cuda:
         results["gpu_jpeg_decode"] = gpu_decode_check(jpegs, device)
-    for name, (config, processor) in real_depth_models(quick).items():
+    for name, (arch, kw) in REAL_DEPTH.items():
+        config, processor = (
+            (tiny_config(arch) if quick else depth_config(arch, kw)),
+            tiny_processor(arch, small=quick),
+        )
         with torch.device(device):
             model = AutoModelForDepthEstimation.from_config(config).eval()
-        net = DepthModel(model, processor, "metric", device, dtype)
-        pixels = processor(images=batch_of(1), return_tensors="pt", device=device,
-                           input_data_format="channels_first")["pixel_values"]
-
-        model_only = forward_of(lambda b, m=model: m(pixel_values=b).predicted_depth, pixels, device, dtype)
-        entry = {"model": name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-                 "input": "x".join(map(str, pixels.shape[-2:])),
-                 "gflop_per_frame": gflop_per_frame(lambda c=config: AutoModelForDepthEstimation.from_config(c),
-                                                    lambda m, x: m(pixel_values=x), tuple(pixels.shape[-2:])),
-                 "model_only": sweep(model_only, sizes, device, quick),
-                 "with_pre_post": sweep(lambda bs, net=net: net.predict(batch_of(bs)), sizes, device, quick)}
-        if name in ("GLPN-NYU (MiT-b4)", "Depth Anything V2 small"):
-            path = work / name.split()[0]
-            model.save_pretrained(path)
-            processor.save_pretrained(path)
-            entry["stage"] = stage_rate("depth", f"hf:{path}", entry, jpegs, device, quick)
+        net = DepthModel(model, processor, "metric", device, torch.bfloat16)
+        one = processor(
+            images=batch_of(1), return_tensors="pt", device=device, input_data_format="channels_first"
+        )
+        one = one["pixel_values"]
+        gflop = gflop_per_frame(
+            lambda c=config: AutoModelForDepthEstimation.from_config(c),
+            lambda m, x: m(pixel_values=x),
+            tuple(one.shape[-2:]),
+        )
+        entry = measure_model(
+            name,
+            model,
+            one,
+            lambda b, m=model: m(pixel_values=b).predicted_depth,
+            lambda bs, n=net: n.predict(batch_of(bs)),
+            gflop,
+            device,
+            quick,
+        )
+        if arch == "glpn" or name.endswith("small"):  # VIDAL's model and the light alternative
+            model.save_pretrained(work / arch)
+            processor.save_pretrained(work / arch)
+            entry["stage"] = stage_rate("depth", f"hf:{work / arch}", entry, jpegs, device, quick)
         results["models"].append(finish(entry))
         del model, net
     arch = TINY_ARCH if quick else MunitArch()
     with torch.device(device):
         gens = {"a": MunitGenerator(arch), "b": MunitGenerator(arch)}
     short = 64 if quick else 400  # sRGB-TIR's training size; smaller only for a dry run
-    net = InfraredModel(MunitTranslator(gens["b"], gens["a"]).eval(), device, dtype, arch.style_dim, 4, short_side=short)
-    x = torch.rand(1, 3, short, round(short * w / h / 4) * 4, device=device) * 2 - 1
-
-    munit_only = forward_of(lambda b: net.net(b, torch.randn(len(b), arch.style_dim, device=device)), x,
-                            device, dtype, channels_last=net.channels_last)
-
-    keys = [f"v/{i}" for i in range(max(sizes))]
-    entry = {"model": f"MUNIT sRGB-TIR (short side {short})", "params_m": round(sum(
-                 p.numel() for p in net.net.parameters()) / 1e6, 1), "input": "x".join(map(str, x.shape[-2:])),
-             "gflop_per_frame": gflop_per_frame(lambda: MunitTranslator(MunitGenerator(arch), MunitGenerator(arch)),
-                                                lambda m, t: m(t, torch.empty(1, arch.style_dim, device="meta")),
-                                                tuple(x.shape[-2:])),
-             "model_only": sweep(munit_only, sizes, device, quick),
-             "with_pre_post": sweep(lambda bs: net.translate(batch_of(bs), keys[:bs]), sizes, device, quick)}
+    net = InfraredModel(
+        MunitTranslator(gens["b"], gens["a"]).eval(),
+        device,
+        torch.bfloat16,
+        arch.style_dim,
+        4,
+        short_side=short,
+    )
+    one = torch.rand(1, 3, short, round(short * w / h / 4) * 4, device=device) * 2 - 1
+    gflop = gflop_per_frame(
+        lambda: MunitTranslator(MunitGenerator(arch), MunitGenerator(arch)),
+        lambda m, t: m(t, torch.empty(1, arch.style_dim, device="meta")),
+        tuple(one.shape[-2:]),
+    )
+    keys = [f"v/{i}" for i in range(128)]
+    entry = measure_model(
+        f"MUNIT sRGB-TIR (short side {short})",
+        net.net,
+        one,
+        lambda b: net.net(b, torch.randn(len(b), arch.style_dim, device=device)),
+        lambda bs: net.translate(batch_of(bs), keys[:bs]),
+        gflop,
+        device,
+        quick,
+        channels_last=net.channels_last,
+    )
     ckpt = work / "translation_weights.pt"
     torch.save({k: {n: t.cpu() for n, t in g.state_dict().items()} for k, g in gens.items()}, ckpt)
-    munit_arch = [f"infrared.munit.{k}={v}" for k, v in arch.model_dump().items()]
-    entry["stage"] = stage_rate("infrared", f"munit:{ckpt}", entry, jpegs, device, quick,
-                                [f"infrared.short_side={short}", *munit_arch])
+    extra = [
+        f"infrared.short_side={short}",
+        *(f"infrared.munit.{k}={v}" for k, v in arch.model_dump().items()),
+    ]
+    entry["stage"] = stage_rate("infrared", f"munit:{ckpt}", entry, jpegs, device, quick, extra)
     results["models"].append(finish(entry))
     return results
 
@@ -306,26 +397,52 @@ def gpu_decode_check(jpegs: list[bytes], device: torch.device) -> dict[str, Any]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gpu = timed(lambda: decode_jpeg(data, mode=ImageReadMode.RGB, device=device), min_s=0.5, sync=True)
+            gpu = timed(
+                lambda: decode_jpeg(data, mode=ImageReadMode.RGB, device=device), min_s=0.5, sync=True
+            )
     except RuntimeError as e:
         return {"works": False, "error": str(e)[:200]}
     cpu = timed(lambda: decode_frames(jpegs, torch.device("cpu")), min_s=0.5)
-    return {"works": True, "gpu_ms_per_frame": round(gpu / len(jpegs) * 1e3, 3),
-            "cpu_ms_per_frame": round(cpu / len(jpegs) * 1e3, 3)}
+    return {
+        "works": True,
+        "gpu_ms_per_frame": round(gpu / len(jpegs) * 1e3, 3),
+        "cpu_ms_per_frame": round(cpu / len(jpegs) * 1e3, 3),
+    }
 
 
-def stage_rate(stage: str, model: str, entry: dict[str, Any], jpegs: list[bytes], device: torch.device,
-               quick: bool, extra: list[str] | None = None) -> dict[str, Any]:
+def stage_rate(
+    stage: str,
+    model: str,
+    entry: dict[str, Any],
+    jpegs: list[bytes],
+    device: torch.device,
+    quick: bool,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
     """frames/s of the whole process() at the best batch size found, with 1 and 4 encoding threads."""
-    ok = [r for r in entry["with_pre_post"] if "frames_per_s" in r]
-    best = max(ok, key=lambda r: r["frames_per_s"])["batch"]
+    best = max((r for r in entry["with_pre_post"] if "frames_per_s" in r), key=lambda r: r["frames_per_s"])[
+        "batch"
+    ]
     table = table_of(jpegs, 2 if quick else 32)
     out: dict[str, Any] = {"model_batch": best}
     for threads in (1, 4):
-        s = make_stage(stage, [f"{stage}.model={model}", f"{stage}.device={device}", f"{stage}.precision=bf16",
-                               f"{stage}.model_batch={best}", f"{stage}.encode_threads={threads}", *(extra or [])])
-        per_call = timed(lambda s=s: s.process(table), min_s=0 if quick else 3, min_n=1 if quick else 2,
-                         sync=device.type == "cuda")
+        s = make_stage(
+            stage,
+            [
+                f"{stage}.model={model}",
+                f"{stage}.device={device}",
+                f"{stage}.precision=bf16",
+                f"{stage}.model_batch={best}",
+                f"{stage}.encode_threads={threads}",
+                *(extra or []),
+            ],
+        )
+        per_call = timed(
+            lambda s=s: s.process(table),
+            min_s=0 if quick else 3,
+            min_n=1 if quick else 2,
+            sync=device.type == "cuda",
+        )
         out[f"frames_per_s_{threads}_encode_threads"] = round(table.num_rows * FRAMES / per_call, 1)
         print(stage, threads, out, flush=True)
     return out
@@ -344,24 +461,34 @@ def finish(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def gpu_markdown(r: dict[str, Any]) -> str:
-    lines = [f"GPU: {r['device']}; frames {r['frame']}; random weights; {r['dtype']} autocast.", "",
-             "| model | params (M) | model input | batch | model frames/s | with GPU pre/post frames/s | peak GiB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"GPU: {r['device']}; frames {r['frame']}; random weights; {r['dtype']} autocast.",
+        "",
+        "| model | params (M) | model input | batch | model frames/s | with GPU pre/post frames/s | peak GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m in r["models"]:
         for a, b in zip_longest(m["model_only"], m["with_pre_post"], fillvalue={}):
             fa = "OOM" if a.get("oom") else a.get("frames_per_s", "")
             fb = "OOM" if b.get("oom") else b.get("frames_per_s", "")
-            lines.append(f"| {m['model']} | {m['params_m']} | {m['input']} | {a.get('batch', b.get('batch'))} | "
-                         f"{fa} | {fb} | {b.get('peak_gib', a.get('peak_gib', ''))} |")
-    lines += ["", "| model | GFLOP/frame | best model frames/s (TFLOP/s) | GPU-hours, 10M videos x 8 frames "
-                  "(model) | (with pre/post) | whole stage frames/s (1 / 4 encode threads) |",
-              "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {m['model']} | {m['params_m']} | {m['input']} | {a.get('batch', b.get('batch'))} | "
+                f"{fa} | {fb} | {b.get('peak_gib', a.get('peak_gib', ''))} |"
+            )
+    lines += [
+        "",
+        "| model | GFLOP/frame | best model frames/s (TFLOP/s) | GPU-hours, 10M videos x 8 frames "
+        "(model) | (with pre/post) | whole stage frames/s (1 / 4 encode threads) |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in r["models"]:
         st = m.get("stage", {})
-        lines.append(f"| {m['model']} | {m['gflop_per_frame']} | {m.get('model_only_best', {}).get('frames_per_s')} "
-                     f"({m.get('model_only_tflops')}) | "
-                     f"{m.get('model_only_gpu_hours_10M')} | {m.get('with_pre_post_gpu_hours_10M')} | "
-                     f"{st.get('frames_per_s_1_encode_threads', '')} / {st.get('frames_per_s_4_encode_threads', '')} |")
+        lines.append(
+            f"| {m['model']} | {m['gflop_per_frame']} | {m.get('model_only_best', {}).get('frames_per_s')} "
+            f"({m.get('model_only_tflops')}) | "
+            f"{m.get('model_only_gpu_hours_10M')} | {m.get('with_pre_post_gpu_hours_10M')} | "
+            f"{st.get('frames_per_s_1_encode_threads', '')} / {st.get('frames_per_s_4_encode_threads', '')} |"
+        )
     if "gpu_jpeg_decode" in r:
         lines += ["", f"nvJPEG batched decode: {r['gpu_jpeg_decode']}"]
     return "\n".join(lines)

@@ -67,13 +67,23 @@ def build_source(stage: str, config: str | None, overrides: list[str], work: Pat
     listing.write_text("\n".join(lines[: videos + 1]) + "\n")
     chain = upstream_closure(stage)
     root = work / "source"
-    cfg = load_config(config, [*overrides, f"run.root={root}", f"run.stages=[{', '.join(chain)}]",
-                               f"discover.inputs=[{listing}]", "run.demo_media="])
+    cfg = load_config(
+        config,
+        [
+            *overrides,
+            f"run.root={root}",
+            f"run.stages=[{', '.join(chain)}]",
+            f"discover.inputs=[{listing}]",
+            "run.demo_media=",
+        ],
+    )
     run_pipeline(cfg, chain)
     return root
 
 
-def replicate(source: Path, target: Path, stages: list[str], n: int, rows_per_part: int) -> dict[str, pa.Table]:
+def replicate(
+    source: Path, target: Path, stages: list[str], n: int, rows_per_part: int
+) -> dict[str, pa.Table]:
     """Write ``n`` ok rows per upstream stage under ``target`` (cycled copies, ids ``{id}-r{k}``)."""
     read = {s: pq.read_table(manifest.part_files(str(source), s)) for s in stages}
     read = {s: t.filter(pc.equal(t["status"], OK)) for s, t in read.items()}
@@ -132,9 +142,14 @@ def time_runner(stage: str, cfg: Any) -> float:
 
     # Actors of the previous run are released asynchronously: start from an idle cluster.
     deadline = time.time() + 60
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0) and time.time() < deadline:
+    while (
+        ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0)
+        and time.time() < deadline
+    ):
         time.sleep(0.5)
-    print(f"[overhead] {stage}: free before the run: {ray.available_resources()}", file=sys.stderr, flush=True)
+    print(
+        f"[overhead] {stage}: free before the run: {ray.available_resources()}", file=sys.stderr, flush=True
+    )
     t0 = time.perf_counter()
     report = run_stage(cfg, stage, mode="force")
     wall = time.perf_counter() - t0
@@ -143,9 +158,16 @@ def time_runner(stage: str, cfg: Any) -> float:
     return wall
 
 
-def measure(stage: str, overrides: list[str] | None = None, rows: tuple[int, int] = (32, 128),
-            config: str | None = None, source_root: str | None = None, work_dir: str | None = None,
-            videos: int = 16, repeat: int = 1) -> dict[str, Any]:
+def measure(
+    stage: str,
+    overrides: list[str] | None = None,
+    rows: tuple[int, int] = (32, 128),
+    config: str | None = None,
+    source_root: str | None = None,
+    work_dir: str | None = None,
+    videos: int = 16,
+    repeat: int = 1,
+) -> dict[str, Any]:
     """Plain loop vs runner at two run lengths; returns the fitted fixed and per-batch costs."""
     from pipeline.runner import init_ray
 
@@ -169,9 +191,15 @@ def measure(stage: str, overrides: list[str] | None = None, rows: tuple[int, int
         cfg = load_config(config, [*overrides, f"run.root={root}"])
         plain = [time_plain(stage, section, root, plain_input(cls, tables)) for _ in range(repeat)]
         runner = [time_runner(stage, cfg) for _ in range(repeat)]
-        points.append({"rows": n, "batches": math.ceil(n / section.batch_size),
-                       "plain_setup_s": min(p["setup_s"] for p in plain),
-                       "plain_loop_s": min(p["loop_s"] for p in plain), "runner_s": min(runner)})
+        points.append(
+            {
+                "rows": n,
+                "batches": math.ceil(n / section.batch_size),
+                "plain_setup_s": min(p["setup_s"] for p in plain),
+                "plain_loop_s": min(p["loop_s"] for p in plain),
+                "runner_s": min(runner),
+            }
+        )
     (a, b) = points
     db = b["batches"] - a["batches"]
     plain_batch = (b["plain_loop_s"] - a["plain_loop_s"]) / db
@@ -179,33 +207,47 @@ def measure(stage: str, overrides: list[str] | None = None, rows: tuple[int, int
     plain_fixed = (a["plain_setup_s"] + b["plain_setup_s"]) / 2
     runner_fixed = a["runner_s"] - a["batches"] * runner_batch
     return {
-        "stage": stage, "overrides": overrides, "batch_size": section.batch_size, "points": points,
-        "plain_ms_per_batch": round(plain_batch * 1000, 1), "runner_ms_per_batch": round(runner_batch * 1000, 1),
+        "stage": stage,
+        "overrides": overrides,
+        "batch_size": section.batch_size,
+        "points": points,
+        "plain_ms_per_batch": round(plain_batch * 1000, 1),
+        "runner_ms_per_batch": round(runner_batch * 1000, 1),
         "marginal_overhead_ms_per_batch": round((runner_batch - plain_batch) * 1000, 1),
-        "marginal_overhead_fraction": round((runner_batch - plain_batch) / plain_batch, 3) if plain_batch > 0 else None,
-        "plain_setup_s": round(plain_fixed, 2), "runner_fixed_s": round(runner_fixed, 2),
+        "marginal_overhead_fraction": round((runner_batch - plain_batch) / plain_batch, 3)
+        if plain_batch > 0
+        else None,
+        "plain_setup_s": round(plain_fixed, 2),
+        "runner_fixed_s": round(runner_fixed, 2),
         "startup_overhead_s": round(runner_fixed - plain_fixed, 2),
     }
 
 
 def as_markdown(r: dict[str, Any]) -> str:
     """One result as a small Markdown table."""
-    pts = " / ".join(f"{p['rows']} rows ({p['batches']} batches): plain {p['plain_setup_s']:.1f}+{p['plain_loop_s']:.1f}s, "
-                     f"runner {p['runner_s']:.1f}s" for p in r["points"])
+    pts = " / ".join(
+        f"{p['rows']} rows ({p['batches']} batches): plain {p['plain_setup_s']:.1f}+{p['plain_loop_s']:.1f}s, "
+        f"runner {p['runner_s']:.1f}s"
+        for p in r["points"]
+    )
     frac = r["marginal_overhead_fraction"]
-    return "\n".join([
-        f"stage `{r['stage']}` {' '.join(r['overrides'])} (batch_size {r['batch_size']}): {pts}",
-        "",
-        "| per batch: plain | per batch: runner | marginal overhead | plain setup | runner fixed | start-up overhead |",
-        "|---|---|---|---|---|---|",
-        f"| {r['plain_ms_per_batch']} ms | {r['runner_ms_per_batch']} ms | {r['marginal_overhead_ms_per_batch']} ms"
-        f" ({'n/a' if frac is None else f'{frac:.1%}'}) | {r['plain_setup_s']} s | {r['runner_fixed_s']} s | "
-        f"{r['startup_overhead_s']} s |",
-    ])
+    return "\n".join(
+        [
+            f"stage `{r['stage']}` {' '.join(r['overrides'])} (batch_size {r['batch_size']}): {pts}",
+            "",
+            "| per batch: plain | per batch: runner | marginal overhead | plain setup | runner fixed | start-up overhead |",
+            "|---|---|---|---|---|---|",
+            f"| {r['plain_ms_per_batch']} ms | {r['runner_ms_per_batch']} ms | {r['marginal_overhead_ms_per_batch']} ms"
+            f" ({'n/a' if frac is None else f'{frac:.1%}'}) | {r['plain_setup_s']} s | {r['runner_fixed_s']} s | "
+            f"{r['startup_overhead_s']} s |",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("stage")
     p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -30,10 +30,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class DepthConfig(FrameModelConfig):
-    model: str = Field("hf:vinvino02/glpn-nyu", description="hf:<hub id or local dir>, or tiny[:glpn|dpt|"
-                       "depth_anything]")
+    model: str = Field(
+        "hf:vinvino02/glpn-nyu", description="hf:<hub id or local dir>, or tiny[:glpn|dpt|depth_anything]"
+    )
     depth_kind: Literal["auto", "metric", "relative"] = Field(
-        "auto", description="auto: from the model config (GLPN and metric Depth Anything give metres)")
+        "auto", description="auto: from the model config (GLPN and metric Depth Anything give metres)"
+    )
     min_side: int = Field(32, ge=1, description="smaller frames are upscaled before the model")
     max_side: int = Field(1024, ge=32, description="larger frames are downscaled before the model")
     png_compression: int = Field(1, ge=0, le=9, description="zlib level of the PNGs (1: fast, 9: small)")
@@ -67,8 +69,12 @@ def encode_depth_png(mm: np.ndarray, level: int = 1) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)  # 16-bit, grayscale, deflate, no interlace
-    return (PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(filtered.tobytes(), level))
-            + chunk(b"IEND", b""))
+    return (
+        PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(filtered.tobytes(), level))
+        + chunk(b"IEND", b"")
+    )
 
 
 def to_millimetres(depth: torch.Tensor, kind: str) -> torch.Tensor:
@@ -84,11 +90,13 @@ class DepthStage(Stage):
     reads = ("video_id", "frames")
     uses_model = True
     Config = DepthConfig
-    schema = pa.schema([
-        ("depth", pa.list_(pa.binary())),  # uint16 PNG per frame, millimetres
-        ("depth_kind", pa.string()),  # metric | relative
-        ("depth_model", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("depth", pa.list_(pa.binary())),  # uint16 PNG per frame, millimetres
+            ("depth_kind", pa.string()),  # metric | relative
+            ("depth_model", pa.string()),
+        ]
+    )
     config: DepthConfig
 
     def models(self) -> dict[str, str]:
@@ -119,13 +127,24 @@ class DepthStage(Stage):
         ids = batch["video_id"].to_pylist()
         results = map_frames(batch["frames"].to_pylist(), self._predict, self.runner, self.config.gpu_decode)
         level = self.config.png_compression
-        encoded = {i: self.encoder.map(lambda m: encode_depth_png(m.numpy().astype(np.uint16), level), res)
-                   for i, res in enumerate(results) if not isinstance(res, ItemError)}
+        encoded = {
+            i: self.encoder.map(lambda m: encode_depth_png(m.numpy().astype(np.uint16), level), res)
+            for i, res in enumerate(results)
+            if not isinstance(res, ItemError)
+        }
         rows: list[dict[str, Any]] = []
         for i, (vid, res) in enumerate(zip(ids, results)):
             if isinstance(res, ItemError):
                 rows.append({"video_id": vid, "status": FAILED, "error": f"depth: {res.reason}"})
                 continue
-            rows.append({"video_id": vid, "status": OK, "error": None, "depth": list(encoded[i]),
-                         "depth_kind": self.net.kind, "depth_model": self.config.model})
+            rows.append(
+                {
+                    "video_id": vid,
+                    "status": OK,
+                    "error": None,
+                    "depth": list(encoded[i]),
+                    "depth_kind": self.net.kind,
+                    "depth_model": self.config.model,
+                }
+            )
         return self.rows_to_table(rows)

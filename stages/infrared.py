@@ -28,24 +28,41 @@ log = logging.getLogger("vidal")
 
 
 class InfraredConfig(FrameModelConfig):
-    model: str = Field("munit:translation_weights.pt", description="munit:<checkpoint> (sRGB-TIR), "
-                       "cyclegan:<checkpoint>, or tiny[:munit|cyclegan]")
+    model: str = Field(
+        "munit:translation_weights.pt",
+        description="munit:<checkpoint> (sRGB-TIR), cyclegan:<checkpoint>, or tiny[:munit|cyclegan]",
+    )
     model_batch: int = Field(16, ge=1, description="frames per forward pass (halved on CUDA out-of-memory)")
-    munit: MunitArch = Field(default_factory=MunitArch, description="MUNIT generator shape (sRGB-TIR's by default)")
-    source_domain: str = Field("b", description="MUNIT: the checkpoint domain whose content encoder reads RGB "
-                               "(sRGB-TIR: b)")
-    target_domain: str = Field("a", description="MUNIT: the domain whose decoder draws thermal (sRGB-TIR: a); "
-                               "MMagic CycleGAN: the generators.<domain> to use")
-    short_side: int | None = Field(400, ge=8, description="frames are scaled to this short side for the "
-                                   "model (sRGB-TIR trained on 400x640); null keeps the frame's size")
+    munit: MunitArch = Field(
+        default_factory=MunitArch, description="MUNIT generator shape (sRGB-TIR's by default)"
+    )
+    source_domain: str = Field(
+        "b", description="MUNIT: the checkpoint domain whose content encoder reads RGB (sRGB-TIR: b)"
+    )
+    target_domain: str = Field(
+        "a",
+        description="MUNIT: the domain whose decoder draws thermal (sRGB-TIR: a); "
+        "MMagic CycleGAN: the generators.<domain> to use",
+    )
+    short_side: int | None = Field(
+        400,
+        ge=8,
+        description="frames are scaled to this short side for the "
+        "model (sRGB-TIR trained on 400x640); null keeps the frame's size",
+    )
     max_side: int = Field(1280, ge=8, description="cap on the long side given to the model")
     output_range: Literal["minmax", "fixed"] = Field(
-        "minmax", description="minmax: stretch each frame to 0-255 (as sRGB-TIR's inference script saves); "
-        "fixed: map the generator's [-1, 1] linearly")
+        "minmax",
+        description="minmax: stretch each frame to 0-255 (as sRGB-TIR's inference script saves); "
+        "fixed: map the generator's [-1, 1] linearly",
+    )
     seed: int = Field(0, description="mixed into every per-frame style seed")
     jpeg_quality: int = Field(90, ge=10, le=100)
-    allow_pickle: bool = Field(False, description="let torch.load unpickle arbitrary objects (only for "
-                               "checkpoints you trust, e.g. MMagic files with metadata)")
+    allow_pickle: bool = Field(
+        False,
+        description="let torch.load unpickle arbitrary objects (only for "
+        "checkpoints you trust, e.g. MMagic files with metadata)",
+    )
 
     @field_validator("model")
     @classmethod
@@ -71,10 +88,12 @@ class InfraredStage(Stage):
     reads = ("video_id", "frames")
     uses_model = True
     Config = InfraredConfig
-    schema = pa.schema([
-        ("ir", pa.list_(pa.binary())),  # 8-bit single-channel JPEG per frame
-        ("infrared_model", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("ir", pa.list_(pa.binary())),  # 8-bit single-channel JPEG per frame
+            ("infrared_model", pa.string()),
+        ]
+    )
     config: InfraredConfig
 
     def models(self) -> dict[str, str]:
@@ -82,7 +101,12 @@ class InfraredStage(Stage):
 
     def _model_kwargs(self) -> dict[str, Any]:
         c = self.config
-        return {"arch": c.munit, "source": c.source_domain, "target": c.target_domain, "allow_pickle": c.allow_pickle}
+        return {
+            "arch": c.munit,
+            "source": c.source_domain,
+            "target": c.target_domain,
+            "allow_pickle": c.allow_pickle,
+        }
 
     def prepare(self) -> None:
         # On the driver: a missing, truncated or foreign checkpoint fails here, before any actor starts.
@@ -96,8 +120,16 @@ class InfraredStage(Stage):
 
         c = self.config
         self.device, dtype = c.pick()
-        self.net = load_infrared_model(c.model, self.device, dtype, short_side=c.short_side, max_side=c.max_side,
-                                       output_range=c.output_range, seed=c.seed, **self._model_kwargs())
+        self.net = load_infrared_model(
+            c.model,
+            self.device,
+            dtype,
+            short_side=c.short_side,
+            max_side=c.max_side,
+            output_range=c.output_range,
+            seed=c.seed,
+            **self._model_kwargs(),
+        )
         self.runner = BatchRunner(c.model_batch, self.device, what="infrared model")
         self.encoder = c.encoder_pool()
         log.info("infrared: %s on %s, autocast %s", c.model, self.device, dtype)
@@ -111,13 +143,23 @@ class InfraredStage(Stage):
 
         results = map_frames(batch["frames"].to_pylist(), translate, self.runner, self.config.gpu_decode)
         quality = self.config.jpeg_quality
-        encoded = {i: self.encoder.map(lambda t: encode_ir_jpeg(t.numpy(), quality), res)
-                   for i, res in enumerate(results) if not isinstance(res, ItemError)}
+        encoded = {
+            i: self.encoder.map(lambda t: encode_ir_jpeg(t.numpy(), quality), res)
+            for i, res in enumerate(results)
+            if not isinstance(res, ItemError)
+        }
         rows: list[dict[str, Any]] = []
         for i, (vid, res) in enumerate(zip(ids, results)):
             if isinstance(res, ItemError):
                 rows.append({"video_id": vid, "status": FAILED, "error": f"infrared: {res.reason}"})
                 continue
-            rows.append({"video_id": vid, "status": OK, "error": None, "ir": list(encoded[i]),
-                         "infrared_model": self.config.model})
+            rows.append(
+                {
+                    "video_id": vid,
+                    "status": OK,
+                    "error": None,
+                    "ir": list(encoded[i]),
+                    "infrared_model": self.config.model,
+                }
+            )
         return self.rows_to_table(rows)

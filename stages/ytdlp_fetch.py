@@ -35,14 +35,14 @@ MAX_DESCRIPTION = 5000
 TRANSIENT = re.compile(r"^(HTTP (5\d\d|429|408)|timed out|stalled|connection refused|connection reset|network error)")
 # Phrases in yt-dlp's messages, and what a user should read instead.
 KNOWN_MESSAGES = (
+    ("sign in to confirm your age", "age-restricted: needs a signed-in session (download.cookies_file)"),
     ("sign in to confirm you", "the site asks to sign in (bot check); set download.cookies_file "
                                "(see docs/crawl.md) or lower the request rate"),
-    ("sign in to confirm your age", "age-restricted: needs a signed-in session (download.cookies_file)"),
     ("private video", "private video"),
     ("members-only", "members-only video"),
     ("video unavailable", "video unavailable (removed or blocked)"),
     ("this video has been removed", "video removed"),
-    ("not available in your country", "geo-restricted in this country"),
+    ("available in your country", "geo-restricted in this country"),
     ("requested format is not available", "no format matches download.format"),
     ("unsupported url", "no video found at this URL (no extractor and no embedded video)"),
     ("no video formats found", "no video found on the page"),
@@ -61,11 +61,7 @@ class CollectingLogger:
     def debug(self, msg: str) -> None:
         self.messages.append(ANSI.sub("", msg))
 
-    info = debug
-    warning = debug
-
-    def error(self, msg: str) -> None:
-        self.messages.append(ANSI.sub("", msg))
+    info = warning = error = debug
 
 
 @dataclass
@@ -89,7 +85,7 @@ def info_subset(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_error(e: BaseException) -> str:
-    """One line saying what went wrong, from a yt-dlp exception (and the messages before it)."""
+    """One line saying what went wrong, from a yt-dlp exception and the causes chained to it."""
     from yt_dlp.networking.exceptions import HTTPError, TransportError
 
     chain: list[BaseException] = []

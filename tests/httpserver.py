@@ -5,7 +5,7 @@ Routes (GET), ``<name>`` being a file registered in ``server.files``:
 - ``/v/<name>``: the file (``video/mp4``) with Content-Length;  ``/ctype/<type>/<name>``: same
   bytes under another Content-Type (``application/octet-stream``, ``text/html``…), no extension
 - ``/page/<stem>``: an HTML page showing ``<stem>.mp4`` in a ``<video>`` tag (yt-dlp's generic extractor)
-- ``/plain``: an HTML page without any video; ``/html.mp4``: the same page behind a video extension
+- ``/twovideos``: a page with two ``<video>`` tags (a playlist to yt-dlp); ``/plain``: a page without video; ``/html.mp4``: the same page behind a video extension
 - ``/status/<code>/<anything>``; ``/flaky/<k>/<name>``: 500 for the first k requests, then the file
 - ``/stall/<name>``: headers and 4 KB, then silence; ``/drip/<name>``: 32 bytes every 0.1 s
 - ``/slow/<seconds>/<name>``: waits, then the file (concurrency measurements)
@@ -131,6 +131,9 @@ class Handler(BaseHTTPRequestHandler):
         elif head == "page":
             video = f'<video controls src="/v/{rest[0]}.mp4"></video>'.encode()
             self.send(200, PAGE % (rest[0].encode(), b"", video), "text/html; charset=utf-8")
+        elif head == "twovideos":
+            videos = b'<video src="/v/a.mp4"></video><video src="/v/b.mp4"></video>'
+            self.send(200, PAGE % (b"two videos", b"", videos), "text/html; charset=utf-8")
         elif head in ("plain", "html.mp4"):
             self.send(200, PAGE % (b"no video here", b"", b"<p>Just words.</p>"), "text/html; charset=utf-8")
         elif head == "status":

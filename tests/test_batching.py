@@ -65,7 +65,9 @@ def test_out_of_memory_batches_are_halved_and_the_size_remembered():
     net = MemoryLimitedNet(max_pixels=5 * 16 * 16)  # fits 5 frames of 16x16
     runner = BatchRunner(16)
     items = [torch.rand(3, 16, 16) for _ in range(16)]
-    out = runner.run(items, lambda b: list(net(torch.stack(b))[:, 0].mean((1, 2))), key=lambda t: tuple(t.shape))
+    out = runner.run(
+        items, lambda b: list(net(torch.stack(b))[:, 0].mean((1, 2))), key=lambda t: tuple(t.shape)
+    )
     assert all(not isinstance(x, ItemError) for x in out)
     expected = net.conv(torch.stack(items))[:, 0].mean((1, 2))
     assert torch.allclose(torch.stack(out), expected, atol=1e-6)
@@ -80,8 +82,9 @@ def test_items_that_do_not_fit_even_alone_fail_and_the_rest_succeed():
     net = MemoryLimitedNet(max_pixels=2 * 32 * 32)
     sizes = [16, 16, 64, 16, 64, 16]  # 64x64 never fits
     items = [torch.rand(3, s, s) for s in sizes]
-    out = BatchRunner(8).run(items, lambda b: list(net(torch.stack(b))[:, 0].mean((1, 2))),
-                             key=lambda t: tuple(t.shape))
+    out = BatchRunner(8).run(
+        items, lambda b: list(net(torch.stack(b))[:, 0].mean((1, 2))), key=lambda t: tuple(t.shape)
+    )
     failed = [i for i, x in enumerate(out) if isinstance(x, ItemError)]
     assert failed == [2, 4]
     assert "out of memory even at batch size 1" in out[2].reason

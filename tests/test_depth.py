@@ -31,8 +31,10 @@ def image(h: int, w: int, seed: int = 0, mode: str = "RGB", fmt: str = "JPEG") -
 
 
 def make_stage(model: str, **overrides) -> DepthStage:
-    cfg = load_config(None, [f"depth.model={model}", "depth.model_batch=4",
-                             *[f"depth.{k}={v}" for k, v in overrides.items()]])
+    cfg = load_config(
+        None,
+        [f"depth.model={model}", "depth.model_batch=4", *[f"depth.{k}={v}" for k, v in overrides.items()]],
+    )
     return DepthStage(cfg.depth, RunContext(root="/tmp/unused"))
 
 
@@ -88,7 +90,9 @@ def test_glpn_metric_depth_matches_the_model_in_millimetres(saved_models):
         rgb = decode_image(blob)
         with torch.inference_mode():
             pred = model(**processor(images=rgb, return_tensors="pt"))
-        ref = processor.post_process_depth_estimation(pred, target_sizes=[tuple(rgb.shape[1:])])[0]["predicted_depth"]
+        ref = processor.post_process_depth_estimation(pred, target_sizes=[tuple(rgb.shape[1:])])[0][
+            "predicted_depth"
+        ]
         mm = read_png(data)
         assert mm.shape == tuple(rgb.shape[1:])
         assert np.abs(mm.astype(np.int64) - (ref.numpy() * 1000).round()).max() <= 1
@@ -123,13 +127,17 @@ def test_relative_models_are_normalised_and_marked(saved_models, arch):
 def test_unusual_frames_keep_their_size(saved_models):
     stage = make_stage("tiny")
     stage.setup()
-    frames = {"odd": [image(1, 1, fmt="PNG"), image(37, 53), image(3000, 4000, fmt="JPEG")],
-              "grey_rgba": [image(40, 60, mode="L"), image(30, 20, mode="RGBA", fmt="PNG")],
-              "bad": [image(40, 60), b"\x89PNG\r\n\x1a\n truncated"]}
+    frames = {
+        "odd": [image(1, 1, fmt="PNG"), image(37, 53), image(3000, 4000, fmt="JPEG")],
+        "grey_rgba": [image(40, 60, mode="L"), image(30, 20, mode="RGBA", fmt="PNG")],
+        "bad": [image(40, 60), b"\x89PNG\r\n\x1a\n truncated"],
+    }
     out = run(stage, frames)
     assert [read_png(d).shape for d in out["odd"]["depth"]] == [(1, 1), (37, 53), (3000, 4000)]
     assert [read_png(d).shape for d in out["grey_rgba"]["depth"]] == [(40, 60), (30, 20)]
-    assert out["bad"]["status"] == "failed" and out["bad"]["error"].startswith("depth: frame 1: not a decodable")
+    assert out["bad"]["status"] == "failed" and out["bad"]["error"].startswith(
+        "depth: frame 1: not a decodable"
+    )
     assert out["odd"]["depth_model"] == "tiny"
 
 
@@ -149,8 +157,11 @@ class OutOfMemoryAbove(torch.nn.Module):
 
 
 def test_out_of_memory_halves_the_batch_and_fails_only_what_never_fits():
-    frames = {"a": [image(64, 96, i) for i in range(8)], "b": [image(64, 96, 10 + i) for i in range(8)],
-              "big": [image(64, 96, 20), image(256, 384, 21)]}
+    frames = {
+        "a": [image(64, 96, i) for i in range(8)],
+        "b": [image(64, 96, 10 + i) for i in range(8)],
+        "big": [image(64, 96, 20), image(256, 384, 21)],
+    }
     free = make_stage("tiny", model_batch=16)
     free.setup()
     expected = run(free, frames)
@@ -179,8 +190,11 @@ def test_bad_checkpoints_fail_at_stage_start(saved_models, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    for path, expected in [(missing, "directory not found"), (truncated, "unreadable or truncated"),
-                           (foreign, "model_type 'bert' is not a supported depth architecture")]:
+    for path, expected in [
+        (missing, "directory not found"),
+        (truncated, "unreadable or truncated"),
+        (foreign, "model_type 'bert' is not a supported depth architecture"),
+    ]:
         with pytest.raises(ModelLoadError, match=expected):
             make_stage(f"hf:{path}").prepare()
         with pytest.raises(ModelLoadError, match=expected):

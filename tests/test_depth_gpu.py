@@ -22,7 +22,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def jpeg(h: int, w: int, seed: int) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+        buf, format="JPEG"
+    )
     return buf.getvalue()
 
 
@@ -41,8 +43,15 @@ def test_gpu_jpeg_decode_matches_the_cpu():
     assert isinstance(gpu[4], ItemError)
 
 
-@pytest.mark.parametrize("stage_name, model", [("depth", "tiny"), ("depth", "tiny:depth_anything"),
-                                               ("infrared", "tiny"), ("infrared", "tiny:cyclegan")])
+@pytest.mark.parametrize(
+    "stage_name, model",
+    [
+        ("depth", "tiny"),
+        ("depth", "tiny:depth_anything"),
+        ("infrared", "tiny"),
+        ("infrared", "tiny:cyclegan"),
+    ],
+)
 def test_stages_run_on_cuda_in_bf16_and_match_the_cpu_roughly(stage_name, model):
     cls = {"depth": DepthStage, "infrared": InfraredStage}[stage_name]
     frames = {"v": [jpeg(72, 128, i) for i in range(8)], "w": [jpeg(33, 61, 9)]}

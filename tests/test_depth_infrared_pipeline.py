@@ -26,12 +26,24 @@ STAGES = ["discover", "download", "probe", "depth", "infrared", "shard"]
 
 
 def config_for(root: Path, inputs: Path, *extra: str):
-    return load_config(REPO / "configs" / "demo.yaml", [
-        f"run.root={root}", f"run.stages=[{', '.join(STAGES)}]", f"discover.inputs=[{inputs}]", "run.demo_media=",
-        "shard.samples_per_shard=4", "probe.short_side=96", "depth.model=tiny", "depth.batch_size=3",
-        "depth.model_batch=8", "infrared.model=tiny", "infrared.batch_size=3", "infrared.short_side=64",
-        *extra,
-    ])
+    return load_config(
+        REPO / "configs" / "demo.yaml",
+        [
+            f"run.root={root}",
+            f"run.stages=[{', '.join(STAGES)}]",
+            f"discover.inputs=[{inputs}]",
+            "run.demo_media=",
+            "shard.samples_per_shard=4",
+            "probe.short_side=96",
+            "depth.model=tiny",
+            "depth.batch_size=3",
+            "depth.model_batch=8",
+            "infrared.model=tiny",
+            "infrared.batch_size=3",
+            "infrared.short_side=64",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ CASES = {  # name -> path on the server
     "other_bot_opt_out": "/robots/otherbot%3A%20noai/a.mp4",
     "http_404": "/status/404/x.mp4", "http_403": "/status/403/x.mp4", "http_500": "/status/500/x.mp4",
     "stall": "/stall/a.mp4", "drip": "/drip/a.mp4", "html_instead_of_video": "/html.mp4", "page_without_video": "/plain",
-    "redirect_loop": "/loop/0", "oversize": "/big/5.mp4", "oversize_no_length": "/bignolength/5.mp4",
+    "redirect_loop": "/loop/0", "playlist": "/twovideos", "oversize": "/big/5.mp4", "oversize_no_length": "/bignolength/5.mp4",
     "too_long": "/v/long.mp4", "empty": "/empty.mp4", "garbage": "/garbage.mp4",
     "x_robots_noai": "/robots/noai/a.mp4", "meta_robots": "/metarobots/noindex",
 }
@@ -42,6 +42,7 @@ AUTO = {
     "stall": ("failed", "stalled: no data for 2 s"), "drip": ("failed", "too slow"),
     "html_instead_of_video": ("failed", "sent a page (text/html) instead of a video"),
     "page_without_video": ("failed", "no video found at this URL"), "redirect_loop": ("failed", "redirect loop"),
+    "playlist": ("failed", "the URL is a playlist (2 entries), not one video"),
     "oversize": ("filtered", "larger than the size cap (5.0 MB > 2.0 MB"),
     "oversize_no_length": ("filtered", "larger than the size cap (over 2.0 MB while streaming"),
     "too_long": ("filtered", "duration 25.0 s over the cap of 20 s (known after download)"),
@@ -59,6 +60,7 @@ YTDLP = {
     "stall": ("failed", "stalled: no data within socket_timeout"), "drip": ("failed", "too slow"),
     "html_instead_of_video": ("failed", "no video found"), "page_without_video": ("failed", "no video found"),
     "redirect_loop": ("failed", "redirect loop"), "oversize": ("filtered", "larger than the size cap"),
+    "playlist": ("failed", "the URL is a playlist (2 entries), not one video"),
     "oversize_no_length": ("filtered", "over 2.0 MB while streaming"),
     "too_long": ("filtered", "known after download"), "empty": ("failed", "empty response body"),
     "garbage": ("failed", "not a readable video"), "refused": ("failed", "connection refused (after 2 attempts)"),
@@ -178,3 +180,36 @@ def test_local_paths_pass_through(server, tmp_path):
     out = {r["video_id"]: r for r in stage.process(pa.Table.from_pylist(rows)).to_pylist()}
     assert out["file-1"]["media"] == str(clip) and out["file-1"]["downloader"] == "local"
     assert out["file-2"]["status"] == "failed" and "not found" in out["file-2"]["error"]
+
+
+def _ytdlp_errors():
+    import io
+
+    from yt_dlp.networking import Response
+    from yt_dlp.networking.exceptions import HTTPError, TransportError
+    from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError
+
+    def wrapped(inner: BaseException) -> DownloadError:  # what YoutubeDL.report_error raises
+        return DownloadError(f"ERROR: {inner}", exc_info=(type(inner), inner, None))
+
+    too_many = HTTPError(Response(io.BytesIO(b""), "https://example.com/v", {}, status=429, reason="Too Many Requests"))
+    return [
+        (wrapped(ExtractorError("[youtube] aB3dE5fG7hJ: Sign in to confirm you\u2019re not a bot. Use "
+                                "--cookies-from-browser or --cookies for the authentication.")), "bot check"),
+        (wrapped(ExtractorError("[youtube] aB3dE5fG7hJ: Sign in to confirm your age. This video may be "
+                                "inappropriate for some users.")), "age-restricted"),
+        (wrapped(ExtractorError("[youtube] aB3dE5fG7hJ: Private video. Sign in if you've been granted access")),
+         "private video"),
+        (wrapped(GeoRestrictedError("The uploader has not made this video available in your country.")),
+         "geo-restricted"),
+        (wrapped(too_many), "HTTP 429 Too Many Requests"),
+        (TransportError("[Errno 111] Connection refused"), "connection refused"),
+        (wrapped(ExtractorError("Requested format is not available. Use --list-formats")), "download.format"),
+    ]
+
+
+@pytest.mark.parametrize("error, words", _ytdlp_errors())
+def test_ytdlp_exceptions_are_put_in_words(error, words):
+    from stages.ytdlp_fetch import describe_error
+
+    assert words in describe_error(error)

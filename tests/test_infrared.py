@@ -53,7 +53,9 @@ def test_output_is_one_8_bit_channel_of_the_frame_size(model):
     stage = make_stage(model=model)
     stage.setup()
     sizes = [(48, 85), (1, 1), (33, 17), (300, 400)]
-    out = run(stage, {"a": [jpeg(h, w, i) for i, (h, w) in enumerate(sizes)], "b": [jpeg(20, 30, 9, channels=1)]})
+    out = run(
+        stage, {"a": [jpeg(h, w, i) for i, (h, w) in enumerate(sizes)], "b": [jpeg(20, 30, 9, channels=1)]}
+    )
     assert out["a"]["status"] == "ok" and out["a"]["infrared_model"] == model
     for data, (h, w) in zip(out["a"]["ir"], sizes):
         img = Image.open(io.BytesIO(data))
@@ -83,7 +85,9 @@ def test_infrared_is_reproducible_whatever_the_batch(tiny_stage):
 def test_a_bad_frame_fails_only_its_video(tiny_stage):
     out = run(tiny_stage, {"good": [jpeg(30, 40)], "bad": [jpeg(30, 40), b"\x00garbage"], "empty": []})
     assert out["good"]["status"] == "ok"
-    assert out["bad"]["status"] == "failed" and out["bad"]["error"].startswith("infrared: frame 1: not a decodable")
+    assert out["bad"]["status"] == "failed" and out["bad"]["error"].startswith(
+        "infrared: frame 1: not a decodable"
+    )
     assert out["empty"]["status"] == "failed"
 
 
@@ -108,6 +112,24 @@ def test_munit_checkpoint_loads_strictly_rgb_encoder_and_thermal_decoder(tmp_pat
     assert out["v"]["status"] == "ok" and out["v"]["infrared_model"] == f"munit:{path}"
 
 
+def test_pre_zip_checkpoints_with_pytorch_0_3_statistics_load(tmp_path):
+    # MUNIT-era files: the legacy (non-zip) torch.save format, instance-norm statistics in enc_content
+    gen_a, gen_b = MunitGenerator(TINY_ARCH), MunitGenerator(TINY_ARCH)
+    old_b = dict(
+        gen_b.state_dict(),
+        **{
+            "enc_content.model.0.norm.running_mean": torch.zeros(8),
+            "enc_content.model.0.norm.running_var": torch.ones(8),
+        },
+    )
+    path = tmp_path / "old.pt"
+    torch.save({"a": gen_a.state_dict(), "b": old_b}, path, _use_new_zipfile_serialization=False)
+    stage = make_stage(model=f"munit:{path}", **tiny_arch_overrides())
+    stage.prepare()
+    stage.setup()
+    assert torch.equal(stage.net.net.content.model[0].conv.weight, gen_b.enc_content.model[0].conv.weight)
+
+
 def test_checkpoint_of_another_shape_fails_listing_the_keys(tmp_path):
     path = tmp_path / "other.pt"
     other = TINY_ARCH.model_copy(update={"n_res": 2})
@@ -115,22 +137,30 @@ def test_checkpoint_of_another_shape_fails_listing_the_keys(tmp_path):
     with pytest.raises(ModelLoadError) as e:
         make_stage(model=f"munit:{path}", **tiny_arch_overrides()).prepare()
     msg = str(e.value)
-    assert "does not fit the architecture" in msg and "unexpected (enc_content.model.3.model.1.model.0.conv.weight" in msg
+    assert (
+        "does not fit the architecture" in msg
+        and "unexpected (enc_content.model.3.model.1.model.0.conv.weight" in msg
+    )
     assert "mlp.model.2.fc.weight (256, 16) vs (128, 16)" in msg and "\n" not in msg
 
 
 def test_missing_truncated_and_foreign_checkpoints_fail_before_any_row(tmp_path):
     good = tmp_path / "good.pt"
-    torch.save({"a": MunitGenerator(TINY_ARCH).state_dict(), "b": MunitGenerator(TINY_ARCH).state_dict()}, good)
+    torch.save(
+        {"a": MunitGenerator(TINY_ARCH).state_dict(), "b": MunitGenerator(TINY_ARCH).state_dict()}, good
+    )
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     cyclegan = tmp_path / "latest_net_G_A.pth"
     torch.save(junyanz_state(blocks=2, width=8), cyclegan)
     pickled = tmp_path / "pickled.pt"
     torch.save({"a": {"note": Fraction(1, 3)}, "b": {}}, pickled)  # not a tensor type
-    cases = {tmp_path / "absent.pt": "checkpoint not found", truncated: "unreadable or truncated",
-             cyclegan: "expected a MUNIT generator checkpoint with domains 'b' and 'a'",
-             pickled: "holds Python objects besides tensors"}
+    cases = {
+        tmp_path / "absent.pt": "checkpoint not found",
+        truncated: "unreadable or truncated",
+        cyclegan: "expected a MUNIT generator checkpoint with domains 'b' and 'a'",
+        pickled: "holds Python objects besides tensors",
+    }
     for path, expected in cases.items():
         with pytest.raises(ModelLoadError, match=expected):
             make_stage(model=f"munit:{path}", **tiny_arch_overrides()).prepare()

@@ -52,13 +52,28 @@ def expected_srgb_tir_layout() -> dict[str, tuple[int, ...]]:
     for b in range(4):
         for j in range(2):
             p = f"dec.model.0.model.{b}.model.{j}"
-            e |= conv(f"{p}.conv", 256, 256, 3) | {f"{p}.norm.running_mean": (256,), f"{p}.norm.running_var": (256,)}
-    e |= conv("dec.model.2.conv", 128, 256, 5) | {"dec.model.2.norm.gamma": (128,), "dec.model.2.norm.beta": (128,)}
-    e |= conv("dec.model.4.conv", 64, 128, 5) | {"dec.model.4.norm.gamma": (64,), "dec.model.4.norm.beta": (64,)}
+            e |= conv(f"{p}.conv", 256, 256, 3) | {
+                f"{p}.norm.running_mean": (256,),
+                f"{p}.norm.running_var": (256,),
+            }
+    e |= conv("dec.model.2.conv", 128, 256, 5) | {
+        "dec.model.2.norm.gamma": (128,),
+        "dec.model.2.norm.beta": (128,),
+    }
+    e |= conv("dec.model.4.conv", 64, 128, 5) | {
+        "dec.model.4.norm.gamma": (64,),
+        "dec.model.4.norm.beta": (64,),
+    }
     e |= conv("dec.model.5.conv", 3, 64, 7)
     # style MLP: 8 -> 256 -> 256 -> 2 (shift, scale) x 256 channels x 8 AdaIN layers
-    e |= {"mlp.model.0.fc.weight": (256, 8), "mlp.model.0.fc.bias": (256,), "mlp.model.1.fc.weight": (256, 256),
-          "mlp.model.1.fc.bias": (256,), "mlp.model.2.fc.weight": (4096, 256), "mlp.model.2.fc.bias": (4096,)}
+    e |= {
+        "mlp.model.0.fc.weight": (256, 8),
+        "mlp.model.0.fc.bias": (256,),
+        "mlp.model.1.fc.weight": (256, 256),
+        "mlp.model.1.fc.bias": (256,),
+        "mlp.model.2.fc.weight": (4096, 256),
+        "mlp.model.2.fc.bias": (4096,),
+    }
     return e
 
 
@@ -70,7 +85,8 @@ def test_generator_matches_the_srgb_tir_parameter_layout():
     assert sorted(set(got) - set(expected)) == [] and sorted(set(expected) - set(got)) == []
     assert got == expected
     assert sum(v.numel() for v in gen.state_dict().values()) == sum(
-        torch.Size(s).numel() for s in expected.values())
+        torch.Size(s).numel() for s in expected.values()
+    )
 
 
 def test_style_norm_equals_adain_as_batch_norm_over_samples_and_channels():
@@ -78,8 +94,16 @@ def test_style_norm_equals_adain_as_batch_norm_over_samples_and_channels():
     torch.manual_seed(0)
     x = torch.randn(3, 5, 6, 7) * 4 + 2
     shift, scale = torch.randn(3, 5), torch.rand(3, 5) + 0.5
-    reference = F.batch_norm(x.reshape(1, 15, 6, 7), torch.zeros(15), torch.ones(15), scale.reshape(-1),
-                             shift.reshape(-1), True, 0.1, 1e-5).reshape(3, 5, 6, 7)
+    reference = F.batch_norm(
+        x.reshape(1, 15, 6, 7),
+        torch.zeros(15),
+        torch.ones(15),
+        scale.reshape(-1),
+        shift.reshape(-1),
+        True,
+        0.1,
+        1e-5,
+    ).reshape(3, 5, 6, 7)
     assert torch.allclose(StyleNorm(5)(x, shift, scale), reference, atol=1e-5)
 
 
@@ -120,6 +144,11 @@ def test_style_code_changes_the_output_and_content_does_not_depend_on_it():
 
 def test_pytorch_0_3_instance_norm_statistics_are_dropped():
     state = MunitGenerator(MunitArch(dim=4, mlp_dim=8, n_res=1)).state_dict()
-    legacy = dict(state, **{"enc_content.model.0.norm.running_mean": torch.zeros(4),
-                            "enc_content.model.3.model.0.model.1.norm.running_var": torch.ones(16)})
+    legacy = dict(
+        state,
+        **{
+            "enc_content.model.0.norm.running_mean": torch.zeros(4),
+            "enc_content.model.3.model.0.model.1.norm.running_var": torch.ones(16),
+        },
+    )
     assert strip_legacy_keys(legacy).keys() == state.keys()

@@ -10,8 +10,10 @@ frame order::
 
 A batch that fails is split in halves and retried, down to single frames, so one bad frame (or a CUDA
 out-of-memory on a large batch) fails only the rows whose frames still fail alone. After an
-out-of-memory error the runner remembers the smaller size for that shape. Also here: the autocast
-precision choice (``pick_dtype``, ``autocast``).
+out-of-memory error the runner remembers the smaller size for that shape. ``flatten`` / ``regroup`` do
+the same bookkeeping for items that are not frames. Also here: the autocast precision choice
+(``pick_dtype``, ``autocast``) and ``FrameModelConfig``, the settings a frame-model stage shares
+(device, precision, model batch, nvJPEG decode, encoding threads).
 """
 
 from __future__ import annotations
@@ -46,16 +48,20 @@ class ItemError:
 
 
 class FrameModelConfig(StageConfig):
-    """Settings shared by stages that run a model over video frames (depth, infrared, captions)."""
+    """Settings shared by stages that run a model over video frames (depth and infrared; reusable)."""
 
     batch_size: int = Field(16, ge=1, description="videos per process() call; frames are batched across them")
     model_batch: int = Field(32, ge=1, description="frames per forward pass (halved on CUDA out-of-memory)")
     device: str = Field("auto", description="auto (CUDA when visible, else CPU), cpu, cuda, cuda:1")
-    precision: str = Field("auto", description="autocast dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), "
-                           "bf16, fp16, fp32")
+    precision: str = Field(
+        "auto", description="autocast dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, fp32"
+    )
     gpu_decode: bool = Field(True, description="decode JPEG frames with nvJPEG on CUDA")
-    check_on_driver: bool = Field(True, description="check the model files on the driver before actors "
-                                  "start (turn off when only the workers can see them)")
+    check_on_driver: bool = Field(
+        True,
+        description="check the model files on the driver before actors "
+        "start (turn off when only the workers can see them)",
+    )
     encode_threads: int = Field(0, ge=0, description="threads encoding the output images (0: num_cpus)")
 
     @field_validator("precision")
@@ -82,7 +88,9 @@ class FrameModelConfig(StageConfig):
 
     def encoder_pool(self) -> ThreadPoolExecutor:
         """Threads for PNG/JPEG encoding (zlib and libjpeg release the GIL, so they run in parallel)."""
-        return ThreadPoolExecutor(max(1, self.encode_threads or int(self.num_cpus)), thread_name_prefix="encode")
+        return ThreadPoolExecutor(
+            max(1, self.encode_threads or int(self.num_cpus)), thread_name_prefix="encode"
+        )
 
 
 # -- precision and device ----------------------------------------------------------------------------
@@ -208,8 +216,12 @@ class BatchRunner(Generic[T, R]):
         self.calls = 0  # fn calls (the benchmark and tests read it)
         self.oom_splits = 0
 
-    def run(self, items: Sequence[T], fn: Callable[[list[T]], Sequence[R]],
-            key: Callable[[T], Hashable] | None = None) -> list[R | ItemError]:
+    def run(
+        self,
+        items: Sequence[T],
+        fn: Callable[[list[T]], Sequence[R]],
+        key: Callable[[T], Hashable] | None = None,
+    ) -> list[R | ItemError]:
         """Results in the order of ``items``; items whose key function raises are failed too."""
         results: list[Any] = [None] * len(items)
         buckets: dict[Hashable, list[int]] = {}
@@ -225,8 +237,14 @@ class BatchRunner(Generic[T, R]):
         for s in range(0, len(idx), size):
             yield idx[s : s + size]
 
-    def _run_chunk(self, k: Hashable, chunk: list[int], items: Sequence[T],
-                   fn: Callable[[list[T]], Sequence[R]], results: list[Any]) -> None:
+    def _run_chunk(
+        self,
+        k: Hashable,
+        chunk: list[int],
+        items: Sequence[T],
+        fn: Callable[[list[T]], Sequence[R]],
+        results: list[Any],
+    ) -> None:
         try:
             self.calls += 1
             out = fn([items[i] for i in chunk])
@@ -248,8 +266,13 @@ class BatchRunner(Generic[T, R]):
             self.oom_splits += 1
             if half < self.caps.get(k, self.max_batch):
                 self.caps[k] = half
-                log.warning("%s: out of memory at batch size %d for %s; continuing at %d",
-                            self.what, len(chunk), k, half)
+                log.warning(
+                    "%s: out of memory at batch size %d for %s; continuing at %d",
+                    self.what,
+                    len(chunk),
+                    k,
+                    half,
+                )
             pos = 0
             while pos < len(chunk):  # the rest at the size that is known to fit, as it shrinks
                 size = min(self.caps.get(k, self.max_batch), half)
@@ -270,8 +293,12 @@ class Frame:
     image: torch.Tensor  # uint8 (3, H, W) on the model's device
 
 
-def map_frames(frames_per_row: Sequence[Sequence[bytes] | None], fn: Callable[[list[Frame]], Sequence[R]],
-               runner: BatchRunner, gpu_decode: bool = True) -> list[list[R] | ItemError]:
+def map_frames(
+    frames_per_row: Sequence[Sequence[bytes] | None],
+    fn: Callable[[list[Frame]], Sequence[R]],
+    runner: BatchRunner,
+    gpu_decode: bool = True,
+) -> list[list[R] | ItemError]:
     """Decode every row's frames, run ``fn`` over same-shaped batches of them, and regroup per row.
 
     A row gets its results in frame order, or an ``ItemError`` naming its first bad frame (one that

@@ -30,8 +30,18 @@ NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 class ConvLayer(nn.Module):
     """(pad) -> conv or transposed conv -> norm -> activation."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, reflect: int = 0, padding: int = 0,
-                 norm: str = "instance", act: str = "relu", transpose: bool = False):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        reflect: int = 0,
+        padding: int = 0,
+        norm: str = "instance",
+        act: str = "relu",
+        transpose: bool = False,
+    ):
         super().__init__()
         self.pad = nn.ReflectionPad2d(reflect) if reflect else nn.Identity()
         bias = norm != "batch"  # a batch norm's shift makes a conv bias redundant (CycleGAN's choice)
@@ -39,7 +49,11 @@ class ConvLayer(nn.Module):
             self.conv = nn.ConvTranspose2d(cin, cout, kernel, stride, padding, output_padding=1, bias=bias)
         else:
             self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=bias)
-        self.norm = {"instance": nn.InstanceNorm2d(cout), "batch": nn.BatchNorm2d(cout), "none": nn.Identity()}[norm]
+        self.norm = {
+            "instance": nn.InstanceNorm2d(cout),
+            "batch": nn.BatchNorm2d(cout),
+            "none": nn.Identity(),
+        }[norm]
         self.act = {"relu": nn.ReLU(inplace=True), "tanh": nn.Tanh(), "none": nn.Identity()}[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,15 +73,29 @@ class ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """ResNet generator; ``blocks`` is 9 for 256 px CycleGAN models, 6 for 128 px ones."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, width: int = 64, blocks: int = 9,
-                 norm: str = "instance"):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        width: int = 64,
+        blocks: int = 9,
+        norm: str = "instance",
+    ):
         super().__init__()
         self.stem = ConvLayer(in_channels, width, 7, reflect=3, norm=norm)
-        self.down = nn.ModuleList([ConvLayer(width, width * 2, 3, 2, padding=1, norm=norm),
-                                   ConvLayer(width * 2, width * 4, 3, 2, padding=1, norm=norm)])
+        self.down = nn.ModuleList(
+            [
+                ConvLayer(width, width * 2, 3, 2, padding=1, norm=norm),
+                ConvLayer(width * 2, width * 4, 3, 2, padding=1, norm=norm),
+            ]
+        )
         self.blocks = nn.ModuleList([ResidualBlock(width * 4, norm) for _ in range(blocks)])
-        self.up = nn.ModuleList([ConvLayer(width * 4, width * 2, 3, 2, padding=1, norm=norm, transpose=True),
-                                 ConvLayer(width * 2, width, 3, 2, padding=1, norm=norm, transpose=True)])
+        self.up = nn.ModuleList(
+            [
+                ConvLayer(width * 4, width * 2, 3, 2, padding=1, norm=norm, transpose=True),
+                ConvLayer(width * 2, width, 3, 2, padding=1, norm=norm, transpose=True),
+            ]
+        )
         self.head = ConvLayer(width, out_channels, 7, reflect=3, norm="none", act="tanh")
         self.multiple = 4  # two stride-2 levels: sides divisible by 4 come back at the same size
 
@@ -100,27 +128,52 @@ def _prefix_map(layout: str, state: dict[str, torch.Tensor]) -> tuple[dict[str, 
         dropout = not any(".conv_block.5." in k for k in state)  # with dropout, index 5 is a padding layer
         batch = "model.2.weight" in state
         second, second_norm = (6, 7) if dropout else (5, 6)
-        m = {"stem.conv": "model.1", "stem.norm": "model.2", "down.0.conv": "model.4", "down.0.norm": "model.5",
-             "down.1.conv": "model.7", "down.1.norm": "model.8", "up.0.conv": f"model.{10 + n}",
-             "up.0.norm": f"model.{11 + n}", "up.1.conv": f"model.{13 + n}", "up.1.norm": f"model.{14 + n}",
-             "head.conv": f"model.{17 + n}"}
+        m = {
+            "stem.conv": "model.1",
+            "stem.norm": "model.2",
+            "down.0.conv": "model.4",
+            "down.0.norm": "model.5",
+            "down.1.conv": "model.7",
+            "down.1.norm": "model.8",
+            "up.0.conv": f"model.{10 + n}",
+            "up.0.norm": f"model.{11 + n}",
+            "up.1.conv": f"model.{13 + n}",
+            "up.1.norm": f"model.{14 + n}",
+            "head.conv": f"model.{17 + n}",
+        }
         for b in range(n):
             base = f"model.{10 + b}.conv_block"
-            m |= {f"blocks.{b}.first.conv": f"{base}.1", f"blocks.{b}.first.norm": f"{base}.2",
-                  f"blocks.{b}.second.conv": f"{base}.{second}", f"blocks.{b}.second.norm": f"{base}.{second_norm}"}
+            m |= {
+                f"blocks.{b}.first.conv": f"{base}.1",
+                f"blocks.{b}.first.norm": f"{base}.2",
+                f"blocks.{b}.second.conv": f"{base}.{second}",
+                f"blocks.{b}.second.norm": f"{base}.{second_norm}",
+            }
     else:
         n = len({k.split(".")[1] for k in state if re.match(r"^model\.\d+\.block\.", k)})
         dropout = any(re.match(r"^model\.\d+\.block\.2\.", k) for k in state)
         batch = "model.0.bn.weight" in state
-        m = {"stem.conv": "model.0.conv", "stem.norm": "model.0.bn", "down.0.conv": "model.1.conv",
-             "down.0.norm": "model.1.bn", "down.1.conv": "model.2.conv", "down.1.norm": "model.2.bn",
-             "up.0.conv": f"model.{3 + n}.conv", "up.0.norm": f"model.{3 + n}.bn",
-             "up.1.conv": f"model.{4 + n}.conv", "up.1.norm": f"model.{4 + n}.bn", "head.conv": f"model.{5 + n}.conv"}
+        m = {
+            "stem.conv": "model.0.conv",
+            "stem.norm": "model.0.bn",
+            "down.0.conv": "model.1.conv",
+            "down.0.norm": "model.1.bn",
+            "down.1.conv": "model.2.conv",
+            "down.1.norm": "model.2.bn",
+            "up.0.conv": f"model.{3 + n}.conv",
+            "up.0.norm": f"model.{3 + n}.bn",
+            "up.1.conv": f"model.{4 + n}.conv",
+            "up.1.norm": f"model.{4 + n}.bn",
+            "head.conv": f"model.{5 + n}.conv",
+        }
         for b in range(n):
             base = f"model.{3 + b}.block"
-            m |= {f"blocks.{b}.first.conv": f"{base}.0.conv", f"blocks.{b}.first.norm": f"{base}.0.bn",
-                  f"blocks.{b}.second.conv": f"{base}.{2 if dropout else 1}.conv",
-                  f"blocks.{b}.second.norm": f"{base}.{2 if dropout else 1}.bn"}
+            m |= {
+                f"blocks.{b}.first.conv": f"{base}.0.conv",
+                f"blocks.{b}.first.norm": f"{base}.0.bn",
+                f"blocks.{b}.second.conv": f"{base}.{2 if dropout else 1}.conv",
+                f"blocks.{b}.second.norm": f"{base}.{2 if dropout else 1}.bn",
+            }
     return m, n, "batch" if batch else "instance"
 
 
@@ -143,9 +196,16 @@ def to_native(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
         out[f"{ours}.{leaf}" if ours else key] = value
     stem, head = out.get("stem.conv.weight"), out.get("head.conv.weight")
     if stem is None or head is None:
-        raise ValueError(f"{layout} layout without a first or last conv (keys like {', '.join(sorted(state)[:4])})")
-    arch = {"in_channels": stem.shape[1], "out_channels": head.shape[0], "width": stem.shape[0],
-            "blocks": n, "norm": norm}
+        raise ValueError(
+            f"{layout} layout without a first or last conv (keys like {', '.join(sorted(state)[:4])})"
+        )
+    arch = {
+        "in_channels": stem.shape[1],
+        "out_channels": head.shape[0],
+        "width": stem.shape[0],
+        "blocks": n,
+        "norm": norm,
+    }
     return out, arch
 
 

@@ -28,8 +28,12 @@ from stages.backends.batching import autocast
 log = logging.getLogger("vidal")
 SUPPORTED = ("glpn", "dpt", "depth_anything")
 TINY_ARCHS = SUPPORTED
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 # -- tiny models -------------------------------------------------------------------------------------
@@ -38,20 +42,51 @@ def tiny_config(arch: str = "glpn") -> Any:
     from transformers import DepthAnythingConfig, Dinov2Config, DPTConfig, GLPNConfig
 
     if arch == "glpn":
-        return GLPNConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1],
-                          hidden_sizes=[8, 16, 32, 64], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2],
-                          num_attention_heads=[1, 1, 2, 4], mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=16,
-                          max_depth=10)
+        return GLPNConfig(
+            num_encoder_blocks=4,
+            depths=[1, 1, 1, 1],
+            sr_ratios=[8, 4, 2, 1],
+            hidden_sizes=[8, 16, 32, 64],
+            patch_sizes=[7, 3, 3, 3],
+            strides=[4, 2, 2, 2],
+            num_attention_heads=[1, 1, 2, 4],
+            mlp_ratios=[2, 2, 2, 2],
+            decoder_hidden_size=16,
+            max_depth=10,
+        )
     if arch == "dpt":
-        return DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                         image_size=64, patch_size=16, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-                         backbone_out_indices=[0, 1, 2, 3], head_hidden_size=8, reassemble_factors=[4, 2, 1, 0.5])
+        return DPTConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=64,
+            patch_size=16,
+            neck_hidden_sizes=[8, 16, 32, 32],
+            fusion_hidden_size=16,
+            backbone_out_indices=[0, 1, 2, 3],
+            head_hidden_size=8,
+            reassemble_factors=[4, 2, 1, 0.5],
+        )
     if arch == "depth_anything":
-        backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                                image_size=70, patch_size=14, reshape_hidden_states=False,
-                                out_features=["stage1", "stage2", "stage3", "stage4"])
-        return DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-                                   head_hidden_size=8, reassemble_hidden_size=32, patch_size=14)
+        backbone = Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=70,
+            patch_size=14,
+            reshape_hidden_states=False,
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+        )
+        return DepthAnythingConfig(
+            backbone_config=backbone,
+            neck_hidden_sizes=[8, 16, 32, 32],
+            fusion_hidden_size=16,
+            head_hidden_size=8,
+            reassemble_hidden_size=32,
+            patch_size=14,
+        )
     raise ValueError(f"tiny depth architecture {arch!r}: expected one of {TINY_ARCHS}")
 
 
@@ -63,11 +98,18 @@ def tiny_processor(arch: str = "glpn", small: bool = True) -> Any:
         return GLPNImageProcessor()  # native size rounded down to a multiple of 32
     if arch == "dpt":
         side = 64 if small else 384
-        return DPTImageProcessor(size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        return DPTImageProcessor(
+            size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
     if arch == "depth_anything":
         side = 70 if small else 518
-        return DPTImageProcessor(size={"height": side, "width": side}, keep_aspect_ratio=True,
-                                 ensure_multiple_of=14)
+        return DPTImageProcessor(
+            size={"height": side, "width": side},
+            keep_aspect_ratio=True,
+            ensure_multiple_of=14,
+            image_mean=[0.485, 0.456, 0.406],  # ImageNet statistics, as DINOv2 was trained
+            image_std=[0.229, 0.224, 0.225],
+        )
     raise ValueError(f"tiny depth architecture {arch!r}: expected one of {TINY_ARCHS}")
 
 
@@ -113,11 +155,15 @@ def check_spec(spec: str) -> None:
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"depth model {spec!r}: no readable config.json in {d} ({e})") from None
     if model_type not in SUPPORTED:
-        raise ModelLoadError(f"depth model {spec!r}: model_type {model_type!r} is not a supported depth "
-                             f"architecture ({', '.join(SUPPORTED)})")
+        raise ModelLoadError(
+            f"depth model {spec!r}: model_type {model_type!r} is not a supported depth "
+            f"architecture ({', '.join(SUPPORTED)})"
+        )
     present = [f for f in WEIGHT_FILES if (d / f).exists()]
     if not present:
-        raise ModelLoadError(f"depth model {spec!r}: no weights in {d} (expected one of {', '.join(WEIGHT_FILES)})")
+        raise ModelLoadError(
+            f"depth model {spec!r}: no weights in {d} (expected one of {', '.join(WEIGHT_FILES)})"
+        )
     _check_weight_file(d / present[0], spec)
 
 
@@ -148,8 +194,16 @@ def depth_kind_of(config: Any) -> str:
 class DepthModel:
     """A depth network with its processor on one device; ``predict`` maps frames to depth."""
 
-    def __init__(self, model: Any, processor: Any, kind: str, device: torch.device,
-                 dtype: torch.dtype | None, min_side: int = 32, max_side: int = 1024):
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        kind: str,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        min_side: int = 32,
+        max_side: int = 1024,
+    ):
         self.model = model.to(device).eval()
         self.processor = processor
         self.kind = kind
@@ -169,13 +223,22 @@ class DepthModel:
         h, w = batch.shape[-2:]
         bh, bw = self.bounded_size(h, w)
         if (bh, bw) != (h, w):  # tiny or huge frames: bring into the range the processor handles
-            batch = F.interpolate(batch.float(), size=(bh, bw), mode="bilinear", antialias=True,
-                                  align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        pixels = self.processor(images=list(batch), return_tensors="pt", device=self.device,
-                                input_data_format="channels_first")["pixel_values"].to(self.device)
+            batch = (
+                F.interpolate(
+                    batch.float(), size=(bh, bw), mode="bilinear", antialias=True, align_corners=False
+                )
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
+        pixels = self.processor(
+            images=list(batch), return_tensors="pt", device=self.device, input_data_format="channels_first"
+        )["pixel_values"].to(self.device)
         with autocast(self.device, self.dtype):
             pred = self.model(pixel_values=pixels).predicted_depth
-        pred = F.interpolate(pred.float().unsqueeze(1), size=(h, w), mode="bicubic", align_corners=False)[:, 0]
+        pred = F.interpolate(pred.float().unsqueeze(1), size=(h, w), mode="bicubic", align_corners=False)[
+            :, 0
+        ]
         if self.kind == "relative":
             return normalise_relative(pred)
         return pred
@@ -191,8 +254,14 @@ def normalise_relative(disparity: torch.Tensor) -> torch.Tensor:
     return torch.where(spread > 0, scaled, torch.zeros_like(scaled)).clamp(0, 1)
 
 
-def load_depth_model(spec: str, device: torch.device, dtype: torch.dtype | None, kind: str = "auto",
-                     min_side: int = 32, max_side: int = 1024) -> DepthModel:
+def load_depth_model(
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    kind: str = "auto",
+    min_side: int = 32,
+    max_side: int = 1024,
+) -> DepthModel:
     """Load ``hf:…`` or ``tiny[:arch]``; a checkpoint that does not fit its architecture raises ``ModelLoadError``."""
     check_spec(spec)
     family, name = parse_model_spec(spec)
@@ -204,7 +273,9 @@ def load_depth_model(spec: str, device: torch.device, dtype: torch.dtype | None,
     detected = depth_kind_of(model.config)
     if kind != "auto" and kind != detected:
         log.warning("depth model %s: depth_kind set to %s (the config suggests %s)", spec, kind, detected)
-    return DepthModel(model, processor, detected if kind == "auto" else kind, device, dtype, min_side, max_side)
+    return DepthModel(
+        model, processor, detected if kind == "auto" else kind, device, dtype, min_side, max_side
+    )
 
 
 def _load_hf(spec: str, name: str) -> tuple[Any, Any]:
@@ -215,22 +286,31 @@ def _load_hf(spec: str, name: str) -> tuple[Any, Any]:
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"depth model {spec!r}: cannot read its config ({e}); with HF_HUB_OFFLINE=1 "
-                             "a hub id must be in the local cache, or give a local directory") from None
+        raise ModelLoadError(
+            f"depth model {spec!r}: cannot read its config ({e}); with HF_HUB_OFFLINE=1 "
+            "a hub id must be in the local cache, or give a local directory"
+        ) from None
     if config.model_type not in SUPPORTED:
-        raise ModelLoadError(f"depth model {spec!r}: model_type {config.model_type!r} is not a supported "
-                             f"depth architecture ({', '.join(SUPPORTED)})")
+        raise ModelLoadError(
+            f"depth model {spec!r}: model_type {config.model_type!r} is not a supported "
+            f"depth architecture ({', '.join(SUPPORTED)})"
+        )
     try:
         model, info = AutoModelForDepthEstimation.from_pretrained(
-            name, config=config, output_loading_info=True, ignore_mismatched_sizes=True)
+            name, config=config, output_loading_info=True, ignore_mismatched_sizes=True
+        )
         processor = AutoImageProcessor.from_pretrained(name)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(f"depth model {spec!r}: loading failed: {e}") from None
-    bad = [*info.get("missing_keys", []), *(str(k[0]) if isinstance(k, tuple) else str(k)
-                                              for k in info.get("mismatched_keys", []))]
+    bad = [
+        *info.get("missing_keys", []),
+        *(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])),
+    ]
     if bad:
-        raise ModelLoadError(f"depth model {spec!r}: the weights do not fit a {config.model_type} model "
-                             f"({len(bad)} missing or mismatched, e.g. {', '.join(sorted(bad)[:5])})")
+        raise ModelLoadError(
+            f"depth model {spec!r}: the weights do not fit a {config.model_type} model "
+            f"({len(bad)} missing or mismatched, e.g. {', '.join(sorted(bad)[:5])})"
+        )
     if info.get("unexpected_keys"):
         log.warning("depth model %s: %d unused weights in the checkpoint", spec, len(info["unexpected_keys"]))
     return model, processor

@@ -39,11 +39,11 @@ LUMA = (0.299, 0.587, 0.114)
 
 
 # -- reading and strict loading ----------------------------------------------------------------------
-def read_checkpoint(path: str, allow_pickle: bool = False) -> Any:
+def read_checkpoint(path: str, allow_pickle: bool = False, what: str = "checkpoint") -> Any:
     """``torch.load`` on the CPU with clear errors for a missing, truncated or non-tensor file."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ModelLoadError(f"checkpoint not found: {p}")
+        raise ModelLoadError(f"{what}: checkpoint not found: {p}")
     try:
         try:
             return torch.load(p, map_location="cpu", weights_only=not allow_pickle, mmap=True)
@@ -52,10 +52,12 @@ def read_checkpoint(path: str, allow_pickle: bool = False) -> Any:
                 raise
             return torch.load(p, map_location="cpu", weights_only=not allow_pickle)  # pre-1.6 format
     except pickle.UnpicklingError as e:
-        raise ModelLoadError(f"checkpoint {p} holds Python objects besides tensors ({str(e).splitlines()[0]}); "
-                             "re-save its state dict, or set allow_pickle: true if you trust the file") from None
+        raise ModelLoadError(
+            f"{what}: {p} holds Python objects besides tensors ({str(e).splitlines()[0]}); "
+            "re-save its state dict, or set allow_pickle: true if you trust the file"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ModelLoadError(f"checkpoint {p} is unreadable or truncated ({str(e).splitlines()[0]})") from None
+        raise ModelLoadError(f"{what}: {p} is unreadable or truncated ({str(e).splitlines()[0]})") from None
 
 
 def _listed(keys: list[str], limit: int = 8) -> str:
@@ -73,14 +75,22 @@ def load_strict(module: nn.Module, state: dict[str, Any], what: str) -> None:
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                if k in state and state[k].shape != v.shape]
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or reshaped:
-        parts = [f"{len(missing)} missing ({_listed(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected ({_listed(unexpected)})" if unexpected else "",
-                 f"{len(reshaped)} of another shape, checkpoint vs model ({_listed(reshaped, 4)})" if reshaped else ""]
-        raise ModelLoadError(f"{what}: the checkpoint does not fit the architecture: "
-                             + "; ".join(p for p in parts if p))
+        parts = [
+            f"{len(missing)} missing ({_listed(missing)})" if missing else "",
+            f"{len(unexpected)} unexpected ({_listed(unexpected)})" if unexpected else "",
+            f"{len(reshaped)} of another shape, checkpoint vs model ({_listed(reshaped, 4)})"
+            if reshaped
+            else "",
+        ]
+        raise ModelLoadError(
+            f"{what}: the checkpoint does not fit the architecture: " + "; ".join(p for p in parts if p)
+        )
     if next(iter(expected.values()), torch.empty(0)).device.type != "meta":
         module.load_state_dict(state, strict=True)
 
@@ -89,12 +99,16 @@ def load_strict(module: nn.Module, state: dict[str, Any], what: str) -> None:
 def _munit_states(ckpt: Any, spec: str, source: str, target: str) -> tuple[dict, dict]:
     if not isinstance(ckpt, dict) or source not in ckpt or target not in ckpt:
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ModelLoadError(f"infrared model {spec!r}: expected a MUNIT generator checkpoint with domains "
-                             f"{source!r} and {target!r} (e.g. sRGB-TIR's {{'a': …, 'b': …}}), found {found}")
+        raise ModelLoadError(
+            f"infrared model {spec!r}: expected a MUNIT generator checkpoint with domains "
+            f"{source!r} and {target!r} (e.g. sRGB-TIR's {{'a': …, 'b': …}}), found {found}"
+        )
     return strip_legacy_keys(ckpt[source]), strip_legacy_keys(ckpt[target])
 
 
-def build_munit(ckpt: Any, spec: str, arch: MunitArch, source: str, target: str, meta: bool = False) -> MunitTranslator:
+def build_munit(
+    ckpt: Any, spec: str, arch: MunitArch, source: str, target: str, meta: bool = False
+) -> MunitTranslator:
     """Both domains' generators loaded strictly, then source content encoder + target decoder."""
     src_state, tgt_state = _munit_states(ckpt, spec, source, target)
     with torch.device("meta") if meta else torch.device("cpu"):
@@ -112,12 +126,14 @@ def _cyclegan_state(ckpt: Any, spec: str, domain: str) -> dict[str, torch.Tensor
     domains = sorted({k.split(".")[1] for k in state if k.startswith("generators.")})
     if domains:  # a whole MMagic CycleGAN: one generator per target domain
         if domain not in domains:
-            raise ModelLoadError(f"infrared model {spec!r}: no generator for domain {domain!r} in this MMagic "
-                                 f"checkpoint; set infrared.target_domain to one of {domains}")
+            raise ModelLoadError(
+                f"infrared model {spec!r}: no generator for domain {domain!r} in this MMagic "
+                f"checkpoint; set infrared.target_domain to one of {domains}"
+            )
         prefix = f"generators.{domain}."
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -134,18 +150,22 @@ def build_cyclegan(ckpt: Any, spec: str, domain: str, meta: bool = False) -> Res
     return net.eval()
 
 
-def check_spec(spec: str, arch: MunitArch | None = None, source: str = "b", target: str = "a",
-               allow_pickle: bool = False) -> None:
+def check_spec(
+    spec: str, arch: MunitArch | None = None, source: str = "b", target: str = "a", allow_pickle: bool = False
+) -> None:
     """Everything ``load`` checks, against meta-device models: for the driver, before any actor starts."""
     family, name = parse_model_spec(spec)
     if family not in FAMILIES:
-        raise ModelLoadError(f"infrared model {spec!r}: unknown family {family!r}; use munit:<file>, "
-                             "cyclegan:<file> or tiny")
+        raise ModelLoadError(
+            f"infrared model {spec!r}: unknown family {family!r}; use munit:<file>, cyclegan:<file> or tiny"
+        )
     if family == "tiny":
         if name not in ("", "munit", "cyclegan"):
-            raise ModelLoadError(f"infrared model {spec!r}: tiny variants are tiny, tiny:munit, tiny:cyclegan")
+            raise ModelLoadError(
+                f"infrared model {spec!r}: tiny variants are tiny, tiny:munit, tiny:cyclegan"
+            )
         return
-    ckpt = read_checkpoint(name, allow_pickle)
+    ckpt = read_checkpoint(name, allow_pickle, f"infrared model {spec!r}")
     if family == "munit":
         build_munit(ckpt, spec, arch or MunitArch(), source, target, meta=True)
     else:
@@ -168,17 +188,31 @@ def work_size(h: int, w: int, short_side: int | None, max_side: int, multiple: i
     both rounded to a multiple the generator maps back to the same size."""
     s = (short_side / min(h, w)) if short_side else 1.0
     s = min(s, max_side / max(h, w))
-    return (max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple))
+    return (
+        max(multiple, round(h * s / multiple) * multiple),
+        max(multiple, round(w * s / multiple) * multiple),
+    )
 
 
 class InfraredModel:
     """A translator on one device with its pre- and post-processing."""
 
-    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype | None, style_dim: int,
-                 multiple: int, short_side: int | None = 400, max_side: int = 1280, output_range: str = "minmax",
-                 seed: int = 0):
+    def __init__(
+        self,
+        net: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        style_dim: int,
+        multiple: int,
+        short_side: int | None = 400,
+        max_side: int = 1280,
+        output_range: str = "minmax",
+        seed: int = 0,
+    ):
         self.channels_last = device.type == "cuda"  # cuDNN's fast bf16/fp16 convs want NHWC
-        self.net = net.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.net = net.to(
+            device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format
+        )
         self.device, self.dtype = device, dtype
         self.style_dim, self.multiple = style_dim, multiple
         self.short_side, self.max_side = short_side, max_side
@@ -216,20 +250,40 @@ class InfraredModel:
         return (y[:, 0] * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def load_infrared_model(spec: str, device: torch.device, dtype: torch.dtype | None, *,
-                        arch: MunitArch | None = None, source: str = "b", target: str = "a",
-                        short_side: int | None = 400, max_side: int = 1280, output_range: str = "minmax",
-                        seed: int = 0, allow_pickle: bool = False) -> InfraredModel:
+def load_infrared_model(
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    arch: MunitArch | None = None,
+    source: str = "b",
+    target: str = "a",
+    short_side: int | None = 400,
+    max_side: int = 1280,
+    output_range: str = "minmax",
+    seed: int = 0,
+    allow_pickle: bool = False,
+) -> InfraredModel:
     """Load ``munit:<file>``, ``cyclegan:<file>`` or ``tiny[:munit|cyclegan]`` onto ``device``."""
     family, name = parse_model_spec(spec)
     if family == "tiny":
         check_spec(spec)  # only validates the variant name
         net: nn.Module = tiny_generator() if name == "cyclegan" else tiny_translator()
     elif family == "munit":
-        net = build_munit(read_checkpoint(name, allow_pickle), spec, arch or MunitArch(), source, target)
+        net = build_munit(
+            read_checkpoint(name, allow_pickle, f"infrared model {spec!r}"),
+            spec,
+            arch or MunitArch(),
+            source,
+            target,
+        )
     elif family == "cyclegan":
-        net = build_cyclegan(read_checkpoint(name, allow_pickle), spec, target)
+        net = build_cyclegan(read_checkpoint(name, allow_pickle, f"infrared model {spec!r}"), spec, target)
     else:
-        raise ModelLoadError(f"infrared model {spec!r}: unknown family {family!r}; use munit:, cyclegan: or tiny")
+        raise ModelLoadError(
+            f"infrared model {spec!r}: unknown family {family!r}; use munit:, cyclegan: or tiny"
+        )
     style_dim = net.style_dim if isinstance(net, MunitTranslator) else 0
-    return InfraredModel(net, device, dtype, style_dim, net.multiple, short_side, max_side, output_range, seed)
+    return InfraredModel(
+        net, device, dtype, style_dim, net.multiple, short_side, max_side, output_range, seed
+    )

@@ -44,12 +44,18 @@ LEGACY_KEY = re.compile(r"^enc_content\..*\.norm\.(running_mean|running_var|num_
 
 
 def _activation(name: str) -> nn.Module:
-    return {"relu": nn.ReLU(inplace=True), "lrelu": nn.LeakyReLU(0.2, inplace=True), "tanh": nn.Tanh(),
-            "none": nn.Identity()}[name]
+    return {
+        "relu": nn.ReLU(inplace=True),
+        "lrelu": nn.LeakyReLU(0.2, inplace=True),
+        "tanh": nn.Tanh(),
+        "none": nn.Identity(),
+    }[name]
 
 
 def _padding(pad_type: str, size: int) -> nn.Module:
-    return {"reflect": nn.ReflectionPad2d, "zero": nn.ZeroPad2d, "replicate": nn.ReplicationPad2d}[pad_type](size)
+    return {"reflect": nn.ReflectionPad2d, "zero": nn.ZeroPad2d, "replicate": nn.ReplicationPad2d}[pad_type](
+        size
+    )
 
 
 class StyleNorm(nn.Module):
@@ -88,8 +94,9 @@ class SampleNorm(nn.Module):
 class ConvUnit(nn.Module):
     """pad -> conv -> norm -> activation, with the norm one of: none, instance, sample (LN), style (AdaIN)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, pad: int, norm: str, activ: str,
-                 pad_type: str):
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int, pad: int, norm: str, activ: str, pad_type: str
+    ):
         super().__init__()
         self.pad = _padding(pad_type, pad)
         self.conv = nn.Conv2d(cin, cout, kernel, stride, bias=True)
@@ -102,7 +109,9 @@ class ConvUnit(nn.Module):
             self.norm = StyleNorm(cout)
         self.activation = _activation(activ)
 
-    def forward(self, x: torch.Tensor, style: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, style: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         x = self.conv(self.pad(x))
         if self.norm_kind == "style":
             x = self.norm(x, *style)
@@ -116,10 +125,14 @@ class ResidualUnit(nn.Module):
 
     def __init__(self, dim: int, norm: str, activ: str, pad_type: str):
         super().__init__()
-        self.model = nn.Sequential(ConvUnit(dim, dim, 3, 1, 1, norm, activ, pad_type),
-                                   ConvUnit(dim, dim, 3, 1, 1, norm, "none", pad_type))
+        self.model = nn.Sequential(
+            ConvUnit(dim, dim, 3, 1, 1, norm, activ, pad_type),
+            ConvUnit(dim, dim, 3, 1, 1, norm, "none", pad_type),
+        )
 
-    def forward(self, x: torch.Tensor, styles: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, styles: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> torch.Tensor:
         first, second = self.model
         if styles is None:
             return x + second(first(x))
@@ -131,7 +144,9 @@ class ResidualStack(nn.Module):
         super().__init__()
         self.model = nn.Sequential(*[ResidualUnit(dim, norm, activ, pad_type) for _ in range(n)])
 
-    def forward(self, x: torch.Tensor, styles: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, styles: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> torch.Tensor:
         for i, unit in enumerate(self.model):
             x = unit(x, None if styles is None else styles[2 * i : 2 * i + 2])
         return x
@@ -180,7 +195,10 @@ class Decoder(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [ResidualStack(a.n_res, dim, "style", a.activ, a.pad_type)]
         for _ in range(a.n_downsample):
-            layers += [nn.Upsample(scale_factor=2), ConvUnit(dim, dim // 2, 5, 1, 2, "sample", a.activ, a.pad_type)]
+            layers += [
+                nn.Upsample(scale_factor=2),
+                ConvUnit(dim, dim // 2, 5, 1, 2, "sample", a.activ, a.pad_type),
+            ]
             dim //= 2
         layers.append(ConvUnit(dim, a.input_dim, 7, 1, 3, "none", "tanh", a.pad_type))
         self.model = nn.Sequential(*layers)
@@ -190,8 +208,10 @@ class Decoder(nn.Module):
     def forward(self, content: torch.Tensor, adain: torch.Tensor) -> torch.Tensor:
         c = self.res_dim
         # The MLP output holds, per AdaIN layer in order, C shifts then C scales.
-        styles = [(adain[:, 2 * c * i : 2 * c * i + c], adain[:, 2 * c * i + c : 2 * c * (i + 1)])
-                  for i in range(self.n_style_layers)]
+        styles = [
+            (adain[:, 2 * c * i : 2 * c * i + c], adain[:, 2 * c * i + c : 2 * c * (i + 1)])
+            for i in range(self.n_style_layers)
+        ]
         x = self.model[0](content, styles)
         for layer in self.model[1:]:
             x = layer(x)
@@ -213,9 +233,11 @@ class StyleMLP(nn.Module):
 
     def __init__(self, a: MunitArch, n_out: int):
         super().__init__()
-        self.model = nn.Sequential(LinearUnit(a.style_dim, a.mlp_dim, a.activ),
-                                   LinearUnit(a.mlp_dim, a.mlp_dim, a.activ),
-                                   LinearUnit(a.mlp_dim, n_out, "none"))
+        self.model = nn.Sequential(
+            LinearUnit(a.style_dim, a.mlp_dim, a.activ),
+            LinearUnit(a.mlp_dim, a.mlp_dim, a.activ),
+            LinearUnit(a.mlp_dim, n_out, "none"),
+        )
 
     def forward(self, style: torch.Tensor) -> torch.Tensor:
         return self.model(style.flatten(1))
@@ -243,7 +265,7 @@ class MunitTranslator(nn.Module):
         self.decoder = target.dec
         self.mlp = target.mlp
         self.style_dim = target.arch.style_dim
-        self.multiple = 2 ** target.arch.n_downsample  # input sides must divide by this to keep the size
+        self.multiple = 2**target.arch.n_downsample  # input sides must divide by this to keep the size
 
     def forward(self, images: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.content(images), self.mlp(style))
