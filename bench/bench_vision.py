@@ -277,10 +277,10 @@ def measure_model(
     gflop: float,
     device: torch.device,
     quick: bool,
+    sizes: list[int],
     channels_last: bool = False,
 ) -> dict[str, Any]:
     """One model's sweeps: the network alone on preprocessed input, and with the backend's pre/post."""
-    sizes = [1, 2] if quick else [1, 8, 16, 32, 64, 128]
     return {
         "model": name,
         "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1),
@@ -293,7 +293,7 @@ def measure_model(
     }
 
 
-def gpu_section(device: torch.device, quick: bool, work: Path) -> dict[str, Any]:
+def gpu_section(device: torch.device, quick: bool, work: Path, sizes: list[int]) -> dict[str, Any]:
     from transformers import AutoModelForDepthEstimation
 
     from stages.backends.depth import DepthModel, tiny_config, tiny_processor
@@ -339,6 +339,7 @@ def gpu_section(device: torch.device, quick: bool, work: Path) -> dict[str, Any]
             gflop,
             device,
             quick,
+            sizes,
         )
         if arch == "glpn" or name.endswith("small"):  # VIDAL's model and the light alternative
             model.save_pretrained(work / arch)
@@ -364,7 +365,7 @@ def gpu_section(device: torch.device, quick: bool, work: Path) -> dict[str, Any]
         lambda m, t: m(t, torch.empty(1, arch.style_dim, device="meta")),
         tuple(one.shape[-2:]),
     )
-    keys = [f"v/{i}" for i in range(128)]
+    keys = [f"v/{i}" for i in range(max(sizes))]
     entry = measure_model(
         f"MUNIT sRGB-TIR (short side {short})",
         net.net,
@@ -374,6 +375,7 @@ def gpu_section(device: torch.device, quick: bool, work: Path) -> dict[str, Any]
         gflop,
         device,
         quick,
+        sizes,
         channels_last=net.channels_last,
     )
     ckpt = work / "translation_weights.pt"
@@ -499,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="tiny models on the CPU, and the runner overhead")
     p.add_argument("--gpu", action="store_true", help="real-size architectures on CUDA (or --device)")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128], help="GPU batch sizes")
     p.add_argument("--quick", action="store_true", help="small frames and batches: checks the script runs")
     p.add_argument("--overhead-only", action="store_true", help="with --cpu: skip the per-stage profiles")
     p.add_argument("--out", default=str(REPO / "bench" / "out"), help="where JSON / Markdown results go")
@@ -514,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no CUDA device: skipping the GPU section (use --device cpu --quick for a dry run)")
             return 0
         with tempfile.TemporaryDirectory() as work:
-            r = gpu_section(device, a.quick, Path(work))
+            r = gpu_section(device, a.quick, Path(work), [1, 2] if a.quick else a.sizes)
         (out / "vision_gpu.json").write_text(json.dumps(r, indent=1))
         (out / "vision_gpu.md").write_text(gpu_markdown(r) + "\n")
         print(gpu_markdown(r))

@@ -78,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from pipeline.runner import StageInputError
+    from stages.backends import ModelLoadError
 
     mode = "force" if args.force else "retry_failed" if args.retry_failed else "resume"
     try:
         reports = run_pipeline(config, stages, mode)
-    except (StageInputError, FileNotFoundError) as e:
+    except (StageInputError, ModelLoadError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     root = store.normalize(config.run.root)

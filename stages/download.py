@@ -61,7 +61,7 @@ EXTRACTOR_HOSTS = ["youtube.com", "youtu.be", "youtube-nocookie.com", "vimeo.com
 class DownloadConfig(StageConfig):
     # I/O bound: two tasks per core, each with a thread pool; batches big enough to keep it busy.
     batch_size: int = 128
-    num_cpus: float = 0.5
+    num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per download task (two tasks per core)")
     threads: int = Field(32, ge=1, description="concurrent downloads inside one task (I/O bound)")
     per_host_connections: int = Field(4, ge=1, description="concurrent downloads per host in one worker")
     rate_limit_per_host: float | None = Field(None, gt=0, description="downloads started per second per "
