@@ -171,7 +171,10 @@ def evaluate_config(model: Any, cfg: Any, amp: Any = contextlib.nullcontext) -> 
     """Evaluation as a ``TrainConfig``'s ``eval`` section asks (used by the trainer every N steps)."""
     e = cfg.eval
     field = e.text_field or (cfg.data.text_field if cfg.data.text_field != "mix" else "raw")
-    data = cfg.data.model_copy(update={"shards": e.shards or cfg.data.shards, "text_field": field,
+    shards = e.shards or cfg.data.shards
+    if e.shards is None and cfg.data.resampled and cfg.data.sources:  # every source's held-out part
+        shards = [u for s in cfg.data.sources for u in ([s.shards] if isinstance(s.shards, str) else s.shards)]
+    data = cfg.data.model_copy(update={"shards": shards, "text_field": field,
                                        "batch_size": e.batch_size, "resampled": False})
     split = e.split if e.shards is None else "all"
     if split == "holdout" and cfg.data.holdout == 0:

@@ -47,7 +47,9 @@ class LanguageBind(nn.Module):
         # One temperature per modality: LanguageBind trains each modality against text on its own.
         self.logit_scale = nn.ParameterDict({m: nn.Parameter(torch.tensor(scale)) for m in towers})
         self.logit_bias = (
-            nn.ParameterDict({m: nn.Parameter(torch.tensor(SIGLIP_LOGIT_BIAS_INIT)) for m in towers}) if siglip else None
+            nn.ParameterDict({m: nn.Parameter(torch.tensor(SIGLIP_LOGIT_BIAS_INIT)) for m in towers})
+            if siglip
+            else None
         )
 
     # -- construction -----------------------------------------------------------------------
@@ -58,7 +60,9 @@ class LanguageBind(nn.Module):
         return cls(resolved, text, towers)
 
     @classmethod
-    def tiny(cls, modalities: Iterable[str] = MODALITIES, overrides: dict[str, Any] | None = None) -> LanguageBind:
+    def tiny(
+        cls, modalities: Iterable[str] = MODALITIES, overrides: dict[str, Any] | None = None
+    ) -> LanguageBind:
         """A tiny random model for tests; ``overrides`` (a partial config dict) is merged in."""
         return cls.from_config(tiny_config(tuple(modalities), overrides))
 
@@ -122,8 +126,13 @@ class LanguageBind(nn.Module):
             for suffix, params, wd in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):
                 if params:
                     out.append(
-                        {"name": f"{kind}/{suffix}", "params": params, "lr": lr * scale, "lr_scale": scale,
-                         "weight_decay": wd}
+                        {
+                            "name": f"{kind}/{suffix}",
+                            "params": params,
+                            "lr": lr * scale,
+                            "lr_scale": scale,
+                            "weight_decay": wd,
+                        }
                     )
         return out
 
@@ -143,15 +152,20 @@ class LanguageBind(nn.Module):
         return self
 
     # -- inference ---------------------------------------------------------------------------
-    def preprocess_input(self, modality: str, item: Any, train: bool = False,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+    def preprocess_input(
+        self, modality: str, item: Any, train: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """One raw input (path, shard bytes, frame list, waveform) -> the tower's input tensor."""
         cfg = self.towers[modality].cfg
         size = cfg.image_size if modality == "audio" else cfg.image_size[0]
-        return preprocess(modality, item, image_size=size, num_frames=cfg.num_frames, train=train, generator=generator)
+        return preprocess(
+            modality, item, image_size=size, num_frames=cfg.num_frames, train=train, generator=generator
+        )
 
     @torch.no_grad()
-    def encode(self, modality: str, inputs: torch.Tensor | Sequence[Any], batch_size: int = 32) -> torch.Tensor:
+    def encode(
+        self, modality: str, inputs: torch.Tensor | Sequence[Any], batch_size: int = 32
+    ) -> torch.Tensor:
         """Normalised embeddings ``[N, E]`` (on CPU) of a batch tensor or a list of raw inputs.
 
         Runs in eval mode without gradients, ``batch_size`` inputs at a time; raw inputs are decoded
@@ -199,6 +213,9 @@ class LanguageBind(nn.Module):
         tiny_text = config.text.name_or_path == "tiny"
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         if include_text and not tiny_text:
+            if self.text.projection is not None and hasattr(self.text.encoder.config, "projection_dim"):
+                # so that the CLIP text loader builds the projection at its real size (weights: ours)
+                self.text.encoder.config.projection_dim = self.text.projection.out_features
             self.text.encoder.save_pretrained(path / TEXT_DIR)
             self.text.tokenizer.save_pretrained(path / TEXT_DIR)
             config.text.name_or_path = TEXT_DIR
@@ -222,7 +239,9 @@ class LanguageBind(nn.Module):
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("text.encoder.")]
         if missing or unexpected:
-            raise RuntimeError(f"{path / WEIGHTS_FILE} does not fit the config: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(
+                f"{path / WEIGHTS_FILE} does not fit the config: missing {missing}, unexpected {unexpected}"
+            )
         return model.to(map_location)
 
 

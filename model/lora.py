@@ -48,4 +48,3 @@ def merge_lora(module: nn.Module) -> int:
 def is_lora_parameter(name: str) -> bool:
     """True for the LoRA matrices (``lora_A`` / ``lora_B``) peft adds."""
     return ".lora_A." in name or ".lora_B." in name
-

@@ -105,7 +105,9 @@ class ClipLoss(nn.Module):
         logits = logit_scale * all_a @ all_b.T
         return logits, logits.T
 
-    def forward(self, features_a: torch.Tensor, features_b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features_a: torch.Tensor, features_b: torch.Tensor, logit_scale: torch.Tensor
+    ) -> torch.Tensor:
         logits_a, logits_b = self.logits(features_a, features_b, logit_scale)
         labels = self.labels(logits_a.shape[0], logits_a.device)
         return (F.cross_entropy(logits_a, labels) + F.cross_entropy(logits_b, labels)) / 2

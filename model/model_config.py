@@ -30,7 +30,11 @@ MODALITY_DEFAULTS: dict[str, dict[str, Any]] = {
         "patch_dropout": 0.3,
         "lora": {"r": 16, "alpha": 16, "dropout": 0.0},
     },
-    "audio": {"image_size": [126, 1036], "patch_dropout": 0.3, "lora": {"r": 16, "alpha": 16, "dropout": 0.1}},
+    "audio": {
+        "image_size": [126, 1036],
+        "patch_dropout": 0.3,
+        "lora": {"r": 16, "alpha": 16, "dropout": 0.1},
+    },
     "depth": {"patch_dropout": 0.5, "lora": {"r": 2, "alpha": 16, "dropout": 0.1}},
     "infrared": {"patch_dropout": 0.5, "lora": {"r": 2, "alpha": 16, "dropout": 0.1}},
 }
@@ -65,6 +69,9 @@ class TowerConfig(_Strict):
     in_channels: int = Field(3, ge=1)
     num_frames: int = Field(1, ge=1)
     temporal: bool = Field(False, description="a temporal attention block before each spatial one")
+    time_embedding_std: float | None = Field(
+        None, gt=0, description="init std of the frame embeddings; null: width ** -0.5 (LanguageBind)"
+    )
     patch_dropout: float = Field(0.0, ge=0, lt=1)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     trainable: list[str] = Field(default_factory=lambda: list(DEFAULT_TRAINABLE))
@@ -90,7 +97,9 @@ class TowerConfig(_Strict):
             raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
         h, w = self.image_size
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.temporal and self.num_frames < 2:
             raise ValueError("temporal attention needs num_frames >= 2")
         return self

@@ -48,7 +48,9 @@ def _mel(freq: torch.Tensor | float) -> torch.Tensor:
     return 1127.0 * torch.log1p(torch.as_tensor(freq, dtype=torch.float64) / 700.0)
 
 
-def kaldi_mel_banks(num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: float = 20.0) -> torch.Tensor:
+def kaldi_mel_banks(
+    num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: float = 20.0
+) -> torch.Tensor:
     """Kaldi's triangular filters ``[num_mel_bins, fft_size // 2 + 1]``: triangles linear in mel
     between ``low_freq`` and Nyquist, over the FFT bins below Nyquist (the Nyquist bin gets 0)."""
     bins = fft_size // 2
@@ -63,7 +65,9 @@ def kaldi_mel_banks(num_mel_bins: int, fft_size: int, sample_rate: int, low_freq
     return torch.nn.functional.pad(banks, (0, 1)).float()
 
 
-def kaldi_fbank(waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = NUM_MEL_BINS) -> torch.Tensor:
+def kaldi_fbank(
+    waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = NUM_MEL_BINS
+) -> torch.Tensor:
     """Log-mel filterbank as Kaldi computes it (torchaudio's ``compliance.kaldi.fbank`` with
     LanguageBind's arguments): 25 ms Hanning frames every 10 ms (``snip_edges``), DC removed,
     pre-emphasis 0.97, FFT padded to a power of two, power spectrum, Kaldi mel banks from 20 Hz to
@@ -104,7 +108,10 @@ def decode_audio(source: Source, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
 
 
 def chunk_fbank(
-    fbank: torch.Tensor, target_frames: int = TARGET_FRAMES, train: bool = False, generator: torch.Generator | None = None
+    fbank: torch.Tensor,
+    target_frames: int = TARGET_FRAMES,
+    train: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``[frames, bins]`` -> ``[3, bins, target_frames]``.
 
@@ -245,8 +252,15 @@ def infrared_input(source: Source | Image.Image | np.ndarray, image_size: int = 
     return _normalise(_resize_crop(image, image_size).float() / 255.0)
 
 
-def preprocess(modality: str, source: Any, *, image_size: int | tuple[int, int] = 224, num_frames: int = NUM_FRAMES,
-               train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def preprocess(
+    modality: str,
+    source: Any,
+    *,
+    image_size: int | tuple[int, int] = 224,
+    num_frames: int = NUM_FRAMES,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Dispatch to the modality's transform; a tensor passes through unchanged (already prepared).
 
     For audio, ``image_size`` is the tower's ``(mel bins, frames)``.

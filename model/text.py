@@ -165,7 +165,12 @@ class TextTower(nn.Module):
             torch.manual_seed(0)
             model = CLIPTextModelWithProjection(config)
         return cls(
-            model.text_model, tokenizer, "clip", model.text_projection, cfg.max_length or CLIP_CONTEXT, cfg.cache_size
+            model.text_model,
+            tokenizer,
+            "clip",
+            model.text_projection,
+            cfg.max_length or CLIP_CONTEXT,
+            cfg.cache_size,
         )
 
 

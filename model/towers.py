@@ -76,7 +76,9 @@ def build_tower(cfg: TowerConfig, embed_dim: int, clip: CLIPModel | None) -> Mod
         state = adapt_vision_state(clip.vision_model.state_dict(), cfg)
         missing, unexpected = tower.vision.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not k.endswith("position_ids")]:
-            raise RuntimeError(f"CLIP vision weights do not fit the tower: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(
+                f"CLIP vision weights do not fit the tower: missing {missing}, unexpected {unexpected}"
+            )
         if clip.visual_projection.weight.shape == tower.projection.weight.shape:
             tower.projection.load_state_dict(clip.visual_projection.state_dict())
         else:
@@ -97,7 +99,11 @@ def build_towers(config: ModelConfig) -> tuple[TextTower, dict[str, ModalityTowe
     if config.text.name_or_path == "tiny":
         text = TextTower.tiny(config.text, config.embed_dim)
     else:
-        reuse = clip is not None and config.text.name_or_path == config.init_from and config.text.pooling != "mean"
+        reuse = (
+            clip is not None
+            and config.text.name_or_path == config.init_from
+            and config.text.pooling != "mean"
+        )
         text = TextTower.from_config(config.text, clip if reuse else None)
     if config.embed_dim is not None and config.embed_dim != text.dim:
         raise ValueError(f"embed_dim {config.embed_dim} differs from the text tower's output dim {text.dim}")
@@ -106,8 +112,12 @@ def build_towers(config: ModelConfig) -> tuple[TextTower, dict[str, ModalityTowe
     resolved = {}
     for name, cfg in config.modalities.items():
         if clip is not None:
-            cfg = TowerConfig.model_validate({**cfg.model_dump(), **architecture_of(clip.config.vision_config)})
+            cfg = TowerConfig.model_validate(
+                {**cfg.model_dump(), **architecture_of(clip.config.vision_config)}
+            )
         towers[name] = build_tower(cfg, embed_dim, clip)
         resolved[name] = cfg
-    resolved_config = config.model_copy(update={"init_from": None, "embed_dim": embed_dim, "modalities": resolved})
+    resolved_config = config.model_copy(
+        update={"init_from": None, "embed_dim": embed_dim, "modalities": resolved}
+    )
     return text, towers, resolved_config

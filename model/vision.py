@@ -70,9 +70,12 @@ class TemporalBlock(nn.Module):
     so the pretrained attention is the starting point for mixing across time.
     """
 
-    def __init__(self, config: CLIPVisionConfig, num_frames: int) -> None:
+    def __init__(self, config: CLIPVisionConfig, num_frames: int, init_std: float | None = None) -> None:
         super().__init__()
-        self.time_embedding = nn.Parameter(torch.randn(num_frames, config.hidden_size) * config.hidden_size**-0.5)
+        # LanguageBind's width ** -0.5 suits pretrained towers; random ones learn motion far sooner with
+        # frame embeddings as large as a normalised token (std 1), see configs/model/demo.yaml.
+        std = init_std if init_std is not None else config.hidden_size**-0.5
+        self.time_embedding = nn.Parameter(torch.randn(num_frames, config.hidden_size) * std)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = CLIPAttention(config)
 
@@ -110,7 +113,9 @@ class ModalityTower(nn.Module):
             self.vision.embeddings.position_embedding = nn.Embedding(grid_h * grid_w + 1, cfg.width)
             nn.init.normal_(self.vision.embeddings.position_embedding.weight, std=config.initializer_range)
         self.temporal = (
-            nn.ModuleList(TemporalBlock(config, cfg.num_frames) for _ in range(cfg.layers))
+            nn.ModuleList(
+                TemporalBlock(config, cfg.num_frames, cfg.time_embedding_std) for _ in range(cfg.layers)
+            )
             if cfg.temporal
             else None
         )

@@ -93,7 +93,9 @@ def distributed(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize(("local_loss", "gather_with_grad"), CLIP_MODES[:3])
-def test_clip_loss_and_gradients_match_single_process(distributed, local_loss: bool, gather_with_grad: bool) -> None:
+def test_clip_loss_and_gradients_match_single_process(
+    distributed, local_loss: bool, gather_with_grad: bool
+) -> None:
     ref_loss, ref_grads = single_process(ClipLoss())
     loss, grads = distributed[f"clip_{local_loss}_{gather_with_grad}"]
     assert loss == pytest.approx(ref_loss, rel=1e-5)
@@ -128,4 +130,6 @@ def test_single_process_clip_loss_matches_its_definition() -> None:
     pairs = 10.0 * a @ b.T - 10.0
     signs = 2 * torch.eye(5) - 1
     siglip = sum(-F.logsigmoid(signs[i, j] * pairs[i, j]) for i in range(5) for j in range(5)) / 5
-    assert SigLipLoss()(a, b, torch.tensor(10.0), torch.tensor(-10.0)).item() == pytest.approx(siglip.item(), rel=1e-5)
+    assert SigLipLoss()(a, b, torch.tensor(10.0), torch.tensor(-10.0)).item() == pytest.approx(
+        siglip.item(), rel=1e-5
+    )

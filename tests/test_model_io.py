@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 from model import LanguageBind, ModelConfig, similarity, zero_shot_classify
 from model.model_config import tiny_config
 from model.text import minilm_path
+from model.towers import interpolate_positions
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
@@ -27,13 +28,23 @@ def clip_dir(tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = CLIPConfig(
         text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": tokenizer.sep_token_id,
-            "bos_token_id": tokenizer.cls_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "eos_token_id": tokenizer.sep_token_id,
+            "bos_token_id": tokenizer.cls_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
-            "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "image_size": 28, "patch_size": 14,
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 28,
+            "patch_size": 14,
         },
         projection_dim=24,
     )
@@ -61,21 +72,44 @@ def test_towers_initialise_from_a_clip_checkpoint_with_shape_adaptations(clip_di
     model = LanguageBind.from_config(clip_config(clip_dir))
     source = clip.vision_model.state_dict()
     video = model.towers["video"]
-    assert model.config.modalities["video"].width == 48 and model.config.init_from is None  # sizes from the checkpoint
+    # sizes come from the checkpoint, and the saved config needs it no more
+    assert model.config.modalities["video"].width == 48 and model.config.init_from is None
     layer = video.vision.encoder.layers[1]
     assert torch.equal(layer.mlp.fc1.weight, source["encoder.layers.1.mlp.fc1.weight"])
-    assert torch.equal(layer.self_attn.q_proj.base_layer.weight, source["encoder.layers.1.self_attn.q_proj.weight"])
+    assert torch.equal(
+        layer.self_attn.q_proj.base_layer.weight, source["encoder.layers.1.self_attn.q_proj.weight"]
+    )
     assert torch.equal(video.projection.weight, clip.visual_projection.weight)
     # temporal blocks copy the *loaded* spatial attention
-    assert torch.equal(video.temporal[1].attn.v_proj.base_layer.weight, source["encoder.layers.1.self_attn.v_proj.weight"])
+    assert torch.equal(
+        video.temporal[1].attn.v_proj.base_layer.weight, source["encoder.layers.1.self_attn.v_proj.weight"]
+    )
     # audio: 2 x 2 positions interpolated to the 9 x 74 grid, class position kept
     positions = model.towers["audio"].vision.embeddings.position_embedding.weight
     assert positions.shape == (1 + 9 * 74, 48)
     assert torch.equal(positions[0], source["embeddings.position_embedding.weight"][0])
-    grid = positions[1:].view(9, 74, 48)
-    corners = source["embeddings.position_embedding.weight"][1:].view(2, 2, 48)
-    assert torch.allclose(grid[0, 0], corners[0, 0], atol=0.35 * corners.abs().max())
-    assert not torch.allclose(grid[0, 0], grid[8, 73])
+    torch.testing.assert_close(
+        positions, interpolate_positions(source["embeddings.position_embedding.weight"], (9, 74))
+    )
+    assert not torch.allclose(positions[1], positions[-1])
+
+
+def test_position_interpolation_keeps_constant_and_ramp_grids() -> None:
+    constant = torch.full((1 + 16 * 16, 4), 0.3)
+    constant[0] = 7.0
+    out = interpolate_positions(constant, (9, 74))
+    assert out.shape == (1 + 9 * 74, 4) and out[0].eq(7.0).all()
+    torch.testing.assert_close(out[1:], torch.full((9 * 74, 4), 0.3))
+    ramp = torch.zeros(1 + 16 * 16, 1)
+    ramp[1:, 0] = torch.arange(16.0).repeat(16)  # value = column index
+    grid = interpolate_positions(ramp, (9, 74))[1:, 0].view(9, 74)
+    assert torch.allclose(grid, grid[:1].expand(9, 74))  # no change down the rows
+    assert (grid[0].diff() >= -1e-5).all() and grid[0, 0] < 0.5 and grid[0, -1] > 14.5
+
+
+def test_one_channel_depth_and_clip_text_tower_from_the_checkpoint(clip_dir: Path) -> None:
+    clip = CLIPModel.from_pretrained(clip_dir)
+    model = LanguageBind.from_config(clip_config(clip_dir))
     # depth with one channel: summed RGB filters, so x and RGB (x, x, x) give the same patches
     depth = model.towers["depth"].vision.embeddings.patch_embedding
     rgb = clip.vision_model.embeddings.patch_embedding
@@ -85,8 +119,14 @@ def test_towers_initialise_from_a_clip_checkpoint_with_shape_adaptations(clip_di
     assert model.text.pooling == "clip" and model.text.dim == 24
     assert torch.equal(model.text.projection.weight, clip.text_projection.weight)
     assert not any(p.requires_grad for p in model.text.parameters())
-    out = model({"text": ["a", "b"], "video": torch.randn(2, 4, 3, 28, 28), "audio": torch.randn(2, 3, 126, 1036),
-                 "depth": torch.randn(2, 1, 28, 28)})
+    out = model(
+        {
+            "text": ["a", "b"],
+            "video": torch.randn(2, 4, 3, 28, 28),
+            "audio": torch.randn(2, 3, 126, 1036),
+            "depth": torch.randn(2, 1, 28, 28),
+        }
+    )
     assert out["video"].shape == out["audio"].shape == out["depth"].shape == (2, 24)
 
 
@@ -125,7 +165,12 @@ def test_yaml_configs_validate_and_tiny_matches_code() -> None:
     assert paper.init_from == "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K"
     assert paper.modalities["audio"].grid == (9, 74)
     lora = {m: (c.lora.r, c.lora.dropout, c.patch_dropout) for m, c in paper.modalities.items()}
-    assert lora == {"video": (16, 0.0, 0.3), "infrared": (2, 0.1, 0.5), "depth": (2, 0.1, 0.5), "audio": (16, 0.1, 0.3)}
+    assert lora == {
+        "video": (16, 0.0, 0.3),
+        "infrared": (2, 0.1, 0.5),
+        "depth": (2, 0.1, 0.5),
+        "audio": (16, 0.1, 0.3),
+    }
     demo = ModelConfig.load(CONFIGS / "demo.yaml")
     assert demo.text.name_or_path == "minilm"
 
@@ -140,7 +185,9 @@ def test_config_errors_name_the_key() -> None:
 
 
 def test_minilm_text_tower_sets_the_shared_dim() -> None:
-    model = LanguageBind.from_config({"text": {"name_or_path": "minilm"}, "modalities": {"depth": tiny_config().modalities["depth"]}})
+    model = LanguageBind.from_config(
+        {"text": {"name_or_path": "minilm"}, "modalities": {"depth": tiny_config().modalities["depth"]}}
+    )
     assert model.text.pooling == "mean" and model.text.dim == 384
     emb = model.encode_text(["a dog barks", "a puppy is barking", "stock market report"])
     sims = similarity(emb, emb)
@@ -159,8 +206,12 @@ def test_encode_raw_files_in_chunks_and_zero_shot(tmp_path: Path) -> None:
     model.train()
     chunked = model.encode("infrared", paths, batch_size=2)
     assert chunked.shape == (5, 32) and model.training  # mode restored
-    whole = model.encode("infrared", torch.stack([model.preprocess_input("infrared", p) for p in paths]), batch_size=8)
+    whole = model.encode(
+        "infrared", torch.stack([model.preprocess_input("infrared", p) for p in paths]), batch_size=8
+    )
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
-    probs = zero_shot_classify(model, "infrared", paths, ["hot", "cold", "warm"], ["a {} object", "something {}"])
+    probs = zero_shot_classify(
+        model, "infrared", paths, ["hot", "cold", "warm"], ["a {} object", "something {}"]
+    )
     assert probs.shape == (5, 3)
     torch.testing.assert_close(probs.sum(1), torch.ones(5))

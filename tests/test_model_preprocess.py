@@ -89,7 +89,8 @@ def test_long_clip_takes_one_chunk_from_each_third() -> None:
             assert third[0] <= start <= third[-1]
             assert torch.equal(chunk[0], torch.arange(start, start + 1036, dtype=torch.float32))
     starts = {
-        tuple(pp.chunk_fbank(fbank, 1036, True, torch.Generator().manual_seed(s))[:, 0, 0].tolist()) for s in range(5)
+        tuple(pp.chunk_fbank(fbank, 1036, True, torch.Generator().manual_seed(s))[:, 0, 0].tolist())
+        for s in range(5)
     }
     assert len(starts) > 1  # training picks at random
 
@@ -119,7 +120,9 @@ def test_flac_decoded_by_pyav_and_normalised() -> None:
     out = pp.audio_input(data)
     assert out.shape == (3, 126, 1036) and out.dtype == torch.float32
     fbank = pp.kaldi_fbank(decoded - decoded.mean())
-    np.testing.assert_allclose(out[0, :, : fbank.shape[0]].T, (fbank + 4.2677393) / (2 * 4.5689974), atol=1e-5)
+    np.testing.assert_allclose(
+        out[0, :, : fbank.shape[0]].T, (fbank + 4.2677393) / (2 * 4.5689974), atol=1e-5
+    )
 
 
 def test_wav_file_is_resampled_to_16k(tmp_path) -> None:

@@ -53,7 +53,13 @@ def test_frozen_parameters_get_no_gradient_and_do_not_move() -> None:
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     # What must be frozen: the text tower, position embeddings, base attention and MLP weights.
     assert any(n.startswith("text.") for n in frozen) and not any(n.startswith("text.") for n in trainable)
-    for pattern in ("position_embedding", "q_proj.base_layer", "out_proj.base_layer", "mlp.fc1", "temporal.0.attn.k_proj.base"):
+    for pattern in (
+        "position_embedding",
+        "q_proj.base_layer",
+        "out_proj.base_layer",
+        "mlp.fc1",
+        "temporal.0.attn.k_proj.base",
+    ):
         assert any(pattern in n for n in frozen) and not any(pattern in n for n in trainable), pattern
     for pattern in ("class_embedding", "lora_A", "lora_B", "time_embedding", "projection", "logit_scale"):
         assert any(pattern in n for n in trainable), pattern
@@ -72,7 +78,9 @@ def test_frozen_parameters_get_no_gradient_and_do_not_move() -> None:
     assert any("lora_B" in n for n in moved) and any("class_embedding" in n for n in moved)
 
 
-@pytest.mark.parametrize(("modality", "rank", "temporal"), [("video", 16, True), ("depth", 2, False), ("audio", 16, False)])
+@pytest.mark.parametrize(
+    ("modality", "rank", "temporal"), [("video", 16, True), ("depth", 2, False), ("audio", 16, False)]
+)
 def test_lora_parameter_count_follows_rank(modality: str, rank: int, temporal: bool) -> None:
     model = LanguageBind.tiny((modality,))  # LanguageBind's default rank per modality
     count = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -96,7 +104,9 @@ def test_patch_dropout_keeps_the_ratio_and_the_same_patches_in_every_frame() -> 
     # Each token carries its patch index and clip number, so the output shows what was kept.
     index = torch.arange(patches, dtype=torch.float32)[None, None, :, None]
     clip_id = torch.arange(clips, dtype=torch.float32)[:, None, None, None]
-    tokens = (index + 1000 * clip_id).expand(clips, frames, patches, dim).reshape(clips * frames, patches, dim)
+    tokens = (
+        (index + 1000 * clip_id).expand(clips, frames, patches, dim).reshape(clips * frames, patches, dim)
+    )
     drop = PatchDropout(0.5).train()
     out = drop(tokens, frames)
     assert out.shape == (clips * frames, 32, dim)
