@@ -130,14 +130,15 @@ def openai_concurrency(requests: int = 64, latency_s: float = 0.05) -> dict[str,
     return out
 
 
-def runner_overhead(rows: tuple[int, int], work: Path) -> list[dict[str, Any]]:
+def runner_overhead(rows: tuple[int, int], work: Path, batch: int) -> list[dict[str, Any]]:
     """Plain loop vs the runner on Ray for caption and enhance (``bench/stage_overhead.py``)."""
     from bench.stage_overhead import build_source, measure
     from pipeline.config import load_config
     from pipeline.runner import run_stage
 
     config = str(REPO / "configs" / "demo.yaml")
-    sets = [*TINY_SETS, "run.num_cpus=2", "caption.batch_size=8", "enhance.batch_size=8", "run.rows_per_part=64"]
+    sets = [*TINY_SETS, "run.num_cpus=2", f"caption.batch_size={batch}", f"enhance.batch_size={batch}",
+            "run.rows_per_part=64"]
     source = build_source("caption", config, sets, work / "src", videos=16)
     # the enhance input also needs captions: run caption once over the source
     run_stage(load_config(config, [*sets, f"run.root={source}", "run.demo_media="]), "caption")
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="scaled-down models and batches (a dry run)")
     p.add_argument("--videos", type=int, default=32, help="videos for the CPU throughput runs")
     p.add_argument("--rows", type=int, nargs=2, default=(32, 128), help="run lengths for the runner overhead")
+    p.add_argument("--batch-size", type=int, default=32, help="caption/enhance batch size for the runner overhead")
     p.add_argument("--no-overhead", action="store_true", help="skip the runner-overhead runs")
     p.add_argument("--out", default=str(REPO / "bench" / "out"))
     a = p.parse_args(argv)
@@ -310,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         if not a.no_overhead:
             from bench.stage_overhead import as_markdown
 
-            result["overhead"] = runner_overhead(tuple(a.rows), Path(tempfile.mkdtemp(prefix="lang-overhead-")))
+            result["overhead"] = runner_overhead(tuple(a.rows), Path(tempfile.mkdtemp(prefix="lang-overhead-")),
+                                                 a.batch_size)
             for r in result["overhead"]:
                 print(as_markdown(r), "\n", flush=True)
         (out_dir / "language_cpu.json").write_text(json.dumps(result, indent=1))

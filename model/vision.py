@@ -111,7 +111,9 @@ class ModalityTower(nn.Module):
         if grid_h * grid_w + 1 != self.vision.embeddings.num_positions:
             # Non-square input (audio fbank): one position per patch of the (grid_h, grid_w) grid.
             self.vision.embeddings.position_embedding = nn.Embedding(grid_h * grid_w + 1, cfg.width)
-            nn.init.normal_(self.vision.embeddings.position_embedding.weight, std=config.initializer_range)
+        # open_clip's width ** -0.5 rather than transformers' 0.02: position embeddings are frozen, and
+        # at 0.02 a random tower can hardly tell where in the frame anything is (a checkpoint overwrites it).
+        nn.init.normal_(self.vision.embeddings.position_embedding.weight, std=cfg.width**-0.5)
         self.temporal = (
             nn.ModuleList(
                 TemporalBlock(config, cfg.num_frames, cfg.time_embedding_std) for _ in range(cfg.layers)
