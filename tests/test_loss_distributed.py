@@ -54,6 +54,7 @@ def single_process(loss: nn.Module) -> tuple[float, dict[str, torch.Tensor]]:
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)  # two processes on two cores
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         results = {}

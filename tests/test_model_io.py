@@ -22,6 +22,15 @@ from model.towers import interpolate_positions
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread beats two (thread hand-offs cost more than the math)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny CLIPModel (28 px, patch 14: a 2 x 2 grid) and a tokenizer, saved with save_pretrained."""

@@ -27,6 +27,15 @@ NAMES = list(COLOURS)
 SIZE, FRAMES = 32, 8
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread beats two (thread hand-offs cost more than the math)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def clip(colour: str, g: torch.Generator) -> torch.Tensor:
     """``[8, 3, 32, 32]``: a 12 px square of ``colour`` sliding right over noise, from a random place."""
     video = 0.2 * torch.randn(FRAMES, 3, SIZE, SIZE, generator=g)

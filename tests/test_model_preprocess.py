@@ -52,6 +52,15 @@ def reference_fbank(signal: np.ndarray, sr: int, bins: int) -> np.ndarray:
     return np.array(rows)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread beats two (thread hand-offs cost more than the math)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_kaldi_fbank_matches_independent_reference() -> None:
     rng = np.random.default_rng(0)
     t = np.arange(int(1.3 * 16000)) / 16000

@@ -17,6 +17,15 @@ from model.vision import PatchDropout
 WIDTH, LAYERS = 32, 2  # the tiny towers
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread beats two (thread hand-offs cost more than the math)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny() -> LanguageBind:
     torch.manual_seed(0)

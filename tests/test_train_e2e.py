@@ -11,7 +11,7 @@ import pytest
 from pipeline.synthetic import CONCEPTS, make_clip
 from tests.conftest import write_list
 
-# 2 colours x 3 shapes x 4 directions = 24 concepts, 3 clips each
+# 2 colours x 3 shapes x 4 directions = 24 concepts, 5 clips each (a third held out)
 E2E_CONCEPTS = [c for c in CONCEPTS if c.colour in ("red", "blue")]
 
 
@@ -21,7 +21,7 @@ def test_pipeline_shards_train_to_well_above_chance(tmp_path, ray_local):
     from pipeline.run import main as pipeline_main
 
     rows = []
-    for k in range(3):
+    for k in range(5):
         for i, concept in enumerate(E2E_CONCEPTS):
             path = tmp_path / "media" / f"{concept.slug}-{k}.mp4"
             path.parent.mkdir(exist_ok=True)
@@ -34,10 +34,9 @@ def test_pipeline_shards_train_to_well_above_chance(tmp_path, ray_local):
                           "--set", "shard.samples_per_shard=12"]) == 0
     out = tmp_path / "train"
     assert train_main(["--config", "configs/train/demo.yaml", "--data", str(root / "shard"), "--out", str(out),
-                       "--max-steps", "150", "--set", "data.holdout=0.34", "--set", "data.batch_size=24",
-                       "--set", "train.log_every=50", "--set", "eval.final=true",
-                       "--set", "model.modalities.video.width=64", "--set", "model.modalities.video.mlp_dim=256"]) == 0
+                       "--max-steps", "200", "--set", "data.holdout=0.34", "--set", "data.batch_size=24",
+                       "--set", "train.log_every=50", "--set", "eval.final=true"]) == 0
     result = json.loads(sorted((out / "eval").glob("step_*.json"))[-1].read_text())
     t2v = result["modalities"]["video"]["text_to_video"]
-    assert result["split"] == "holdout" and 15 <= t2v["candidates"] <= 35
-    assert t2v["R@1"] >= 4 * t2v["chance_R@1"], t2v
+    assert result["split"] == "holdout" and 25 <= t2v["candidates"] <= 60
+    assert t2v["R@1"] >= 5 * t2v["chance_R@1"], t2v  # about 11x when this was written
