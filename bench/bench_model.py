@@ -246,7 +246,10 @@ def main() -> None:
         "--gpu-dry-run", action="store_true", help="the GPU section's code on CPU, tiny tower"
     )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU section")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.no_cpu:
         cpu_section(args.steps)
     if args.gpu_dry_run:
