@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import ray
-from ray.data.expressions import col
 from pydantic import BaseModel
+from ray.data.expressions import col
 
 import pipeline
 from pipeline import manifest, store
