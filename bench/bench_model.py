@@ -3,6 +3,7 @@
     python bench/bench_model.py                  # CPU: tiny and demo towers, patch-dropout speed-up
     python bench/bench_model.py --gpu            # + ViT-L/14 video tower (8 frames) on CUDA, bf16, SDPA
     python bench/bench_model.py --gpu-dry-run    # the GPU section's code on CPU with a tiny tower
+    python bench/bench_model.py --direction      # demo tower: motion direction vs time_embedding_std
 
 MFU = counted model FLOPs per second / the peak measured in the same run by a large matmul (fp32 on
 CPU, bf16 on GPU; the GPU datasheet peak is shown beside it). FLOPs are counted with
@@ -236,6 +237,63 @@ def gpu_section(steps: int, dry_run: bool) -> None:
             del tower
 
 
+def direction_section(steps: int = 400, seeds: tuple[int, ...] = (0, 1)) -> None:
+    """Can the demo's random video tower tell left/right/up/down apart, per frame-embedding init?"""
+    from model import ClipLoss, LanguageBind, zero_shot_classify
+
+    directions = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+    names = list(directions)
+
+    def clip(name: str, g: torch.Generator, size: int = 64) -> torch.Tensor:
+        side, (dy, dx) = size // 6, directions[name]
+        video = torch.full((8, 3, size, size), -1.0)
+        fixed = [int(v) for v in torch.randint(side, size - 2 * side, (2,), generator=g)]
+        colour = torch.rand(3, 1, 1, generator=g) * 2 + 0.5
+        for t in range(8):
+            shift = (t / 7 - 0.5) * (size - 3 * side)
+            y = int(size / 2 - side / 2 + dy * shift) if dy else fixed[0]
+            x = int(size / 2 - side / 2 + dx * shift) if dx else fixed[1]
+            video[t, :, y : y + side, x : x + side] = colour
+        return video
+
+    def batch(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randperm(4, generator=g).repeat(n // 4)
+        return torch.stack([clip(names[i], g) for i in labels]), labels
+
+    print("\n## Motion direction, demo video tower (4 directions, 8-clip batches, AdamW 1e-3)\n")
+    print(
+        "| time_embedding_std | seed | " + " | ".join(f"acc @{s}" for s in range(100, steps + 1, 100)) + " |"
+    )
+    print("|---|---:|" + "---:|" * (steps // 100))
+    config = ModelConfig.load(CONFIGS / "demo.yaml")
+    for std in (1.0, config.modalities["video"].width ** -0.5):
+        for seed in seeds:
+            video = config.modalities["video"].model_copy(update={"time_embedding_std": std})
+            torch.manual_seed(seed)
+            model = LanguageBind.from_config(config.model_copy(update={"modalities": {"video": video}}))
+            opt = torch.optim.AdamW(model.optimizer_groups(1e-3, 0.05))
+            loss_fn, captions = ClipLoss(), [f"a square moving {d}" for d in names]
+            text = model.encode_text(captions)
+            g, (held, held_labels) = (
+                torch.Generator().manual_seed(seed + 1),
+                batch(64, torch.Generator().manual_seed(99)),
+            )
+            accuracies = []
+            for step in range(1, steps + 1):
+                videos, labels = batch(8, g)
+                model.train()
+                out = model({"video": videos, "text_emb": text[labels]})
+                loss = loss_fn(out["video"], out["text"], out["logit_scale"]["video"])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                model.clamp_logit_scale_()
+                if step % 100 == 0:
+                    probs = zero_shot_classify(model, "video", held, names, ["a square moving {}"])
+                    accuracies.append((probs.argmax(1) == held_labels).float().mean().item())
+            print(f"| {std:.3f} | {seed} | " + " | ".join(f"{a:.2f}" for a in accuracies) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,12 +304,15 @@ def main() -> None:
         "--gpu-dry-run", action="store_true", help="the GPU section's code on CPU, tiny tower"
     )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU section")
+    parser.add_argument("--direction", action="store_true", help="the motion-direction learning check")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.no_cpu:
         cpu_section(args.steps)
+    if args.direction:
+        direction_section()
     if args.gpu_dry_run:
         gpu_section(2, dry_run=True)
     elif args.gpu:

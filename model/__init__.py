@@ -6,7 +6,7 @@ Modalities (names used everywhere in ``model``): ``video`` (shard ``rgb.*.jpg``)
 Build::
 
     from model import LanguageBind, ModelConfig
-    model = LanguageBind.tiny(modalities=("video",))                 # random tiny towers (tests)
+    model = LanguageBind.tiny(("video",), {"loss": "siglip"})         # random tiny towers (tests)
     model = LanguageBind.from_config("configs/model/demo.yaml")      # YAML path, dict or ModelConfig
     model = LanguageBind.load("runs/x/model")                        # directory written by model.save()
 
@@ -18,7 +18,7 @@ Config (``ModelConfig``, validated; unknown keys fail with their name)::
     text: {name_or_path: minilm, pooling: auto, max_length: null, cache_size: 4096}
     modalities:                          # per-modality defaults (LanguageBind's) fill missing keys
       video: {width: 128, layers: 2, heads: 4, mlp_dim: 512, patch_size: 16, image_size: 96,
-              num_frames: 8, temporal: true, patch_dropout: 0.3,
+              num_frames: 8, temporal: true, time_embedding_std: null, patch_dropout: 0.3,
               lora: {r: 16, alpha: 16, dropout: 0.0},
               trainable: [class_embedding, patch_embedding, norms, temporal, projection]}
 
