@@ -12,5 +12,6 @@ run depth_gpu_tests "$PY" -m pytest -q tests/test_depth_gpu.py
 LIMIT=240 run vision "$PY" bench/bench_vision.py --gpu --sizes 16 64 --out "$OUT/vision"
 LIMIT=150 run language "$PY" bench/bench_language.py --gpu
 LIMIT=150 run train "$PY" bench/bench_train.py --gpu --out "$OUT/train"
+LIMIT=150 run train_ckpt "$PY" bench/bench_train.py --gpu --out "$OUT/train_ckpt" --grad-checkpointing
 [ -f bench/bench_model.py ] && LIMIT=120 run model "$PY" bench/bench_model.py --gpu
 echo "figures under $OUT"

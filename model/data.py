@@ -305,7 +305,12 @@ class ShardStream(IterableDataset):
             if self.train and self.cfg.shuffle_buffer > 1:
                 rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}:{pass_index}")
                 samples = _shuffle(samples, self.cfg.shuffle_buffer, min(100, self.cfg.shuffle_buffer), rng=rng)
-            yield from samples
+            read = 0
+            for read, sample in enumerate(samples, 1):  # noqa: B007 (read counts the pass)
+                yield sample
+            if read == 0:  # a pass without one readable sample: repeating it cannot help
+                log.error("no readable sample in this worker's shards %s", urls if isinstance(urls, list) else "")
+                return
 
     @staticmethod
     def _open(url: str, handler: Any) -> Any:

@@ -240,7 +240,11 @@ class Trainer:
                 batches = iter(make_loader(self.stream, pin_memory=self.d.device.type == "cuda"))
                 while self.step < stop_at and self.position["batches"] < self.steps_per_epoch * accum:
                     t0 = time.perf_counter()
-                    micro = [next(batches) for _ in range(accum)]
+                    micro = [next(batches, None) for _ in range(accum)]
+                    if any(mb is None for mb in micro):
+                        raise RuntimeError(f"the loader ran dry in epoch {epoch} after {self.position['batches']} "
+                                           "batches: the shards have fewer readable samples than their index "
+                                           "says (see the warnings above)")
                     waited = time.perf_counter() - t0
                     metrics = self.train_step(micro)
                     self.step += 1
@@ -433,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}))
+        # the evaluation table was printed already; the last step's figures close the run
+        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" not in k}))
     return 0
 
 

@@ -23,7 +23,8 @@ def run(cmd: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--max-steps", type=int, default=300, help="training steps of the demo model")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="training steps of the demo model (default: optim.max_steps of configs/train/demo.yaml)")
     p.add_argument("--skip-train", action="store_true", help="stop after the pipeline and the report")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -31,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         run(PIPELINE)
         trained = False
         if not args.skip_train and importlib.util.find_spec("model.train"):
-            run([sys.executable, "-m", "model.train", "--config", "configs/train/demo.yaml",
-                 "--max-steps", str(args.max_steps)])
-            run([sys.executable, "-m", "model.eval", "--checkpoint", "runs/train/demo"])
+            steps = [] if args.max_steps is None else ["--max-steps", str(args.max_steps)]
+            run([sys.executable, "-m", "model.train", "--config", "configs/train/demo.yaml", "--fresh", *steps])
+            run([sys.executable, "-m", "model.eval", "--checkpoint", "runs/train/demo",
+                 "--classes", "moving left,moving right,moving up,moving down"])
             trained = True
         from pipeline.report import write_report
 

