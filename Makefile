@@ -24,9 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# ruff's rules (pyproject [tool.ruff.lint]); the layout is hand-wrapped, not ruff-formatted
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline stages model tests bench
-	$(VENV)/bin/ruff format --check pipeline stages model tests bench
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
