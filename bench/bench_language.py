@@ -130,7 +130,7 @@ def openai_concurrency(requests: int = 64, latency_s: float = 0.05) -> dict[str,
     return out
 
 
-def runner_overhead(rows: tuple[int, int], work: Path, batch: int) -> list[dict[str, Any]]:
+def runner_overhead(rows: tuple[int, int], work: Path, batch: int, repeat: int = 1) -> list[dict[str, Any]]:
     """Plain loop vs the runner on Ray for caption and enhance (``bench/stage_overhead.py``)."""
     from bench.stage_overhead import build_source, measure
     from pipeline.config import load_config
@@ -142,7 +142,8 @@ def runner_overhead(rows: tuple[int, int], work: Path, batch: int) -> list[dict[
     source = build_source("caption", config, sets, work / "src", videos=16)
     # the enhance input also needs captions: run caption once over the source
     run_stage(load_config(config, [*sets, f"run.root={source}", "run.demo_media="]), "caption")
-    return [measure(s, sets, rows, config, source_root=str(source), work_dir=str(work / s)) for s in ("caption", "enhance")]
+    return [measure(s, sets, rows, config, source_root=str(source), work_dir=str(work / s), repeat=repeat)
+            for s in ("caption", "enhance")]
 
 
 # -- GPU ---------------------------------------------------------------------------------------------
@@ -309,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, nargs=2, default=(32, 128), help="run lengths for the runner overhead")
     p.add_argument("--batch-size", type=int, default=32, help="caption/enhance batch size for the runner overhead")
     p.add_argument("--no-overhead", action="store_true", help="skip the runner-overhead runs")
+    p.add_argument("--repeat", type=int, default=1, help="runs per point of the runner overhead (the fastest counts)")
     p.add_argument("--out", default=str(REPO / "bench" / "out"))
     a = p.parse_args(argv)
     out_dir = Path(a.out)
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             from bench.stage_overhead import as_markdown
 
             result["overhead"] = runner_overhead(tuple(a.rows), Path(tempfile.mkdtemp(prefix="lang-overhead-")),
-                                                 a.batch_size)
+                                                 a.batch_size, a.repeat)
             for r in result["overhead"]:
                 print(as_markdown(r), "\n", flush=True)
         (out_dir / "language_cpu.json").write_text(json.dumps(result, indent=1))

@@ -137,7 +137,8 @@ def cpu_stage_rows(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def cpu_section(out: Path, quick: bool, profile_stages: bool = True) -> dict[str, Any]:
+def cpu_section(out: Path, quick: bool, profile_stages: bool = True,
+                rows: tuple[int, int] | None = None) -> dict[str, Any]:
     from bench.stage_overhead import as_markdown, build_source, measure
     from pipeline.runner import init_ray
 
@@ -146,7 +147,7 @@ def cpu_section(out: Path, quick: bool, profile_stages: bool = True) -> dict[str
     common = ["run.num_cpus=2", "probe.short_side=128"]
     init_ray("local", 2)
     source = build_source("depth", config, common, out / "source", videos=16)  # probe output, shared
-    rows = (16, 48) if quick else (32, 160)
+    rows = rows or ((16, 48) if quick else (32, 160))
     for stage, extra in [
         ("depth", ["depth.model=tiny"]),
         ("infrared", ["infrared.model=tiny", "infrared.short_side=null"]),
@@ -504,12 +505,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128], help="GPU batch sizes")
     p.add_argument("--quick", action="store_true", help="small frames and batches: checks the script runs")
     p.add_argument("--overhead-only", action="store_true", help="with --cpu: skip the per-stage profiles")
+    p.add_argument("--rows", type=int, nargs=2, help="run lengths of the runner overhead (default 32 160)")
     p.add_argument("--out", default=str(REPO / "bench" / "out"), help="where JSON / Markdown results go")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.cpu:
-        r = cpu_section(out, a.quick, profile_stages=not a.overhead_only)
+        r = cpu_section(out, a.quick, profile_stages=not a.overhead_only, rows=tuple(a.rows) if a.rows else None)
         (out / "vision_cpu.json").write_text(json.dumps(r, indent=1))
     if a.gpu:
         device = torch.device(a.device)

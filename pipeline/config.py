@@ -43,6 +43,9 @@ class RunConfig(BaseModel):
     ray_address: str | None = Field(None, description="Ray address; None attaches or starts local")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default all)")
     rows_per_part: int = Field(256, ge=1, description="rows per manifest Parquet part")
+    broadcast_join_mb: float = Field(
+        256, ge=0, description="upstream columns up to this size (estimated, MiB) are joined by broadcast "
+        "instead of a hash shuffle; 0 always shuffles")
     progress_interval_s: float = Field(10.0, gt=0)
     demo_media: DemoMediaConfig | None = None
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel
 from ray.data.expressions import col
@@ -87,6 +88,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 # -- workers ---------------------------------------------------------------------------------------
 _WORKER_STAGES: dict[tuple[str, str], Stage] = {}
 _DONE_SETS: dict[str, frozenset[str]] = {}
+_LOOKUPS: dict[str, tuple[pa.Table, dict[str, int]]] = {}
 
 
 def _make_stage(name: str, config_json: dict[str, Any], context: RunContext) -> Stage:
@@ -133,6 +135,7 @@ def _read_source(items: pa.Table, name: str, config_json: dict[str, Any], contex
 def _drop_done(batch: pa.Table, done_ref: list[Any]) -> pa.Table:
     key = done_ref[0].hex()
     if key not in _DONE_SETS:
+        _DONE_SETS.clear()  # an earlier stage's set
         _DONE_SETS[key] = frozenset(ray.get(done_ref[0]))
     done = _DONE_SETS[key]
     mask = pa.array([vid not in done for vid in batch["video_id"].to_pylist()], pa.bool_())
@@ -187,6 +190,10 @@ def _upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray
         wanted = [c for c, o in owner.items() if o == up]
         if wanted or up in required:
             plan.append((up, wanted, "inner" if up in required else "left_outer"))
+    if len(plan) > 1 and config.run.broadcast_join_mb > 0:
+        joined = _broadcast_join(root, plan, config.run.broadcast_join_mb * 2**20)
+        if joined is not None:
+            return joined
     ds, n_rows = None, 0
     for up, cols, how in plan:
         ids = manifest.read_columns(root, up, ["video_id"], status=OK)
@@ -202,6 +209,70 @@ def _upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray
             ds = ds.join(part, join_type=how, num_partitions=max(1, min(16, n_rows // 5000 + 1)),
                          on=("video_id",))
     return ds, n_rows
+
+
+def _estimated_bytes(root: str, stage: str, columns: list[str], rows: int) -> float:
+    """Uncompressed bytes of ``columns`` over ``rows`` rows, from the footers of a few parts."""
+    if not columns:
+        return 0.0
+    sampled_bytes = sampled_rows = 0
+    for uri in manifest.part_files(root, stage)[:4]:
+        fs, path = store.resolve(uri)
+        with fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+        sampled_rows += meta.num_rows
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                if chunk.path_in_schema.split(".")[0] in columns:
+                    sampled_bytes += chunk.total_uncompressed_size
+    return sampled_bytes / max(1, sampled_rows) * rows
+
+
+def _broadcast_join(root: str, plan: list[tuple[str, list[str], str]],
+                    limit_bytes: float) -> tuple[ray.data.Dataset, int] | None:
+    """Stream the upstream with the heaviest columns and look the others up in tables held in the object
+    store; no shuffle, so the first rows reach the stage at once. None when the others are too big."""
+    oks = {up: manifest.read_columns(root, up, ["video_id"], status=OK)["video_id"] for up, _, _ in plan}
+    sizes = {up: _estimated_bytes(root, up, cols, len(oks[up])) for up, cols, _ in plan}
+    stream, stream_cols, _ = max((p for p in plan if p[2] == "inner"), key=lambda p: sizes[p[0]])
+    side = [p for p in plan if p[0] != stream]
+    if sum(sizes[up] for up, _, _ in side) > limit_bytes:
+        return None
+    ids = set(oks[stream].to_pylist())
+    for up, _, how in side:
+        if how == "inner":
+            ids &= set(oks[up].to_pylist())
+    if not ids:
+        return None, 0
+    lookups = [(ray.put(manifest.read_columns(root, up, ["video_id", *cols], status=OK)), how)
+               for up, cols, how in side]
+    ds = ray.data.read_parquet(manifest.part_files(root, stream)).select_columns(["video_id", "status", *stream_cols])
+    ds = ds.filter(expr=col("status") == OK).drop_columns(["status"])
+    ds = ds.map_batches(_lookup_join, batch_format="pyarrow", batch_size=None, fn_kwargs={"lookups": lookups})
+    return ds, len(ids)
+
+
+def _lookup_join(batch: pa.Table, lookups: list[tuple[Any, str]]) -> pa.Table:
+    """Join a streamed block with broadcast upstream tables on video_id (inner or left outer)."""
+    current = {ref.hex() for ref, _ in lookups}
+    for stale in [k for k in _LOOKUPS if k not in current]:  # an earlier stage's tables
+        del _LOOKUPS[stale]
+    for ref, how in lookups:
+        key = ref.hex()
+        if key not in _LOOKUPS:
+            table = ray.get(ref)
+            _LOOKUPS[key] = (table, {v: i for i, v in enumerate(table["video_id"].to_pylist())})
+        table, index = _LOOKUPS[key]
+        rows = pa.array([index.get(v) for v in batch["video_id"].to_pylist()], pa.int64())
+        if how == "inner":
+            keep = rows.is_valid()
+            batch, rows = batch.filter(keep), rows.filter(keep)
+        found = table.drop_columns(["video_id"]).take(rows)  # a null index gives a null row (left outer)
+        for name in found.column_names:
+            batch = batch.append_column(table.schema.field(name), found[name])
+    return batch
 
 
 def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageReport:

@@ -108,6 +108,38 @@ def test_shards_read_back_with_webdataset_match_manifests(finished_run):
     assert [r["key"] for r in index] == seen[: len(index)]
 
 
+def shard_samples(root: Path) -> dict[str, dict]:
+    tars = [str(t) for t in sorted((root / "shard").glob("*.tar"))]
+    return {s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")}
+            for s in wds.WebDataset(tars, shardshuffle=False)}
+
+
+def test_broadcast_and_shuffle_joins_shard_the_same_samples(finished_run, tmp_path):
+    root, inputs, *_ = finished_run  # made with the default: upstreams this small are broadcast
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    report = run_stage(config_for(copy, inputs, "run.broadcast_join_mb=0"), "shard", "force")
+    assert report.counts["ok"] == 9
+    assert shard_samples(copy) == shard_samples(root)
+
+
+def test_lookup_join_is_inner_or_left_outer_and_keeps_nested_columns(ray_local):
+    import pyarrow as pa
+    import ray
+
+    from pipeline.runner import _lookup_join
+
+    streamed = pa.table({"video_id": ["a", "b", "c"], "frames": [[b"1"], [b"2", b"2"], [b"3"]]})
+    required = pa.table({"video_id": ["c", "a"], "title": ["C", "A"]})
+    optional = pa.table({"video_id": ["a"], "ofa": [["x", "y"]]})
+    out = _lookup_join(streamed, [(ray.put(required), "inner"), (ray.put(optional), "left_outer")])
+    assert sorted(out.to_pylist(), key=lambda r: r["video_id"]) == [
+        {"video_id": "a", "frames": [b"1"], "title": "A", "ofa": ["x", "y"]},
+        {"video_id": "c", "frames": [b"3"], "title": "C", "ofa": None},
+    ]
+    assert out.schema.field("ofa").type == pa.list_(pa.string())
+
+
 def test_resume_skips_done_rows_and_adds_nothing(finished_run, tmp_path):
     root, inputs, *_ = finished_run
     copy = tmp_path / "root"
