@@ -6,10 +6,12 @@ when its upload completes, so a killed run never leaves a half file that a rerun
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -92,13 +94,32 @@ def _atomic_target(uri: str) -> tuple[pafs.FileSystem, str, str]:
     return fs, path, f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
 
 
+@contextlib.contextmanager
+def open_atomic(uri: str) -> Iterator[Any]:
+    """A writable stream whose file appears under ``uri`` only if the block completes. Locally the data
+    streams to a temp file that is renamed at the end; for object stores it is buffered and uploaded
+    at the end, so that an error never publishes a half object."""
+    fs, final, tmp = _atomic_target(uri)
+    if tmp == final:
+        buf = io.BytesIO()
+        yield buf
+        with fs.open_output_stream(final) as f:
+            f.write(buf.getbuffer())
+        return
+    try:
+        with fs.open_output_stream(tmp) as f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
+    fs.move(tmp, final)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically."""
-    fs, final, tmp = _atomic_target(uri)
-    with fs.open_output_stream(tmp) as f:
+    with open_atomic(uri) as f:
         f.write(data)
-    if tmp != final:
-        fs.move(tmp, final)
 
 
 def write_json(uri: str, obj: Any) -> None:

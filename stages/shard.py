@@ -13,6 +13,7 @@ import io
 import re
 import tarfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -92,16 +93,14 @@ def sample_files(row: dict[str, Any], include_video: bool) -> dict[str, bytes]:
 
 
 def write_tar(uri: str, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    """Write one tar of (key, files) samples atomically; members sorted by key then suffix."""
-    buf = io.BytesIO()
+    """Write one tar of (key, files) samples atomically, streamed to its file; members in the order given."""
     now = time.time()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with store.open_atomic(uri) as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for key, files in samples:
             for suffix, data in files.items():
                 info = tarfile.TarInfo(f"{key}.{suffix}")
                 info.size, info.mtime, info.mode = len(data), now, 0o444
                 tar.addfile(info, io.BytesIO(data))
-    store.write_bytes(uri, buf.getvalue())
 
 
 class ShardStage(Stage):
@@ -140,14 +139,22 @@ class ShardStage(Stage):
         else:
             self.next_index = _Counter(_next_start(self.dir)).next
 
+    def rows(self, batch: pa.Table) -> Iterator[dict[str, Any]]:
+        """The batch's rows as dicts, converted a slice at a time (the media columns are large)."""
+        for start in range(0, batch.num_rows, 32):
+            yield from batch.slice(start, 32).to_pylist()
+
     def process(self, batch: pa.Table) -> pa.Table:
+        # Samples are built as they are written: at most one tar's worth of them is in memory.
         c = self.config
-        built = [run_isolated(r["video_id"], lambda r=r: {"files": sample_files(r, c.include_video), "row": r})
-                 for r in batch.to_pylist()]
-        out: list[dict[str, Any]] = [b for b in built if b["status"] != OK]
+        out: list[dict[str, Any]] = []
         current: list[dict[str, Any]] = []
         size = 0
-        for b in (b for b in built if b["status"] == OK):
+        for r in self.rows(batch):
+            b = run_isolated(r["video_id"], lambda r=r: {"files": sample_files(r, c.include_video), "row": r})
+            if b["status"] != OK:
+                out.append(b)
+                continue
             n = sum(len(v) for v in b["files"].values()) + 512 * (len(b["files"]) + 1)
             if current and (len(current) >= c.samples_per_shard or size + n > c.max_shard_bytes):
                 out += self._flush(current)
