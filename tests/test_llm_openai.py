@@ -285,7 +285,11 @@ def test_titles_cannot_change_the_request(server, tmp_path):
     for r in server.requests:
         by_id.setdefault("evil" if "PWNED" in json.dumps(r["body"]) else "ok", []).append(r["body"])
     assert len(by_id["evil"]) == len(by_id["ok"]) == 2
-    for good, bad in zip(by_id["ok"], by_id["evil"]):
+
+    def instruction(body: dict) -> str:  # the two requests of a row (polish, sound) arrive in either order
+        return body["messages"][-1]["content"].split(DATA_CLOSE)[-1]
+
+    for good, bad in zip(sorted(by_id["ok"], key=instruction), sorted(by_id["evil"], key=instruction)):
         assert [m["role"] for m in good["messages"]] == [m["role"] for m in bad["messages"]]
         assert good["messages"][0] == bad["messages"][0]  # the system turn is untouched
         g, b = good["messages"][-1]["content"], bad["messages"][-1]["content"]
