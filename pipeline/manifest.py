@@ -38,16 +38,18 @@ def has_output(root: str, stage: str) -> bool:
     return bool(part_files(root, stage))
 
 
+def read_part(uri: str, columns: list[str], status: str | None = None) -> pa.Table:
+    """Some columns of one manifest part, optionally only the rows of one status."""
+    fs, path = store.resolve(uri)
+    t = pq.read_table(path, filesystem=fs, columns=list(dict.fromkeys([*columns, *(["status"] if status else [])])))
+    if status:
+        t = t.filter(pc.equal(t["status"], status))
+    return t.select(columns)
+
+
 def read_columns(root: str, stage: str, columns: list[str], status: str | None = None) -> pa.Table:
     """Read some columns of all parts of a stage on the driver (small columns only), optionally one status."""
-    tables = []
-    for uri in part_files(root, stage):
-        fs, path = store.resolve(uri)
-        cols = list(dict.fromkeys([*columns, *(["status"] if status else [])]))
-        t = pq.read_table(path, filesystem=fs, columns=cols)
-        if status:
-            t = t.filter(pc.equal(t["status"], status))
-        tables.append(t.select(columns))
+    tables = [read_part(uri, columns, status) for uri in part_files(root, stage)]
     if not tables:
         return pa.table({c: pa.array([], pa.string()) for c in columns})
     return pa.concat_tables(tables, promote_options="permissive")

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel
@@ -264,9 +263,7 @@ def _read_ok(root: str, stage: str, columns: list[str]) -> ray.data.Dataset:
 
 def _read_ok_rows(items: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
     for uri in items["uri"].to_pylist():
-        fs, path = store.resolve(uri)
-        table = pq.read_table(path, filesystem=fs, columns=[*columns, "status"])
-        yield table.filter(pc.equal(table["status"], OK)).drop_columns(["status"])
+        yield manifest.read_part(uri, columns, status=OK)
 
 
 def _lookup_join(batch: pa.Table, lookups: list[tuple[Any, str]]) -> pa.Table:
