@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from pipeline.runner import StageInputError
+    from pipeline.upstream import StageInputError
     from stages.backends import ModelLoadError
 
     mode = "force" if args.force else "retry_failed" if args.retry_failed else "resume"

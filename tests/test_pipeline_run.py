@@ -127,7 +127,7 @@ def test_lookup_join_is_inner_or_left_outer_and_keeps_nested_columns(ray_local):
     import pyarrow as pa
     import ray
 
-    from pipeline.runner import _lookup_join
+    from pipeline.upstream import _lookup_join
 
     streamed = pa.table({"video_id": ["a", "b", "c"], "frames": [[b"1"], [b"2", b"2"], [b"3"]]})
     required = pa.table({"video_id": ["c", "a"], "title": ["C", "A"]})
@@ -179,7 +179,7 @@ def test_force_redoes_the_stage(finished_run, tmp_path):
 
 
 def test_missing_upstream_is_a_clear_error(tmp_path, ray_local):
-    from pipeline.runner import StageInputError
+    from pipeline.upstream import StageInputError
 
     with pytest.raises(StageInputError, match="needs the output of"):
         run_stage(config_for(tmp_path / "empty", tmp_path / "none.csv"), "probe")
