@@ -63,26 +63,26 @@ def run(count: int, tmp: Path, sources: list[Path], sets: list[str]) -> tuple[fl
            "--input", str(listing), "--set", "run.ray_address=local",
            "--set", "run.stages=[discover, download, probe, shard]", *(a for kv in sets for a in ("--set", kv))]
     t0 = time.time()
-    log = open(tmp / f"run-{count}.log", "w+")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    ps = psutil.Process(proc.pid)
-    peak_rss = peak_pss = 0
-    top = ""
-    while proc.poll() is None:
-        rss, pss, by_name = tree_memory(ps)
-        peak_rss = max(peak_rss, rss)
-        if pss > peak_pss:
-            peak_pss = pss
-            log.flush()
-            log.seek(0)
-            started = [line.split("[")[1].split("]")[0] for line in log.read().splitlines() if "] starting" in line]
-            log.seek(0, 2)
-            stage = started[-1] if started else "start-up"
-            top = f"{stage}: " + ", ".join(f"{n} {v / 2**20:.0f}" for n, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:3])
-        time.sleep(0.2)
+    log_path = tmp / f"run-{count}.log"
+    # the child writes the log; a handle of our own follows it, so reading never moves the child's offset
+    with open(log_path, "w") as log_out, open(log_path) as log_in:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_out, stderr=subprocess.STDOUT)
+        ps = psutil.Process(proc.pid)
+        peak_rss = peak_pss = 0
+        stage, top = "start-up", ""
+        while proc.poll() is None:
+            for line in log_in.readlines():  # the lines written since the last sample
+                if "] starting" in line:
+                    stage = line.split("[")[1].split("]")[0]
+            rss, pss, by_name = tree_memory(ps)
+            peak_rss = max(peak_rss, rss)
+            if pss > peak_pss:
+                peak_pss = pss
+                largest = sorted(by_name.items(), key=lambda kv: -kv[1])[:3]
+                top = f"{stage}: " + ", ".join(f"{n} {v / 2**20:.0f}" for n, v in largest)
+            time.sleep(0.2)
     if proc.returncode:
-        raise SystemExit(f"run with {count} inputs failed ({proc.returncode})")
-    log.close()
+        raise SystemExit(f"run with {count} inputs failed ({proc.returncode}); log: {log_path}")
     return peak_rss / 2**20, peak_pss / 2**20, time.time() - t0, top
 
 
