@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from pipeline.store import StorageSettings
 from stages import STAGE_ORDER, available_stages, get_stage_class
 
 
@@ -48,6 +49,8 @@ class RunConfig(BaseModel):
         "instead of a hash shuffle; 0 always shuffles")
     progress_interval_s: float = Field(10.0, gt=0)
     demo_media: DemoMediaConfig | None = None
+    storage: StorageSettings = Field(default_factory=StorageSettings,
+                                     description="object-store endpoint, region, retries (no credentials)")
 
     @field_validator("stages")
     @classmethod

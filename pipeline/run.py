@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run.root={args.root}")
     try:
         config = load_config(args.config, overrides)
+        store.configure(config.run.storage)  # before anything touches the root
         if args.input:
             config.discover.inputs = [args.input]
         from pipeline.runner import run_pipeline, select_stages, summary_table

@@ -62,7 +62,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     ``address="local"`` always starts a fresh local instance.
     """
     if not ray.is_initialized():
-        env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+        # The storage settings travel to every worker of an attached cluster (store.worker_env).
+        env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"), **store.worker_env()}}
         address = address or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
             ray.init(address=address, runtime_env=env)
@@ -283,6 +284,7 @@ def select_stages(config: BaseModel, stage: str | None, until: str | None) -> li
 
 def run_pipeline(config: BaseModel, stages: list[str], mode: Mode = "resume") -> list[StageReport]:
     """Run stages in order; each reads what the previous ones wrote under the run root."""
+    store.configure(config.run.storage)
     init_ray(config.run.ray_address, config.run.num_cpus)
     reports = []
     for name in stages:
