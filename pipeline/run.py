@@ -16,8 +16,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipeline/run.py` (the form `ray submit` uses)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import store  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+
+from pipeline import preflight, root_inputs, store  # noqa: E402
 from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.preflight import UserError  # noqa: E402
 
 EPILOG = """examples:
   python -m pipeline.run --config configs/demo.yaml
@@ -37,9 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="pipeline config YAML (configs/demo.yaml, configs/vidal.yaml); "
                    "without it, built-in defaults")
-    p.add_argument("--input", metavar="LIST", help="run on your own videos: a CSV/Parquet/JSONL list with a "
-                   "'path' or 'url' column and optional title, hashtags, description columns "
-                   "(replaces discover.inputs)")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--input", metavar="LIST", help="run on your own videos: a CSV/Parquet/JSONL list with "
+                       "a 'path' or 'url' column and optional title, hashtags, description columns "
+                       "(replaces discover.inputs)")
+    given.add_argument("--add-input", metavar="LIST", action="append", default=[],
+                       help="add this list to a root built from other inputs (repeatable; a root remembers "
+                       "its inputs and refuses others without this flag)")
     p.add_argument("--root", help="run root: a local directory or s3:// / gs:// URI (sets run.root)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stage", metavar="NAME", help="run only this stage (its upstream output must exist)")
@@ -57,27 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    overrides = list(args.overrides)
-    if args.root:
-        overrides.append(f"run.root={args.root}")
     try:
-        config = load_config(args.config, overrides)
-        store.configure(config.run.storage)  # before anything touches the root
-        if args.input:
-            config.discover.inputs = [args.input]
-        from pipeline.runner import run_pipeline, select_stages, summary_table
-
-        stages = select_stages(config, args.stage, args.until)
-        if config.run.demo_media and "discover" in stages and not args.input and not config.discover.has_inputs():
-            from pipeline.synthetic import make_demo_media
-
-            d = config.run.demo_media
-            # file:// URLs, so that the demo runs the real yt-dlp path (download.allow_file_urls)
-            config.discover.inputs = [str(make_demo_media(d.dir, per_concept=d.per_concept, seconds=d.seconds,
-                                                          fps=d.fps, size=tuple(d.size), as_urls=True))]
-    except (ConfigError, ValueError, KeyError) as e:
+        config, stages = prepare_run(args)
+    except (UserError, ConfigError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from pipeline.runner import run_pipeline, summary_table
     from pipeline.upstream import StageInputError
     from stages.backends import ModelLoadError
 
@@ -99,6 +91,51 @@ def main(argv: list[str] | None = None) -> int:
             info = store.read_json(store.join(root, "shard", "_SUCCESS.json"))
             print(f"shards: {info.get('shards', 0)} tars, {info.get('samples', 0)} samples in {info.get('dir')}")
     return 0
+
+
+def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
+    """The validated config and the stages to run; ``UserError`` / ``ConfigError`` before any work.
+
+    Every check comes first (stage names, root, inputs, the root's input memory); only then are the
+    demo media generated and the inputs remembered."""
+    overrides = list(args.overrides)
+    if args.root:
+        overrides.append(f"run.root={args.root}")
+    config = load_config(args.config, overrides)
+    preflight.check_stage_names(args.stage, args.until)
+    from pipeline.runner import select_stages
+
+    stages = select_stages(config, args.stage, args.until)
+    preflight.check_root(config.run.root)
+    if "discover" not in stages:
+        return config, stages
+    given = args.add_input or ([args.input] if args.input else [])
+    if given:
+        config.discover.inputs = list(given)
+    remembered = root_inputs.read(config.run.root)
+    demo = config.run.demo_media
+    use_demo = False
+    if not given and not config.discover.has_inputs():
+        use_demo = root_inputs.apply(config.discover, remembered) if remembered else demo is not None
+        if use_demo and demo is None:
+            raise UserError(f"run root {config.run.root} was built from the demo media, but this config has "
+                            f"no run.demo_media; run it with the demo config or give --input")
+    current = root_inputs.describe(config.discover, demo.dir if use_demo else None)
+    added = [c for c in current if c not in (remembered or current)]
+    if added and not args.add_input:
+        raise UserError(f"run root {store.normalize(config.run.root)} was built from "
+                        f"{root_inputs.shown(remembered)}; this run would add {root_inputs.shown(added)}: "
+                        f"pass them with --add-input to add them to this root, or choose another --root")
+    preflight.check_inputs(config.discover, from_cli=bool(given))
+    if use_demo:
+        from pipeline.synthetic import make_demo_media
+
+        # file:// URLs, so that the demo runs the real yt-dlp path (download.allow_file_urls)
+        config.discover.inputs = [str(make_demo_media(demo.dir, per_concept=demo.per_concept, seconds=demo.seconds,
+                                                      fps=demo.fps, size=tuple(demo.size), as_urls=True))]
+    if remembered is None or added:
+        root_inputs.write(config.run.root, [*(remembered or []), *added] if remembered else current)
+    return config, stages
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from stages.base import OK, RowError, RowFiltered, Stage, StageConfig, run_isola
 from stages.dedup import RunDedup, collect_stats
 from stages.politeness import RateLimit, run_scoped_name
 from stages.sources import (
+    BAD_ROW,
     list_row_fields,
     read_list,
     read_terms,
@@ -126,7 +127,11 @@ class DiscoverConfig(StageConfig):
 
 
 def candidate_from_list_row(row: dict[str, Any], base: str, list_uri: str) -> dict[str, Any]:
-    """A candidate with its id from one list row; a row without url/path carries ``row_error``."""
+    """A candidate with its id from one list row; a row without url/path, or a line that could not be
+    read (``BAD_ROW``: its id comes from the list and the line), carries ``row_error``."""
+    if BAD_ROW in row:
+        return {"video_id": sha1_id("row", f"{list_uri}|{row[BAD_ROW]}"), "source": "files",
+                "row_error": row[BAD_ROW]}
     out = list_row_fields(row, base)
     if out["path"]:
         return {**out, "url": None, "video_id": video_id_for_path(out["path"]), "source": "files"}

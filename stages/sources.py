@@ -6,6 +6,7 @@ Each reader turns its input into plain candidate dicts in the discover stage's c
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import os
@@ -14,8 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline import store
@@ -23,35 +22,161 @@ from stages.text_rules import hashtags_in, parse_hashtags, resolve_manifest_path
 from stages.video_ids import YOUTUBE_ID, youtube_id, youtube_url
 
 READ_BATCH = 2048
-TEXT_COLUMNS = ("url", "path", "title", "caption", "hashtags", "description", "uploader", "upload_date",
-                "license", "language", "raw", "mplug", "polish_mplug", "sound_mplug")
 CAPTION_COLUMNS = ("raw", "mplug", "polish_mplug", "sound_mplug")
 
 
 # -- URL / file lists ------------------------------------------------------------------------------
+# A list from the web is never clean: one bad line (invalid UTF-8, an unbalanced quote, a wrong column
+# count, a JSON typo) is one failed row naming the list and the line, and the rest of the list runs.
+# So lists are parsed here line by line (Python's csv / json) rather than by pyarrow's block readers,
+# which stop the whole file at the first bad byte.
+BAD_ROW = "_bad_row"  # key of a row that could not be read: its value is the reason
+LIST_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
+                ".ndjson": "jsonl"}
+MAX_RECORD_LINES = 64  # a quoted value may span lines; an open quote longer than this is unbalanced
+
+
+def list_format(uri: str) -> str | None:
+    """``csv`` | ``tsv`` | ``parquet`` | ``jsonl`` from a list's name, or None for an unknown format."""
+    lower = uri.lower()
+    return next((kind for ext, kind in LIST_FORMATS.items() if lower.endswith(ext)), None)
+
+
 def read_list(uri: str, columns: dict[str, str] | None = None) -> Iterator[list[dict[str, Any]]]:
-    """Rows of a CSV / TSV / Parquet / JSONL list in batches, renamed by ``columns`` (ours -> theirs)."""
+    """Rows of a CSV / TSV / Parquet / JSONL list in batches, renamed by ``columns`` (ours -> theirs).
+
+    A line that cannot be read is a row ``{BAD_ROW: "<list> line <n>: <why>"}`` in its place."""
     rename = {theirs: ours for ours, theirs in (columns or {}).items()}
+    kind = list_format(uri)
+    if kind is None:
+        raise ValueError(f"{uri}: unknown list format (use .csv, .tsv, .parquet or .jsonl)")
     fs, path = store.resolve(uri)
-    lower = path.lower()
-    if lower.endswith(".parquet"):
+    if kind == "parquet":
         with pq.ParquetFile(fs.open_input_file(path)) as f:
+            first = 1
             for batch in f.iter_batches(batch_size=READ_BATCH):
-                yield _renamed(batch.to_pylist(), rename)
+                yield _renamed(_parquet_rows(batch, uri, first), rename)
+                first += batch.num_rows
         return
     with fs.open_input_stream(path) as stream:
-        if lower.endswith((".jsonl", ".json", ".ndjson")):
-            reader = pajson.open_json(stream)
-        elif lower.endswith((".csv", ".tsv")):
-            parse = pacsv.ParseOptions(delimiter="\t" if lower.endswith(".tsv") else ",", newlines_in_values=True)
-            # Text columns stay text even when a value looks like a number ("1984", "2001").
-            names = {*TEXT_COLUMNS, *rename}
-            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in names})
-            reader = pacsv.open_csv(stream, parse_options=parse, convert_options=convert)
-        else:
-            raise ValueError(f"{uri}: unknown list format (use .csv, .tsv, .parquet or .jsonl)")
-        for batch in reader:
-            yield _renamed(batch.to_pylist(), rename)
+        rows = _jsonl_rows(stream, uri) if kind == "jsonl" else _csv_rows(stream, uri, "\t" if kind == "tsv" else ",")
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= READ_BATCH:
+                yield _renamed(batch, rename)
+                batch = []
+        if batch:
+            yield _renamed(batch, rename)
+
+
+def _bad(uri: str, line: int, why: str) -> dict[str, Any]:
+    return {BAD_ROW: f"{uri} line {line}: {why}"}
+
+
+def _lines(stream: Any) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line without its end) of a binary stream, read in 1 MiB chunks."""
+    rest, n = b"", 0
+    while chunk := stream.read(1 << 20):
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in lines:
+            n += 1
+            yield n, line.rstrip(b"\r")
+    if rest:
+        yield n + 1, rest.rstrip(b"\r")
+
+
+def _decoded(raw: bytes) -> tuple[str | None, str]:
+    try:
+        return raw.decode("utf-8"), ""
+    except UnicodeDecodeError as e:
+        return None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+
+
+def _csv_rows(stream: Any, uri: str, delimiter: str) -> Iterator[dict[str, Any]]:
+    header: list[str] | None = None
+    pending: list[tuple[int, str]] = []  # physical lines of a record whose quoted value is still open
+
+    def records(lines: list[tuple[int, str]], at_end: bool) -> Iterator[dict[str, Any] | None]:
+        """Parse what ``pending`` holds; None: the record continues on the next line."""
+        nonlocal header
+        while lines:
+            first = lines[0][0]
+            reader = csv.reader((t + "\n" for _, t in lines), delimiter=delimiter, strict=True)
+            try:
+                fields, why = next(reader, []), ""
+                used = max(reader.line_num, 1)  # the physical lines this record took
+            except csv.Error as e:
+                if "unexpected end of data" in str(e) and not at_end and len(lines) < MAX_RECORD_LINES:
+                    yield None
+                    return
+                fields, used = [], 1
+                why = "unbalanced quote" if "unexpected end" in str(e) else f"malformed quoting ({e})"
+            if header is None:
+                if why:
+                    raise ValueError(f"{uri}: the header (line {first}) cannot be read: {why}")
+                header = [h.strip().lstrip("\ufeff") for h in fields]
+                del lines[:used]
+                continue
+            if not why and used == 1 and not lines[0][1].strip():
+                fields = []  # a blank line
+            elif not why and len(fields) != len(header):
+                # a quoted value that closed lines later into a record of the wrong shape: the quote
+                # on the first line was the mistake
+                why = ("unbalanced quote" if used > 1
+                       else f"{len(fields)} columns, expected {len(header)} (as in the header)")
+            if why:
+                yield _bad(uri, first, why)
+                del lines[0]  # the lines after a bad one are read again as records of their own
+                continue
+            if fields:
+                yield dict(zip(header, fields))
+            del lines[:used]
+
+    def flush(at_end: bool) -> Iterator[dict[str, Any]]:
+        for r in records(pending, at_end):
+            if r is None:
+                return
+            yield r
+
+    for n, raw in _lines(stream):
+        text, why = _decoded(raw)
+        if text is None:
+            yield from flush(at_end=True)
+            if header is None:
+                raise ValueError(f"{uri}: the header line is not valid UTF-8")
+            yield _bad(uri, n, why)
+            continue
+        pending.append((n, text))
+        yield from flush(at_end=False)
+    yield from flush(at_end=True)
+
+
+def _jsonl_rows(stream: Any, uri: str) -> Iterator[dict[str, Any]]:
+    for n, raw in _lines(stream):
+        text, why = _decoded(raw)
+        if text is not None and not text.strip():
+            continue
+        if text is not None:
+            try:
+                row = json.loads(text)
+                why = "" if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
+            except json.JSONDecodeError as e:
+                why = f"not valid JSON ({e.msg} at column {e.colno})"
+        yield _bad(uri, n, why) if why else row
+
+
+def _parquet_rows(batch: pa.RecordBatch, uri: str, first: int) -> list[dict[str, Any]]:
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:  # one row's invalid string: find it, keep the others
+        rows = []
+        for i in range(batch.num_rows):
+            try:
+                rows.extend(batch.slice(i, 1).to_pylist())
+            except UnicodeDecodeError as e:
+                rows.append(_bad(uri, first + i, f"invalid UTF-8 in a text value ({e.reason})"))
+        return rows
 
 
 def _renamed(rows: list[dict[str, Any]], rename: dict[str, str]) -> list[dict[str, Any]]:

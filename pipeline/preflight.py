@@ -1,0 +1,120 @@
+"""Checks of what a user typed, made before Ray starts and before anything is written.
+
+A wrong ``--stage``, an ``--input`` that is a directory, an empty list, a root that is a file or
+cannot be written, a bucket that does not exist: each is the user's to fix, so the run stops at
+once with exit status 2 and one line naming the problem, instead of a traceback from a worker
+minutes later (or, worse, after demo media or manifests were written). The checks are cheap: file
+metadata, the first MiB of a list, a Parquet footer, one temp file in the root's nearest existing
+directory (removed at once).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline import store
+from stages import available_stages
+from stages.sources import LIST_FORMATS, list_format
+
+HEAD_BYTES = 1 << 20  # enough of a list to tell "header only" from "has rows"
+
+
+class UserError(Exception):
+    """A problem in the command line, the config or the root: exit 2 with this one-line message."""
+
+
+def check_stage_names(stage: str | None, until: str | None) -> None:
+    """``--stage`` / ``--until`` must name a stage this installation has."""
+    known = available_stages()
+    for flag, name in (("--stage", stage), ("--until", until)):
+        if name is not None and name not in known:
+            raise UserError(f"{flag} {name!r}: unknown stage; available: {', '.join(known)}")
+
+
+def check_root(root: str) -> None:
+    """The root is a directory we can write (or can be created), or a bucket that exists."""
+    if store.is_remote(root):
+        _check_bucket(root)
+        return
+    path = store.normalize(root)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"run root {path} is a file, not a directory; give a directory with --root")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"run root {path} cannot be created: {existing} is a file")
+    try:  # os.access says yes to root on a read-only mount: a real temp file is the only answer
+        fd, probe = tempfile.mkstemp(prefix=store.TMP_PREFIX, dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"run root {path} is not writable ({e.strerror} in {existing}); "
+                        f"fix its permissions or choose another --root") from None
+
+
+def _check_bucket(root: str) -> None:
+    fs, path = store.resolve(root)
+    bucket = path.split("/", 1)[0]
+    scheme = root.split("://", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as e:
+        raise UserError(f"run root {root}: cannot reach the bucket {scheme}://{bucket} "
+                        f"({' '.join(str(e).split())[:200]})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"run root {root}: the bucket {scheme}://{bucket} does not exist; create it or fix --root")
+
+
+def check_list(uri: str, label: str) -> None:
+    """A list exists, is a file of a known format and holds at least one row (beyond a header)."""
+    fs, path = store.resolve(uri)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as e:
+        raise UserError(f"{label} {uri}: cannot be read ({' '.join(str(e).split())[:200]})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{label} {uri}: no such file")
+    if info.type == pafs.FileType.Directory:
+        raise UserError(f"{label} {uri} is a directory; give a list file ({', '.join(LIST_FORMATS)})")
+    kind = list_format(path)
+    if kind is None:
+        raise UserError(f"{label} {uri}: unknown list format; use one of {', '.join(LIST_FORMATS)}")
+    if info.size == 0:
+        raise UserError(f"{label} {uri} is empty (0 bytes)")
+    if kind == "parquet":
+        try:
+            rows = pq.ParquetFile(fs.open_input_file(path)).metadata.num_rows
+        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a damaged footer
+            raise UserError(f"{label} {uri}: not a readable Parquet file ({type(e).__name__})") from None
+        if rows == 0:
+            raise UserError(f"{label} {uri} has no rows")
+        return
+    with fs.open_input_stream(path) as f:
+        head = f.read(HEAD_BYTES)
+    lines = [line for line in head.splitlines() if line.strip()]
+    need = 1 if kind == "jsonl" else 2  # a CSV's first line is its header
+    if len(lines) < need and len(head) < HEAD_BYTES:
+        raise UserError(f"{label} {uri} has no rows" + (" (only a header line)" if lines else " (only blank lines)"))
+
+
+def check_inputs(discover: Any, from_cli: bool) -> None:
+    """Every configured input of the discover stage can be read."""
+    label = "--input" if from_cli else "discover.inputs:"
+    for uri in discover.inputs:
+        check_list(uri, label)
+    for uri in discover.vidal10m:
+        if not store.exists(uri):
+            raise UserError(f"discover.vidal10m: {uri}: no such file")
+    if discover.search_terms:
+        from stages.text_rules import resolve_manifest_path
+
+        terms = discover.search_terms
+        found = store.exists(terms) if store.is_remote(terms) else resolve_manifest_path(terms).is_file()
+        if not found:
+            raise UserError(f"discover.search_terms: {terms}: no such file")
