@@ -102,6 +102,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
     if args.root:
         overrides.append(f"run.root={args.root}")
     config = load_config(args.config, overrides)
+    store.configure(config.run.storage)  # before anything touches the root
     preflight.check_stage_names(args.stage, args.until)
     from pipeline.runner import select_stages
 
