@@ -101,7 +101,8 @@ def run_inprocess(port: int, n: int, threads: int, batch: int, route: str) -> di
     from stages.download import DownloadConfig, DownloadStage
 
     with tempfile.TemporaryDirectory() as d:
-        stage = DownloadStage(DownloadConfig(threads=threads, per_host_connections=threads, route=route),
+        stage = DownloadStage(DownloadConfig(threads=threads, per_host_connections=threads, route=route,
+                                               allow_private_addresses=True),
                               RunContext(root=d))
         stage.setup()
         all_urls = urls(port, n)
@@ -144,7 +145,8 @@ def run_runner(port: int, n: int, cpus: int, task_cpus: float, threads: int, bat
             cfg = load_config(None, [f"run.root={root}", "run.stages=[discover, download]",
                                      f"discover.inputs=[{lst}]", f"download.threads={threads}",
                                      f"download.per_host_connections={threads}", f"download.num_cpus={task_cpus}",
-                                     f"download.batch_size={batch}", "run.rows_per_part=1000"])
+                                     f"download.batch_size={batch}", "run.rows_per_part=1000",
+                                     "download.allow_private_addresses=true"])
             run_stage(cfg, "discover")
             t0 = time.perf_counter()
             rep = run_stage(cfg, "download")

@@ -17,6 +17,7 @@ to ``download.rate_limit_per_host`` per second over all workers.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -28,10 +29,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 import pipeline
-from pipeline import store
 from stages.base import RowError, RowFiltered, Stage, StageConfig, run_isolated
 from stages.fetch import (
     MEDIA_EXTENSIONS,
@@ -43,8 +43,11 @@ from stages.fetch import (
     remove_quietly,
     sniff,
 )
+from stages.local_inputs import hash_local_input
 from stages.media_dir import MediaDir, media_duration, sha256_of
 from stages.politeness import DEFAULT_OPT_OUTS, HostSlots, RateLimit, host_of, run_scoped_name
+from stages.private_addresses import AddressGuard
+from stages.transient import machine_reason, transient
 from stages.video_ids import url_problem
 from stages.ytdlp_fetch import YtdlpDownloader, info_subset
 
@@ -91,8 +94,19 @@ class DownloadConfig(StageConfig):
     opt_out_directives: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUTS),
                                           description="X-Robots-Tag / robots <meta> values that skip a video")
     allow_file_urls: bool = Field(False, description="accept file:// URLs (through yt-dlp's enable_file_urls)")
+    allow_private_addresses: bool | list[str] = Field(
+        False, description="fetch from loopback, private, link-local (169.254/16: cloud metadata) and other "
+        "non-public addresses: true for all (tests, on-premise), or a list of networks, e.g. [10.1.0.0/16]")
     ytdlp_options: dict[str, Any] = Field(default_factory=dict, description="extra YoutubeDL parameters, "
                                           "e.g. {js_runtimes: {deno: {}}, proxy: ...}")
+
+
+    @field_validator("allow_private_addresses")
+    @classmethod
+    def _networks(cls, v: bool | list[str]) -> bool | list[str]:
+        for net in v if isinstance(v, list) else []:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
+        return v
 
 
 class DownloadStage(Stage):
@@ -140,14 +154,16 @@ class DownloadStage(Stage):
         self.slots = HostSlots(c.per_host_connections)
         self.rate = RateLimit(c.rate_limit_per_host, self._limiter_name() if c.rate_limit_per_host else None)
         max_bytes = int(c.max_filesize_mb * 1e6)
+        self.guard = AddressGuard.from_setting(c.allow_private_addresses)
         self.policy = HttpPolicy(
             socket_timeout=c.socket_timeout_s, max_bytes=max_bytes, max_seconds=c.max_download_s,
             max_redirects=c.max_redirects, retries=c.retries, backoff_s=c.retry_backoff_s,
             user_agent=c.user_agent or f"vidal-crawler/{pipeline.__version__}", robots_agent=c.robots_agent,
-            opt_outs=tuple(c.opt_out_directives),
+            opt_outs=tuple(c.opt_out_directives), guard=self.guard,
         )
         self.ytdlp = YtdlpDownloader(self.ytdlp_params(), max_bytes=max_bytes, max_duration=c.max_duration,
-                                     max_seconds=c.max_download_s, retries=c.retries, backoff_s=c.retry_backoff_s)
+                                     max_seconds=c.max_download_s, retries=c.retries, backoff_s=c.retry_backoff_s,
+                                     guard=self.guard)
 
     def ytdlp_params(self) -> dict[str, Any]:
         """YoutubeDL parameters from the config (one place, so that tests and docs can read them)."""
@@ -186,12 +202,21 @@ class DownloadStage(Stage):
         return self.rows_to_table(f.result() for f in futures)
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.download_row(row)
+        except OSError as e:  # a full disk, a permission: the machine's, so a plain rerun tries again
+            if words := machine_reason(e):
+                raise RowError(transient(words)) from None
+            raise
+
+    def download_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One row's media: a local file checked in place, or a download; RowError with the reason."""
         if row.get("path"):
             return self.local_file(row["path"])
         url = (row.get("url") or "").strip()
         if not url:
             raise RowError("the row has neither a url nor a path")
-        if problem := url_problem(url, self.config.allow_file_urls):
+        if problem := url_problem(url, self.config.allow_file_urls) or self.guard.problem(url):
             raise RowError(problem)
         vid = row["video_id"]
         if not SAFE_ID.match(vid):
@@ -275,10 +300,9 @@ class DownloadStage(Stage):
             raise RowFiltered(f"duration {duration:.1f} s over the cap of {cap:g} s (known after download)")
 
     def local_file(self, path: str) -> dict[str, Any]:
-        """A listed local file (or object-store URI): used in place, checked and hashed."""
-        if not store.exists(path):
-            raise RowError(f"file not found: {path}")
-        digest, size = sha256_of(path)
+        """A listed local file (or object-store URI): used in place, checked and hashed within the caps."""
+        c = self.config
+        digest, size = hash_local_input(path, int(c.max_filesize_mb * 1e6), c.max_download_s)
         if size == 0:
             raise RowError(f"empty file (0 bytes): {path}")
         ext = os.path.splitext(path.rsplit("/", 1)[-1])[1].lstrip(".").lower()

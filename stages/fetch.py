@@ -18,13 +18,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
 from stages.politeness import DEFAULT_OPT_OUTS, opt_out_reason
+from stages.private_addresses import AddressGuard
+from stages.transient import machine_reason, transient
 
 CHUNK = 1 << 16
 HEAD_BYTES = 1 << 16  # what is sniffed (and searched for robots <meta>) before deciding
@@ -70,6 +72,7 @@ class HttpPolicy:
     user_agent: str = "vidal-crawler/0.1"
     robots_agent: str = "vidal"
     opt_outs: tuple[str, ...] = DEFAULT_OPT_OUTS
+    guard: AddressGuard = AddressGuard()  # which addresses a URL (and each redirect) may resolve to
 
 
 @dataclass
@@ -119,11 +122,24 @@ def sniff(head: bytes) -> str | None:
 _sessions = threading.local()
 
 
+class GuardedSession(requests.Session):
+    """A session that checks every redirect target against the address guard before following it."""
+
+    guard: AddressGuard = AddressGuard()
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target and (problem := self.guard.problem(urljoin(resp.url, target))):
+            raise FetchFailed(f"redirect {problem}")
+        return target
+
+
 def session_for(policy: HttpPolicy, pool_size: int = 32) -> requests.Session:
     """This thread's session (keep-alive connections reused across downloads)."""
     s = getattr(_sessions, "session", None)
     if s is None or getattr(_sessions, "policy", None) != policy:
-        s = requests.Session()
+        s = GuardedSession()
+        s.guard = policy.guard
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         s.mount("http://", adapter)
         s.mount("https://", adapter)
@@ -135,6 +151,8 @@ def session_for(policy: HttpPolicy, pool_size: int = 32) -> requests.Session:
 
 def fetch_media(url: str, dest: str, policy: HttpPolicy, *, page_ok: bool = False) -> Fetched:
     """Stream ``url`` into ``dest`` with retries; ``PageNotMedia`` when it is a page and ``page_ok``."""
+    if problem := policy.guard.problem(url):
+        raise FetchFailed(problem)
     attempt = 0
     while True:
         try:
@@ -222,8 +240,10 @@ def _fetch_once(session: requests.Session, url: str, dest: str, policy: HttpPoli
     except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError,
             requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError) as e:
         raise FetchFailed(describe_transport_error(e, received, policy.socket_timeout), retryable=True) from None
-    except OSError as e:
-        raise FetchFailed(f"could not write the download: {e}") from None
+    except OSError as e:  # writing dest: a full disk or a permission is the machine's, retried on a rerun
+        words = machine_reason(e)
+        raise FetchFailed(transient(f"{words} while writing the download") if words
+                          else f"could not write the download: {e.strerror or type(e).__name__}") from None
 
 
 def _body(r: requests.Response, started: float, policy: HttpPolicy) -> Iterator[bytes]:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stages.base import RowError, RowFiltered
+from stages.private_addresses import AddressGuard
+from stages.transient import machine_reason, transient
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 INFO_FIELDS = ("id", "extractor", "extractor_key", "webpage_url", "original_url", "title", "duration", "width",
@@ -88,6 +90,8 @@ def describe_error(e: BaseException) -> str:
     """One line saying what went wrong, from a yt-dlp exception and the causes chained to it."""
     from yt_dlp.networking.exceptions import HTTPError, TransportError
 
+    if words := machine_reason(e):  # yt-dlp could not write its file: the machine's, retried on a rerun
+        return transient(f"{words} (yt-dlp writing the download)")
     chain: list[BaseException] = []
     cur: BaseException | None = e
     while cur is not None and cur not in chain:
@@ -127,9 +131,11 @@ class YtdlpDownloader:
     """Downloads through yt-dlp with one ``YoutubeDL`` per thread, kept for the process's life."""
 
     def __init__(self, params: dict[str, Any], *, max_bytes: int, max_duration: float | None,
-                 max_seconds: float = 300.0, retries: int = 0, backoff_s: float = 1.0):
+                 max_seconds: float = 300.0, retries: int = 0, backoff_s: float = 1.0,
+                 guard: AddressGuard | None = None):
         self.params, self.max_bytes, self.max_duration, self.max_seconds = params, max_bytes, max_duration, max_seconds
         self.retries, self.backoff_s = retries, backoff_s
+        self.guard = guard or AddressGuard(allow_all=True)
         self._local = threading.local()
 
     def _client(self) -> tuple[Any, CollectingLogger]:
@@ -161,6 +167,7 @@ class YtdlpDownloader:
             if not info:
                 raise RowError(f"yt-dlp found nothing: {self._last(logger)}")
             self._check_before_download(info)
+            self._check_addresses(info)
             info = ydl.process_ie_result(info, download=True)
         except RowError:
             raise
@@ -202,6 +209,16 @@ class YtdlpDownloader:
         if size and size > self.max_bytes:
             raise RowFiltered(f"file larger than the size cap ({size / 1e6:.1f} MB > {self.max_bytes / 1e6:.1f} MB, "
                               f"from metadata)")
+
+    def _check_addresses(self, info: dict[str, Any]) -> None:
+        # A public page may point its <video> (or its manifest) at a private address: every URL the
+        # extractor found is checked before yt-dlp fetches any of them.
+        urls = [info.get("url"), info.get("manifest_url")]
+        for f in info.get("formats") or []:
+            urls += [f.get("url"), f.get("manifest_url"), f.get("fragment_base_url")]
+        for url in dict.fromkeys(u for u in urls if isinstance(u, str)):
+            if problem := self.guard.problem(url):
+                raise RowError(f"the page's media URL was {problem}")
 
     @staticmethod
     def _last(logger: CollectingLogger) -> str:

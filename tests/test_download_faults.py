@@ -18,7 +18,7 @@ from tests.httpserver import make_media, serve, unused_port
 # The server shares this process (and its GIL) with the download threads: a modest thread count and a
 # 2 s socket timeout keep a busy test machine from turning slow answers into timeouts.
 FAST = dict(socket_timeout_s=2.0, retries=1, retry_backoff_s=0.05, max_filesize_mb=2.0, max_download_s=4.0,
-            threads=8, per_host_connections=8)
+            threads=8, per_host_connections=8, allow_private_addresses=True)  # the server is on 127.0.0.1
 CASES = {  # name -> path on the server
     "direct": "/v/a.mp4", "no_extension": "/ctype/video%2Fmp4/clip", "octet_stream": "/ctype/application%2Foctet-stream/clip",
     "page_with_video": "/page/b", "redirect": "/redirect/b.mp4", "no_length": "/nolength/a.mp4", "chunked": "/chunked/b.mp4", "flaky": "/flaky/1/b.mp4",

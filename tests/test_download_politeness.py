@@ -21,7 +21,7 @@ def server(tmp_path_factory):
 
 
 def make_stage(root, **cfg) -> DownloadStage:
-    s = DownloadStage(DownloadConfig(**{"threads": 8, "socket_timeout_s": 5.0, **cfg}),
+    s = DownloadStage(DownloadConfig(**{"threads": 8, "socket_timeout_s": 5.0, "allow_private_addresses": True, **cfg}),
                       RunContext(root=str(root), stage_config_hash="politeness"))
     s.setup()
     return s

@@ -43,7 +43,7 @@ def crawl(tmp_path_factory, ray_local):
         cfg = load_config(REPO / "configs" / "demo.yaml", [
             f"run.root={root}", f"run.stages=[{', '.join(STAGES)}]", "run.demo_media=", f"discover.inputs=[{inputs}]",
             "download.allow_file_urls=true", "download.retries=0", "download.socket_timeout_s=5",
-            "download.batch_size=4",
+            "download.batch_size=4", "download.allow_private_addresses=true",  # the server is on 127.0.0.1
         ])
         reports = run_pipeline(cfg, STAGES)
         yield root, cfg, reports, server
