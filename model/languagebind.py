@@ -4,7 +4,7 @@ modality, with the training forward, optimizer groups, inference helpers and sav
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from torch import nn
 from model.lora import is_lora_parameter, merge_lora
 from model.model_config import (
     CLIP_LOGIT_SCALE_INIT,
+    LANGUAGEBIND_PREFIX,
     LOGIT_SCALE_MAX,
     MODALITIES,
     SIGLIP_LOGIT_BIAS_INIT,
@@ -25,7 +26,7 @@ from model.model_config import (
     tiny_config,
 )
 from model.preprocess import preprocess
-from model.text import TextTower
+from model.text import TextTower, save_clip_tokenizer
 from model.towers import build_towers
 from model.vision import ModalityTower
 
@@ -55,8 +56,14 @@ class LanguageBind(nn.Module):
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: ModelConfig | dict[str, Any] | str | Path) -> LanguageBind:
-        """Build from a ``ModelConfig``, a dict, or a YAML path (random towers or ``init_from`` CLIP)."""
-        text, towers, resolved = build_towers(ModelConfig.load(config))
+        """Build from a ``ModelConfig``, a dict, or a YAML path: random towers, ``init_from`` a CLIP
+        checkpoint, or ``init_from: languagebind:<id or dir>`` (a released tower, LoRA from the config on top)."""
+        config = ModelConfig.load(config)
+        if config.init_from and config.init_from.startswith(LANGUAGEBIND_PREFIX):
+            from model.official import init_from_languagebind
+
+            return init_from_languagebind(config)
+        text, towers, resolved = build_towers(config)
         return cls(resolved, text, towers)
 
     @classmethod
@@ -157,6 +164,10 @@ class LanguageBind(nn.Module):
     ) -> torch.Tensor:
         """One raw input (path, shard bytes, frame list, waveform) -> the tower's input tensor."""
         cfg = self.towers[modality].cfg
+        if self.config.preprocess == "languagebind":
+            from model.official_preprocess import official_preprocess
+
+            return official_preprocess(modality, item, cfg, train=train, generator=generator)
         size = cfg.image_size if modality == "audio" else cfg.image_size[0]
         return preprocess(
             modality, item, image_size=size, num_frames=cfg.num_frames, train=train, generator=generator
@@ -211,8 +222,14 @@ class LanguageBind(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         config = self.config.model_copy(deep=True)
         tiny_text = config.text.name_or_path == "tiny"
+        # A text tower built from a CLIP config (released LanguageBind weights): weights go into the
+        # safetensors like the tiny one's, its tokenizer under text/.
+        config_text = config.text.clip_config is not None
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if include_text and not tiny_text:
+        if config_text:
+            save_clip_tokenizer(self.text.tokenizer, path / TEXT_DIR)
+            config.text.name_or_path = TEXT_DIR
+        elif include_text and not tiny_text:
             if self.text.projection is not None and hasattr(self.text.encoder.config, "projection_dim"):
                 # so that the CLIP text loader builds the projection at its real size (weights: ours)
                 self.text.encoder.config.projection_dim = self.text.projection.out_features
@@ -220,7 +237,7 @@ class LanguageBind(nn.Module):
             self.text.tokenizer.save_pretrained(path / TEXT_DIR)
             config.text.name_or_path = TEXT_DIR
             config.text.pooling = self.text.pooling
-        if not tiny_text:
+        if not tiny_text and not config_text:
             # The projection of a CLIP text tower stays: save_pretrained above holds the encoder only.
             state = {k: v for k, v in state.items() if not k.startswith("text.encoder.")}
         save_file(state, str(path / WEIGHTS_FILE))
@@ -228,16 +245,35 @@ class LanguageBind(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> LanguageBind:
-        """Rebuild from a directory written by ``save`` (strict: every tower weight must be present)."""
-        path = Path(path)
+    def load(
+        cls,
+        path: str | Path | Mapping[str, str | Path],
+        map_location: str | torch.device = "cpu",
+        *,
+        text_from: str | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> LanguageBind:
+        """A model from a directory written by ``save``, a released LanguageBind checkpoint (hub id such as
+        ``LanguageBind/LanguageBind_Video_FT`` or a directory in the official layout), or a mapping
+        ``{modality: id_or_dir}`` of released checkpoints bound to one text tower (``text_from`` picks
+        whose; default the first). Strict: a missing or unexpected weight fails, naming the keys.
+        Hub ids go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``cache_dir``)."""
+        from model.official import is_official_dir, load_official, resolve_checkpoint_dir
+
+        if isinstance(path, Mapping):
+            return load_official(path, text_from=text_from, cache_dir=cache_dir).to(map_location)
+        path = resolve_checkpoint_dir(path, cache_dir)
+        if is_official_dir(path):
+            return load_official({None: path}, cache_dir=cache_dir).to(map_location)
         data = json.loads((path / CONFIG_FILE).read_text())
+        config_text = data["text"].get("clip_config") is not None
         if data["text"]["name_or_path"] == TEXT_DIR:
             data["text"]["name_or_path"] = str(path / TEXT_DIR)
         model = cls.from_config(data)
         state = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("text.encoder.")]
+        if not config_text:
+            missing = [k for k in missing if not k.startswith("text.encoder.")]
         if missing or unexpected:
             raise RuntimeError(
                 f"{path / WEIGHTS_FILE} does not fit the config: missing {missing}, unexpected {unexpected}"

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MODALITIES = ("video", "audio", "depth", "infrared")
+# Towers a model may have: the shard modalities, plus ``image`` (LanguageBind_Image; no shard key).
+TOWER_MODALITIES = (*MODALITIES, "image")
 
 # The parts of a tower that ``trainable`` may name. Position embeddings are never trainable (frozen,
 # as in LanguageBind), and LoRA matrices always are.
@@ -37,8 +39,10 @@ MODALITY_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "depth": {"patch_dropout": 0.5, "lora": {"r": 2, "alpha": 16, "dropout": 0.1}},
     "infrared": {"patch_dropout": 0.5, "lora": {"r": 2, "alpha": 16, "dropout": 0.1}},
+    "image": {"patch_dropout": 0.5, "lora": {"r": 2, "alpha": 16, "dropout": 0.1}},
 }
 
+LANGUAGEBIND_PREFIX = "languagebind:"  # init_from a released LanguageBind tower: languagebind:<hub id or dir>
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # temperature 0.07
 SIGLIP_LOGIT_SCALE_INIT = math.log(10.0)  # SigLIP: t' = log 10, b = -10
 SIGLIP_LOGIT_BIAS_INIT = -10.0
@@ -69,6 +73,9 @@ class TowerConfig(_Strict):
     in_channels: int = Field(3, ge=1)
     num_frames: int = Field(1, ge=1)
     temporal: bool = Field(False, description="a temporal attention block before each spatial one")
+    frame_class_embedding: bool = Field(
+        False, description="one class embedding per frame (LanguageBind V1.5's clip_type vl_new)"
+    )
     time_embedding_std: float | None = Field(
         None, gt=0, description="init std of the frame embeddings; null: width ** -0.5 (LanguageBind)"
     )
@@ -77,6 +84,9 @@ class TowerConfig(_Strict):
     trainable: list[str] = Field(default_factory=lambda: list(DEFAULT_TRAINABLE))
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
+    languagebind: dict[str, Any] | None = Field(
+        None, description="the official vision_config this tower was loaded from (kept for export)"
+    )
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -102,6 +112,8 @@ class TowerConfig(_Strict):
             )
         if self.temporal and self.num_frames < 2:
             raise ValueError("temporal attention needs num_frames >= 2")
+        if self.frame_class_embedding and self.num_frames < 2:
+            raise ValueError("frame_class_embedding needs num_frames >= 2")
         return self
 
     @property
@@ -119,6 +131,11 @@ class TextConfig(_Strict):
     )
     max_length: int | None = Field(None, ge=1, description="null: 77 for CLIP, up to 256 otherwise")
     cache_size: int = Field(4096, ge=0, description="LRU entries of caption -> embedding; 0 disables")
+    clip_config: dict[str, Any] | None = Field(
+        None,
+        description="a CLIP text config (LanguageBind's text_config + projection_dim): the tower is built "
+        "from it, its weights live in the model file, and name_or_path names the tokenizer",
+    )
     # Only for name_or_path == "tiny":
     tiny_width: int = Field(32, ge=8)
     tiny_layers: int = Field(2, ge=1)
@@ -129,8 +146,13 @@ class ModelConfig(_Strict):
     """The whole model; ``LanguageBind.from_config`` takes this, a dict or a YAML path."""
 
     embed_dim: int | None = Field(None, ge=1, description="shared dim; null = the text tower's dim")
-    init_from: str | None = Field(None, description="CLIP checkpoint (hub id or local dir) or null")
+    init_from: str | None = Field(
+        None, description="CLIP checkpoint (hub id or dir), languagebind:<released id or dir>, or null"
+    )
     loss: Literal["clip", "siglip"] = "clip"
+    preprocess: Literal["vidal", "languagebind"] = Field(
+        "vidal", description="raw-input transforms: vidal's own, or the official processors' (model.official_preprocess)"
+    )
     text: TextConfig = Field(default_factory=TextConfig)
     modalities: dict[str, TowerConfig]
 
@@ -142,8 +164,8 @@ class ModelConfig(_Strict):
         data = dict(data)
         filled = {}
         for name, tower in data["modalities"].items():
-            if name not in MODALITIES:
-                raise ValueError(f"modalities.{name}: unknown modality; choose from {list(MODALITIES)}")
+            if name not in TOWER_MODALITIES:
+                raise ValueError(f"modalities.{name}: unknown modality; choose from {list(TOWER_MODALITIES)}")
             if isinstance(tower, TowerConfig):
                 filled[name] = tower
                 continue
@@ -154,7 +176,7 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _at_least_one(self) -> ModelConfig:
         if not self.modalities:
-            raise ValueError("modalities: name at least one of " + ", ".join(MODALITIES))
+            raise ValueError("modalities: name at least one of " + ", ".join(TOWER_MODALITIES))
         return self
 
     @classmethod

@@ -8,6 +8,7 @@ changes and can be cached.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers import (
     CLIPConfig,
     CLIPTextConfig,
     CLIPTextModelWithProjection,
+    CLIPTokenizer,
 )
 
 from model.model_config import TextConfig
@@ -130,6 +132,8 @@ class TextTower(nn.Module):
         """Build the tower named by ``cfg``; ``clip_model`` (a loaded ``CLIPModel``) is reused if given."""
         if cfg.name_or_path == "tiny":
             return cls.tiny(cfg)
+        if cfg.clip_config is not None:
+            return cls.from_clip_config(cfg)
         path = resolve_text_path(cfg.name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if clip_model is not None:
@@ -141,6 +145,22 @@ class TextTower(nn.Module):
         else:
             limit = min(SENTENCE_MAX_LENGTH, encoder.config.max_position_embeddings)
         return cls(encoder, tokenizer, pooling, projection, cfg.max_length or limit, cfg.cache_size)
+
+    @classmethod
+    def from_clip_config(cls, cfg: TextConfig) -> TextTower:
+        """A CLIP text tower built from ``cfg.clip_config`` (random weights: the caller loads them) with the
+        CLIP BPE tokenizer in ``cfg.name_or_path`` (``vocab.json`` + ``merges.txt``, as LanguageBind ships)."""
+        settings = dict(cfg.clip_config or {})
+        settings.pop("model_type", None)
+        config = CLIPTextConfig(**settings)
+        model = CLIPTextModelWithProjection(config)
+        tokenizer = CLIPTokenizer.from_pretrained(cfg.name_or_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # LanguageBind's tokenizer pads with <|endoftext|>
+        limit = min(CLIP_CONTEXT, config.max_position_embeddings)
+        return cls(
+            model.text_model, tokenizer, "clip", model.text_projection, cfg.max_length or limit, cfg.cache_size
+        )
 
     @classmethod
     def tiny(cls, cfg: TextConfig, embed_dim: int | None = None) -> TextTower:
@@ -192,3 +212,20 @@ def _load_encoder(path: str, pooling: str) -> tuple[nn.Module, nn.Module | None,
     if pooling == "clip":
         raise ValueError(f"text.pooling 'clip' needs a CLIP text model; {path} is a {config.model_type}")
     return AutoModel.from_pretrained(path), None, pooling
+
+
+def save_clip_tokenizer(tokenizer: Any, directory: str | Path) -> Path:
+    """Write a CLIP BPE tokenizer with ``vocab.json`` and ``merges.txt`` beside transformers' own files:
+    the released LanguageBind classes (a slow ``CLIPTokenizer``) read only those two."""
+    directory = Path(directory)
+    tokenizer.save_pretrained(directory)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no BPE model to write vocab.json/merges.txt from")
+    bpe = json.loads(backend.to_str())["model"]
+    if bpe.get("type") != "BPE":
+        raise ValueError(f"the text tokenizer is {bpe.get('type')}, not CLIP's BPE; it has no vocab.json/merges.txt")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+    (directory / "vocab.json").write_text(json.dumps(bpe["vocab"], ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return directory

@@ -114,6 +114,10 @@ class ModalityTower(nn.Module):
         # open_clip's width ** -0.5 rather than transformers' 0.02: position embeddings are frozen, and
         # at 0.02 a random tower can hardly tell where in the frame anything is (a checkpoint overwrites it).
         nn.init.normal_(self.vision.embeddings.position_embedding.weight, std=cfg.width**-0.5)
+        if cfg.frame_class_embedding:
+            # LanguageBind V1.5 (clip_type vl_new): each frame has its own class token.
+            shared = self.vision.embeddings.class_embedding.data
+            self.vision.embeddings.class_embedding = nn.Parameter(shared.repeat(cfg.num_frames, 1))
         self.temporal = (
             nn.ModuleList(
                 TemporalBlock(config, cfg.num_frames, cfg.time_embedding_std) for _ in range(cfg.layers)
@@ -188,7 +192,12 @@ class ModalityTower(nn.Module):
                 f"image_size {self.cfg.image_size} ({positions.shape[0] - 1} patches)"
             )
         tokens = self.patch_dropout(tokens + positions[1:], frames)
-        cls = (emb.class_embedding + positions[0]).expand(tokens.shape[0], 1, -1)
+        cls = emb.class_embedding
+        if cls.ndim == 2:  # one class embedding per frame; clips are frame-major within a batch row
+            cls = cls[:frames].repeat(tokens.shape[0] // frames, 1)
+        else:
+            cls = cls.expand(tokens.shape[0], -1)
+        cls = (cls + positions[0]).unsqueeze(1)
         hidden = self.vision.pre_layrnorm(torch.cat([cls, tokens], dim=1))
         for i in range(self.cfg.layers):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
