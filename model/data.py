@@ -3,10 +3,12 @@
 One ``ShardStream`` per rank, read by a ``torch`` DataLoader whose workers open the tars, shuffle,
 decode (``model.preprocess``) and batch, so the training process only receives tensors:
 
-- shards: a path, directory, glob, brace pattern (``runs/x/shard/{00000..00009}.tar``), ``::``-joined
-  list, or URLs (``http(s)://``, ``s3://``/``gs://`` through pyarrow, ``pipe:cmd``);
-- each epoch the shard order is reshuffled from ``(seed, epoch)``, identical on every rank, then split
-  by rank and by DataLoader worker; a sample shuffle buffer follows;
+- shards: a path, directory or prefix, glob, brace pattern (``runs/x/shard/{00000..00009}.tar``),
+  ``::``-joined list, or URLs (``s3://``/``gs://`` through ``pipeline.store``, ``http(s)://``,
+  ``pipe:cmd``), local or remote alike (``model.shard_list``);
+- each epoch the shard order is reshuffled from ``(seed, epoch)``, identical on every rank, then dealt
+  to the ranks x DataLoader workers balanced by the sample counts of the shards' Parquet indexes;
+  a sample shuffle buffer follows;
 - ``resampled``: every worker draws shards with replacement from weighted sources instead;
 - each rank yields exactly ``batches_per_epoch`` micro-batches (webdataset's ``with_epoch``), so DDP
   ranks never wait on one another at an epoch's end; a worker that runs out of shards starts again;
@@ -19,17 +21,13 @@ decode (``model.preprocess``) and batch, so the training process only receives t
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
-import braceexpand
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -39,6 +37,16 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 # Imported here, not in the workers: forked DataLoader workers inherit it instead of importing anew
 # (torchvision and PyAV take seconds) at every epoch.
 from model.preprocess import preprocess
+from model.shard_list import (  # noqa: F401 (the trainer's and eval's imports)
+    Split,
+    assign_shards,
+    count_samples,
+    expand_shards,
+    in_holdout,
+    keep_key,
+    open_shard,
+    shard_counts,
+)
 from model.text_choice import TEXT_FIELDS, NoText, choose_text, frame_for
 from stages.shard_format import AUDIO_KEY, JSON_KEY, frames_of
 
@@ -46,7 +54,6 @@ log = logging.getLogger(__name__)
 
 # Model modality -> the shard's frame prefix (``audio`` is the ``flac`` member).
 FRAME_MODALITY = {"video": "rgb", "depth": "depth", "infrared": "ir"}
-INDEX_FLAG = {"audio": "has_audio", "depth": "has_depth", "infrared": "has_ir"}
 MAX_WARNINGS = 5  # per worker and epoch: the count keeps going, the log does not
 
 
@@ -92,86 +99,6 @@ class DataConfig(BaseModel):
         if v not in TEXT_FIELDS:
             raise ValueError(f"unknown text field {v!r}; choose from {list(TEXT_FIELDS)}")
         return v
-
-
-# -- shard lists ------------------------------------------------------------------------------
-def expand_shards(spec: str | list[str]) -> list[str]:
-    """Shard URLs of a path, directory (its ``*.tar``), glob, brace pattern, ``::`` list or URL list."""
-    parts = spec if isinstance(spec, list) else str(spec).split("::")
-    urls: list[str] = []
-    for part in parts:
-        for item in braceexpand.braceexpand(str(part).strip()):
-            if "://" in item or item.startswith("pipe:"):
-                urls.append(item)
-            elif os.path.isdir(item):
-                urls += sorted(glob.glob(os.path.join(item, "*.tar")))
-            elif glob.has_magic(item):
-                urls += sorted(glob.glob(item))
-            elif os.path.exists(item):
-                urls.append(item)
-            else:
-                raise FileNotFoundError(f"shard {item!r} does not exist (from {spec!r})")
-    if not urls:
-        raise FileNotFoundError(f"no shards match {spec!r}")
-    return urls
-
-
-def open_shard(url: str) -> Any:
-    """A binary stream of one tar: local path, ``file://``, ``http(s)://``, pyarrow filesystems, ``pipe:``."""
-    if url.startswith("file://"):
-        url = url[len("file://"):]
-    if "://" not in url and not url.startswith("pipe:"):
-        return open(url, "rb")
-    if url.startswith(("http://", "https://")):
-        import requests
-
-        response = requests.get(url, stream=True, timeout=60)
-        response.raise_for_status()
-        response.raw.decode_content = True
-        return response.raw
-    if url.startswith("pipe:"):
-        from webdataset.gopen import gopen
-
-        return gopen(url)
-    from pyarrow import fs
-
-    filesystem, path = fs.FileSystem.from_uri(url)
-    return filesystem.open_input_stream(path)
-
-
-def in_holdout(key: str, fraction: float, seed: int = 0) -> bool:
-    """True for the ~``fraction`` of video ids held out for evaluation (a stable hash of the id)."""
-    if fraction <= 0:
-        return False
-    digest = hashlib.sha1(f"{seed}/{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-Split = Literal["train", "holdout", "all"]
-
-
-def keep_key(key: str, split: Split, fraction: float, seed: int) -> bool:
-    """Whether ``key`` belongs to ``split`` (``all`` keeps everything)."""
-    if split == "all" or fraction <= 0:
-        return split != "holdout"
-    return in_holdout(key, fraction, seed) == (split == "holdout")
-
-
-def count_samples(urls: list[str], modalities: list[str], split: Split, fraction: float, seed: int) -> int | None:
-    """Samples of ``split`` with any of ``modalities``, from the Parquet index beside each tar; None
-    when an index is missing (remote shards without one: set ``data.epoch_samples``)."""
-    import pyarrow.parquet as pq
-
-    total = 0
-    for url in urls:
-        index = url[: -len(".tar")] + ".parquet" if url.endswith(".tar") else None
-        if index is None or "://" in index or not os.path.exists(index):
-            return None
-        rows = pq.read_table(index).to_pylist()
-        for r in rows:
-            present = any(m == "video" or r.get(INDEX_FLAG[m]) for m in modalities)
-            total += present and keep_key(r["key"], split, fraction, seed)
-    return total
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -250,6 +177,7 @@ class ShardStream(IterableDataset):
             self.sources = [(expand_shards(cfg.shards), 1.0)]
         self.urls = [u for urls, _ in self.sources for u in urls] or expand_shards(cfg.shards)
         self.workers = cfg.workers if train else max(0, min(cfg.workers, len(self.urls)))
+        self.counts = self._shard_samples() if train and not cfg.resampled else None
         self.batches_per_epoch = batches_per_epoch
         if train and batches_per_epoch is None:
             raise ValueError("a training stream needs batches_per_epoch (see count_samples)")
@@ -261,15 +189,23 @@ class ShardStream(IterableDataset):
                 f"(shard.samples_per_shard), or set data.resampled=true")
         self.set_position(0)
 
+    def _shard_samples(self) -> dict[str, int] | None:
+        try:
+            return shard_counts(self.urls, self.cfg.modalities, self.split, self.cfg.holdout, self.cfg.split_seed)
+        except FileNotFoundError:  # shards without indexes (data.epoch_samples set): deal them evenly
+            return None
+
     def set_position(self, epoch: int, batches: int = 0, raw: dict[int, int] | None = None) -> None:
         """Start at ``epoch`` after ``batches`` micro-batches, worker ``w`` having read ``raw[w]`` samples."""
         self.epoch, self.start_batch, self.raw = epoch, batches, dict(raw or {})
 
-    # Shard order for one pass: identical on every rank (seeded by epoch and pass only), then split.
+    # Shard order for one pass: identical on every rank (seeded by epoch and pass only), then dealt.
     def _pass_shards(self, worker: int, workers: int, pass_index: int) -> list[str]:
         urls = list(self.urls)
         if self.train and self.cfg.shard_shuffle:
             random.Random(f"{self.seed}:{self.epoch}:{pass_index}").shuffle(urls)
+        if self.train and self.counts:
+            return assign_shards(urls, self.counts, self.world_size * workers)[worker * self.world_size + self.rank]
         if self.train:
             urls = urls[self.rank :: self.world_size]
         return urls[worker::workers]

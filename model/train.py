@@ -150,7 +150,8 @@ class Trainer:
         urls = [u for s in c.data.sources for u in expand_shards(s.shards)] or expand_shards(c.data.shards)
         n = c.data.epoch_samples or count_samples(urls, c.data.modalities, "train", c.data.holdout, c.data.split_seed)
         if n is None:
-            raise ConfigError("data.epoch_samples: the shards have no Parquet index beside them; set it")
+            raise ConfigError("data.epoch_samples: the Parquet indexes of http(s):// and pipe: shards are not "
+                              "read, so the epoch length is unknown; set it")
         self.epoch_samples = n
         per_step = c.data.batch_size * c.optim.accum_freq * d.world_size
         self.steps_per_epoch = n // per_step

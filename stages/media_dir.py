@@ -120,14 +120,15 @@ class MediaDir:
         if not self.remote:
             os.replace(local_file, final)
             return final
-        fs, path = store.resolve(final)  # an object appears only when its upload completes
-        with open(local_file, "rb") as src, fs.open_output_stream(path) as dst:
-            shutil.copyfileobj(src, dst, CHUNK)
+        store.upload_file(local_file, final)  # streamed; the object appears only when complete
         return final
 
     def remove_stale(self) -> None:
         """Delete temp dirs a killed run left behind (one run per root at a time)."""
-        if self.remote or not os.path.isdir(self.uri):
+        if self.remote:
+            store.remove_temp_files(self.uri)
+            return
+        if not os.path.isdir(self.uri):
             return
         for entry in os.scandir(self.uri):
             if entry.name.startswith(store.TMP_PREFIX):

@@ -91,3 +91,13 @@ def bad_inputs(tmp_path_factory, good_videos) -> dict[str, Path]:
     make_clip(silent, CONCEPTS[2], seconds=1.0, fps=10, size=(160, 120), audio=False)
     out["no_audio"] = silent  # valid: ok without audio
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto, its own process) on 127.0.0.1; see tests/s3server.py."""
+    from tests.s3server import S3Server
+
+    server = S3Server().start()
+    yield server
+    server.stop()
