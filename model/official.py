@@ -15,7 +15,7 @@ import copy
 import json
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,12 +107,15 @@ def read_checkpoint(source: str | Path, cache_dir: str | Path | None = None) -> 
     return Checkpoint(modality, path, config, state)
 
 
+Sources = Mapping[str | None, str | Path] | Sequence[tuple[str | None, str | Path]]
+
+
 def load_official(
-    sources: Mapping[str | None, str | Path],
+    sources: Sources,
     text_from: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> Any:
-    """One ``LanguageBind`` from released checkpoints ``{modality or None: id_or_dir}``.
+    """One ``LanguageBind`` from released checkpoints ``{modality or None: id_or_dir}`` (or such pairs).
 
     The text tower comes from ``text_from`` (a modality) or the first checkpoint; when another
     checkpoint's text weights differ, a warning says which one is used. Preprocessing defaults to the
@@ -121,7 +124,7 @@ def load_official(
     from model.languagebind import LanguageBind
 
     checkpoints: dict[str, Checkpoint] = {}
-    for given, source in sources.items():
+    for given, source in sources.items() if isinstance(sources, Mapping) else sources:
         ckpt = read_checkpoint(source, cache_dir)
         if given is not None and given != ckpt.modality:
             raise ValueError(f"{source} is a {ckpt.config['model_type']} checkpoint ({ckpt.modality}), given as {given!r}")
@@ -273,6 +276,6 @@ def export_official(model: Any, out: str | Path, modality: str | None = None) ->
     return out
 
 
-def convert_to_vidal(sources: Mapping[str | None, str | Path], out: str | Path, text_from: str | None = None) -> Path:
+def convert_to_vidal(sources: Sources, out: str | Path, text_from: str | None = None) -> Path:
     """Released checkpoint(s) -> a vidal export directory (``LanguageBind.save``)."""
     return load_official(sources, text_from=text_from).save(out)
