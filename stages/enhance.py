@@ -61,7 +61,7 @@ class EnhanceConfig(StageConfig):
     base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint (vLLM: http://host:8000/v1)")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     concurrency: int = Field(8, ge=1, description="requests in flight per actor")
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0, description="wall-clock limit per request (a dripping reply included)")
     max_retries: int = Field(5, ge=0, description="retries on 429, 5xx, timeouts and malformed replies")
     backoff_s: float = Field(1.0, ge=0)
     max_backoff_s: float = Field(60.0, ge=0)
@@ -147,7 +147,7 @@ class EnhanceStage(Stage):
             self.backend = OpenAIChatClient(
                 c.base_url, name, api_key_env=c.api_key_env, concurrency=c.concurrency, timeout_s=c.timeout_s,
                 max_retries=c.max_retries, backoff_s=c.backoff_s, max_backoff_s=c.max_backoff_s,
-                max_tokens=c.max_new_tokens, temperature=c.temperature,
+                max_tokens=c.max_new_tokens, temperature=c.temperature, timeout_name="enhance.timeout_s",
                 json_mode=c.response_format == "json" and c.json_response_format)
         else:
             device = pick_device(c.device)

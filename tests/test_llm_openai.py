@@ -97,6 +97,19 @@ class ChatServer:
                     self.send(action[1], action[2].encode(), action[3] if len(action) > 3 else {})
                 elif kind == "raw":
                     self.send(200, action[1], {"Content-Type": "application/json"})
+                elif kind == "drip":  # a valid reply, one byte every action[1] seconds
+                    data = json.dumps({"choices": [{"message": {"content": good_reply(body)}}]}).encode()
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        for i in range(len(data)):
+                            self.wfile.write(data[i: i + 1])
+                            self.wfile.flush()
+                            time.sleep(action[1])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the client hung up: what the test wants
 
             def send(self, code: int, data: bytes, headers: dict[str, str]) -> None:
                 try:
@@ -163,6 +176,18 @@ def test_slow_reply_times_out_and_is_retried(server):
     done = client(server, timeout_s=0.4).complete([MSG])[0]
     assert done.attempts == 2 and done.text
     assert time.time() - started < 1.9  # the slow reply was abandoned, not awaited
+
+
+def test_a_dripping_reply_is_cut_at_the_wall_clock_timeout(server, tmp_path):
+    """One byte every 2 s never trips a per-read timeout: enhance.timeout_s=5 bounds the whole request."""
+    server.script.append(("drip", 2.0))
+    stage = make_stage(server, tmp_path, timeout_s=5.0, max_retries=0)
+    started = time.monotonic()
+    out = stage.process(pa.Table.from_pylist(rows(1))).to_pylist()[0]
+    elapsed = time.monotonic() - started
+    assert elapsed < 9, f"the request ran {elapsed:.1f} s"
+    assert out["status"] == "failed" and "timed out: no complete reply within 5 s (enhance.timeout_s, wall clock)" \
+        in out["error"], out["error"]
 
 
 def test_malformed_json_is_retried(server):

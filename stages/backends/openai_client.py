@@ -1,7 +1,8 @@
 """A small client for OpenAI-compatible chat-completions endpoints (vLLM, SGLang, hosted APIs).
 
-``POST {base_url}/chat/completions`` with a bounded number of requests in flight, a timeout per
-request, and retries with exponential backoff (and the server's ``Retry-After``) on 429, 5xx,
+``POST {base_url}/chat/completions`` with a bounded number of requests in flight, a wall-clock
+timeout per request (``stages.backends.http_deadline``: a server dripping a byte at a time cannot
+hold a request past it), and retries with exponential backoff (and the server's ``Retry-After``) on 429, 5xx,
 timeouts, dropped connections and malformed replies. Other 4xx answers are final. The API key is
 read from an environment variable when the client is built and only ever sent in the
 ``Authorization`` header: it is never logged, never put in an error message, never returned.
@@ -18,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from stages.backends.batching import ItemError
+from stages.backends.http_deadline import Deadline, DeadlineAdapter
 from stages.backends.llm import Completion, Messages
 
 log = logging.getLogger("vidal")
@@ -37,11 +38,12 @@ class OpenAIChatClient:
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0, max_tokens: int = 300, temperature: float = 0.0,
-                 json_mode: bool = False, extra_body: dict[str, Any] | None = None):
+                 json_mode: bool = False, extra_body: dict[str, Any] | None = None,
+                 timeout_name: str = "timeout_s"):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.model_id = f"openai:{model}"
-        self.concurrency, self.timeout_s = concurrency, timeout_s
+        self.concurrency, self.timeout_s, self.timeout_name = concurrency, timeout_s, timeout_name
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.max_tokens, self.temperature, self.json_mode = max_tokens, temperature, json_mode
         self.extra_body = dict(extra_body or {})
@@ -57,8 +59,8 @@ class OpenAIChatClient:
         s = getattr(self._local, "session", None)
         if s is None:
             s = requests.Session()
-            s.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
-            s.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
+            s.mount("http://", DeadlineAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
+            s.mount("https://", DeadlineAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
             if self._key:
                 s.headers["Authorization"] = f"Bearer {self._key}"
             self._local.session = s
@@ -86,12 +88,18 @@ class OpenAIChatClient:
 
     def _once(self, body: dict[str, Any]) -> tuple[Completion | None, str, str | None]:
         """One HTTP attempt: ``(completion, "", None)``, or ``(None, reason, Retry-After or "")`` to retry."""
+        timed_out = f"timed out: no complete reply within {self.timeout_s:g} s ({self.timeout_name}, wall clock)"
         try:
-            r = self._session().post(self.url, json=body, timeout=(min(10.0, self.timeout_s), self.timeout_s))
+            with Deadline(self.timeout_s) as deadline:
+                r = self._session().post(self.url, json=body, timeout=(min(10.0, self.timeout_s), self.timeout_s))
         except requests.Timeout:
-            return None, f"timed out after {self.timeout_s:g}s", ""
-        except requests.ConnectionError as e:
+            return None, timed_out, ""
+        except requests.RequestException as e:  # ConnectionError, ChunkedEncodingError, ...
+            if deadline.expired:  # our timer shut the socket: a slow (dripping) reply, not a dropped one
+                return None, timed_out, ""
             return None, f"connection failed ({type(e).__name__})", ""
+        if deadline.expired:
+            return None, timed_out, ""
         if r.status_code != 200:
             reason = f"HTTP {r.status_code}: {self._safe(r.text)}"
             if r.status_code in RETRY_STATUS:
