@@ -13,6 +13,12 @@ prompt-template embeddings (CLIP's ensembling); a sample's label is the class na
 
 ``--checkpoint`` takes a run directory (its latest checkpoint), a checkpoint, or an export; a
 training run's held-out split and text field are the defaults.
+
+The paper's benchmarks (MSR-VTT, MSVD, DiDeMo, ActivityNet, ESC-50, Clotho, AudioCaps, AudioSet,
+NYU-D, SUN-D, LLVIP, FLIR, ImageNet-style folders) run with ``--benchmark`` (``model/benchmarks``)::
+
+    python -m model.eval --checkpoint CKPT --benchmark msrvtt --benchmark-root /data/MSRVTT --json out.json
+    python -m model.eval --checkpoint CKPT --benchmark all --benchmark-config roots.yaml
 """
 
 from __future__ import annotations
@@ -155,9 +161,9 @@ def evaluate(model: Any, data: DataConfig, *, split: str = "all", max_samples: i
 def classify(model: Any, modality: str, embedded: dict[str, Any], classes: Sequence[str],
              templates: Sequence[str]) -> dict[str, Any]:
     """Zero-shot top-1/top-5 of the embedded samples whose text names one of ``classes``."""
-    prompts = [t.format(c) for c in classes for t in templates]
-    text = model.encode_text(prompts).view(len(classes), len(templates), -1)
-    class_emb = F.normalize(F.normalize(text, dim=-1).mean(dim=1), dim=-1)
+    from model.benchmarks.runner import class_embeddings
+
+    class_emb = class_embeddings(model, classes, templates)
     labels = [label_of(s, classes) for s in embedded["labels"] or embedded["texts"]]
     keep = [i for i, lab in enumerate(labels) if lab is not None]
     if not keep:
@@ -215,7 +221,8 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory, or export")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint directory, export, or (benchmarks) what LanguageBind.load reads")
     p.add_argument("--data", help="shards (default: the training run's)")
     p.add_argument("--text-field", help="caption field: raw, title, ofa, mplug, polish_mplug, sound_mplug, asr")
     p.add_argument("--modalities", help="comma-separated (default: the model's towers the run trained)")
@@ -227,19 +234,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-field", help="JSON field the class name is looked for in (default: the text field)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max-samples", type=int)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-samples", type=int, help="evaluate only the first N samples (benchmarks: items)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1")
     p.add_argument("--json", dest="json_out", help="also write the results here")
+    from model.benchmarks.cli import add_arguments
+
+    add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
+    from model.benchmarks.cli import main as benchmarks_main
+    from model.benchmarks.cli import resolve_device
     from model.checkpoint import load_model
 
     args = build_parser().parse_args(argv)
-    model, meta = load_model(args.checkpoint, map_location=args.device)
+    if args.benchmark:
+        return benchmarks_main(args)
+    model, meta = load_model(args.checkpoint, map_location=resolve_device(args.device))
     run = meta.get("config", {}).get("data", {})
     modalities = args.modalities.split(",") if args.modalities else [
         m for m in run.get("modalities", model.modalities) if m in model.modalities]

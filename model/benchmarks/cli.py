@@ -1,0 +1,112 @@
+"""``python -m model.eval --benchmark ...``: the benchmark half of the eval CLI.
+
+Order of work: every benchmark's index is read first (a wrong root or a missing file exits 2 with one
+line before the model is loaded), then the model, then its towers are checked, then each benchmark
+runs. ``--json OUT`` writes a JSON array with one record per benchmark (shape in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from model.benchmarks import registry
+from model.benchmarks.layout import LayoutError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("paper benchmarks (docs/benchmarks.md)")
+    g.add_argument("--benchmark", help=f"one of {', '.join(registry.BENCHMARKS)}, or 'all' (needs --benchmark-config)")
+    g.add_argument("--benchmark-root", help="the benchmark's own folder (its release or LanguageBind's layout)")
+    g.add_argument("--benchmark-config", help="YAML 'roots: {benchmark: folder}' for --benchmark all")
+    g.add_argument("--skip-missing", action="store_true", help="evaluate without media files that are absent")
+    g.add_argument("--paper-model", help="the paper/README row to compare with (default: from the checkpoint name)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def resolve_device(spec: str) -> str:
+    """``auto``: cuda when available, else cpu."""
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_any(spec: str, device: str) -> Any:
+    """A vidal run/checkpoint/export, else whatever ``LanguageBind.load`` reads (official layout, hub id)."""
+    from model.checkpoint import load_model
+
+    path = Path(spec)
+    if (path / "model.safetensors").exists() or (path / "meta.json").exists() or (path / "checkpoints").exists():
+        return load_model(spec, map_location=device)[0]
+    from model import LanguageBind
+
+    return LanguageBind.load(spec, map_location=device)
+
+
+def _plan(args: argparse.Namespace) -> dict[str, str]:
+    if args.benchmark.strip().lower() == "all":
+        if not args.benchmark_config:
+            raise ValueError("--benchmark all needs --benchmark-config roots.yaml (roots: {benchmark: folder})")
+        return registry.read_roots(args.benchmark_config)
+    name = registry.get(args.benchmark).name
+    if args.benchmark_root:
+        return {name: args.benchmark_root}
+    if args.benchmark_config:
+        roots = registry.read_roots(args.benchmark_config)
+        if name in roots:
+            return {name: roots[name]}
+    raise ValueError(f"--benchmark {name} needs --benchmark-root DIR (the benchmark's folder)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from model.benchmarks.paper import reference_row
+    from model.benchmarks.report import table
+    from model.benchmarks.runner import MissingTower, check_tower, run_benchmark
+
+    try:
+        plan = _plan(args)
+        data = {name: registry.get(name).read(root, args.skip_missing) for name, root in plan.items()}
+        row = reference_row(str(args.checkpoint), args.paper_model)
+    except (ValueError, LayoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    empty = [n for n, d in data.items() if len(d) == 0]
+    if empty:
+        print(f"error: {empty[0]}: no items to evaluate in {plan[empty[0]]}", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    try:
+        model = load_any(args.checkpoint, device)
+        for name in plan:
+            check_tower(model, registry.get(name))
+    except (FileNotFoundError, MissingTower) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import torch
+
+    amp = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.startswith("cuda")
+           else None)
+    records = []
+    for name, d in data.items():
+        bench = registry.get(name)
+        d = d.head(args.max_samples) if args.max_samples else d
+        kwargs = {"amp": amp} if amp else {}
+        records.append(run_benchmark(model, bench, d, model_name=str(args.checkpoint), paper_row=row,
+                                     batch_size=args.batch_size, workers=args.workers,
+                                     progress=not args.no_progress, **kwargs))
+        print(f"{name}: {d.layout} layout, {len(d)} items in {records[-1]['timing']['seconds']:.1f} s "
+              f"({records[-1]['timing']['items_per_s']:.1f}/s, data wait "
+              f"{100 * records[-1]['timing']['data_wait']:.0f}%)", file=sys.stderr)
+    print(table(records))
+    if args.json_out:
+        out = Path(args.json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(records, indent=2) + "\n")
+        tmp.replace(out)
+    return 0
