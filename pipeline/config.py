@@ -48,6 +48,9 @@ class RunConfig(BaseModel):
         256, ge=0, description="upstream columns up to this size (estimated, MiB) are joined by broadcast "
         "instead of a hash shuffle; 0 always shuffles")
     progress_interval_s: float = Field(10.0, gt=0)
+    stall_timeout_s: float = Field(
+        300, ge=0, description="a stage that writes no manifest part for this long stops, naming what it waits "
+        "for (0: wait forever)")
     demo_media: DemoMediaConfig | None = None
     storage: StorageSettings = Field(default_factory=StorageSettings,
                                      description="object-store endpoint, region, retries (no credentials)")

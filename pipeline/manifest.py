@@ -2,13 +2,20 @@
 
 Every row has ``video_id``, ``status`` (ok | failed | filtered) and ``error``. Resume reads only the
 ``video_id`` column; ``--retry-failed`` rewrites parts without their failed rows (each part
-atomically), after which those ids are simply not done and a resumed run redoes them.
+atomically), after which those ids are simply not done and a resumed run redoes them. Rows that
+failed for a transient local reason (``error`` starting with ``TRANSIENT_PREFIX``: a full disk, a
+lost permission, a killed worker) are dropped the same way at the start of every run, so a plain
+rerun retries them.
+
+A part that cannot be read (cut short by a full disk or a broken copy) raises ``ManifestPartError``
+naming the file and what to do, never a raw Parquet error.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -19,6 +26,32 @@ from pipeline import store
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 SUCCESS = "_SUCCESS.json"
+TRANSIENT_PREFIX = "transient: "
+
+
+class StageInputError(RuntimeError):
+    """A stage cannot start: a required upstream stage has no output in this run root, or it is unreadable."""
+
+
+class ManifestPartError(StageInputError):
+    """A manifest part that cannot be read."""
+
+    def __init__(self, uri: str, cause: Exception):
+        reason = " ".join(str(cause).split())[:200]
+        super().__init__(
+            f"manifest part {uri} cannot be read ({type(cause).__name__}: {reason}); it was probably cut short "
+            f"by a full disk or an interrupted copy. --retry-failed cannot help: remove that file and rerun "
+            f"the same command; the stage redoes the rows it held")
+
+
+def _read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = store.resolve(uri)
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise ManifestPartError(uri, e) from None
 
 
 def stage_dir(root: str, stage: str) -> str:
@@ -35,13 +68,13 @@ def new_part_uri(root: str, stage: str) -> str:
 
 
 def has_output(root: str, stage: str) -> bool:
-    return bool(part_files(root, stage))
+    """True when the stage wrote parts, or completed on an empty input (its ``_SUCCESS.json``)."""
+    return bool(part_files(root, stage)) or store.exists(store.join(stage_dir(root, stage), SUCCESS))
 
 
 def read_part(uri: str, columns: list[str], status: str | None = None) -> pa.Table:
     """Some columns of one manifest part, optionally only the rows of one status."""
-    fs, path = store.resolve(uri)
-    t = pq.read_table(path, filesystem=fs, columns=list(dict.fromkeys([*columns, *(["status"] if status else [])])))
+    t = _read_table(uri, list(dict.fromkeys([*columns, *(["status"] if status else [])])))
     if status:
         t = t.filter(pc.equal(t["status"], status))
     return t.select(columns)
@@ -61,7 +94,10 @@ def read_schema(root: str, stage: str) -> pa.Schema | None:
     if not parts:
         return None
     fs, path = store.resolve(parts[0])
-    return pq.read_schema(path, filesystem=fs)
+    try:
+        return pq.read_schema(path, filesystem=fs)
+    except (pa.ArrowException, OSError) as e:
+        raise ManifestPartError(parts[0], e) from None
 
 
 def done_ids(root: str, stage: str) -> pa.Array:
@@ -75,23 +111,34 @@ def status_counts(root: str, stage: str) -> dict[str, int]:
     return {s: counts.get(s, 0) for s in ("ok", "failed", "filtered")}
 
 
-def drop_status(root: str, stage: str, status: str) -> int:
-    """Rewrite each part without its rows of ``status`` (atomically per part); returns rows dropped."""
+def drop_rows(root: str, stage: str, drop: Callable[[pa.Table], pa.Array],
+              columns: tuple[str, ...] = ("video_id", "status", "error")) -> int:
+    """Rewrite each part without the rows where ``drop(table of columns)`` is true (atomically per
+    part; only parts with such rows are read whole); returns rows dropped."""
     dropped = 0
     for uri in part_files(root, stage):
-        fs, path = store.resolve(uri)
-        table = pq.read_table(path, filesystem=fs)
-        keep = pc.not_equal(table["status"], status)
-        n_drop = len(table) - pc.sum(keep).as_py() if len(table) else 0
+        mask = drop(_read_table(uri, list(columns))).fill_null(False)
+        n_drop = pc.sum(mask).as_py() or 0
         if n_drop == 0:
             continue
         dropped += n_drop
-        kept = table.filter(keep)
+        kept = _read_table(uri).filter(pc.invert(mask))
         if len(kept):
             store.write_parquet(uri, kept)
         else:
             store.remove(uri)
     return dropped
+
+
+def drop_status(root: str, stage: str, status: str) -> int:
+    """Rewrite each part without its rows of ``status``; returns rows dropped."""
+    return drop_rows(root, stage, lambda t: pc.equal(t["status"], status))
+
+
+def drop_transient_failures(root: str, stage: str) -> int:
+    """Drop failed rows whose reason is transient, so that this run retries them; returns how many."""
+    return drop_rows(root, stage, lambda t: pc.and_(pc.equal(t["status"], "failed"),
+                                                    pc.starts_with(t["error"], TRANSIENT_PREFIX)))
 
 
 def read_success(root: str, stage: str) -> dict[str, Any] | None:
@@ -121,8 +168,7 @@ def dedupe(root: str, stage: str) -> int:
     counts: Counter[str] = Counter()
     per_part: list[tuple[list[str], list[str]]] = []
     for i, uri in enumerate(parts):
-        fs, path = store.resolve(uri)
-        t = pq.read_table(path, filesystem=fs, columns=["video_id", "status"])
+        t = _read_table(uri, ["video_id", "status"])
         ids, statuses = t["video_id"].to_pylist(), t["status"].to_pylist()
         per_part.append((ids, statuses))
         for vid, st in zip(ids, statuses):
@@ -144,8 +190,7 @@ def dedupe(root: str, stage: str) -> int:
         if all(keep):
             continue
         removed += len(keep) - sum(keep)
-        fs, path = store.resolve(uri)
-        table = pq.read_table(path, filesystem=fs).filter(pa.array(keep))
+        table = _read_table(uri).filter(pa.array(keep))
         if len(table):
             store.write_parquet(uri, table)
         else:

@@ -69,23 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from pipeline.lock import RootLocked
     from pipeline.runner import run_pipeline, summary_table
+    from pipeline.stall import StageStalled
     from pipeline.upstream import StageInputError
     from stages.backends import ModelLoadError
 
     mode = "force" if args.force else "retry_failed" if args.retry_failed else "resume"
     try:
         reports = run_pipeline(config, stages, mode)
-    except (StageInputError, ModelLoadError, FileNotFoundError) as e:
+    except (StageInputError, ModelLoadError, FileNotFoundError, RootLocked, StageStalled) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     root = store.normalize(config.run.root)
     print(f"\nrun root: {root}")
     print(summary_table(reports))
-    failed = sum(r.counts["failed"] for r in reports)
-    if failed:
-        print(f"{failed} rows failed; their reasons are in each stage's manifest (status='failed', error) "
-              f"and _SUCCESS.json; rerun with --retry-failed to redo them")
+    from pipeline.runner import failure_note
+
+    if note := failure_note(reports, root):  # failures over each stage's whole manifest
+        print(note)
     for r in reports:
         if r.stage == "shard":
             info = store.read_json(store.join(root, "shard", "_SUCCESS.json"))

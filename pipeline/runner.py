@@ -8,7 +8,16 @@ One plan per stage::
 Reading the upstream manifests (per-part reads, broadcast or hash join) is ``pipeline.upstream``.
 
 Model stages run on an actor pool (``setup()`` once per actor, ``num_gpus`` from config); I/O and
-CPU stages run as tasks that keep one stage instance per worker process.
+CPU stages run as tasks that keep one stage instance per worker process. An actor holds its CPUs for
+the whole stage while the reads and manifest writes around it are tasks, so a pool is sized to leave
+one CPU for them (``fit_actor_pool``); otherwise on a one-CPU machine the actor takes the only CPU and
+the reads never run.
+
+Every side effect is safe to repeat: parts have fresh names and duplicates are removed before a stage
+is declared complete; a stage that publishes beside its manifest (shard) reconciles at its start and
+end. A driver holds the root's lock (``pipeline.lock``) for the whole run, and a plan that makes no
+progress for ``run.stall_timeout_s`` stops with ``StageStalled`` naming what it waits for
+(``pipeline.stall``); what it finished is committed and a rerun continues.
 """
 
 from __future__ import annotations
@@ -27,11 +36,12 @@ import ray
 from pydantic import BaseModel
 
 import pipeline
-from pipeline import manifest, store
+from pipeline import lock, manifest, store
 from pipeline.config import section_hash
+from pipeline.stall import StageStalled, iterate_watched
 from pipeline.upstream import cached, upstream_input
 from stages import get_stage_class
-from stages.base import FAILED, FILTERED, OK, RunContext, Stage
+from stages.base import FAILED, FILTERED, OK, Resources, RunContext, Stage
 
 log = logging.getLogger("vidal")
 Mode = Literal["resume", "force", "retry_failed"]
@@ -141,8 +151,10 @@ def _dedupe_batch(batch: pa.Table) -> pa.Table:
     return batch.take(sorted(first.values())) if len(first) < len(ids) else batch
 
 
-def _write_part(batch: pa.Table, root: str, stage: str) -> pa.Table:
-    """Write one manifest part and return one stats row describing it."""
+def _write_part(batch: pa.Table, root: str, stage: str, token: str | None = None) -> pa.Table:
+    """Write one manifest part and return one stats row describing it; nothing once the run lost the lock."""
+    if not lock.holds(root, token):
+        raise lock.RootLocked(f"[{stage}] the lock on {root} was taken over by another driver; not writing")
     store.write_parquet(manifest.new_part_uri(root, stage), batch)
     statuses = batch["status"].to_pylist()
     reasons = collections.Counter()
@@ -168,18 +180,11 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
     root = store.normalize(config.run.root)
     out_dir = manifest.stage_dir(root, name)
     started = time.time()
-    if mode == "force":
-        store.remove(out_dir)
-    store.remove_temp_files(out_dir)
-    manifest.clear_success(root, name)
-    if mode == "retry_failed":
-        log.info("[%s] retrying %d failed rows", name, manifest.drop_status(root, name, FAILED))
-    context = RunContext(root=root, stage_config_hash=section_hash(section))
+    context = RunContext(root=root, stage_config_hash=section_hash(section), run_token=lock.held_token(root))
     config_json = section.model_dump(mode="json")
     stage = cls(section, context)
-    done = manifest.done_ids(root, name)
-    report = StageReport(stage=name, skipped=len(done))
-
+    # The input is planned (the upstream found and its parts read) before anything is deleted, so that
+    # --force on a stage whose upstream is missing or unreadable loses nothing.
     if cls.upstream or cls.optional_upstream:
         ds, expected = upstream_input(cls, config, root)
     else:
@@ -190,6 +195,17 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
             ds = ds.map_batches(_read_source, batch_size=1, batch_format="pyarrow",
                                 fn_kwargs={"name": name, "config_json": config_json, "context": context})
             ds = ds.map_batches(_dedupe_batch, batch_format="pyarrow", batch_size=None)
+    if mode == "force":
+        store.remove(out_dir)
+    store.remove_temp_files(out_dir)
+    manifest.clear_success(root, name)
+    if mode == "retry_failed":
+        log.info("[%s] retrying %d failed rows", name, manifest.drop_status(root, name, FAILED))
+    elif (n := manifest.drop_transient_failures(root, name)):
+        log.info("[%s] retrying %d rows that failed for a transient reason", name, n)
+    _log_repairs(name, stage.reconcile())
+    done = manifest.done_ids(root, name)
+    report = StageReport(stage=name, skipped=len(done))
     if ds is not None and len(done):
         ds = ds.map_batches(_drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(done.to_pylist())]})
 
@@ -200,6 +216,7 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
         finally:
             stage.finish()
 
+    _log_repairs(name, stage.reconcile())
     removed = manifest.dedupe(root, name)
     if removed:
         log.warning("[%s] removed %d duplicate rows left by an earlier, killed run", name, removed)
@@ -224,15 +241,39 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
     return report
 
 
+def _log_repairs(name: str, repairs: dict[str, int]) -> None:
+    if any(repairs.values()):
+        log.warning("[%s] repaired what an earlier, interrupted run left: %s", name,
+                    ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in repairs.items() if v))
+
+
+def fit_actor_pool(res: Resources, cluster: dict[str, float], stage: str) -> Resources:
+    """The stage's resources with the actor pool fitted to the cluster: its smallest size leaves at least
+    one CPU for the read and write tasks around it, which otherwise never run."""
+    if not res.actors:
+        return res
+    lo, hi = res.actors
+    room = cluster.get("CPU", 0.0) - 1.0  # one CPU for the reads and manifest writes
+    cpus = res.num_cpus
+    if cpus * lo > room:
+        cpus = max(0.0, room / lo)
+        log.warning("[%s] the cluster has %g CPUs: each of its %d actors reserves %g CPUs instead of %g, so "
+                    "that reads and writes can run beside them", stage, cluster.get("CPU", 0.0), lo, cpus,
+                    res.num_cpus)
+    # the upper bound stays: Ray Data adds actors only as resources free up (or the cluster scales up)
+    return Resources(res.batch_size, cpus, res.num_gpus, (lo, hi))
+
+
 def _execute(ds: ray.data.Dataset, stage: Stage, config: BaseModel, report: StageReport,
              config_json: dict[str, Any], context: RunContext, expected: int) -> None:
     """Add the stage and the manifest writer to the plan and drive it."""
-    res = stage.resources()
+    res = fit_actor_pool(stage.resources(), ray.cluster_resources(), stage.name)
     # Blocks of at most rows_per_part rows: a task's output reaches the manifest when the task ends,
     # so this bounds what a killed run loses, and it spreads small runs over all workers.
     ds = ds.repartition(target_num_rows_per_block=config.run.rows_per_part)
     kwargs = {"name": stage.name, "config_json": config_json, "context": context}
     common: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "pyarrow", "num_cpus": res.num_cpus}
+    waits_for = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
     if res.num_gpus:
         common["num_gpus"] = res.num_gpus
     if res.actors:
@@ -241,16 +282,18 @@ def _execute(ds: ray.data.Dataset, stage: Stage, config: BaseModel, report: Stag
     else:
         ds = ds.map_batches(_run_task, fn_kwargs=kwargs, **common)
     ds = ds.map_batches(_write_part, batch_size=config.run.rows_per_part, batch_format="pyarrow",
-                        fn_kwargs={"root": context.root, "stage": stage.name})
-    _collect(ds, report, expected, config.run.progress_interval_s)
+                        fn_kwargs={"root": context.root, "stage": stage.name, "token": context.run_token})
+    per = "actor" if res.actors else "task"
+    batches = iterate_watched(ds, config.run.stall_timeout_s, stage.name, waits_for, per)
+    _collect(batches, report, expected, config.run.progress_interval_s)
 
 
-def _collect(ds: ray.data.Dataset, report: StageReport, expected: int, interval_s: float) -> None:
+def _collect(batches: Iterator[pa.Table], report: StageReport, expected: int, interval_s: float) -> None:
     """Drive the streaming plan, aggregating per-part stats and printing a periodic progress line."""
     reasons: collections.Counter[tuple[str, str]] = collections.Counter()
     examples: dict[tuple[str, str], str] = {}
     t0 = last = time.time()
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in batches:
         for row in batch.to_pylist():
             report.rows_in += row["rows"]
             report.parts += 1
@@ -283,27 +326,51 @@ def select_stages(config: BaseModel, stage: str | None, until: str | None) -> li
 
 
 def run_pipeline(config: BaseModel, stages: list[str], mode: Mode = "resume") -> list[StageReport]:
-    """Run stages in order; each reads what the previous ones wrote under the run root."""
+    """Run stages in order; each reads what the previous ones wrote under the run root.
+
+    The root's lock is taken first (``lock.RootLocked`` when another live driver holds it), before Ray
+    starts. A stage that stalls (``StageStalled``) ends the run: this driver leaves Ray, which frees
+    what its waiting actors hold, and the finished parts stay committed for the rerun.
+    """
     store.configure(config.run.storage)
-    init_ray(config.run.ray_address, config.run.num_cpus)
-    reports = []
-    for name in stages:
-        log.info("[%s] starting", name)
-        report = run_stage(config, name, mode)
-        log.info("[%s] done: %d rows in %.1fs (ok %d, failed %d, filtered %d; %d already done)", name,
-                 report.rows_in, report.wall_s, report.counts[OK], report.counts[FAILED],
-                 report.counts[FILTERED], report.skipped)
-        reports.append(report)
+    with lock.root_lock(config.run.root):
+        init_ray(config.run.ray_address, config.run.num_cpus)
+        reports = []
+        for name in stages:
+            log.info("[%s] starting", name)
+            try:
+                report = run_stage(config, name, mode)
+            except StageStalled:
+                ray.shutdown()
+                raise
+            log.info("[%s] done: %d rows in %.1fs (ok %d, failed %d, filtered %d; %d already done)", name,
+                     report.rows_in, report.wall_s, report.counts[OK], report.counts[FAILED],
+                     report.counts[FILTERED], report.skipped)
+            reports.append(report)
     return reports
 
 
 def summary_table(reports: list[StageReport]) -> str:
-    """The final per-stage table printed at the end of a run."""
-    head = f"{'stage':<10} {'in':>7} {'ok':>7} {'failed':>7} {'filtered':>8} {'skipped':>8} {'total ok':>8} {'wall s':>8}"
+    """The final per-stage table printed at the end of a run: this run's rows, then the whole manifest's."""
+    head = (f"{'stage':<10} {'in':>7} {'ok':>7} {'failed':>7} {'filtered':>8} {'skipped':>8} {'total ok':>8} "
+            f"{'total failed':>12} {'wall s':>8}")
     lines = [head, "-" * len(head)]
     for r in reports:
         lines.append(f"{r.stage:<10} {r.rows_in:>7} {r.counts[OK]:>7} {r.counts[FAILED]:>7} "
-                     f"{r.counts[FILTERED]:>8} {r.skipped:>8} {r.totals.get(OK, 0):>8} {r.wall_s:>8.1f}")
+                     f"{r.counts[FILTERED]:>8} {r.skipped:>8} {r.totals.get(OK, 0):>8} "
+                     f"{r.totals.get(FAILED, 0):>12} {r.wall_s:>8.1f}")
     return "\n".join(lines)
+
+
+def failure_note(reports: list[StageReport], root: str) -> str | None:
+    """Where the failed rows are, counted over each stage's whole manifest (not only this run's)."""
+    where = [(r.stage, r.totals.get(FAILED, 0)) for r in reports if r.totals.get(FAILED, 0)]
+    if not where:
+        return None
+    total = sum(n for _, n in where)
+    stages = ", ".join(f"{s} {n}" for s, n in where)
+    return (f"{total} rows failed ({stages}); their reasons are in {root}/<stage>/part-*.parquet (status='failed', "
+            f"error) and each _SUCCESS.json's top_reasons; rows failed for a transient reason are retried by a "
+            f"plain rerun, --retry-failed redoes all of them")
 
 

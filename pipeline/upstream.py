@@ -18,13 +18,11 @@ import ray
 from pydantic import BaseModel
 
 from pipeline import manifest, store
+from pipeline.manifest import StageInputError
 from stages import STAGE_ORDER
 from stages.base import OK, Stage
 
-
-class StageInputError(RuntimeError):
-    """A stage cannot start: a required upstream stage has no output in this run root."""
-
+__all__ = ["StageInputError", "cached", "upstream_input"]
 
 # Per worker process: values built from object-store refs (see ``cached``).
 _LOOKUPS: dict[str, tuple[pa.Table, dict[str, int]]] = {}
@@ -56,11 +54,14 @@ def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray.
             f"stage {cls.name!r} needs the output of {missing} under {root}; "
             f"run `--until {cls.name}` or `--stage {missing[0]}` first"
         )
+    if any(not manifest.part_files(root, s) for s in required):
+        return None, 0  # a required upstream completed with no rows: this stage runs on nothing
     # A column present in several upstreams is taken from the latest stage in pipeline order
     # (probe's measured duration over discover's claimed one, captions over imported ones).
     owner: dict[str, str] = {}
     for up in sorted([*required, *optional], key=STAGE_ORDER.index):
-        for c in manifest.read_schema(root, up).names:
+        schema = manifest.read_schema(root, up)
+        for c in schema.names if schema is not None else []:
             if c not in ("video_id", "status", "error") and (cls.reads is None or c in cls.reads):
                 owner[c] = up
     plan: list[tuple[str, list[str], str]] = []

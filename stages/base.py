@@ -75,6 +75,7 @@ class RunContext:
 
     root: str  # run root URI (local path or s3://…)
     stage_config_hash: str = ""
+    run_token: str | None = None  # the root lock's token (pipeline.lock); writers that publish check it
 
 
 class Stage:
@@ -116,6 +117,12 @@ class Stage:
 
     def summary(self) -> dict[str, Any]:
         """Extra totals for ``_SUCCESS.json``, computed on the driver after the run."""
+        return {}
+
+    def reconcile(self) -> dict[str, int]:
+        """On the driver, at the start of the stage (before resume reads what is done) and at its end:
+        make what the stage publishes beside its manifest (shards) agree with the manifest, after
+        kills and retries. Returns counts of what it repaired; by default nothing to do."""
         return {}
 
     @classmethod

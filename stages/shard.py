@@ -1,36 +1,46 @@
 """Shard stage: joins the ok rows of every stage run so far and writes WebDataset tars.
 
-Each tar (``NNNNN.tar``) holds whole samples in the format of ``stages.shard_format``; beside it
-``NNNNN.parquet`` lists its keys and text fields. A tar is cut by sample count or by bytes,
-whichever comes first, and written atomically. Shard numbers come from one counter per shard
-directory, so parallel writers never collide and a resumed run continues the numbering.
+Each tar holds whole samples in the format of ``stages.shard_format``; beside it an index Parquet
+lists its keys and text fields. A tar is cut by sample count or by bytes, whichever comes first.
+
+Every side effect here is safe to repeat, because Ray retries batches and restarts actors on its own
+and drivers get killed. A batch's rows are sorted by ``video_id`` and cut into tars deterministically,
+and each tar is named from the ids it holds (``shard_format.shard_name_for``): a retried batch writes
+the very same names over themselves, never new ones. A tar is committed by appearing: its index is
+written first, then the tar (atomically), so a tar always has its index and a lone index is an
+uncommitted leftover. Before writing, and again after, the writer checks that its run still holds the
+root's lock (``pipeline.lock``): the orphaned actors of a killed driver cannot publish once another
+driver took over, and what they published just before is withdrawn. At the start and the end of the
+stage the driver reconciles the tars with the manifest (``pipeline.shard_reconcile``): leftovers
+removed, a video held by two tars kept in one, tars that lack manifest rows re-indexed.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import io
 import re
 import tarfile
-import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 from pydantic import Field
 
-from pipeline import store
+from pipeline import lock, store
 from stages import shard_format as fmt
-from stages.base import OK, Stage, StageConfig, run_isolated
+from stages.base import FAILED, OK, Stage, StageConfig, run_isolated
 
-SHARD_RE = re.compile(rf"^(\d{{{fmt.SHARD_NAME_DIGITS}}})\.tar$")
+SHARD_RE = re.compile(rf"^({fmt.SHARD_NAME_PATTERN})\.tar$")
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()), ("title", pa.string()), ("raw", pa.string()), ("ofa", pa.list_(pa.string())),
     ("mplug", pa.string()), ("polish_mplug", pa.string()), ("sound_mplug", pa.string()), ("asr", pa.string()),
     ("has_audio", pa.bool_()), ("has_depth", pa.bool_()), ("has_ir", pa.bool_()), ("bytes", pa.int64()),
 ])
+# Local reasons a tar could not be written that a plain rerun should retry (see pipeline.manifest).
+TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO}
 
 
 class ShardConfig(StageConfig):
@@ -41,28 +51,25 @@ class ShardConfig(StageConfig):
     require_complete: bool = Field(True, description="only videos ok in every stage run so far")
 
 
-def existing_shard_indexes(shard_dir: str) -> list[int]:
+class RunFenced(RuntimeError):
+    """This writer's run no longer holds the root's lock: another driver took over."""
+
+
+def shard_names(shard_dir: str) -> list[str]:
+    """Names (without ``.tar``) of the committed tars in ``shard_dir``, sorted."""
     names = [u.rsplit("/", 1)[1] for u in store.list_files(shard_dir, suffix=".tar")]
-    return sorted(int(m.group(1)) for n in names if (m := SHARD_RE.match(n)))
+    return [m.group(1) for n in names if (m := SHARD_RE.match(n))]
 
 
-class _Counter:
-    """Hands out shard numbers; a Ray actor when Ray is running, else a plain object."""
-
-    def __init__(self, start: int):
-        self.value = start
-
-    def next(self) -> int:
-        self.value += 1
-        return self.value - 1
+def index_names(shard_dir: str) -> list[str]:
+    """Names of the shard indexes in ``shard_dir`` (manifest parts excluded), sorted."""
+    names = [u.rsplit("/", 1)[1][: -len(".parquet")] for u in store.list_files(shard_dir, suffix=".parquet")]
+    return [n for n in names if SHARD_RE.match(f"{n}.tar")]
 
 
-def _counter_name(shard_dir: str) -> str:
-    return f"vidal-shard-counter-{hashlib.sha1(shard_dir.encode()).hexdigest()[:16]}"
-
-
-def _next_start(shard_dir: str) -> int:
-    return (existing_shard_indexes(shard_dir) or [-1])[-1] + 1
+def read_index(shard_dir: str, name: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = store.resolve(store.join(shard_dir, f"{name}.parquet"))
+    return pq.read_table(path, filesystem=fs, columns=columns)
 
 
 def raw_text(row: dict[str, Any]) -> str | None:
@@ -92,15 +99,59 @@ def sample_files(row: dict[str, Any], include_video: bool) -> dict[str, bytes]:
     return files
 
 
-def write_tar(uri: str, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+def write_tar(uri: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> None:
     """Write one tar of (key, files) samples atomically, streamed to its file; members in the order given."""
-    now = time.time()
     with store.open_atomic(uri) as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for key, files in samples:
             for suffix, data in files.items():
                 info = tarfile.TarInfo(f"{key}.{suffix}")
-                info.size, info.mtime, info.mode = len(data), now, 0o444
+                info.size, info.mtime, info.mode = len(data), 0, 0o444  # same bytes on every retry
                 tar.addfile(info, io.BytesIO(data))
+
+
+def read_tar_samples(uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, files) per sample of a tar, streamed; members of one sample are adjacent."""
+    key, files = None, {}
+    with store.open_input(uri) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            k, suffix = member.name.split(".", 1)
+            if k != key and key is not None:
+                yield key, files
+                files = {}
+            key = k
+            files[suffix] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, files
+
+
+def index_row(key: str, row: dict[str, Any], files: dict[str, bytes], nbytes: int) -> dict[str, Any]:
+    return {
+        "key": key, "title": row.get("title"), "raw": raw_text(row), "ofa": row.get("ofa"),
+        "mplug": row.get("mplug"), "polish_mplug": row.get("polish_mplug"), "sound_mplug": row.get("sound_mplug"),
+        "asr": row.get("asr"), "has_audio": fmt.AUDIO_KEY in files,
+        "has_depth": fmt.frame_key("depth", 0) in files, "has_ir": fmt.frame_key("ir", 0) in files,
+        "bytes": nbytes,
+    }
+
+
+def commit_shard(shard_dir: str, samples: list[tuple[str, dict[str, bytes]]], index: pa.Table,
+                 root: str, token: str | None) -> str:
+    """Publish one tar and its index under the name of its keys; returns the name. Safe to repeat."""
+    name = fmt.shard_name_for([k for k, _ in samples])
+    tar_uri, index_uri = store.join(shard_dir, f"{name}.tar"), store.join(shard_dir, f"{name}.parquet")
+    if not lock.holds(root, token):
+        raise RunFenced(f"shard {name}: this run no longer holds the lock on {root}; not publishing")
+    store.write_parquet(index_uri, index)
+    try:
+        write_tar(tar_uri, samples)
+    except BaseException:
+        store.remove(index_uri)
+        raise
+    if not lock.holds(root, token):  # taken over while we wrote: withdraw, the new run does these rows
+        store.remove(tar_uri)
+        store.remove(index_uri)
+        raise RunFenced(f"shard {name}: the lock on {root} was taken over while writing; withdrawn")
+    return name
 
 
 class ShardStage(Stage):
@@ -109,7 +160,7 @@ class ShardStage(Stage):
     optional_upstream = ("discover", "download", "caption", "asr", "enhance", "depth", "infrared")
     reads = None
     Config = ShardConfig
-    uses_model = True  # one writer actor holds the shard counter handle
+    uses_model = True  # one writer actor (config: shard.actors) bounds the samples held in memory
     schema = pa.schema([("shard", pa.string()), ("bytes", pa.int64())])
     config: ShardConfig
 
@@ -120,29 +171,20 @@ class ShardStage(Stage):
             return [*cls.upstream, *others], []
         return list(cls.upstream), others
 
-    def prepare(self) -> None:
-        # On the driver: one counter actor per shard directory, alive for this stage's run.
-        shard_dir = store.join(self.context.root, self.name)
-        if ray.is_initialized():
-            self._counter = ray.remote(_Counter).options(name=_counter_name(shard_dir), num_cpus=0,
-                                                         get_if_exists=True).remote(_next_start(shard_dir))
+    def reconcile(self) -> dict[str, int]:
+        from pipeline.shard_reconcile import reconcile
 
-    def finish(self) -> None:
-        if getattr(self, "_counter", None) is not None:
-            ray.kill(self._counter)
+        return reconcile(self.context.root, self.name)
 
     def setup(self) -> None:
         self.dir = store.join(self.context.root, self.name)
-        if ray.is_initialized():
-            actor = ray.get_actor(_counter_name(self.dir))
-            self.next_index = lambda: ray.get(actor.next.remote())
-        else:
-            self.next_index = _Counter(_next_start(self.dir)).next
 
     def rows(self, batch: pa.Table) -> Iterator[dict[str, Any]]:
-        """The batch's rows as dicts, converted a slice at a time (the media columns are large)."""
+        """The batch's rows sorted by video_id, as dicts, converted a slice at a time (media columns are
+        large). Sorted, so that a retried batch is cut into the same tars whatever order it came in."""
+        order = pc.sort_indices(batch["video_id"])
         for start in range(0, batch.num_rows, 32):
-            yield from batch.slice(start, 32).to_pylist()
+            yield from batch.take(order.slice(start, 32)).to_pylist()
 
     def process(self, batch: pa.Table) -> pa.Table:
         # Samples are built as they are written: at most one tar's worth of them is in memory.
@@ -167,30 +209,26 @@ class ShardStage(Stage):
         return self.rows_to_table(out)
 
     def _flush(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        name = fmt.shard_name(self.next_index())
-        write_tar(store.join(self.dir, f"{name}.tar"), [(b["video_id"], b["files"]) for b in items])
-        index = []
-        for b in items:
-            r, files = b["row"], b["files"]
-            index.append({
-                "key": b["video_id"], "title": r.get("title"), "raw": raw_text(r), "ofa": r.get("ofa"),
-                "mplug": r.get("mplug"), "polish_mplug": r.get("polish_mplug"),
-                "sound_mplug": r.get("sound_mplug"), "asr": r.get("asr"),
-                "has_audio": fmt.AUDIO_KEY in files, "has_depth": fmt.frame_key("depth", 0) in files,
-                "has_ir": fmt.frame_key("ir", 0) in files, "bytes": b["bytes"],
-            })
-        store.write_parquet(store.join(self.dir, f"{name}.parquet"), pa.Table.from_pylist(index, schema=INDEX_SCHEMA))
+        index = pa.Table.from_pylist([index_row(b["video_id"], b["row"], b["files"], b["bytes"]) for b in items],
+                                     schema=INDEX_SCHEMA)
+        try:
+            name = commit_shard(self.dir, [(b["video_id"], b["files"]) for b in items], index,
+                                self.context.root, self.context.run_token)
+        except OSError as e:
+            if e.errno not in TRANSIENT_ERRNOS:
+                raise
+            # a full disk or a lost permission: failed rows that a plain rerun retries
+            reason = f"transient: writing the shard failed: {e.strerror or e}"
+            return [{"video_id": b["video_id"], "status": FAILED, "error": reason} for b in items]
         return [{"video_id": b["video_id"], "status": OK, "error": None, "shard": name, "bytes": b["bytes"]}
                 for b in items]
 
     def summary(self) -> dict[str, Any]:
         shard_dir = store.join(self.context.root, self.name)
-        indexes = store.list_files(shard_dir, suffix=".parquet")
-        indexes = [u for u in indexes if SHARD_RE.match(u.rsplit("/", 1)[1].replace(".parquet", ".tar"))]
+        names = shard_names(shard_dir)
         total, nbytes = 0, 0
-        for u in indexes:
-            fs, path = store.resolve(u)
-            t = pq.read_table(path, filesystem=fs, columns=["bytes"])
+        for name in names:
+            t = read_index(shard_dir, name, ["bytes"])
             total += len(t)
             nbytes += sum(t["bytes"].to_pylist())
-        return {"shards": len(indexes), "samples": total, "bytes": nbytes, "dir": shard_dir}
+        return {"shards": len(names), "samples": total, "bytes": nbytes, "dir": shard_dir}

@@ -9,13 +9,17 @@ One WebDataset sample per video, keyed by ``video_id``::
     mp4                       the source video (optional)
     json                      text and metadata (``JSON_FIELDS``)
 
-Beside each ``NNNNN.tar`` the writer puts ``NNNNN.parquet`` (one row per sample: key and text fields)
-and the shard directory gets a ``_SUCCESS.json`` with totals. This module has no heavy imports so
+Beside each ``{name}.tar`` the writer puts ``{name}.parquet`` (one row per sample: key and text fields)
+and the shard directory gets a ``_SUCCESS.json`` with totals. A tar's name comes from the keys it holds
+(``shard_name_for``), so a retried write lands on the same name; readers find tars by ``*.tar`` and
+the index beside each. Roots written before this scheme hold numbered tars (``00012.tar``); both
+forms are valid shard names. This module has no heavy imports so
 that both ``stages.shard`` and ``model.data`` can use it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -59,6 +63,7 @@ JSON_FIELDS = (
 MODEL_COLUMN_SUFFIX = "_model"  # a model stage writes f"{stage}_model" per row; the JSON's models map
 
 SHARD_NAME_DIGITS = 5
+SHARD_NAME_PATTERN = rf"\d{{{SHARD_NAME_DIGITS}}}|shard-[0-9a-f]{{16}}"  # numbered (older roots) or by keys
 _VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -69,8 +74,15 @@ def frame_key(modality: str, index: int) -> str:
 
 
 def shard_name(index: int) -> str:
-    """``00012`` for shard 12; tars are ``{name}.tar`` and their indexes ``{name}.parquet``."""
+    """``00012`` for shard 12: the numbered form of older roots and of hand-made shard sets."""
     return f"{index:0{SHARD_NAME_DIGITS}d}"
+
+
+def shard_name_for(keys: list[str]) -> str:
+    """``shard-<16 hex>``: the name of a tar holding exactly ``keys`` (in any order); tars are
+    ``{name}.tar`` and their indexes ``{name}.parquet``."""
+    digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
+    return f"shard-{digest[:16]}"
 
 
 def is_valid_video_id(video_id: str) -> bool:

@@ -1,0 +1,75 @@
+"""Stop a stage that makes no progress, with a message that says what it waits for.
+
+A Ray Data plan whose actors cannot be placed (the GPU node was lost, the cluster never scales up)
+waits forever behind Ray's "may hang forever unless the cluster scales up" warning. The runner drives
+each plan through ``iterate_watched``: progress is a manifest part reaching the driver (at most
+``run.rows_per_part`` rows), and when none arrives for ``run.stall_timeout_s`` the stage stops with
+``StageStalled`` naming the stage, the resources each task or actor asks for, what the cluster has,
+and what to do. Parts written before are committed, so the same command rerun on a healthy cluster
+continues where it stopped. ``stall_timeout_s`` must exceed the longest quiet step of a stage (one
+batch of its slowest model; the full read of a hash join); 0 turns the watch off.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+
+class StageStalled(RuntimeError):
+    """A stage made no progress for ``run.stall_timeout_s``."""
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU") or v) or "nothing"
+
+
+def stall_message(stage: str, timeout_s: float, waits_for: dict[str, float], per: str) -> str:
+    try:
+        total, free = ray.cluster_resources(), ray.available_resources()
+    except Exception:  # the cluster itself is gone
+        total, free = {}, {}
+    want = _fmt(waits_for)
+    short = [k for k, v in waits_for.items() if v and total.get(k, 0.0) < v]
+    hint = (f"the cluster has no node with {', '.join(short)} left: add such nodes (or lower "
+            f"{stage}.num_gpus / {stage}.num_cpus)" if short else
+            "the cluster is busy or a worker hangs: check `ray status`, or raise run.stall_timeout_s if "
+            "one batch of this stage legitimately takes longer")
+    return (f"stage {stage!r} made no progress for {timeout_s:g}s: each {per} asks for {want}; the cluster has "
+            f"{_fmt(total)} in total, {_fmt(free)} free. {hint[0].upper()}{hint[1:]}; then rerun the same command: "
+            f"the rows finished so far are committed and are not redone")
+
+
+def iterate_watched(ds: ray.data.Dataset, timeout_s: float, stage: str, waits_for: dict[str, float],
+                    per: str) -> Iterator[pa.Table]:
+    """The plan's output blocks; ``StageStalled`` when none arrives for ``timeout_s`` (0: never)."""
+    blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    if not timeout_s:
+        yield from blocks
+        return
+    out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=8)
+
+    def pump() -> None:  # Ray Data's iterator has no timeout: it runs in a thread, watched from here
+        try:
+            for block in blocks:
+                out.put(("block", block))
+            out.put(("end", None))
+        except BaseException as e:  # re-raised on the driver's thread
+            out.put(("error", e))
+
+    threading.Thread(target=pump, daemon=True, name=f"vidal-{stage}-plan").start()
+    while True:
+        try:
+            kind, value = out.get(timeout=timeout_s)
+        except queue.Empty:
+            raise StageStalled(stall_message(stage, timeout_s, waits_for, per)) from None
+        if kind == "end":
+            return
+        if kind == "error":
+            raise value
+        yield value
