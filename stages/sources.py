@@ -111,7 +111,9 @@ def _csv_rows(stream: Any, uri: str, delimiter: str) -> Iterator[dict[str, Any]]
                     yield None
                     return
                 fields, used = [], 1
-                why = "unbalanced quote" if "unexpected end" in str(e) else f"malformed quoting ({e})"
+                # over several lines, the quote the first one opened never closed where it should have
+                unbalanced = "unexpected end" in str(e) or len(lines) > 1
+                why = "unbalanced quote" if unbalanced else f"malformed quoting ({e})"
             if header is None:
                 if why:
                     raise ValueError(f"{uri}: the header (line {first}) cannot be read: {why}")
