@@ -71,6 +71,30 @@ def resolve_checkpoint_dir(source: str | Path, cache_dir: str | Path | None = No
         raise FileNotFoundError(f"{source}: not a local directory, and the hub could not provide it: {e}") from e
 
 
+def read_official_config(source: str | Path, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Only the ``config.json`` of a released checkpoint (a hub id fetches that one file)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / CONFIG).exists():
+            raise FileNotFoundError(f"{path}: no config.json; not a LanguageBind checkpoint directory")
+        return json.loads((path / CONFIG).read_text())
+    if not _HUB_ID.match(str(source)):
+        raise FileNotFoundError(f"{source}: no such directory (and not a hub id such as LanguageBind/LanguageBind_Image)")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(str(source), CONFIG, cache_dir=cache_dir)).read_text())
+    except Exception as e:
+        raise FileNotFoundError(f"{source}: not a local directory, and the hub could not provide it: {e}") from e
+
+
+def released_tower(source: str | Path) -> tuple[str, dict[str, Any]]:
+    """``(modality, TowerConfig fields)`` of a released checkpoint, from its config alone."""
+    config = read_official_config(source)
+    modality = modality_of(config, source)
+    return modality, tower_config(config, modality, source)
+
+
 def is_official_dir(path: Path) -> bool:
     """True when ``path/config.json`` is a released LanguageBind config (it names a ``model_type``)."""
     config = path / CONFIG

@@ -115,7 +115,27 @@ class TrainConfig(_Section):
         if missing:
             raise ConfigError(f"data.modalities: {missing} have no tower in the model config (it has {list(towers)})")
         model["modalities"] = {m: towers[m] for m in self.data.modalities}
+        init_from = model.get("init_from") or ""
+        if init_from.startswith("languagebind:"):
+            model["modalities"] = _released_architecture(init_from[len("languagebind:") :], model["modalities"])
         return model
+
+
+def _released_architecture(source: str, towers: dict[str, Any]) -> dict[str, Any]:
+    """``init_from: languagebind:...``: the checkpoint fixes the tower's architecture (frames, image or fbank
+    size, widths), so the data loader and the step plan see the sizes the weights were trained with."""
+    from model.official import released_tower
+
+    try:
+        modality, fields = released_tower(source)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"model.init_from: {e}") from None
+    if list(towers) != [modality]:
+        raise ConfigError(f"model.init_from: {source} is a {modality} tower; data.modalities must be [{modality}], "
+                          f"not {list(towers)}")
+    keep = ("lora", "patch_dropout", "trainable")  # training settings stay the config's
+    return {modality: {**{k: v for k, v in (towers[modality] or {}).items() if k in keep},
+                       **{k: v for k, v in fields.items() if k not in keep}}}
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
