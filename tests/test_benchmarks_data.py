@@ -367,3 +367,18 @@ def test_missing_files_are_named(tmp_path):
         registry.get("nyud").read(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown benchmark"):
         registry.get("kinetics")
+
+
+def build_flir_v2(root: Path) -> Path:
+    """flirv2/val/<folder>/*.jpg with the reformatted download's folder names (light, other vehicle...)."""
+    for k, c in enumerate(["bike", "light", "other vehicle", "truck"]):
+        _jpg(root / "val" / c / f"video-{k:05d}.jpg", k)
+    return root
+
+
+def test_flir_v2_folders_map_to_the_official_names(tmp_path):
+    from model.benchmarks.prompts import FLIR_V2_CLASSES
+
+    d = registry.get("flirv2").read(build_flir_v2(tmp_path / "flir2"))
+    assert [FLIR_V2_CLASSES[k] for k in d.labels] == ["bike", "traffic light", "construction equipment or trailers",
+                                                      "semi truck or freight truck"]
