@@ -1,0 +1,65 @@
+"""A full disk is the machine's failure, not the video's: the row's error starts with "transient: " (the
+runner redoes such rows on a plain rerun), nothing half-written is left, and once space is freed the same
+download succeeds. On a real, small tmpfs (needs root; skipped otherwise), both download paths."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+import pyarrow as pa
+import pytest
+
+from stages.base import RunContext
+from stages.download import DownloadConfig, DownloadStage
+from stages.transient import TRANSIENT
+from tests.httpserver import make_media, serve
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serve(make_media(tmp_path_factory.mktemp("served"))) as s:
+        yield s
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk) -> None:
+    """Write a filler file, a page at a time and unbuffered, until the disk is full."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError as e:
+        assert e.errno == 28
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("route", ["auto", "yt-dlp"])
+def test_a_full_disk_is_transient_and_the_download_works_once_space_is_freed(server, small_disk, route):
+    root = small_disk / "root"
+    stage = DownloadStage(DownloadConfig(route=route, retries=0, socket_timeout_s=5.0, allow_private_addresses=True),
+                          RunContext(root=str(root)))
+    stage.setup()
+    row = pa.Table.from_pylist([{"video_id": "full-disk", "url": server.url("/v/a.mp4"), "path": None}])
+    fill(small_disk)
+    (out,) = stage.process(row).to_pylist()
+    assert out["status"] == "failed" and out["error"].startswith(f"{TRANSIENT}no space left on device"), out
+    assert os.listdir(root / "media") == [], "nothing half-written is left"
+    (small_disk / "filler").unlink()
+    (again,) = stage.process(row).to_pylist()
+    assert again["status"] == "ok", again
+    assert again["sha256"] == hashlib.sha256(server.files["a.mp4"]).hexdigest()
+    assert os.listdir(root / "media") == ["full-disk.mp4"]
