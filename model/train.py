@@ -257,6 +257,8 @@ class Trainer:
                     last = metrics
                     if c.eval.every and self.step % c.eval.every == 0:
                         logger.evaluation(self.evaluate())
+                    if c.eval.benchmarks and c.eval.benchmarks.every and self.step % c.eval.benchmarks.every == 0:
+                        self.evaluate_benchmarks(logger)
                     if self._should_stop() or self.step % c.train.save_every == 0 or self.step == stop_at:
                         self.save(last)
                     if self.stop_requested:
@@ -267,6 +269,8 @@ class Trainer:
             if self.step >= self.total_steps:
                 if c.eval.final:
                     last = {**last, **logger.evaluation(self.evaluate())}
+                if c.eval.benchmarks and c.eval.benchmarks.final:
+                    self.evaluate_benchmarks(logger)
                 if c.train.export and self.d.rank == 0:
                     export_checkpoint(resolve_checkpoint("latest", self.out), self.out / EXPORT_DIR)
             return last
@@ -297,6 +301,21 @@ class Trainer:
         if self.d.world_size > 1:
             dist.barrier()
         return results
+
+    def evaluate_benchmarks(self, logger: Any) -> None:
+        """The paper's benchmarks (``eval.benchmarks``) on rank 0, to TensorBoard; the other ranks wait."""
+        from model.benchmarks.training import evaluate_benchmarks
+
+        if getattr(self, "_benchmarked_at", None) == self.step:  # the cadence hit the last step already
+            return
+        self._benchmarked_at = self.step
+        if self.cfg.train.fsdp and self.d.world_size > 1:
+            log.warning("eval.benchmarks: skipped under FSDP (the towers are sharded); evaluate the export instead")
+            return
+        if self.d.rank == 0:
+            evaluate_benchmarks(self.raw, self.cfg.eval.benchmarks, self.step, self.out, logger.tb, self.amp)
+        if self.d.world_size > 1:
+            dist.barrier()
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def _weights(self) -> dict[str, torch.Tensor]:

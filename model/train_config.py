@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from model.benchmarks.training import BenchmarkEvalConfig
 from model.data import DataConfig
 from pipeline.config import ConfigError, apply_overrides, format_validation_error
 
@@ -57,6 +58,7 @@ class EvalConfig(_Section):
     classes: list[str] | None = Field(None, description="class names for zero-shot classification")
     templates: list[str] | None = None
     label_field: str | None = Field(None, description="JSON field the class name is found in")
+    benchmarks: BenchmarkEvalConfig | None = Field(None, description="the paper's benchmarks every N steps")
 
 
 class WandbConfig(_Section):
@@ -157,6 +159,11 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         config = TrainConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+    if config.eval.benchmarks is not None:
+        try:
+            config.eval.benchmarks.check_towers(list(config.data.modalities))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     from model import ModelConfig
 
     try:
