@@ -109,13 +109,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """A ``LanguageBind`` from an export directory, a training checkpoint, or a run directory (latest).
+    """A ``LanguageBind`` from an export directory, a training checkpoint, a run directory (latest), or a
+    released LanguageBind checkpoint (directory in the official layout, or hub id).
 
     Returns ``(model, meta)``; ``meta`` holds the training config when there is one (for the
     held-out split and text field that evaluation should default to).
     """
     from model import LanguageBind
+    from model.official import is_official_dir, looks_like_hub_id
 
+    if looks_like_hub_id(path) or is_official_dir(Path(path)):  # a released LanguageBind checkpoint
+        return LanguageBind.load(path, map_location), {}
     path = Path(path)
     if (path / "config.json").exists() and (path / "model.safetensors").exists():
         run = path.parent if path.name == EXPORT_DIR else None

@@ -160,14 +160,22 @@ class LanguageBind(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------
     def preprocess_input(
-        self, modality: str, item: Any, train: bool = False, generator: torch.Generator | None = None
+        self,
+        modality: str,
+        item: Any,
+        train: bool = False,
+        generator: torch.Generator | None = None,
+        **options: Any,
     ) -> torch.Tensor:
-        """One raw input (path, shard bytes, frame list, waveform) -> the tower's input tensor."""
+        """One raw input (path, shard bytes, frame list, waveform) -> the tower's input tensor, by
+        ``config.preprocess``; ``options`` (``flip``, ``antialias``) are the official mode's."""
         cfg = self.towers[modality].cfg
         if self.config.preprocess == "languagebind":
             from model.official_preprocess import official_preprocess
 
-            return official_preprocess(modality, item, cfg, train=train, generator=generator)
+            return official_preprocess(modality, item, cfg, train=train, generator=generator, **options)
+        if options:
+            raise TypeError(f"{sorted(options)} apply to preprocess: languagebind only")
         size = cfg.image_size if modality == "audio" else cfg.image_size[0]
         return preprocess(
             modality, item, image_size=size, num_frames=cfg.num_frames, train=train, generator=generator

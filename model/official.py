@@ -95,6 +95,11 @@ def released_tower(source: str | Path) -> tuple[str, dict[str, Any]]:
     return modality, tower_config(config, modality, source)
 
 
+def looks_like_hub_id(source: str | Path) -> bool:
+    """``owner/name`` that is not a local path."""
+    return isinstance(source, str) and bool(_HUB_ID.match(source)) and not Path(source).exists()
+
+
 def is_official_dir(path: Path) -> bool:
     """True when ``path/config.json`` is a released LanguageBind config (it names a ``model_type``)."""
     config = path / CONFIG

@@ -3,7 +3,7 @@ official architecture (PKU-YuanGroup/LanguageBind ``languagebind/*/modeling_*.py
 
 Reusable by tests and benchmarks::
 
-    from tests.languagebind_ckpt import write_checkpoint, reference_vision, reference_text
+    from tests.languagebind_ckpt import write_checkpoint, write_hub_cache, reference_vision, reference_text
     path = write_checkpoint(tmp_path / "video", "video")              # or "video_v15", "audio", "audio_126",
     sd, config = load_reference(path)                                  # "depth", "thermal", "image",
     emb = reference_vision(sd, config, pixels)                         # "video_lora", "audio_lora"
@@ -197,6 +197,17 @@ def write_checkpoint(path: str | Path, variant: str = "video", seed: int = 0, *,
     (path / "config.json").write_text(json.dumps(config, indent=2))
     torch.save(state, path / "pytorch_model.bin")
     return path
+
+
+def write_hub_cache(cache: str | Path, repo_id: str, variant: str, **kwargs: Any) -> Path:
+    """A checkpoint where ``huggingface_hub`` keeps a download (``models--owner--name/snapshots/<commit>``,
+    ``refs/main``), so ``LanguageBind.load(repo_id)`` finds it offline; returns the snapshot directory."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = write_checkpoint(repo / "snapshots" / commit, variant, **kwargs)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
 
 
 def _peft_layout(state: dict[str, torch.Tensor], targets: tuple[str, ...], r: int, g: torch.Generator,

@@ -20,6 +20,7 @@ from tests.languagebind_ckpt import (
     reference_text,
     reference_vision,
     write_checkpoint,
+    write_hub_cache,
 )
 
 TEXTS = ["the dog", "a cat barks at the dog", "bark", ""]
@@ -125,19 +126,9 @@ def test_a_checkpoint_given_as_the_wrong_modality_is_refused(tmp_path):
         LanguageBind.load({"video": path})
 
 
-def _hub_cache(root, repo_id: str, variant: str):
-    """The huggingface_hub cache layout: models--owner--name/{refs/main, snapshots/<commit>/...}."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = root / ("models--" + repo_id.replace("/", "--"))
-    write_checkpoint(repo / "snapshots" / commit, variant)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    return repo / "snapshots" / commit
-
-
 def test_a_hub_id_loads_through_the_hub_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    snapshot = _hub_cache(tmp_path / "hub", "LanguageBind/LanguageBind_Image", "image")
+    snapshot = write_hub_cache(tmp_path / "hub", "LanguageBind/LanguageBind_Image", "image")
     model = LanguageBind.load("LanguageBind/LanguageBind_Image", cache_dir=tmp_path / "hub")
     sd, config = load_reference(snapshot)
     x = official_input(config)
@@ -156,3 +147,14 @@ def test_a_loaded_release_saves_and_reloads_as_a_vidal_model(tmp_path):
     assert torch.allclose(model.encode("video", x), reloaded.encode("video", x), atol=1e-6)
     assert torch.allclose(model.encode_text(TEXTS), reloaded.encode_text(TEXTS), atol=1e-6)
     assert reloaded.config.preprocess == "languagebind"
+
+
+def test_evaluation_and_export_loaders_take_a_release(tmp_path):
+    from model.checkpoint import load_model
+
+    path = write_checkpoint(tmp_path / "thermal", "thermal")
+    model, meta = load_model(path)
+    assert model.modalities == ("infrared",) and meta == {}
+    sd, config = load_reference(path)
+    x = official_input(config)
+    assert (model.encode("infrared", x) - F.normalize(reference_vision(sd, config, x), dim=-1)).abs().max() < 1e-4
