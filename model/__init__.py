@@ -1,7 +1,8 @@
 """LanguageBind-style multi-modal model: a frozen text tower and one ViT tower per modality.
 
 Modalities (names used everywhere in ``model``): ``video`` (shard ``rgb.*.jpg``), ``audio``
-(shard ``flac``), ``depth`` (shard ``depth.*.png``), ``infrared`` (shard ``ir.*.jpg``).
+(shard ``flac``), ``depth`` (shard ``depth.*.png``), ``infrared`` (shard ``ir.*.jpg``), and ``image``
+(released LanguageBind_Image towers; no shard key).
 
 Build::
 
@@ -9,6 +10,8 @@ Build::
     model = LanguageBind.tiny(("video",), {"loss": "siglip"})         # random tiny towers (tests)
     model = LanguageBind.from_config("configs/model/demo.yaml")      # YAML path, dict or ModelConfig
     model = LanguageBind.load("runs/x/model")                        # directory written by model.save()
+    model = LanguageBind.load("LanguageBind/LanguageBind_Video_FT")  # a released tower (hub id or dir)
+    model = LanguageBind.load({"video": ..., "image": ...})          # several released towers, one text
 
 Config (``ModelConfig``, validated; unknown keys fail with their name)::
 
