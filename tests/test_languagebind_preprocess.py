@@ -162,3 +162,19 @@ def test_a_released_model_encodes_files_with_the_official_processors(tmp_path, c
     sd, config = load_reference(depth)
     expected = F.normalize(reference_vision(sd, config, reference_depth(tmp_path / "d.png", size=32)[None]), dim=-1)
     assert (model.encode("depth", [tmp_path / "d.png"]) - expected).abs().max() < 1e-4
+
+
+def test_audio_and_thermal_towers_read_files_with_their_checkpoint_settings(tmp_path):
+    audio = write_checkpoint(tmp_path / "audio", "audio", seed=9)  # Audio_FT: 112 mel bins
+    thermal = write_checkpoint(tmp_path / "thermal", "thermal", seed=10)
+    model = LanguageBind.load({"audio": audio, "infrared": thermal})
+    wave = 0.2 * np.sin(np.arange(5 * 16000) * 0.05)
+    soundfile.write(tmp_path / "s.wav", wave.astype(np.float32), 16000, subtype="PCM_16")
+    sd, config = load_reference(audio)
+    expected = F.normalize(reference_vision(sd, config, reference_audio(tmp_path / "s.wav", 112)[None]), dim=-1)
+    assert (model.encode("audio", [tmp_path / "s.wav"]) - expected).abs().max() < 1e-4
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "t.jpg")
+    sd, config = load_reference(thermal)
+    pixels = image_transform(32)(Image.open(tmp_path / "t.jpg"))[None]
+    expected = F.normalize(reference_vision(sd, config, pixels), dim=-1)
+    assert (model.encode("infrared", [tmp_path / "t.jpg"]) - expected).abs().max() < 1e-4
