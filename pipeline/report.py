@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline import store  # noqa: E402
+from pipeline.config import ConfigError, load_config  # noqa: E402
 from pipeline.report_html import SampleView, render_page  # noqa: E402
 from pipeline.report_plots import colourize_depth, depth_scale_strip, plot_funnel, plot_stat, png_bytes  # noqa: E402
 from pipeline.report_stats import RunStats, collect  # noqa: E402
@@ -44,9 +45,9 @@ class ReportError(RuntimeError):
 
 # -- samples ---------------------------------------------------------------------------------------
 def shard_tars(root: str) -> list[str]:
-    """The shard tars of a run (``{root}/shard/NNNNN.tar``), sorted."""
+    """The shard tars of a run (``{root}/shard/*.tar``, not the temp files of unfinished writes), sorted."""
     names = store.list_files(store.join(root, "shard"), suffix=".tar")
-    return [u for u in names if u.rsplit("/", 1)[1][:-4].isdigit()]
+    return [u for u in names if not u.rsplit("/", 1)[1].startswith(".")]
 
 
 def reservoir_from_tar(uri: str, k: int, rng: random.Random) -> list[dict[str, bytes]]:
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "required for a remote root)")
     p.add_argument("--samples", type=int, default=12, help="random samples to show (default 12)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choices (default 0)")
+    p.add_argument("--config", help="a pipeline config whose run.storage (endpoint, region, ...) reaches a "
+                   "remote root (default: $VIDAL_STORAGE, else the provider's defaults)")
     return p
 
 
@@ -243,9 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 0:
         print("error: --samples must be >= 0", file=sys.stderr)
         return 2
+    if store.is_remote(args.root) and not args.out:  # before anything reads the run
+        print(f"error: the run root {args.root} is remote: give --out, a local directory for the report",
+              file=sys.stderr)
+        return 2
     try:
+        if args.config:
+            store.configure(load_config(args.config).run.storage)
         index = write_report(args.root, args.out, args.samples, args.seed)
-    except ReportError as e:
+    except (ReportError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {index.resolve()}")

@@ -9,6 +9,7 @@ that points vidal at it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -84,3 +85,64 @@ class S3Server:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+
+class StallingProxy:
+    """A TCP proxy in front of the server that holds the ``nth`` upload whose request line matches
+    ``pattern`` half way: its headers and part of its body reach the server, the rest never does.
+    ``stalled`` is set then, so a test can kill the uploader while its upload is in flight."""
+
+    def __init__(self, target_port: int, pattern: bytes = rb"PUT /\S*\.tar[ ?]", nth: int = 1):
+        import re
+        import threading
+
+        self.target_port, self.regex, self.nth = target_port, re.compile(pattern), nth
+        self.seen = 0
+        self.stalled = threading.Event()
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_client and self.regex.search(data):
+                    with self._lock:
+                        self.seen += 1
+                        hold = self.seen == self.nth
+                    if hold:
+                        dst.sendall(data[: len(data) // 2])
+                        self.stalled.set()
+                        while src.recv(65536):  # swallow the rest: the upload never completes
+                            pass
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        self._listener.close()
