@@ -62,14 +62,17 @@ def test_video_benchmarks_end_to_end(tmp_path, tiny):
         ("languagebind", 4, 4), ("public", 3, 6), ("languagebind", 2, 2), ("public", 2, 2)]
     # the checkpoint is named after the FT tower: its README figure is the one printed beside ours
     assert rec["msrvtt"]["paper"]["text_to_video.R@1"]["value"] == 42.7
-    # the same figures from the model's own API on the same files
-    d = registry.get("msvd").read(roots["msvd"])
-    emb = model.encode("video", d.items)
-    sim = model.encode_text(d.captions) @ emb.T
-    direct = retrieval_metrics(sim, d.caption_item, d.captions)
-    for key in ("R@1", "R@5", "mean_rank", "median_rank"):
-        assert rec["msvd"]["metrics"]["text_to_video"][key] == pytest.approx(direct["text_to_item"][key])
-        assert rec["msvd"]["metrics"]["video_to_text"][key] == pytest.approx(direct["item_to_text"][key])
+    # the same figures from the model's own API on the same files (captions paired by video id)
+    for name in ("msrvtt", "msvd"):
+        d = registry.get(name).read(roots[name])
+        emb = model.encode("video", d.items)
+        sim = model.encode_text(d.captions) @ emb.T
+        direct = retrieval_metrics(sim, d.caption_item, d.captions)
+        for key in ("R@1", "R@5", "mean_rank", "median_rank"):
+            assert rec[name]["metrics"]["text_to_video"][key] == pytest.approx(direct["text_to_item"][key])
+            assert rec[name]["metrics"]["video_to_text"][key] == pytest.approx(direct["item_to_text"][key])
+    msr = registry.get("msrvtt").read(roots["msrvtt"])
+    assert [p.stem for p in msr.items] == [f"video{7010 + i}" for i in range(4)] and msr.captions == data.SENTENCES
 
 
 def test_audio_benchmarks_end_to_end(tmp_path, tiny):

@@ -173,5 +173,6 @@ def read_class_folders(folder: Path, classes: Sequence[str], exts: Sequence[str]
         raise LayoutError(f"no {'/'.join(exts)} files in class folders under {folder}")
     notes = []
     if len(seen) < len(classes):
-        notes.append(f"{len(classes) - len(seen)} classes have no folder (scored as classes all the same)")
+        notes.append(f"{len(classes) - len(seen)} of the {len(classes)} classes have no folder (they still compete "
+                     "as candidates)")
     return ClassificationSet(items, labels, list(classes), layout, split, notes=notes)

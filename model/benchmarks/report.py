@@ -37,7 +37,7 @@ def table(records: list[dict[str, Any]]) -> str:
             lines.append(f"{r['benchmark']:<12} {r['split']:<11} {r['n']:>6}  "
                          f"{label.format(x=_SHORT.get(m, m)):<18} {ours:>7.2f} "
                          f"{paper['value'] if paper else '-':>7} {'' if ch is None else f'{ch:.2f}':>7}  "
-                         f"{(paper['row'] + ': ' + paper['source']) if paper else ''}")
+                         f"{paper['source'] if paper else ''}")
         for note in r.get("notes", []):
             lines.append(f"{'':<12} note: {note}")
     return "\n".join(lines)
