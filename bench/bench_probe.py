@@ -328,7 +328,7 @@ def main() -> None:
             p1, f1 = t["probe t1"], t["full t1"]
             row = [name, f"{rate(p1, 'wall', n):.2f}", f"{rate(f1, 'wall', n):.2f}", f"{rate(t['limit'], 'wall', n):.2f}",
                    f"{ratio(p1, f1, 'wall'):.2f}x", f"{ratio(p1, f1, 'cpu'):.2f}x",
-                   f"{1 / ratio(p1, t['limit'], 'cpu'):.2f}"]
+                   f"{1 / ratio(p1, t['limit'], 'cpu'):.2f}x"]
             row += [f"{ratio(t['probe before'], f1, 'cpu'):.2f}x"] if older is not None else []
             row += [f"{ratio(p1, t['opencv'], 'wall'):.2f}x"] if not args.no_opencv else []
             rows_main.append(row + [f"{decoded} ({needed} needed) / 300", f"{before} → {after}"])
@@ -342,12 +342,13 @@ def main() -> None:
                 cols["before"] = profile_probe(paths, older.probe_file, args.repeat)
             profiles.append((name, cols, load()))
     head = ["set", "probe v/s", "PyAV full v/s", "limit v/s", "probe / PyAV (wall)", "probe / PyAV (CPU)",
-            "probe / limit (CPU)"]
+            "probe time / limit time (CPU)"]
     head += ["before / PyAV (CPU)"] if older is not None else []
     head += ["probe / OpenCV (wall)"] if not args.no_opencv else []
     head += ["frames decoded by probe", "load average (1, 5, 15 min) start → end"]
     if rows_main:
-        print("\nDecoder threads 1 (probe / limit: the limit's time over probe's, 1.00 = decode-bound)\n")
+        print("\nDecoder threads 1. A / B: how many times faster A is, median of per-repeat ratios; "
+              "probe time / limit time 1.00x means decode-bound\n")
         _table(head, rows_main)
     print("\nVideos per second and per core (videos per CPU-second of the process), by decoder threads\n")
     _table(["set", "decoder threads", "probe v/s (wall)", "probe v/s per core", "PyAV full v/s per core",
