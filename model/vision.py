@@ -178,6 +178,11 @@ class ModalityTower(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         frames = 1
         if pixels.ndim == 5:
+            if pixels.shape[2] != self.cfg.in_channels:
+                raise ValueError(
+                    f"video input {tuple(pixels.shape)} is not [B, T, {self.cfg.in_channels}, H, W]; the official "
+                    "processor's [B, C, T, H, W] becomes that with x.transpose(1, 2)"
+                )
             b, frames = pixels.shape[:2]
             if frames > self.cfg.num_frames:
                 raise ValueError(f"got {frames} frames; this tower was built for {self.cfg.num_frames}")

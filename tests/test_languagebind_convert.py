@@ -89,3 +89,44 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     assert main(["to-official", str(tiny), "--out", str(tmp_path / "o2")]) == 2
     both = write_checkpoint(tmp_path / "a", "audio")
     assert main(["to-vidal", f"video={both}", "--out", str(tmp_path / "o3")]) == 2
+
+
+def test_a_tower_trained_from_a_clip_start_drops_into_the_official_layout(tmp_path):
+    """vidal's own route (init_from a CLIP checkpoint, temporal blocks copied from the spatial ones) exports
+    to what the official forward computes."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from tests.languagebind_ckpt import write_tokenizer
+
+    clip_dir = tmp_path / "clip"
+    clip_dir.mkdir()
+    vocab = write_tokenizer(clip_dir)
+    CLIPTokenizer.from_pretrained(clip_dir).save_pretrained(clip_dir)
+    text = {"vocab_size": vocab, "hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "eos_token_id": vocab - 1, "bos_token_id": vocab - 2, "pad_token_id": vocab - 1}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(clip_dir)
+    model = LanguageBind.from_config({
+        "init_from": str(clip_dir), "text": {"name_or_path": str(clip_dir), "pooling": "clip"},
+        "modalities": {"video": {"image_size": 32, "patch_size": 8, "num_frames": 4, "lora": {"r": 2}},
+                       "depth": {"image_size": 32, "patch_size": 8, "lora": {"r": 0}}},
+    })
+    with torch.no_grad():
+        for name, p in model.towers["video"].named_parameters():
+            if "lora_B" in name or "time_embedding" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    for modality in ("video", "depth"):
+        out = tmp_path / f"official_{modality}"
+        assert main(["to-official", str(model.save(tmp_path / "vidal")), "--modality", modality,
+                     "--out", str(out)]) == 0
+        sd, config = load_reference(out)
+        x = official_input(config)
+        expected = F.normalize(reference_vision(sd, config, x), dim=-1)
+        assert (model.encode(modality, to_vidal(x)) - expected).abs().max() < 1e-4, modality
+        assert config["model_type"] == {"video": "LanguageBindVideo", "depth": "LanguageBindDepth"}[modality]
+    again = LanguageBind.load(tmp_path / "official_depth")
+    assert (again.encode_text(TEXTS) - model.encode_text(TEXTS)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="not"):
+        model.encode("video", torch.zeros(1, 3, 4, 32, 32))  # the official [B, C, T, H, W] layout, untransposed
