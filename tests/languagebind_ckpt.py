@@ -38,6 +38,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "thermal": ("LanguageBindThermal", {"lora_r": 0}),
     "image": ("LanguageBindImage", {"lora_r": 0}),
 }
+# The released repos (LanguageBind/<name> on the hub) and the variant that has their structure.
+RELEASED = {"LanguageBind_Video_FT": "video", "LanguageBind_Video": "video_lora",
+            "LanguageBind_Video_V1.5_FT": "video_v15", "LanguageBind_Video_Huge_V1.5_FT": "video_v15",
+            "LanguageBind_Video_merge": "video", "LanguageBind_Audio_FT": "audio", "LanguageBind_Audio": "audio_lora",
+            "LanguageBind_Depth": "depth", "LanguageBind_Thermal": "thermal", "LanguageBind_Image": "image"}
 WIDTH, LAYERS, HEADS, MLP, PROJ = 32, 2, 2, 64, 16
 TEXT_WIDTH = 24
 VOCAB_MERGES = ["t h", "th e</w>", "d o", "do g</w>", "c a", "ca t</w>", "b a", "ba r", "bar k</w>"]
@@ -138,9 +143,11 @@ def _random(shape: tuple[int, ...], key: str, g: torch.Generator) -> torch.Tenso
     return torch.randn(shape, generator=g) / math.sqrt(fan_in)
 
 
-def make_config(variant: str, vocab_size: int) -> dict[str, Any]:
+def make_config(variant: str, vocab_size: int, vision_sizes: dict[str, Any] | None = None,
+                text_sizes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json of a variant; ``*_sizes`` override the tiny sizes (e.g. ViT-L's for benchmarks)."""
     model_type, vision = VARIANTS[variant]
-    return {
+    config = {
         "architectures": [model_type],
         "model_type": model_type,
         "projection_dim": PROJ,
@@ -163,6 +170,11 @@ def make_config(variant: str, vocab_size: int) -> dict[str, Any]:
             **vision,
         },
     }
+    config["vision_config"].update(vision_sizes or {})
+    config["text_config"].update(text_sizes or {})
+    if "projection_dim" in (vision_sizes or {}):
+        config["projection_dim"] = config["text_config"]["projection_dim"] = vision_sizes["projection_dim"]
+    return config
 
 
 def _lora_targets(config: dict[str, Any]) -> tuple[str, ...]:
@@ -173,16 +185,18 @@ def _lora_targets(config: dict[str, Any]) -> tuple[str, ...]:
 
 
 def write_checkpoint(path: str | Path, variant: str = "video", seed: int = 0, *, base_layer: bool = False,
-                     position_ids: bool = False, text_seed: int = 1234) -> Path:
+                     position_ids: bool = False, text_seed: int = 1234, vision_sizes: dict[str, Any] | None = None,
+                     text_sizes: dict[str, Any] | None = None) -> Path:
     """A released-layout checkpoint directory for ``variant``; text weights come from ``text_seed`` (the
     same in every variant unless changed, as the released towers share one text encoder).
 
     LoRA variants use peft's layout under ``vision_model.encoder`` (``base_layer`` as newer peft writes
-    it when ``base_layer``); ``position_ids`` adds the buffers older transformers saved."""
+    it when ``base_layer``); ``position_ids`` adds the buffers older transformers saved. ``vision_sizes`` /
+    ``text_sizes`` override config fields (``hidden_size``, ``num_hidden_layers``, ``image_size``, ...)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model_type = VARIANTS[variant][0]
-    config = make_config(variant, write_tokenizer(path, model_type))
+    config = make_config(variant, write_tokenizer(path, model_type), vision_sizes, text_sizes)
     shapes = official_shapes(config)
     g, text_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(text_seed)
     state = {k: _random(s, k, text_g if k.startswith(("text_model.", "text_projection")) else g)

@@ -22,14 +22,11 @@ import soundfile
 from PIL import Image
 
 from pipeline.synthetic import CONCEPTS, make_clip
-from tests.languagebind_ckpt import write_hub_cache
+from tests.languagebind_ckpt import RELEASED, write_hub_cache
 from tests.test_data import write_concept_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 TITLE = "## Using the released LanguageBind weights"
-VARIANT_OF = {"Video_FT": "video", "Video": "video_lora", "Video_V1.5_FT": "video_v15",
-              "Video_Huge_V1.5_FT": "video_v15", "Video_merge": "video", "Audio_FT": "audio",
-              "Audio": "audio_lora", "Depth": "depth", "Thermal": "thermal", "Image": "image"}
 CPU = ["--max-steps", "2", "--set", "data.workers=0", "--set", "data.batch_size=4", "--set", "optim.accum_freq=1",
        "--set", "eval.final=false", "--set", "eval.every=0", "--set", "data.shuffle_buffer=8"]
 
@@ -48,8 +45,8 @@ def blocks(kind: str) -> list[str]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     work = tmp_path_factory.mktemp("readme_lb")
-    for name in sorted(set(re.findall(r"LanguageBind/LanguageBind_([\w.]+)", section()))):
-        write_hub_cache(work / "hub", f"LanguageBind/LanguageBind_{name}", VARIANT_OF[name], seed=len(name))
+    for name in sorted(set(re.findall(r"LanguageBind/(LanguageBind_[\w.]+)", section()))):
+        write_hub_cache(work / "hub", f"LanguageBind/{name}", RELEASED[name], seed=len(name))
     make_clip(work / "clip.mp4", CONCEPTS[1], seconds=2.0, fps=15, size=(160, 120), seed=1)
     t = np.arange(3 * 16000) / 16000
     soundfile.write(work / "sound.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
