@@ -3,8 +3,9 @@
 Reads only ``frames`` (probe's JPEGs). Each actor loads one model (``depth.model``; GLPN trained on NYU
 by default, as VIDAL used) and runs it over the frames of all videos in a batch: predicted at the
 model's resolution, resized back to the frame's size, clipped to [0, 10] m, stored in millimetres.
-Relative-depth models (DPT / MiDaS, Depth Anything relative) have no metric scale: their per-frame
-depth order is stored over the same 0-10000 range (0 nearest) with ``depth_kind = "relative"``.
+Relative-depth models (DPT / MiDaS, Depth Anything relative, and the original MiDaS release files read
+with ``midas:<file.pt>``) have no metric scale: their per-frame depth order is stored over the same
+0-10000 range (0 nearest) with ``depth_kind = "relative"``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from stages.backends import parse_model_spec
 from stages.backends.batching import BatchRunner, Frame, FrameModelConfig, ItemError, map_frames
@@ -31,7 +32,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class DepthConfig(FrameModelConfig):
     model: str = Field(
-        "hf:vinvino02/glpn-nyu", description="hf:<hub id or local dir>, or tiny[:glpn|dpt|depth_anything]"
+        "hf:vinvino02/glpn-nyu",
+        description="hf:<hub id or local dir>, midas:<original MiDaS .pt file>, or tiny[:glpn|dpt|depth_anything]",
+    )
+    midas_variant: str | None = Field(
+        None,
+        description="the variant of a midas: file (e.g. dpt_beit_large_512); default: from its file name",
     )
     depth_kind: Literal["auto", "metric", "relative"] = Field(
         "auto", description="auto: from the model config (GLPN and metric Depth Anything give metres)"
@@ -44,11 +50,34 @@ class DepthConfig(FrameModelConfig):
     @classmethod
     def _known_family(cls, v: str) -> str:
         family, name = parse_model_spec(v)
-        if family not in ("hf", "tiny"):
-            raise ValueError(f"depth models are hf:<id or dir> or tiny, not {family}:")
+        if family not in ("hf", "midas", "tiny"):
+            raise ValueError(f"depth models are hf:<id or dir>, midas:<file.pt> or tiny, not {family}:")
         if family == "tiny" and name and name not in TINY_ARCHS:
             raise ValueError(f"tiny depth models are tiny, {', '.join('tiny:' + a for a in TINY_ARCHS)}")
         return v
+
+    @field_validator("midas_variant")
+    @classmethod
+    def _known_variant(cls, v: str | None) -> str | None:
+        from stages.backends.midas_dpt import VARIANTS
+
+        if v is not None and v not in VARIANTS:
+            raise ValueError(f"expected one of {', '.join(VARIANTS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _midas_variant_known(self) -> DepthConfig:
+        family, name = parse_model_spec(self.model)
+        if family == "midas" and self.midas_variant is None:
+            from stages.backends.midas import variant_from_name
+            from stages.backends.midas_dpt import VARIANTS
+
+            if variant_from_name(name) is None:
+                raise ValueError(
+                    f"depth.model {self.model!r}: the file name names no MiDaS variant; set "
+                    f"depth.midas_variant to one of {', '.join(VARIANTS)}"
+                )
+        return self
 
 
 def encode_depth_png(mm: np.ndarray, level: int = 1) -> bytes:
@@ -107,14 +136,16 @@ class DepthStage(Stage):
         if self.config.check_on_driver:
             from stages.backends.depth import check_spec
 
-            check_spec(self.config.model)
+            check_spec(self.config.model, self.config.midas_variant)
 
     def setup(self) -> None:
         from stages.backends.depth import load_depth_model
 
         c = self.config
         self.device, dtype = c.pick()
-        self.net = load_depth_model(c.model, self.device, dtype, c.depth_kind, c.min_side, c.max_side)
+        self.net = load_depth_model(
+            c.model, self.device, dtype, c.depth_kind, c.min_side, c.max_side, c.midas_variant
+        )
         self.runner = BatchRunner(c.model_batch, self.device, what="depth model")
         self.encoder = c.encoder_pool()
         log.info("depth: %s (%s) on %s, autocast %s", c.model, self.net.kind, self.device, dtype)

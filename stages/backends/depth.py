@@ -3,8 +3,9 @@
 ``hf:<hub id or local dir>`` loads ``AutoModelForDepthEstimation`` with its image processor: GLPN
 (``vinvino02/glpn-nyu``, metric, as VIDAL used), DPT (``Intel/dpt-large``, the MiDaS 3.1 conversions
 such as ``Intel/dpt-beit-large-512``; relative) and Depth Anything (V2 relative, or the metric
-fine-tunes). ``tiny`` / ``tiny:<arch>`` builds a small random-weight model of one of those
-architectures from a config (for tests and the offline demo).
+fine-tunes). ``midas:<file.pt>`` reads the original MiDaS / DPT release files on timm backbones
+(``stages.backends.midas``). ``tiny`` / ``tiny:<arch>`` builds a small random-weight model of one of the
+transformers architectures from a config (for tests and the offline demo).
 
 ``DepthModel.predict`` takes same-shaped uint8 RGB frames on the model's device and returns one map per
 frame at the frame's size: metres for metric models, and for relative ones a per-frame normalised
@@ -135,16 +136,24 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(name))
 
 
-def check_spec(spec: str) -> None:
+def check_spec(spec: str, midas_variant: str | None = None) -> None:
     """Cheap checks that need no weights loaded: the name parses, a local dir has a supported config and
-    complete weight files. Raises ``ModelLoadError`` saying what is wrong; run on the driver."""
+    complete weight files (a ``midas:`` file: its keys and shapes). Raises ``ModelLoadError`` saying what
+    is wrong; run on the driver."""
     family, name = parse_model_spec(spec)
+    if family == "midas":
+        from stages.backends.midas import check_midas_spec
+
+        check_midas_spec(spec, midas_variant)
+        return
     if family == "tiny":
         if (name or "glpn") not in TINY_ARCHS:
             raise ModelLoadError(f"depth model {spec!r}: tiny architectures are {', '.join(TINY_ARCHS)}")
         return
     if family != "hf":
-        raise ModelLoadError(f"depth model {spec!r}: unknown family {family!r}; use hf:<id or dir> or tiny")
+        raise ModelLoadError(
+            f"depth model {spec!r}: unknown family {family!r}; use hf:<id or dir>, midas:<file.pt> or tiny"
+        )
     if not _looks_local(name):
         return  # a hub id: resolved (and cached) by transformers in the actor
     d = Path(name).expanduser()
@@ -261,10 +270,16 @@ def load_depth_model(
     kind: str = "auto",
     min_side: int = 32,
     max_side: int = 1024,
-) -> DepthModel:
-    """Load ``hf:…`` or ``tiny[:arch]``; a checkpoint that does not fit its architecture raises ``ModelLoadError``."""
-    check_spec(spec)
+    midas_variant: str | None = None,
+) -> Any:
+    """Load ``hf:…``, ``midas:<file>`` or ``tiny[:arch]``: a ``DepthModel`` (or ``MidasDepthModel``, the
+    same surface); a checkpoint that does not fit its architecture raises ``ModelLoadError``."""
     family, name = parse_model_spec(spec)
+    if family == "midas":
+        from stages.backends.midas import load_midas_model
+
+        return load_midas_model(spec, device, dtype, midas_variant, kind)
+    check_spec(spec)
     if family == "tiny":
         arch = name or "glpn"
         model, processor = build_tiny(arch), tiny_processor(arch)
