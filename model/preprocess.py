@@ -260,13 +260,24 @@ def preprocess(
     num_frames: int = NUM_FRAMES,
     train: bool = False,
     generator: torch.Generator | None = None,
+    mode: str = "vidal",
+    tower: Any = None,
 ) -> torch.Tensor:
     """Dispatch to the modality's transform; a tensor passes through unchanged (already prepared).
 
-    For audio, ``image_size`` is the tower's ``(mel bins, frames)``.
+    For audio, ``image_size`` is the tower's ``(mel bins, frames)``. ``mode="languagebind"`` with the
+    tower's ``TowerConfig`` as ``tower`` runs the official processors instead (``model.official_preprocess``).
     """
     if isinstance(source, torch.Tensor):
         return source
+    if mode == "languagebind":
+        from model.official_preprocess import official_preprocess
+
+        if tower is None:
+            raise ValueError("preprocess mode 'languagebind' needs the tower's config (tower=...)")
+        return official_preprocess(modality, source, tower, train=train, generator=generator)
+    if mode != "vidal":
+        raise ValueError(f"unknown preprocess mode {mode!r}; choose vidal or languagebind")
     size = image_size if isinstance(image_size, int) else image_size[0]
     if modality == "video":
         return video_input(source, size, num_frames, train, generator)

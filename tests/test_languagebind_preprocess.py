@@ -178,3 +178,17 @@ def test_audio_and_thermal_towers_read_files_with_their_checkpoint_settings(tmp_
     pixels = image_transform(32)(Image.open(tmp_path / "t.jpg"))[None]
     expected = F.normalize(reference_vision(sd, config, pixels), dim=-1)
     assert (model.encode("infrared", [tmp_path / "t.jpg"]) - expected).abs().max() < 1e-4
+
+
+def test_the_shared_preprocess_entry_switches_modes(tmp_path):
+    from model.model_config import TowerConfig
+    from model.preprocess import preprocess
+
+    cv2.imwrite(str(tmp_path / "d.png"), np.random.default_rng(5).integers(0, 12000, (60, 90), dtype=np.uint16))
+    tower = TowerConfig(image_size=224, languagebind={"max_depth": 10})
+    official = preprocess("depth", tmp_path / "d.png", mode="languagebind", tower=tower)
+    assert (official - reference_depth(tmp_path / "d.png")).abs().max() < 1e-4
+    own = preprocess("depth", tmp_path / "d.png")
+    assert own.shape == official.shape and (own - official).abs().max() > 0  # antialiasing differs
+    with pytest.raises(ValueError, match="needs the tower"):
+        preprocess("depth", tmp_path / "d.png", mode="languagebind")
