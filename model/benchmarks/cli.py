@@ -37,15 +37,10 @@ def resolve_device(spec: str) -> str:
 
 
 def load_any(spec: str, device: str) -> Any:
-    """A vidal run/checkpoint/export, else whatever ``LanguageBind.load`` reads (official layout, hub id)."""
+    """A vidal run, checkpoint or export, or a released LanguageBind checkpoint (official dir or hub id)."""
     from model.checkpoint import load_model
 
-    path = Path(spec)
-    if (path / "model.safetensors").exists() or (path / "meta.json").exists() or (path / "checkpoints").exists():
-        return load_model(spec, map_location=device)[0]
-    from model import LanguageBind
-
-    return LanguageBind.load(spec, map_location=device)
+    return load_model(spec, map_location=device)[0]
 
 
 def _plan(args: argparse.Namespace) -> dict[str, str]:
