@@ -1,15 +1,16 @@
 """Checks of what a user typed, made before Ray starts and before anything is written.
 
-A wrong ``--stage``, an ``--input`` that is a directory, an empty list, a root that is a file or
-cannot be written, a bucket that does not exist: each is the user's to fix, so the run stops at
-once with exit status 2 and one line naming the problem, instead of a traceback from a worker
-minutes later (or, worse, after demo media or manifests were written). The checks are cheap: file
-metadata, the first MiB of a list, a Parquet footer, one temp file in the root's nearest existing
-directory (removed at once).
+A wrong ``--stage``, an ``--input`` that is a directory, an empty list (or one without a ``url`` or
+``path`` column), a root that is a file or cannot be written, a bucket that does not exist: each is
+the user's to fix, so the run stops at once with exit status 2 and one line naming the problem,
+instead of a traceback from a worker minutes later (or, worse, after demo media or manifests were
+written). The checks are cheap: file metadata, the first MiB of a list, a Parquet footer, one temp
+file in the root's nearest existing directory (removed at once).
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from typing import Any
@@ -71,8 +72,9 @@ def _check_bucket(root: str) -> None:
         raise UserError(f"run root {root}: the bucket {scheme}://{bucket} does not exist; create it or fix --root")
 
 
-def check_list(uri: str, label: str) -> None:
-    """A list exists, is a file of a known format and holds at least one row (beyond a header)."""
+def check_list(uri: str, label: str, columns: dict[str, str] | None = None) -> None:
+    """A list exists, is a file of a known format, holds at least one row (beyond a header) and, for
+    CSV / TSV / Parquet, has a ``url`` or ``path`` column (``columns`` maps ours to the list's)."""
     fs, path = store.resolve(uri)
     try:
         info = fs.get_file_info(path)
@@ -94,6 +96,7 @@ def check_list(uri: str, label: str) -> None:
             raise UserError(f"{label} {uri}: not a readable Parquet file ({type(e).__name__})") from None
         if rows == 0:
             raise UserError(f"{label} {uri} has no rows")
+        _check_columns(pq.read_schema(fs.open_input_file(path)).names, uri, label, columns)
         return
     with fs.open_input_stream(path) as f:
         head = f.read(HEAD_BYTES)
@@ -101,13 +104,25 @@ def check_list(uri: str, label: str) -> None:
     need = 1 if kind == "jsonl" else 2  # a CSV's first line is its header
     if len(lines) < need and len(head) < HEAD_BYTES:
         raise UserError(f"{label} {uri} has no rows" + (" (only a header line)" if lines else " (only blank lines)"))
+    if kind in ("csv", "tsv"):
+        header = lines[0].decode("utf-8-sig", "replace")
+        names = next(csv.reader([header], delimiter="\t" if kind == "tsv" else ","), [])
+        _check_columns([n.strip() for n in names], uri, label, columns)
+
+
+def _check_columns(names: list[str], uri: str, label: str, columns: dict[str, str] | None) -> None:
+    wanted = {(columns or {}).get(c, c) for c in ("url", "path")}
+    if not wanted & set(names):
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise UserError(f"{label} {uri} has neither a 'url' nor a 'path' column (its columns: {shown}); "
+                        f"name yours with --set discover.columns.url=<column>")
 
 
 def check_inputs(discover: Any, from_cli: bool) -> None:
     """Every configured input of the discover stage can be read."""
     label = "--input" if from_cli else "discover.inputs:"
     for uri in discover.inputs:
-        check_list(uri, label)
+        check_list(uri, label, discover.columns)
     for uri in discover.vidal10m:
         if not store.exists(uri):
             raise UserError(f"discover.vidal10m: {uri}: no such file")

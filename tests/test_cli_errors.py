@@ -58,6 +58,9 @@ def list_case(tmp: Path, name: str) -> tuple[list[str], str]:
         return ["--input", str(p)], "unknown list format"
     if name == "missing":
         return ["--input", str(tmp / "nope.csv")], "no such file"
+    if name == "no_url_column":
+        (p := tmp / "links.csv").write_text("link,name\nhttp://example.com/a.mp4,a\n")
+        return ["--input", str(p)], "has neither a 'url' nor a 'path' column (its columns: link, name)"
     if name == "empty_parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -68,7 +71,7 @@ def list_case(tmp: Path, name: str) -> tuple[list[str], str]:
 
 
 @pytest.mark.parametrize("name", ["empty", "header_only", "blank_jsonl", "directory", "unknown_format", "missing",
-                                  "empty_parquet"])
+                                  "no_url_column", "empty_parquet"])
 def test_a_bad_input_list_is_one_line_and_exit_2(tmp_path, name):
     args, words = list_case(tmp_path, name)
     res = run_cli(tmp_path, "--root", str(tmp_path / "root"), *args)
