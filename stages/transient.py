@@ -2,8 +2,8 @@
 
 A row that failed because the disk was full is not a bad video: after the operator frees space, a
 plain rerun must try it again. Such rows get an ``error`` that starts with ``TRANSIENT`` ("transient: ");
-the runner treats them as not done (``pipeline.runner``), while every other failed row stays done
-until ``--retry-failed``.
+the runner treats them as not done on the next run (``pipeline.manifest.drop_transient_failures``),
+while every other failed row stays done until ``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MACHINE_ERRNOS = {
 }
 # how the same errors read once a library has turned them into text (yt-dlp, ffmpeg)
 MACHINE_PHRASES = {f"[errno {code}]": words for code, words in MACHINE_ERRNOS.items()}
-MACHINE_PHRASES.update({words: words for words in MACHINE_ERRNOS.values() if words != "permission denied"})
+MACHINE_PHRASES.update({w: w for w in ("no space left on device", "disk quota exceeded", "read-only file system")})
 
 
 def machine_reason(error: BaseException) -> str | None:
