@@ -221,7 +221,7 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint",
                    help="run directory, checkpoint directory, export, or (benchmarks) what LanguageBind.load reads")
     p.add_argument("--data", help="shards (default: the training run's)")
     p.add_argument("--text-field", help="caption field: raw, title, ofa, mplug, polish_mplug, sound_mplug, asr")
@@ -250,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     from model.benchmarks.cli import resolve_device
     from model.checkpoint import load_model
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.checkpoint and (args.benchmark or "").lower() != "list":
+        parser.error("--checkpoint is required")
     if args.benchmark:
         return benchmarks_main(args)
     model, meta = load_model(args.checkpoint, map_location=resolve_device(args.device))

@@ -132,5 +132,7 @@ def test_user_errors_exit_2_before_the_model_loads(tmp_path, capsys):
         rc = main(["--checkpoint", bogus, *args])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert main(["--benchmark", "list"]) == 0
+    assert "msrvtt       MSR-VTT" in capsys.readouterr().out
     proc = run_cli("--checkpoint", bogus, "--benchmark", "msrvtt", "--benchmark-root", str(root))  # as a user runs it
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: 1 of 2 video files missing")

@@ -336,7 +336,10 @@ def test_depth_infrared_image_readers(tmp_path):
     mm = p.items[0].load()
     assert mm.min() == 500 and mm.dtype == np.float32  # the 3-bit rotation undone: millimetres again
     s = registry.get("sun-d").read(build_sund(tmp_path / "sun"))
-    assert len(s) == 3  # garage is not one of the 19 classes
+    assert len(s) == 3 and s.layout == "public"  # garage is not one of the 19 classes
+    _depth_png(tmp_path / "sun_lb" / "data" / "val" / "computer_room" / "00001.png", 0)
+    s = registry.get("sund").read(tmp_path / "sun_lb")
+    assert s.layout == "languagebind" and s.classes[s.labels[0]] == "computer room"
     lv = registry.get("llvip").read(build_llvip(tmp_path / "llvip"))
     assert sorted(lv.labels) == [0, 1, 1]  # the "person" folder is the class "people"
     lp = registry.get("llvip").read(build_llvip(tmp_path / "llvip_pub", public=True))

@@ -19,7 +19,7 @@ from model.benchmarks.layout import LayoutError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("paper benchmarks (docs/benchmarks.md)")
-    g.add_argument("--benchmark", help=f"one of {', '.join(registry.BENCHMARKS)}, or 'all' (needs --benchmark-config)")
+    g.add_argument("--benchmark", help=f"one of {', '.join(registry.BENCHMARKS)}; 'all' (needs --benchmark-config); 'list'")
     g.add_argument("--benchmark-root", help="the benchmark's own folder (its release or LanguageBind's layout)")
     g.add_argument("--benchmark-config", help="YAML 'roots: {benchmark: folder}' for --benchmark all")
     g.add_argument("--skip-missing", action="store_true", help="evaluate without media files that are absent")
@@ -63,6 +63,10 @@ def main(args: argparse.Namespace) -> int:
     from model.benchmarks.report import table
     from model.benchmarks.runner import MissingTower, check_tower, run_benchmark
 
+    if args.benchmark.strip().lower() == "list":
+        for b in registry.BENCHMARKS.values():
+            print(f"{b.name:<12} {b.title:<22} {b.modality:<9} {b.task}")
+        return 0
     try:
         plan = _plan(args)
         data = {name: registry.get(name).read(root, args.skip_missing) for name, root in plan.items()}
