@@ -118,14 +118,27 @@ def _check_columns(names: list[str], uri: str, label: str, columns: dict[str, st
                         f"name yours with --set discover.columns.url=<column>")
 
 
+def check_vidal10m(uri: str) -> None:
+    """A VIDAL-10M file exists and opens a JSON object (``.gz`` / ``.bz2`` / ``.zst`` read through)."""
+    fs, path = store.resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise UserError(f"discover.vidal10m: {uri}: no such file")
+    try:
+        with fs.open_input_stream(path, compression="detect") as f:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError as e:
+        raise UserError(f"discover.vidal10m: {uri}: cannot be read ({' '.join(str(e).split())[:200]})") from None
+    if not head.startswith(b"{"):
+        raise UserError(f"discover.vidal10m: {uri} is not a VIDAL-10M JSON object (it does not start with '{{')")
+
+
 def check_inputs(discover: Any, from_cli: bool) -> None:
     """Every configured input of the discover stage can be read."""
     label = "--input" if from_cli else "discover.inputs:"
     for uri in discover.inputs:
         check_list(uri, label, discover.columns)
     for uri in discover.vidal10m:
-        if not store.exists(uri):
-            raise UserError(f"discover.vidal10m: {uri}: no such file")
+        check_vidal10m(uri)
     if discover.search_terms:
         from stages.text_rules import resolve_manifest_path
 

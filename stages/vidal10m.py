@@ -130,13 +130,21 @@ def read_vidal10m(uri: str, batch_size: int = 2048, limit: int | None = None) ->
     batch: list[dict[str, Any]] = []
     n = 0
     with fs.open_input_stream(path, compression="detect") as f:
-        for key, value in iter_object_items(f):
-            if limit is not None and n >= limit:
-                break
-            batch.append(entry_row(key, value))
-            n += 1
-            if len(batch) >= batch_size:
-                yield batch
-                batch = []
+        try:
+            for key, value in iter_object_items(f):
+                if limit is not None and n >= limit:
+                    break
+                batch.append(entry_row(key, value))
+                n += 1
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+        except (StreamingJSONError, UnicodeDecodeError) as e:
+            # A damaged file: the entries before the damage are kept, and the damage is a failed row
+            # (one object cannot be resynchronised safely, so the entries after it are not read).
+            why = str(e) if isinstance(e, StreamingJSONError) else f"invalid UTF-8 ({e.reason})"
+            batch.append({"video_id": sha1_id("vidal10m", f"{uri}|{why}"), "source": "vidal10m",
+                          "row_error": f"{uri}: {why}; the {n} entries before it were read, the rest "
+                                       f"of the file was not"})
     if batch:
         yield batch

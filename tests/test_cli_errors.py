@@ -79,6 +79,12 @@ def test_a_bad_input_list_is_one_line_and_exit_2(tmp_path, name):
     assert not (tmp_path / "root").exists()
 
 
+def test_a_file_that_is_not_vidal10m_is_one_line_and_exit_2(tmp_path):
+    (released := tmp_path / "vidal10m.json").write_text("[1, 2]")
+    res = run_cli(tmp_path, "--root", str(tmp_path / "root"), "--set", f"discover.vidal10m=[{released}]")
+    assert_user_error(res, tmp_path, f"discover.vidal10m: {released} is not a VIDAL-10M JSON object")
+
+
 def test_an_unknown_stage_is_one_line_and_exit_2(tmp_path):
     res = run_cli(tmp_path, "--root", str(tmp_path / "root"), "--input", str(good_list(tmp_path)), "--stage", "captoin")
     assert_user_error(res, tmp_path, "--stage 'captoin': unknown stage; available: discover, download")
