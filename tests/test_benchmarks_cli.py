@@ -118,7 +118,7 @@ def test_image_benchmark_needs_an_image_tower(tmp_path, tiny, capsys):
     assert rc == 2 and "needs a 'image' tower" in err and len(err.strip().splitlines()) == 1
 
 
-def test_user_errors_exit_2_before_the_model_loads(tmp_path, capsys):
+def test_user_errors_exit_2_before_the_model_loads(tmp_path, tiny, capsys):
     root = data.build_msrvtt(tmp_path / "msrvtt", n=2)
     (root / "MSRVTT" / "MSRVTT_Videos" / "video7011.mp4").unlink()
     bogus = str(tmp_path / "no-such-checkpoint")  # never opened: the layout is checked first
@@ -136,3 +136,8 @@ def test_user_errors_exit_2_before_the_model_loads(tmp_path, capsys):
     assert "msrvtt       MSR-VTT" in capsys.readouterr().out
     proc = run_cli("--checkpoint", bogus, "--benchmark", "msrvtt", "--benchmark-root", str(root))  # as a user runs it
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: 1 of 2 video files missing")
+    # an unreadable clip stops the run with one line naming it (exit 1: bad data, not a usage error)
+    (root / "MSRVTT" / "MSRVTT_Videos" / "video7011.mp4").write_bytes(b"not a video" * 100)
+    rc = main(["--checkpoint", str(tiny[1]), "--benchmark", "msrvtt", "--benchmark-root", str(root), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("error: msrvtt: cannot read") and "video7011.mp4" in err[-1]

@@ -95,9 +95,14 @@ def main(args: argparse.Namespace) -> int:
         bench = registry.get(name)
         d = d.head(args.max_samples) if args.max_samples else d
         kwargs = {"amp": amp} if amp else {}
-        records.append(run_benchmark(model, bench, d, model_name=str(args.checkpoint), paper_row=row,
-                                     batch_size=args.batch_size, workers=args.workers,
-                                     progress=not args.no_progress, **kwargs))
+        try:
+            records.append(run_benchmark(model, bench, d, model_name=str(args.checkpoint), paper_row=row,
+                                         batch_size=args.batch_size, workers=args.workers,
+                                         progress=not args.no_progress, **kwargs))
+        except RuntimeError as e:  # an unreadable media file; a loader worker wraps it in its traceback
+            reason = next((ln for ln in reversed(str(e).splitlines()) if "cannot read" in ln), str(e))
+            print(f"error: {name}: {reason[reason.find('cannot read'):].strip()}", file=sys.stderr)
+            return 1
         print(f"{name}: {d.layout} layout, {len(d)} items in {records[-1]['timing']['seconds']:.1f} s "
               f"({records[-1]['timing']['items_per_s']:.1f}/s, data wait "
               f"{100 * records[-1]['timing']['data_wait']:.0f}%)", file=sys.stderr)
