@@ -115,7 +115,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
     given = args.add_input or ([args.input] if args.input else [])
     if given:
         config.discover.inputs = list(given)
-    remembered = root_inputs.read(config.run.root)
+    remembered = root_inputs.read(config.run.root) or None  # an empty memory remembers nothing
     demo = config.run.demo_media
     use_demo = False
     if not given and not config.discover.has_inputs():
@@ -124,7 +124,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
             raise UserError(f"run root {config.run.root} was built from the demo media, but this config has "
                             f"no run.demo_media; run it with the demo config or give --input")
     current = root_inputs.describe(config.discover, demo.dir if use_demo else None)
-    added = [c for c in current if c not in (remembered or current)]
+    added = [c for c in current if remembered and c not in remembered]
     if added and not args.add_input:
         raise UserError(f"run root {store.normalize(config.run.root)} was built from "
                         f"{root_inputs.shown(remembered)}; this run would add {root_inputs.shown(added)}: "
@@ -134,10 +134,11 @@ def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
         from pipeline.synthetic import make_demo_media
 
         # file:// URLs, so that the demo runs the real yt-dlp path (download.allow_file_urls)
-        config.discover.inputs = [str(make_demo_media(demo.dir, per_concept=demo.per_concept, seconds=demo.seconds,
-                                                      fps=demo.fps, size=tuple(demo.size), as_urls=True))]
-    if remembered is None or added:
-        root_inputs.write(config.run.root, [*(remembered or []), *added] if remembered else current)
+        demo_list = make_demo_media(demo.dir, per_concept=demo.per_concept, seconds=demo.seconds, fps=demo.fps,
+                                    size=tuple(demo.size), as_urls=True)
+        config.discover.inputs = [*config.discover.inputs, str(demo_list)]  # beside any list added to it
+    if current and (remembered is None or added):
+        root_inputs.write(config.run.root, [*remembered, *added] if remembered else current)
     return config, stages
 
 

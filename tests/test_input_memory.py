@@ -58,3 +58,30 @@ def test_a_root_keeps_its_inputs_and_adds_only_when_told(tmp_path):
     assert added.returncode == 0, added.stderr[-2000:]
     assert titles(root) == ["mine 0", "mine 1", "other"]
     assert json.loads((root / "_inputs.json").read_text()) == {"inputs": [f"list:{mine}", f"list:{other}"]}
+
+
+def prepared(tmp: Path, root: Path, *args: str):
+    """``prepare_run`` of the CLI (every check and the memory, no Ray): (config, stages)."""
+    from pipeline.run import build_parser, prepare_run
+
+    return prepare_run(build_parser().parse_args([
+        "--config", "configs/demo.yaml", "--root", str(root), "--until", "discover",
+        "--set", f"run.demo_media.dir={tmp / 'demo-media'}", "--set", "run.demo_media.per_concept=1",
+        "--set", "run.demo_media.seconds=0.2", "--set", "run.demo_media.size=[16, 16]", *args]))
+
+
+def test_a_demo_root_refuses_a_users_list_and_keeps_the_demo_beside_an_added_one(tmp_path, monkeypatch):
+    from pipeline.preflight import UserError
+
+    monkeypatch.chdir(REPO)
+    root = tmp_path / "root"
+    config, _ = prepared(tmp_path, root)  # a fresh root under the demo config: the demo media
+    demo_list = config.discover.inputs[0]
+    assert json.loads((root / "_inputs.json").read_text()) == {"inputs": [f"demo-media:{tmp_path / 'demo-media'}"]}
+    mine = write_list(tmp_path / "mine.csv", [{"path": str(tmp_path / "m.mp4"), "title": "mine"}])
+    with pytest.raises(UserError, match=f"was built from the demo media; this run would add {mine}"):
+        prepared(tmp_path, root, "--input", str(mine))
+    added, _ = prepared(tmp_path, root, "--add-input", str(mine))
+    assert added.discover.inputs == [str(mine)]
+    again, _ = prepared(tmp_path, root)  # both, remembered
+    assert again.discover.inputs == [str(mine), demo_list]
