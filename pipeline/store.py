@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from functools import lru_cache
@@ -43,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 TMP_PREFIX = ".tmp-"
 ENV_VAR = "VIDAL_STORAGE"  # the settings as JSON, for processes that did not read the config
 COPY_CHUNK = 8 << 20
+COPY_WAIT_S = 300.0  # how long a slow server-side copy may take after the client gave up on it
 CREDENTIAL_KEYS = ("access_key", "secret_key", "access_key_id", "secret_access_key", "session_token", "token",
                    "password", "credentials", "key", "secret")
 
@@ -129,8 +131,10 @@ def worker_env() -> dict[str, str]:
 
 # -- the one place where filesystems are built ----------------------------------------------------
 @lru_cache(maxsize=16)
-def _filesystem(scheme: str, config_json: str) -> pafs.FileSystem:
+def _filesystem(scheme: str, config_json: str, env_endpoint: str | None) -> pafs.FileSystem:
     s = StorageSettings.model_validate_json(config_json)
+    if not s.endpoint and env_endpoint:
+        s = s.model_copy(update={"endpoint": env_endpoint})
     transport, host = s.transport()
     if scheme == "s3":
         kw: dict[str, Any] = {
@@ -164,7 +168,8 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if scheme not in ("s3", "gs", "gcs"):  # hdfs://, abfs://: pyarrow's own URI options, untested
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path
-    fs = _filesystem(scheme, settings().model_dump_json())
+    env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") if scheme == "s3" else None
+    fs = _filesystem(scheme, settings().model_dump_json(), env_endpoint)
     return fs, rest.strip("/")
 
 
@@ -244,10 +249,37 @@ def open_atomic(uri: str) -> Iterator[Any]:
             fs.delete_file(tmp)
         raise
     try:
-        fs.move(tmp, final)
+        _publish(fs, tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             fs.delete_file(tmp)
+        raise
+
+
+def _publish(fs: pafs.FileSystem, tmp: str, final: str) -> None:
+    """Rename ``tmp`` onto ``final`` (a server-side copy and a delete on object stores).
+
+    A long copy can outlast the client: the AWS SDK on Linux drops a request that stays silent for
+    3 s (pyarrow's ``request_timeout`` does not reach it), and a busy server may still finish the
+    copy. So a failed copy counts as done once ``final`` holds an object of the temp's size written
+    after the temp was.
+    """
+    try:
+        fs.move(tmp, final)
+        return
+    except OSError:
+        if isinstance(fs, pafs.LocalFileSystem):
+            raise
+        source = fs.get_file_info(tmp)
+        if source.type == pafs.FileType.NotFound and fs.get_file_info(final).type == pafs.FileType.File:
+            return  # copied and deleted; only the answer was lost
+        deadline = time.monotonic() + COPY_WAIT_S
+        while time.monotonic() < deadline:
+            done = fs.get_file_info(final)
+            if done.type == pafs.FileType.File and done.size == source.size and done.mtime >= source.mtime:
+                fs.delete_file(tmp)
+                return
+            time.sleep(1.0)
         raise
 
 

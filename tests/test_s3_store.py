@@ -122,3 +122,13 @@ def test_settings_reach_child_processes_through_the_environment(s3_server, bucke
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "from the parent", out.stderr[-2000:]
     assert store.worker_env() == {store.ENV_VAR: env[store.ENV_VAR]}
+
+
+def test_aws_endpoint_url_is_honoured_without_run_storage(s3_server, bucket):
+    store.write_bytes(store.join(bucket, "env", "y.txt"), b"plain aws env")
+    env = {k: v for k, v in os.environ.items() if k != store.ENV_VAR}
+    env["AWS_ENDPOINT_URL"] = s3_server.endpoint
+    code = "from pipeline import store; import sys; print(store.read_bytes(sys.argv[1]).decode())"
+    out = subprocess.run([sys.executable, "-c", code, store.join(bucket, "env", "y.txt")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "plain aws env", out.stderr[-2000:]
