@@ -32,6 +32,7 @@ from model.official_config import (
     vision_settings,
 )
 from model.official_keys import (
+    IGNORED_SUFFIXES,
     merge_peft_lora,
     official_to_vidal,
     to_official_value,
@@ -184,12 +185,16 @@ def load_official(
     return model.eval()
 
 
+def _text_weights(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in ckpt.state.items() if k.startswith(_TEXT_KEYS) and not k.endswith(IGNORED_SUFFIXES)}
+
+
 def _check_text_agreement(checkpoints: dict[str, Checkpoint], used: Checkpoint) -> None:
-    reference = {k: v for k, v in used.state.items() if k.startswith(_TEXT_KEYS)}
+    reference = _text_weights(used)
     for ckpt in checkpoints.values():
         if ckpt is used:
             continue
-        theirs = {k: v for k, v in ckpt.state.items() if k.startswith(_TEXT_KEYS)}
+        theirs = _text_weights(ckpt)
         differ = sorted(k for k in reference.keys() | theirs.keys()
                         if k not in reference or k not in theirs or reference[k].shape != theirs[k].shape
                         or not torch.equal(reference[k].float(), theirs[k].float()))
