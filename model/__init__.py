@@ -69,6 +69,7 @@ _EXPORTS = {
     "ModelConfig": "model.model_config",
     "TextConfig": "model.model_config",
     "TowerConfig": "model.model_config",
+    "TOWER_MODALITIES": "model.model_config",
 }
 __all__ = sorted(_EXPORTS)
 
