@@ -26,7 +26,7 @@ class StageStalled(RuntimeError):
 
 
 def _fmt(resources: dict[str, float]) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU") or v) or "nothing"
+    return ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))
 
 
 def stall_message(stage: str, timeout_s: float, waits_for: dict[str, float], per: str) -> str:
@@ -43,6 +43,17 @@ def stall_message(stage: str, timeout_s: float, waits_for: dict[str, float], per
     return (f"stage {stage!r} made no progress for {timeout_s:g}s: each {per} asks for {want}; the cluster has "
             f"{_fmt(total)} in total, {_fmt(free)} free. {hint[0].upper()}{hint[1:]}; then rerun the same command: "
             f"the rows finished so far are committed and are not redone")
+
+
+def _stop(ds: ray.data.Dataset) -> None:
+    """Shut the plan's executor down, so that its thread stops scheduling (Ray Data keeps it on the
+    dataset once the first block is out; before that, leaving Ray does it)."""
+    executor = getattr(ds, "_current_executor", None)
+    if executor is not None:
+        try:
+            executor.shutdown(force=True)
+        except Exception:  # best effort: the driver leaves Ray next
+            pass
 
 
 def iterate_watched(ds: ray.data.Dataset, timeout_s: float, stage: str, waits_for: dict[str, float],
@@ -67,7 +78,9 @@ def iterate_watched(ds: ray.data.Dataset, timeout_s: float, stage: str, waits_fo
         try:
             kind, value = out.get(timeout=timeout_s)
         except queue.Empty:
-            raise StageStalled(stall_message(stage, timeout_s, waits_for, per)) from None
+            message = stall_message(stage, timeout_s, waits_for, per)
+            _stop(ds)
+            raise StageStalled(message) from None
         if kind == "end":
             return
         if kind == "error":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import os
 import signal
@@ -29,12 +30,23 @@ REPO = Path(__file__).resolve().parent.parent
 N_VIDEOS = 40
 
 
-def make_probe_root(root: Path, n: int = N_VIDEOS, frame_bytes: int = 16_384) -> list[str]:
-    """A run root whose probe stage is done: ``n`` ok rows with 8 incompressible 'frames' each."""
+def noise_jpeg(rng: np.random.Generator, size: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def make_probe_root(root: Path, n: int = N_VIDEOS, frame_bytes: int = 16_384,
+                    jpeg_size: tuple[int, int] | None = None) -> list[str]:
+    """A run root whose probe stage is done: ``n`` ok rows with 8 frames each, incompressible bytes
+    of ``frame_bytes`` (enough for the shard writer), or real JPEGs of ``jpeg_size`` (for model stages)."""
     rng = np.random.default_rng(0)
     ids = [f"file-{i:04d}" for i in range(n)]
     rows = [{"video_id": v, "status": "ok", "duration": 2.0, "fps": 15.0, "width": 160, "height": 120,
-             "frames": [rng.bytes(frame_bytes) for _ in range(8)], "has_audio": False} for v in ids]
+             "frames": [noise_jpeg(rng, jpeg_size) if jpeg_size else rng.bytes(frame_bytes) for _ in range(8)],
+             "has_audio": False} for v in ids]
     for start in range(0, n, 10):
         store.write_parquet(manifest.new_part_uri(str(root), "probe"), ProbeStage.rows_to_table(rows[start:start + 10]))
     return ids
