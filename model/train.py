@@ -446,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [f"optim.max_steps={args.max_steps}"] if args.max_steps else []
     try:
         cfg = load_train_config(args.config, overrides)
+        if "://" in str(cfg.out) and not str(cfg.out).startswith("file://"):
+            raise ConfigError(f"out: {cfg.out} is an object-store URI; checkpoints need a local or shared "
+                              "directory (README: Object-store roots); copy the run to the bucket afterwards")
         prepare_out(Path(cfg.out), fresh=args.fresh, resume=args.resume)
         if args.ray:
             from model.train_ray import run_on_ray

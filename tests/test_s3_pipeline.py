@@ -123,6 +123,7 @@ def _rows(root: str, stage: str) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_rerun_does_nothing_and_force_redoes_one_stage(s3_run, s3_server):
     root, inputs = s3_run["root"], s3_run["inputs"]
     before = {s: len(store.list_files(store.join(root, s), suffix=".parquet")) for s in STAGES}

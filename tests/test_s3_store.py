@@ -132,3 +132,12 @@ def test_aws_endpoint_url_is_honoured_without_run_storage(s3_server, bucket):
     out = subprocess.run([sys.executable, "-c", code, store.join(bucket, "env", "y.txt")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "plain aws env", out.stderr[-2000:]
+
+
+def test_train_out_on_an_object_store_is_refused_before_any_work(capsys, tmp_path):
+    from model.train import main as train_main
+
+    assert train_main(["--config", str(REPO / "configs/train/demo.yaml"), "--out", "s3://bucket/train"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out: s3://bucket/train is an object-store URI" in err[0]
+    assert not (Path.cwd() / "s3:").exists()
