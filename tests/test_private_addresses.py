@@ -94,5 +94,7 @@ def test_a_page_cannot_point_ytdlp_at_the_metadata_service(server, tmp_path):
 
 
 def test_allowed_networks_are_checked_when_the_config_loads():
-    with pytest.raises(ConfigError, match="download.allow_private_addresses"):
+    assert load_config(None, ["download.allow_private_addresses=[10.1.0.0/16]"]).download.allow_private_addresses \
+        == ["10.1.0.0/16"]
+    with pytest.raises(ConfigError, match="download.allow_private_addresses: .*'10.0.0.0/33' does not appear"):
         load_config(None, ["download.allow_private_addresses=[10.0.0.0/33]"])
