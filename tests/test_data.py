@@ -282,3 +282,45 @@ def test_shards_over_http(shards):
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
+
+
+def test_prefixes_and_missing_indexes(shards, tmp_path):
+    d = shards[0].parent
+    names = [str(s) for s in shards]
+    assert expand_shards(str(d / "0000")) == names  # a name prefix
+    assert expand_shards(f"file://{d}") == names
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        expand_shards(str(d / "9"))
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "00000.tar").write_bytes(shards[0].read_bytes())  # a tar without its index
+    with pytest.raises(FileNotFoundError, match=r"00000.tar has no Parquet index beside it .*data.epoch_samples"):
+        count_samples([str(lone / "00000.tar")], ["video"], "all", 0.0, 0)
+    assert count_samples(["http://127.0.0.1:1/a.tar"], ["video"], "all", 0.0, 0) is None
+
+
+def test_shards_are_dealt_to_readers_balanced_by_samples():
+    from model.shard_list import assign_shards
+
+    urls = [f"s{i}.tar" for i in range(6)]
+    even = assign_shards(urls, dict.fromkeys(urls, 10), 3)
+    assert even == [["s0.tar", "s3.tar"], ["s1.tar", "s4.tar"], ["s2.tar", "s5.tar"]]  # round robin
+    counts = {"s0.tar": 100, **{f"s{i}.tar": 10 for i in range(1, 6)}}
+    # round robin would give 120 samples to one reader and 30 to the other
+    assert assign_shards(urls, counts, 2) == [["s0.tar"], ["s1.tar", "s2.tar", "s3.tar", "s4.tar", "s5.tar"]]
+
+
+def test_stream_split_uses_the_index_counts(tmp_path):
+    big = write_concept_shards(tmp_path / "a", CONCEPTS[:24], per_concept=1, per_shard=12)  # 2 shards of 12
+    small = write_concept_shards(tmp_path / "b", CONCEPTS[24:32], per_concept=1, per_shard=2)  # 4 shards of 2
+    cfg = DataConfig(shards=[str(p) for p in big + small], batch_size=2, workers=2, shuffle_buffer=0,
+                     shard_shuffle=False)
+    loads, dealt = [], []
+    for rank in (0, 1):
+        s = ShardStream(cfg, SIZES, rank=rank, world_size=2, batches_per_epoch=1, seed=0)
+        assert s.counts is not None and sum(s.counts.values()) == 32
+        for w in (0, 1):
+            dealt += s._pass_shards(w, 2, 0)
+            loads.append(sum(s.counts[u] for u in s._pass_shards(w, 2, 0)))
+    assert sorted(dealt) == sorted(str(p) for p in big + small)  # every shard to one reader
+    assert sorted(loads) == [4, 4, 12, 12]  # round robin by count: 2, 2, 14, 14
