@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from stages.backends import ModelLoadError, parse_model_spec
 from stages.backends.batching import autocast
+from stages.backends.depth import normalise_relative
 from stages.backends.midas_dpt import LEVIT_FLAT, VARIANTS, MidasDPT, Variant
 
 log = logging.getLogger("vidal")
@@ -260,8 +261,6 @@ class MidasDepthModel:
     @torch.inference_mode()
     def predict(self, frames: list[torch.Tensor]) -> torch.Tensor:
         """(B, H, W) float32 depth order in [0, 1] (0 nearest) for same-shaped uint8 (3, H, W) frames."""
-        from stages.backends.depth import normalise_relative
-
         batch = torch.stack(frames).to(self.device)
         with autocast(self.device, self.dtype):
             disparity = self.model(self.transform(batch))
