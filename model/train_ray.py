@@ -49,7 +49,10 @@ def run_on_ray(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+        from pipeline import store
+
+        # the object-store settings ($VIDAL_STORAGE) reach the workers of every node
+        env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"), **store.worker_env()}
         ray.init(address=cfg.ray.address, runtime_env={"env_vars": env})
     data = cfg.data.model_copy(update={
         "shards": _absolute(cfg.data.shards),

@@ -141,3 +141,17 @@ def test_train_out_on_an_object_store_is_refused_before_any_work(capsys, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "out: s3://bucket/train is an object-store URI" in err[0]
     assert not (Path.cwd() / "s3:").exists()
+
+
+def test_gcs_filesystem_is_built_from_the_same_settings():
+    """GCS is untested against a server; this checks that its filesystem takes the settings."""
+    import pyarrow.fs as pafs
+
+    previous = store.settings()
+    try:
+        store.configure({"endpoint": "http://127.0.0.1:1", "anonymous": True, "retry_time_limit_s": 5})
+        fs, path = store.resolve("gs://some-bucket/run/shard/")
+        assert isinstance(fs, pafs.GcsFileSystem) and path == "some-bucket/run/shard"
+        assert store.resolve("gs://some-bucket/x")[0] is fs  # built once per settings
+    finally:
+        store.configure(previous)
