@@ -289,8 +289,9 @@ def _chain(e: BaseException) -> list[BaseException]:
 
 
 def remove_quietly(path: str) -> None:
-    """Delete a temp file if it exists."""
+    """Delete a temp file if it exists; a failure (a read-only disk) must not hide the error that led
+    here, and the next start removes what is left (``MediaDir.remove_stale``)."""
     try:
         os.remove(path)
-    except FileNotFoundError:
+    except OSError:
         pass

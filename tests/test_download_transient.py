@@ -63,3 +63,19 @@ def test_a_full_disk_is_transient_and_the_download_works_once_space_is_freed(ser
     assert again["status"] == "ok", again
     assert again["sha256"] == hashlib.sha256(server.files["a.mp4"]).hexdigest()
     assert os.listdir(root / "media") == ["full-disk.mp4"]
+
+
+def test_a_read_only_media_disk_is_transient_too(server, small_disk):
+    root = small_disk / "root"
+    stage = DownloadStage(DownloadConfig(retries=0, socket_timeout_s=5.0, allow_private_addresses=True),
+                          RunContext(root=str(root)))
+    stage.setup()
+    row = pa.Table.from_pylist([{"video_id": "read-only", "url": server.url("/v/b.mp4"), "path": None}])
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        (out,) = stage.process(row).to_pylist()
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert (out["status"], out["error"]) == ("failed", f"{TRANSIENT}read-only file system while writing the download")
+    (again,) = stage.process(row).to_pylist()
+    assert again["status"] == "ok" and os.listdir(root / "media") == ["read-only.mp4"]
