@@ -240,13 +240,23 @@ def build_nyud(root: Path, public: bool = False) -> Path:
     return root
 
 
-def build_sund(root: Path) -> Path:
-    """SUN RGB-D scene folders (scene.txt + depth_bfx/); an unlisted scene class is left out."""
-    for k, c in enumerate(["bathroom", "corridor", "study_space", "garage"]):
+def build_sund(root: Path, split: bool = False) -> Path:
+    """SUN RGB-D scene folders (scene.txt + depth_bfx/); an unlisted scene class is left out. With
+    ``split``, the toolbox's allsplit.mat puts the first three in the test split."""
+    keys = []
+    for k, c in enumerate(["bathroom", "corridor", "study_space", "garage", "office"]):
         scene = root / "SUNRGBD" / "kv2" / "align_kv2" / f"2014-12-1{k}_15-01-5{k}_260595134347"
         scene.mkdir(parents=True, exist_ok=True)
         (scene / "scene.txt").write_text(c)
         _depth_png(scene / "depth_bfx" / "0000103.png", k, sun=True)
+        keys.append(f"/n/fs/sun3d/data/SUNRGBD/kv2/align_kv2/{scene.name}")
+    if split:
+        from scipy.io import savemat
+
+        tt = root / "SUNRGBDtoolbox" / "traintestSUNRGBD"
+        tt.mkdir(parents=True)
+        savemat(tt / "allsplit.mat", {"alltest": np.array(keys[:3], dtype=object),
+                                      "alltrain": np.array(keys[3:], dtype=object)})
     return root
 
 
@@ -336,7 +346,9 @@ def test_depth_infrared_image_readers(tmp_path):
     mm = p.items[0].load()
     assert mm.min() == 500 and mm.dtype == np.float32  # the 3-bit rotation undone: millimetres again
     s = registry.get("sun-d").read(build_sund(tmp_path / "sun"))
-    assert len(s) == 3 and s.layout == "public"  # garage is not one of the 19 classes
+    assert len(s) == 4 and (s.layout, s.split) == ("public", "all")  # garage is not one of the 19 classes
+    s = registry.get("sun-d").read(build_sund(tmp_path / "sun_split", split=True))
+    assert s.split == "test" and [s.classes[k] for k in s.labels] == ["bathroom", "corridor", "study space"]
     _depth_png(tmp_path / "sun_lb" / "data" / "val" / "computer_room" / "00001.png", 0)
     s = registry.get("sund").read(tmp_path / "sun_lb")
     assert s.layout == "languagebind" and s.classes[s.labels[0]] == "computer room"

@@ -17,6 +17,7 @@ Where things live:
     metrics.py      recall@k / ranks with multi-caption protocols, accuracy, mAP
     paper.py        the paper's and the official README's figures, each with its source
     runner.py       batched embedding (loader workers, progress bar, data-wait share) and scoring
-    report.py       the results table and the JSON record
+    report.py       the results table and the flat scalars for TensorBoard
+    cli.py          ``--benchmark`` of ``python -m model.eval``: read every index, load, check towers, run
     training.py     ``eval.benchmarks`` in a training config: evaluation every N steps to TensorBoard
 """

@@ -4,7 +4,8 @@ Decoding (PyAV video, fbank audio, PNG depth) costs more than a small tower's fo
 media are prepared in ``workers`` DataLoader processes with the model's own ``preprocess_input``
 (vidal's preprocessing, or the official mode when the model is set to it) while the main process
 runs the tower; the record's ``timing.data_wait`` is the share of the wall time the tower sat idle
-waiting for them (high: add workers).
+waiting for them (high: add workers). The workers are forked (Linux), so the model they call
+``preprocess_input`` on is shared, not copied; none of them touches the GPU.
 """
 
 from __future__ import annotations

@@ -95,9 +95,13 @@ def _read_depth(root: Path, name: str, classes: tuple[str, ...], folders: tuple[
         raise LayoutError(f"{name} not found in {root}: looked for {', '.join(folders)} (class folders) and "
                           f"SUN RGB-D scene folders (scene.txt + depth_bfx/){' under NYUdata' if only else ''}")
     split = root / "test_list.txt"
+    mat = next((root / m for m in SUN_SPLIT_FILES if (root / m).is_file()), None)
     if split.is_file():  # relative scene folders, one a line
         keep = {str((root / s).resolve()) for s in read_lines(split)}
         scenes = [(p, s) for p, s in scenes if str(p.parent.parent.resolve()) in keep]
+    elif mat is not None:  # the SUN RGB-D toolbox's official split
+        test = _sun_test_split(mat)
+        scenes = [(p, s) for p, s in scenes if _sun_key(p.parent.parent, root) in test]
     index = {c: k for k, c in enumerate(classes)}
     items, labels = [], []
     for png, scene in scenes:
@@ -105,9 +109,30 @@ def _read_depth(root: Path, name: str, classes: tuple[str, ...], folders: tuple[
         if label is not None:
             items.append(SunDepth(png))
             labels.append(label)
-    notes = [] if split.is_file() else ["no test_list.txt: every scene folder is evaluated"]
-    return ClassificationSet(items, labels, list(classes), "public", "test" if split.is_file() else "all",
-                             notes=notes)
+    has_split = split.is_file() or mat is not None
+    notes = [] if has_split else ["no split file (allsplit.mat or test_list.txt): every scene folder is evaluated"]
+    return ClassificationSet(items, labels, list(classes), "public", "test" if has_split else "all", notes=notes)
+
+
+SUN_SPLIT_FILES = ("allsplit.mat", "SUNRGBDtoolbox/traintestSUNRGBD/allsplit.mat", "traintestSUNRGBD/allsplit.mat")
+
+
+def _sun_key(scene: Path, root: Path) -> str:
+    """``kv1/NYUdata/NYU0001``: a scene folder's path below its ``SUNRGBD`` folder (or below root)."""
+    parts = scene.parts
+    if "SUNRGBD" in parts:
+        return "/".join(parts[len(parts) - parts[::-1].index("SUNRGBD"):])
+    return scene.relative_to(root).as_posix()
+
+
+def _sun_test_split(mat: Path) -> set[str]:
+    """The ``alltest`` scene folders of the toolbox's ``allsplit.mat`` (absolute Princeton paths)."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise LayoutError(f"reading {mat} needs scipy (pip install scipy), or give test_list.txt instead") from None
+    paths = loadmat(str(mat), squeeze_me=True)["alltest"]
+    return {str(p).rstrip("/").split("SUNRGBD/", 1)[-1] for p in paths}
 
 
 def read_nyud(root: Path, skip_missing: bool = False) -> ClassificationSet:
