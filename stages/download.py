@@ -40,6 +40,7 @@ from stages.fetch import (
     PageNotMedia,
     fetch_media,
     media_extension,
+    redirects_problem,
     remove_quietly,
     sniff,
 )
@@ -163,7 +164,8 @@ class DownloadStage(Stage):
         )
         self.ytdlp = YtdlpDownloader(self.ytdlp_params(), max_bytes=max_bytes, max_duration=c.max_duration,
                                      max_seconds=c.max_download_s, retries=c.retries, backoff_s=c.retry_backoff_s,
-                                     guard=self.guard)
+                                     guard=self.guard, redirects_problem=None if self.guard.allow_all
+                                     else lambda url: redirects_problem(url, self.policy))
 
     def ytdlp_params(self) -> dict[str, Any]:
         """YoutubeDL parameters from the config (one place, so that tests and docs can read them)."""

@@ -167,6 +167,19 @@ def fetch_media(url: str, dest: str, policy: HttpPolicy, *, page_ok: bool = Fals
             time.sleep(max(e.retry_after, policy.backoff_s * 2 ** (attempt - 1)))
 
 
+def redirects_problem(url: str, policy: HttpPolicy) -> str | None:
+    """Why following ``url``'s redirects reaches a refused address, or None (any other failure is left
+    to the download itself). A streamed GET whose body is never read: servers answer GET more
+    reliably than HEAD."""
+    try:
+        with session_for(policy).get(url, stream=True, timeout=(policy.socket_timeout, policy.socket_timeout)):
+            return None
+    except FetchFailed as e:
+        return e.reason
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+        return None
+
+
 def _retry_after(value: str | None) -> float:
     if not value:
         return 0.0

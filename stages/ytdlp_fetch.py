@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ INFO_FIELDS = ("id", "extractor", "extractor_key", "webpage_url", "original_url"
                "license", "tags", "categories", "view_count", "like_count", "comment_count", "age_limit",
                "availability", "live_status", "language", "aspect_ratio")
 MAX_DESCRIPTION = 5000
+GENERIC_EXTRACTORS = frozenset({"Generic", "HTML5MediaEmbed"})  # media URLs named by an arbitrary page
+MAX_PROBED_URLS = 4
 TRANSIENT = re.compile(r"^(HTTP (5\d\d|429|408)|timed out|stalled|connection refused|connection reset|network error)")
 # Phrases in yt-dlp's messages, and what a user should read instead.
 KNOWN_MESSAGES = (
@@ -132,10 +135,11 @@ class YtdlpDownloader:
 
     def __init__(self, params: dict[str, Any], *, max_bytes: int, max_duration: float | None,
                  max_seconds: float = 300.0, retries: int = 0, backoff_s: float = 1.0,
-                 guard: AddressGuard | None = None):
+                 guard: AddressGuard | None = None, redirects_problem: Callable[[str], str | None] | None = None):
         self.params, self.max_bytes, self.max_duration, self.max_seconds = params, max_bytes, max_duration, max_seconds
         self.retries, self.backoff_s = retries, backoff_s
         self.guard = guard or AddressGuard(allow_all=True)
+        self.redirects_problem = redirects_problem  # url -> why its redirects are refused, or None
         self._local = threading.local()
 
     def _client(self) -> tuple[Any, CollectingLogger]:
@@ -216,9 +220,16 @@ class YtdlpDownloader:
         urls = [info.get("url"), info.get("manifest_url")]
         for f in info.get("formats") or []:
             urls += [f.get("url"), f.get("manifest_url"), f.get("fragment_base_url")]
-        for url in dict.fromkeys(u for u in urls if isinstance(u, str)):
+        found = list(dict.fromkeys(u for u in urls if isinstance(u, str)))
+        for url in found:
             if problem := self.guard.problem(url):
                 raise RowError(f"the page's media URL was {problem}")
+        # yt-dlp follows redirects inside its own downloader, unchecked: for media a generic page named
+        # (not a site's API), the redirects are followed here first, through the checked session.
+        if self.redirects_problem is not None and info.get("extractor_key") in GENERIC_EXTRACTORS:
+            for url in [u for u in found if u.lower().startswith(("http://", "https://"))][:MAX_PROBED_URLS]:
+                if problem := self.redirects_problem(url):
+                    raise RowError(f"the page's media URL: {problem}")
 
     @staticmethod
     def _last(logger: CollectingLogger) -> str:

@@ -93,6 +93,17 @@ def test_a_page_cannot_point_ytdlp_at_the_metadata_service(server, tmp_path):
                             "set download.allow_private_addresses to allow it")
 
 
+def test_a_page_cannot_point_ytdlp_at_a_redirect_to_the_metadata_service(server, tmp_path):
+    """The page's media URL is on an allowed host, but redirects on: refused before yt-dlp follows it."""
+    hop = "/redirect-to/" + quote(METADATA, safe="")
+    page = server.url("/page-pointing-at/" + quote(hop, safe="") + "/view")
+    started = time.monotonic()
+    out = download(tmp_path, {"page": page}, allow_private_addresses=["127.0.0.1"])["page"]
+    assert time.monotonic() - started < 3, "refused before any connection to the metadata service"
+    assert (out["status"], out["error"]) == ("failed", "the page's media URL: redirect refused: 169.254.169.254 "
+                                             "is a link-local address; set download.allow_private_addresses to allow it")
+
+
 def test_allowed_networks_are_checked_when_the_config_loads():
     assert load_config(None, ["download.allow_private_addresses=[10.1.0.0/16]"]).download.allow_private_addresses \
         == ["10.1.0.0/16"]
