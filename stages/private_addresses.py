@@ -6,9 +6,9 @@ directly or behind a redirect from a public host; the download stage would copy 
 dataset. So every host is resolved and each of its addresses checked before a request is made, at the
 first request and at every redirect on the direct path, and before a URL (or a media URL an extractor
 found in a page, whose redirects are followed first when a generic page named it) is handed to yt-dlp.
-Loopback, private, link-local, multicast, unspecified and other
-non-public addresses are refused unless ``download.allow_private_addresses`` is true (tests, on-premise
-crawls) or lists the networks allowed (``[10.1.0.0/16]``).
+Loopback, private, link-local, multicast, unspecified and other non-public addresses are refused
+unless ``download.allow_private_addresses`` is true (tests, on-premise crawls) or lists the networks
+allowed (``[10.1.0.0/16]``).
 
 What this does not cover: a host whose DNS answer changes between our check and the connection
 (DNS rebinding), and a redirect that yt-dlp's downloader meets on media a site extractor (YouTube,
