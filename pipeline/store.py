@@ -63,7 +63,8 @@ class StorageSettings(BaseModel):
     retries: int = Field(3, ge=0, le=20, description="S3: attempts of a failed request (AWS standard retry)")
     retry_time_limit_s: float | None = Field(None, gt=0, description="GCS: how long to retry transient errors")
     connect_timeout_s: float | None = Field(None, gt=0)
-    request_timeout_s: float | None = Field(None, gt=0)
+    request_timeout_s: float | None = Field(30.0, gt=0, description="a request silent this long is dropped "
+                                            "(the SDK's default, 3 s, is short for server-side copies)")
     ca_file: str | None = Field(None, description="CA bundle for TLS to a private endpoint")
     virtual_addressing: bool = Field(False, description="S3: bucket.host URLs instead of host/bucket")
 
@@ -259,10 +260,10 @@ def open_atomic(uri: str) -> Iterator[Any]:
 def _publish(fs: pafs.FileSystem, tmp: str, final: str) -> None:
     """Rename ``tmp`` onto ``final`` (a server-side copy and a delete on object stores).
 
-    A long copy can outlast the client: the AWS SDK on Linux drops a request that stays silent for
-    3 s (pyarrow's ``request_timeout`` does not reach it), and a busy server may still finish the
-    copy. So a failed copy counts as done once ``final`` holds an object of the temp's size written
-    after the temp was.
+    A long copy can outlast the client: the AWS SDK drops a request that stays silent for
+    ``request_timeout_s`` (3 s when unset, which a 200 MB copy on a busy server exceeded), and the
+    server may still finish the copy. So a failed copy counts as done once ``final`` holds an object
+    of the temp's size written after the temp was.
     """
     try:
         fs.move(tmp, final)
@@ -271,8 +272,10 @@ def _publish(fs: pafs.FileSystem, tmp: str, final: str) -> None:
         if isinstance(fs, pafs.LocalFileSystem):
             raise
         source = fs.get_file_info(tmp)
-        if source.type == pafs.FileType.NotFound and fs.get_file_info(final).type == pafs.FileType.File:
-            return  # copied and deleted; only the answer was lost
+        if source.type == pafs.FileType.NotFound:
+            if fs.get_file_info(final).type == pafs.FileType.File:
+                return  # copied and deleted; only the answer was lost
+            raise
         deadline = time.monotonic() + COPY_WAIT_S
         while time.monotonic() < deadline:
             done = fs.get_file_info(final)

@@ -90,13 +90,17 @@ class S3Server:
 class StallingProxy:
     """A TCP proxy in front of the server that holds the ``nth`` upload whose request line matches
     ``pattern`` half way: its headers and part of its body reach the server, the rest never does.
-    ``stalled`` is set then, so a test can kill the uploader while its upload is in flight."""
+    ``stalled`` is set then, so a test can kill the uploader while its upload is in flight.
 
-    def __init__(self, target_port: int, pattern: bytes = rb"PUT /\S*\.tar[ ?]", nth: int = 1):
+    With ``delay_s`` it stalls nothing but holds back the answers to every matching request that
+    long (a server slow to answer, e.g. a long server-side copy)."""
+
+    def __init__(self, target_port: int, pattern: bytes = rb"PUT /\S*\.tar[ ?]", nth: int = 1,
+                 delay_s: float = 0.0):
         import re
         import threading
 
-        self.target_port, self.regex, self.nth = target_port, re.compile(pattern), nth
+        self.target_port, self.regex, self.nth, self.delay_s = target_port, re.compile(pattern), nth, delay_s
         self.seen = 0
         self.stalled = threading.Event()
         self._lock = threading.Lock()
@@ -120,13 +124,18 @@ class StallingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+            pending: list[float] = []  # per connection: answers to hold back
+            threading.Thread(target=self._pipe, args=(client, upstream, True, pending), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False, pending), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool, pending: list[float]) -> None:
         try:
             while data := src.recv(65536):
-                if from_client and self.regex.search(data):
+                if not from_client and pending:
+                    time.sleep(pending.pop())
+                if from_client and self.delay_s and self.regex.search(data):
+                    pending.append(self.delay_s)
+                elif from_client and self.regex.search(data):
                     with self._lock:
                         self.seen += 1
                         hold = self.seen == self.nth

@@ -155,3 +155,24 @@ def test_gcs_filesystem_is_built_from_the_same_settings():
         assert store.resolve("gs://some-bucket/x")[0] is fs  # built once per settings
     finally:
         store.configure(previous)
+
+
+def test_a_copy_answered_too_late_still_publishes_once(s3_server, bucket, monkeypatch):
+    """The server finishes the server-side copy but answers after the client gave up on it."""
+    from tests.s3server import StallingProxy
+
+    proxy = StallingProxy(s3_server.port, pattern=rb"(?i)x-amz-copy-source", delay_s=5.0)
+    previous = store.settings()
+    try:
+        store.configure({**s3_server.storage(), "endpoint": proxy.endpoint, "request_timeout_s": 2})
+        uri = store.join(bucket, "slowcopy", "x.bin")
+        with monkeypatch.context() as m:
+            m.setattr(store, "COPY_WAIT_S", 0.0)
+            with pytest.raises(OSError, match="copying key"):  # without the check, the write fails
+                store.write_bytes(uri, b"late but whole")
+        store.write_bytes(uri, b"late but whole")
+    finally:
+        store.configure(previous)
+        proxy.close()
+    assert store.read_bytes(uri) == b"late but whole"
+    assert keys(s3_server, "store-tests", "slowcopy/") == ["slowcopy/x.bin"]  # the temp object is gone
