@@ -132,6 +132,11 @@ def test_user_errors_exit_2_before_the_model_loads(tmp_path, tiny, capsys):
         rc = main(["--checkpoint", bogus, *args])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    pattern = ["--checkpoint", bogus, "--benchmark", "all", "--benchmark-root"]
+    assert main([*pattern, str(tmp_path / "none" / "{benchmark}")]) == 2
+    assert "no benchmark folder exists" in capsys.readouterr().err
+    assert main([*pattern, str(tmp_path / "{benchmark}")]) == 2  # finds msrvtt/, whose clip is missing
+    assert "video7011" in capsys.readouterr().err
     assert main(["--benchmark", "list"]) == 0
     assert "msrvtt       MSR-VTT" in capsys.readouterr().out
     proc = run_cli("--checkpoint", bogus, "--benchmark", "msrvtt", "--benchmark-root", str(root))  # as a user runs it

@@ -20,7 +20,8 @@ from model.benchmarks.layout import LayoutError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("paper benchmarks (docs/benchmarks.md)")
     g.add_argument("--benchmark", help=f"one of {', '.join(registry.BENCHMARKS)}; 'all' (needs --benchmark-config); 'list'")
-    g.add_argument("--benchmark-root", help="the benchmark's own folder (its release or LanguageBind's layout)")
+    g.add_argument("--benchmark-root", help="the benchmark's own folder (its release or LanguageBind's layout); with "
+                   "--benchmark all, a pattern such as '/data/{benchmark}' (the folders that exist are run)")
     g.add_argument("--benchmark-config", help="YAML 'roots: {benchmark: folder}' for --benchmark all")
     g.add_argument("--skip-missing", action="store_true", help="evaluate without media files that are absent")
     g.add_argument("--paper-model", help="the paper/README row to compare with (default: from the checkpoint name)")
@@ -45,8 +46,15 @@ def load_any(spec: str, device: str) -> Any:
 
 def _plan(args: argparse.Namespace) -> dict[str, str]:
     if args.benchmark.strip().lower() == "all":
+        if args.benchmark_root and "{benchmark}" in args.benchmark_root:  # '/data/{benchmark}', as clip_benchmark
+            roots = {n: args.benchmark_root.format(benchmark=n) for n in registry.BENCHMARKS}
+            found = {n: r for n, r in roots.items() if Path(r).is_dir()}
+            if not found:
+                raise ValueError(f"--benchmark-root {args.benchmark_root}: no benchmark folder exists")
+            return found
         if not args.benchmark_config:
-            raise ValueError("--benchmark all needs --benchmark-config roots.yaml (roots: {benchmark: folder})")
+            raise ValueError("--benchmark all needs --benchmark-config roots.yaml (roots: {benchmark: folder}) "
+                             "or --benchmark-root '/data/{benchmark}'")
         return registry.read_roots(args.benchmark_config)
     name = registry.get(args.benchmark).name
     if args.benchmark_root:
