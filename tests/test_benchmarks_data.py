@@ -324,6 +324,20 @@ def test_video_readers_follow_each_protocol(tmp_path):
         assert len(a) == 2 and a.captions[1] == f"{SENTENCES[1]}. It stops."
 
 
+def test_didemo_reads_the_first_31_seconds(tmp_path):
+    from model.benchmarks.video import VideoWindow
+
+    frames = np.full((80, 24, 32, 3), 20, np.uint8)  # 40 s at 2 fps: dark up to 31 s, bright after
+    frames[63:] = 230
+    path = tmp_path / "long.mp4"
+    encode_video(path, frames, 2)
+    picked = VideoWindow(path, 31.0).load(8)
+    assert len(picked) == 8 and max(float(f.mean()) for f in picked) < 60
+    assert len(VideoWindow(path, 100.0).load(8)) == 8 and float(VideoWindow(path, 100.0).load(8)[-1].mean()) > 200
+    d = registry.get("didemo").read(build_didemo(tmp_path / "didemo"))
+    assert isinstance(d.items[0], VideoWindow) and len(d.items[0].load(4)) == 4
+
+
 def test_audio_readers_both_layouts(tmp_path):
     for public in (True, False):
         e = registry.get("ESC-50").read(build_esc50(tmp_path / f"esc{public}", public))

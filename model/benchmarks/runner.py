@@ -38,6 +38,7 @@ class _Prepared(Dataset):
 
     def __init__(self, model: Any, modality: str, items: Sequence[Any]) -> None:
         self.model, self.modality, self.items = model, modality, items
+        self.num_frames = model.towers[modality].cfg.num_frames
 
     def __len__(self) -> int:
         return len(self.items)
@@ -45,11 +46,11 @@ class _Prepared(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         src = self.items[i]
         try:
-            if hasattr(src, "load"):
-                src = src.load()
+            if hasattr(src, "load"):  # crops, SUN RGB-D depth, a video's first seconds
+                src = src.load(self.num_frames) if self.modality == "video" else src.load()
             return self.model.preprocess_input(self.modality, src)
         except Exception as e:  # name the file: a benchmark has thousands
-            where = getattr(src, "path", None) or self.items[i]
+            where = getattr(self.items[i], "path", self.items[i])
             raise RuntimeError(f"cannot read {where}: {type(e).__name__}: {e}") from e
 
 

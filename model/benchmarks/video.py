@@ -15,8 +15,12 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import av
+import numpy as np
 
 from model.benchmarks.layout import (
     VIDEO_EXTS,
@@ -143,6 +147,33 @@ def read_msvd(root: Path, skip_missing: bool = False) -> RetrievalSet:
 
 
 # -- DiDeMo ------------------------------------------------------------------------------------
+DIDEMO_SECONDS = 31.0  # LanguageBind's loader reads seconds 0..31: the 30 s annotation window (+1)
+
+
+@dataclass(frozen=True)
+class VideoWindow:
+    """The first ``seconds`` of a video; ``load(num_frames)`` decodes that many frames uniformly
+    spread over them (the preprocessing then takes all of them, in either mode)."""
+
+    path: Path
+    seconds: float
+
+    def load(self, num_frames: int = 8) -> list[np.ndarray]:
+        with av.open(str(self.path)) as container:
+            times = [f.time for f in container.decode(video=0)]
+        inside = [i for i, t in enumerate(times) if t is None or t <= self.seconds] or [0]
+        wanted = {int(inside[int(round(k))]) for k in np.linspace(0, len(inside) - 1, num_frames)}
+        picked: dict[int, np.ndarray] = {}
+        with av.open(str(self.path)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index in wanted:
+                    picked[index] = frame.to_ndarray(format="rgb24")
+                if index >= max(wanted):
+                    break
+        order = [int(inside[int(round(k))]) for k in np.linspace(0, len(inside) - 1, num_frames)]
+        return [picked[i] for i in order]
+
+
 def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
@@ -163,8 +194,9 @@ def read_didemo(root: Path, skip_missing: bool = False) -> RetrievalSet:
     by_name = {**{_stem(k): v for k, v in index.items()}, **index}  # "x.mov" ids, "x.mov.mp4" files
     lookup = {i: by_name.get(i) or by_name.get(_stem(i)) for i in ids}
     captions = {i: [" ".join(paragraphs[i])] for i in ids}
-    return _build(ids, captions, {i: p for i, p in lookup.items() if p}, where,
-                  "languagebind" if split_list else "public", "test", skip_missing)
+    found = {i: VideoWindow(p, DIDEMO_SECONDS) for i, p in lookup.items() if p}
+    return _build(ids, captions, found, where, "languagebind" if split_list else "public", "test", skip_missing,
+                  [f"frames from the first {DIDEMO_SECONDS:.0f} s of each video, as LanguageBind's loader"])
 
 
 # -- ActivityNet Captions ----------------------------------------------------------------------
