@@ -1,8 +1,6 @@
-"""Benchmark readers on tiny datasets the tests write in each release's exact layout.
-
-The builders here (real encoded videos, WAV files, PNG/JPEG images, and CSV/JSON/TSV/XML/pickle
-index files in the published formats) are shared with the end-to-end CLI tests.
-"""
+"""Tiny benchmark datasets in each release's exact layout, written by the tests: real encoded videos,
+WAV files, PNG/JPEG images, and CSV/JSON/TSV/XML/pickle/MAT index files in the published formats.
+Shared by the reader tests (test_benchmarks_readers.py) and the end-to-end CLI tests."""
 
 from __future__ import annotations
 
@@ -12,12 +10,9 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from model.benchmarks import registry
-from model.benchmarks.layout import ClassificationSet, LayoutError, MultiLabelSet, RetrievalSet
-from model.benchmarks.prompts import ESC50_CLASSES, FLIR_V1_CLASSES, NYU_CLASSES
+from model.benchmarks.prompts import FLIR_V1_CLASSES
 from pipeline.synthetic import CONCEPTS, encode_video, render_frames
 
 SENTENCES = ["a red circle moving left", "a blue square moving up", "a green triangle moving down",
@@ -39,7 +34,7 @@ def _wav(path: Path, k: int, seconds: float = 1.0, rate: int = 16000) -> Path:
     return path
 
 
-def _depth_png(path: Path, k: int, sun: bool = False) -> Path:
+def write_depth_png(path: Path, k: int, sun: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     mm = (np.linspace(500, 4000 + 500 * k, 48 * 64).reshape(48, 64)).astype(np.uint16)
     if sun:  # SUN RGB-D stores depth rotated left by 3 bits
@@ -229,14 +224,14 @@ def build_nyud(root: Path, public: bool = False) -> Path:
             scene = root / "SUNRGBD" / "kv1" / "NYUdata" / f"NYU{k + 1:04d}"
             scene.mkdir(parents=True, exist_ok=True)
             (scene / "scene.txt").write_text(c)
-            _depth_png(scene / "depth_bfx" / f"NYU{k + 1:04d}.png", k, sun=True)
+            write_depth_png(scene / "depth_bfx" / f"NYU{k + 1:04d}.png", k, sun=True)
         else:
-            _depth_png(root / "data" / "val" / c / f"{k:05d}.png", k)
+            write_depth_png(root / "data" / "val" / c / f"{k:05d}.png", k)
     if public:  # a scene outside the first nine NYU classes counts as "others"
         scene = root / "SUNRGBD" / "kv1" / "NYUdata" / "NYU0009"
         scene.mkdir(parents=True)
         (scene / "scene.txt").write_text("basement")
-        _depth_png(scene / "depth_bfx" / "NYU0009.png", 4, sun=True)
+        write_depth_png(scene / "depth_bfx" / "NYU0009.png", 4, sun=True)
     return root
 
 
@@ -248,7 +243,7 @@ def build_sund(root: Path, split: bool = False) -> Path:
         scene = root / "SUNRGBD" / "kv2" / "align_kv2" / f"2014-12-1{k}_15-01-5{k}_260595134347"
         scene.mkdir(parents=True, exist_ok=True)
         (scene / "scene.txt").write_text(c)
-        _depth_png(scene / "depth_bfx" / "0000103.png", k, sun=True)
+        write_depth_png(scene / "depth_bfx" / "0000103.png", k, sun=True)
         keys.append(f"/n/fs/sun3d/data/SUNRGBD/kv2/align_kv2/{scene.name}")
     if split:
         from scipy.io import savemat
@@ -307,107 +302,8 @@ def build_imagenet(root: Path) -> Path:
     return root
 
 
-# -- reader tests --------------------------------------------------------------------------------------
-def test_video_readers_follow_each_protocol(tmp_path):
-    d = registry.get("MSR-VTT").read(build_msrvtt(tmp_path / "msrvtt"))
-    assert isinstance(d, RetrievalSet) and (d.layout, d.split, len(d), len(d.captions)) == \
-        ("languagebind", "test-1k-A", 4, 4)
-    full = registry.get("msrvtt").read(build_msrvtt_public(tmp_path / "msrvtt_pub"))
-    assert (full.split, len(full), len(full.captions), full.caption_item) == ("test-full", 3, 6, [0, 0, 1, 1, 2, 2])
-    for public in (False, True):
-        m = registry.get("msvd").read(build_msvd(tmp_path / f"msvd{public}", public))
-        assert (m.layout, len(m), len(m.captions)) == ("public" if public else "languagebind", 3, 6)
-        assert m.captions[0] == SENTENCES[0] and m.items[0].suffix == ".avi"
-        dd = registry.get("didemo").read(build_didemo(tmp_path / f"didemo{public}", public))
-        assert len(dd) == 2 and dd.captions[0] == f"{SENTENCES[0]} part 0 {SENTENCES[0]} part 1"  # a paragraph
-        a = registry.get("activitynet").read(build_activitynet(tmp_path / f"anet{public}", public))
-        assert len(a) == 2 and a.captions[1] == f"{SENTENCES[1]}. It stops."
-
-
-def test_didemo_reads_the_first_31_seconds(tmp_path):
-    from model.benchmarks.video import VideoWindow
-
-    frames = np.full((80, 24, 32, 3), 20, np.uint8)  # 40 s at 2 fps: dark up to 31 s, bright after
-    frames[63:] = 230
-    path = tmp_path / "long.mp4"
-    encode_video(path, frames, 2)
-    picked = VideoWindow(path, 31.0).load(8)
-    assert len(picked) == 8 and max(float(f.mean()) for f in picked) < 60
-    assert len(VideoWindow(path, 100.0).load(8)) == 8 and float(VideoWindow(path, 100.0).load(8)[-1].mean()) > 200
-    d = registry.get("didemo").read(build_didemo(tmp_path / "didemo"))
-    assert isinstance(d.items[0], VideoWindow) and len(d.items[0].load(4)) == 4
-
-
-def test_audio_readers_both_layouts(tmp_path):
-    for public in (True, False):
-        e = registry.get("ESC-50").read(build_esc50(tmp_path / f"esc{public}", public))
-        assert isinstance(e, ClassificationSet) and e.folds is not None and sorted(e.folds) == [1, 2, 3, 4, 5]
-        assert sorted(ESC50_CLASSES[k] for k in e.labels) == ["dog", "dog", "rain", "rain", "siren"]
-        c = registry.get("clotho").read(build_clotho(tmp_path / f"clotho{public}", public))
-        assert (len(c), len(c.captions), c.layout) == (3, 15, "public" if public else "languagebind")
-        ac = registry.get("audiocaps").read(build_audiocaps(tmp_path / f"ac{public}", public))
-        assert (len(ac), len(ac.captions), ac.caption_item) == (3, 6, [0, 0, 1, 1, 2, 2])
-        s = registry.get("audioset").read(build_audioset(tmp_path / f"as{public}", public))
-        assert isinstance(s, MultiLabelSet) and s.targets == [[0, 1], [2], [0]] and s.classes[2] == "Animal"
-
-
-def test_depth_infrared_image_readers(tmp_path):
-    n = registry.get("NYU-D").read(build_nyud(tmp_path / "nyu"))
-    assert [NYU_CLASSES[k] for k in n.labels] == ["bedroom", "kitchen", "living room"]
-    p = registry.get("nyud").read(build_nyud(tmp_path / "nyu_pub", public=True))
-    assert p.layout == "public" and [NYU_CLASSES[k] for k in p.labels] == ["bedroom", "kitchen", "living room",
-                                                                          "others"]
-    mm = p.items[0].load()
-    assert mm.min() == 500 and mm.dtype == np.float32  # the 3-bit rotation undone: millimetres again
-    s = registry.get("sun-d").read(build_sund(tmp_path / "sun"))
-    assert len(s) == 4 and (s.layout, s.split) == ("public", "all")  # garage is not one of the 19 classes
-    s = registry.get("sun-d").read(build_sund(tmp_path / "sun_split", split=True))
-    assert s.split == "test" and [s.classes[k] for k in s.labels] == ["bathroom", "corridor", "study space"]
-    _depth_png(tmp_path / "sun_lb" / "data" / "val" / "computer_room" / "00001.png", 0)
-    s = registry.get("sund").read(tmp_path / "sun_lb")
-    assert s.layout == "languagebind" and s.classes[s.labels[0]] == "computer room"
-    lv = registry.get("llvip").read(build_llvip(tmp_path / "llvip"))
-    assert sorted(lv.labels) == [0, 1, 1]  # the "person" folder is the class "people"
-    lp = registry.get("llvip").read(build_llvip(tmp_path / "llvip_pub", public=True))
-    assert sorted(lp.labels) == [0, 0, 1, 1] and lp.items[0].load().shape == (80, 40, 3)
-    f = registry.get("flir").read(build_flir(tmp_path / "flir_pub", public=True))
-    assert [FLIR_V1_CLASSES[k] for k in f.labels] == ["car", "person"]
-    im = registry.get("imagenet").read(build_imagenet(tmp_path / "imagenet"))
-    assert im.classes == ["tench", "goldfish"] and im.labels == [0, 1]
-
-
-def test_missing_files_are_named(tmp_path):
-    root = build_msrvtt(tmp_path / "m")
-    (root / "MSRVTT" / "MSRVTT_Videos" / "video7011.mp4").unlink()
-    with pytest.raises(LayoutError, match="1 of 4 video files missing.*video7011"):
-        registry.get("msrvtt").read(root)
-    assert len(registry.get("msrvtt").read(root, skip_missing=True)) == 3
-    with pytest.raises(LayoutError, match="MSRVTT_JSFUSION_test.csv"):
-        registry.get("msrvtt").read(tmp_path / "m" / "MSRVTT" / "MSRVTT_Videos")
-    with pytest.raises(LayoutError, match="test_list.txt"):
-        registry.get("msvd").read(tmp_path)
-    with pytest.raises(LayoutError, match="clotho_captions_evaluation.csv"):
-        registry.get("clotho").read(tmp_path)
-    esc = build_esc50(tmp_path / "esc")
-    (esc / "audio" / "2-100033-A-36.wav").unlink()
-    with pytest.raises(LayoutError, match="2-100033-A-36"):
-        registry.get("esc50").read(esc)
-    with pytest.raises(LayoutError, match="not a directory"):
-        registry.get("nyud").read(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="unknown benchmark"):
-        registry.get("kinetics")
-
-
 def build_flir_v2(root: Path) -> Path:
     """flirv2/val/<folder>/*.jpg with the reformatted download's folder names (light, other vehicle...)."""
     for k, c in enumerate(["bike", "light", "other vehicle", "truck"]):
         _jpg(root / "val" / c / f"video-{k:05d}.jpg", k)
     return root
-
-
-def test_flir_v2_folders_map_to_the_official_names(tmp_path):
-    from model.benchmarks.prompts import FLIR_V2_CLASSES
-
-    d = registry.get("flirv2").read(build_flir_v2(tmp_path / "flir2"))
-    assert [FLIR_V2_CLASSES[k] for k in d.labels] == ["bike", "traffic light", "construction equipment or trailers",
-                                                      "semi truck or freight truck"]
