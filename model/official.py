@@ -98,7 +98,7 @@ def released_tower(source: str | Path) -> tuple[str, dict[str, Any]]:
 
 def looks_like_hub_id(source: str | Path) -> bool:
     """``owner/name`` that is not a local path."""
-    return isinstance(source, str) and bool(_HUB_ID.match(source)) and not Path(source).exists()
+    return bool(_HUB_ID.match(str(source))) and not Path(source).exists()
 
 
 def is_official_dir(path: Path) -> bool:
