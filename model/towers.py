@@ -60,6 +60,9 @@ def adapt_vision_state(state: dict[str, torch.Tensor], cfg: TowerConfig) -> dict
     key = "embeddings.position_embedding.weight"
     state[key] = interpolate_positions(state[key], cfg.grid)
     state.pop("embeddings.position_ids", None)
+    key = "embeddings.class_embedding"
+    if cfg.frame_class_embedding and state[key].ndim == 1:  # V1.5-style: every frame starts from CLIP's token
+        state[key] = state[key].repeat(cfg.num_frames, 1)
     key = "embeddings.patch_embedding.weight"
     channels = state[key].shape[1]
     if cfg.in_channels != channels:

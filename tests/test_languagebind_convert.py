@@ -110,7 +110,8 @@ def test_a_tower_trained_from_a_clip_start_drops_into_the_official_layout(tmp_pa
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(clip_dir)
     model = LanguageBind.from_config({
         "init_from": str(clip_dir), "text": {"name_or_path": str(clip_dir), "pooling": "clip"},
-        "modalities": {"video": {"image_size": 32, "patch_size": 8, "num_frames": 4, "lora": {"r": 2}},
+        "modalities": {"video": {"image_size": 32, "patch_size": 8, "num_frames": 4, "lora": {"r": 2},
+                                 "frame_class_embedding": True},
                        "depth": {"image_size": 32, "patch_size": 8, "lora": {"r": 0}}},
     })
     with torch.no_grad():
@@ -126,6 +127,9 @@ def test_a_tower_trained_from_a_clip_start_drops_into_the_official_layout(tmp_pa
         expected = F.normalize(reference_vision(sd, config, x), dim=-1)
         assert (model.encode(modality, to_vidal(x)) - expected).abs().max() < 1e-4, modality
         assert config["model_type"] == {"video": "LanguageBindVideo", "depth": "LanguageBindDepth"}[modality]
+        if modality == "video":  # exported as V1.5: a class token per frame, a Conv3d patch
+            assert config["vision_config"]["clip_type"] == "vl_new"
+            assert sd["vision_model.embeddings.patch_embedding.weight"].ndim == 5
     again = LanguageBind.load(tmp_path / "official_depth")
     assert (again.encode_text(TEXTS) - model.encode_text(TEXTS)).abs().max() < 1e-5
     with pytest.raises(ValueError, match="not"):
