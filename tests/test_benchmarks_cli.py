@@ -141,8 +141,13 @@ def test_user_errors_exit_2_before_the_model_loads(tmp_path, tiny, capsys):
     assert "msrvtt       MSR-VTT" in capsys.readouterr().out
     proc = run_cli("--checkpoint", bogus, "--benchmark", "msrvtt", "--benchmark-root", str(root))  # as a user runs it
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: 1 of 2 video files missing")
-    # an unreadable clip stops the run with one line naming it (exit 1: bad data, not a usage error)
+    # an unreadable clip fails its benchmark with one line naming it (exit 1: bad data, not a usage
+    # error); the other benchmarks still run and are written
     (root / "MSRVTT" / "MSRVTT_Videos" / "video7011.mp4").write_bytes(b"not a video" * 100)
-    rc = main(["--checkpoint", str(tiny[1]), "--benchmark", "msrvtt", "--benchmark-root", str(root), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and err[-1].startswith("error: msrvtt: cannot read") and "video7011.mp4" in err[-1]
+    cfg = tmp_path / "roots.yaml"
+    cfg.write_text(f"roots:\n  msrvtt: {root}\n  llvip: {data.build_llvip(tmp_path / 'llvip')}\n")
+    rc = main(["--checkpoint", str(tiny[1]), "--benchmark", "all", "--benchmark-config", str(cfg), "--no-progress",
+               "--json", str(tmp_path / "r.json")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: msrvtt: cannot read") and "video7011.mp4" in err[0]
+    assert [r["benchmark"] for r in json.loads((tmp_path / "r.json").read_text())] == ["llvip"]

@@ -69,7 +69,7 @@ def _plan(args: argparse.Namespace) -> dict[str, str]:
 def main(args: argparse.Namespace) -> int:
     from model.benchmarks.paper import reference_row
     from model.benchmarks.report import table
-    from model.benchmarks.runner import MissingTower, check_tower, run_benchmark
+    from model.benchmarks.runner import MissingTower, check_tower
 
     if args.benchmark.strip().lower() == "list":
         for b in registry.BENCHMARKS.values():
@@ -94,26 +94,7 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, MissingTower) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import torch
-
-    amp = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.startswith("cuda")
-           else None)
-    records = []
-    for name, d in data.items():
-        bench = registry.get(name)
-        d = d.head(args.max_samples) if args.max_samples else d
-        kwargs = {"amp": amp} if amp else {}
-        try:
-            records.append(run_benchmark(model, bench, d, model_name=str(args.checkpoint), paper_row=row,
-                                         batch_size=args.batch_size, workers=args.workers,
-                                         progress=not args.no_progress, **kwargs))
-        except RuntimeError as e:  # an unreadable media file; a loader worker wraps it in its traceback
-            reason = next((ln for ln in reversed(str(e).splitlines()) if "cannot read" in ln), str(e))
-            print(f"error: {name}: {reason[reason.find('cannot read'):].strip()}", file=sys.stderr)
-            return 1
-        print(f"{name}: {d.layout} layout, {len(d)} items in {records[-1]['timing']['seconds']:.1f} s "
-              f"({records[-1]['timing']['items_per_s']:.1f}/s, data wait "
-              f"{100 * records[-1]['timing']['data_wait']:.0f}%)", file=sys.stderr)
+    records, failed = _run_all(model, data, args, row, device)
     print(table(records))
     if args.json_out:
         out = Path(args.json_out)
@@ -121,4 +102,31 @@ def main(args: argparse.Namespace) -> int:
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(records, indent=2) + "\n")
         tmp.replace(out)
-    return 0
+    return 1 if failed else 0
+
+
+def _run_all(model: Any, data: dict[str, Any], args: argparse.Namespace, row: str, device: str
+             ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each benchmark in turn; one that meets an unreadable file is reported and the others still run."""
+    import torch
+
+    from model.benchmarks.runner import run_benchmark
+
+    kwargs = {"amp": lambda: torch.autocast("cuda", dtype=torch.bfloat16)} if device.startswith("cuda") else {}
+    records, failed = [], []
+    for name, d in data.items():
+        d = d.head(args.max_samples) if args.max_samples else d
+        try:
+            rec = run_benchmark(model, registry.get(name), d, model_name=str(args.checkpoint), paper_row=row,
+                                batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+                                **kwargs)
+        except RuntimeError as e:  # an unreadable media file; a loader worker wraps it in its traceback
+            reason = next((ln for ln in reversed(str(e).splitlines()) if "cannot read" in ln), str(e))
+            print(f"error: {name}: {reason[reason.find('cannot read'):].strip()}", file=sys.stderr)
+            failed.append(name)
+            continue
+        records.append(rec)
+        t = rec["timing"]
+        print(f"{name}: {d.layout} layout, {len(d)} items in {t['seconds']:.1f} s ({t['items_per_s']:.1f}/s, "
+              f"data wait {100 * t['data_wait']:.0f}%)", file=sys.stderr)
+    return records, failed
