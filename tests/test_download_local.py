@@ -43,3 +43,19 @@ def test_only_regular_files_are_read_and_within_the_caps(tmp_path, ray_local, go
         "folder": ("failed", f"not a regular file (a directory): {folder}"),
         "big": ("filtered", "file larger than the size cap (3.0 MB > 2.0 MB)"),
     }
+
+
+def test_a_local_read_is_bounded_by_the_download_time_cap(tmp_path):
+    """The wall-clock cap is checked while the file is read (here a cap no read of 8 MB can meet)."""
+    import pyarrow as pa
+
+    from stages.base import RunContext
+    from stages.download import DownloadConfig, DownloadStage
+
+    with open(slow := tmp_path / "slow.mp4", "wb") as f:
+        f.truncate(8_000_000)
+    stage = DownloadStage(DownloadConfig(max_filesize_mb=10, max_download_s=1e-6), RunContext(root=str(tmp_path)))
+    stage.setup()
+    (out,) = stage.process(pa.Table.from_pylist([{"video_id": "file-slow", "url": None, "path": str(slow)}])).to_pylist()
+    assert (out["status"], out["error"]) == ("failed", f"reading the file took over 1e-06 s (download.max_download_s): "
+                                                       f"{slow}")
