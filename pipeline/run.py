@@ -71,14 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from pipeline.lock import RootLocked
     from pipeline.runner import run_pipeline, summary_table
-    from pipeline.stall import StageStalled
+    from pipeline.stall import StageStopped
     from pipeline.upstream import StageInputError
     from stages.backends import ModelLoadError
 
     mode = "force" if args.force else "retry_failed" if args.retry_failed else "resume"
     try:
         reports = run_pipeline(config, stages, mode)
-    except (StageInputError, ModelLoadError, FileNotFoundError, RootLocked, StageStalled) as e:
+    except (StageInputError, ModelLoadError, FileNotFoundError, RootLocked, StageStopped) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     root = store.normalize(config.run.root)

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 import pipeline
 from pipeline import lock, manifest, store
 from pipeline.config import section_hash
-from pipeline.stall import StageStalled, iterate_watched
+from pipeline.stall import StageStalled, StorageUnwritable, iterate_watched, unwritable_cause
 from pipeline.upstream import cached, upstream_input
 from stages import get_stage_class
 from stages.base import FAILED, FILTERED, OK, Resources, RunContext, Stage
@@ -330,7 +330,8 @@ def run_pipeline(config: BaseModel, stages: list[str], mode: Mode = "resume") ->
 
     The root's lock is taken first (``lock.RootLocked`` when another live driver holds it), before Ray
     starts. A stage that stalls (``StageStalled``) ends the run: this driver leaves Ray, which frees
-    what its waiting actors hold, and the finished parts stay committed for the rerun.
+    what its waiting actors hold, and the finished parts stay committed for the rerun. A root that
+    stops taking writes (full disk, lost permission) ends it with ``StorageUnwritable``.
     """
     store.configure(config.run.storage)
     with lock.root_lock(config.run.root):
@@ -343,6 +344,13 @@ def run_pipeline(config: BaseModel, stages: list[str], mode: Mode = "resume") ->
             except StageStalled:
                 ray.shutdown()
                 raise
+            except Exception as e:
+                if (cause := unwritable_cause(e)) is None:
+                    raise
+                raise StorageUnwritable(
+                    f"stage {name!r} stopped: {cause.strerror or cause} writing under {config.run.root}; what it "
+                    f"finished is committed: free space (or restore write permission) and rerun the same command"
+                ) from None
             log.info("[%s] done: %d rows in %.1fs (ok %d, failed %d, filtered %d; %d already done)", name,
                      report.rows_in, report.wall_s, report.counts[OK], report.counts[FAILED],
                      report.counts[FILTERED], report.skipped)

@@ -12,7 +12,10 @@ batch of its slowest model; the full read of a hash join); 0 turns the watch off
 
 from __future__ import annotations
 
+import errno
+import os
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +24,38 @@ import pyarrow as pa
 import ray
 
 
-class StageStalled(RuntimeError):
+class StageStopped(RuntimeError):
+    """A stage stopped for a reason outside its rows; what it finished is committed, a rerun continues."""
+
+
+class StageStalled(StageStopped):
     """A stage made no progress for ``run.stall_timeout_s``."""
+
+
+class StorageUnwritable(StageStopped):
+    """The run root stopped taking writes (full disk, quota, lost permission)."""
+
+
+UNWRITABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS}
+
+
+def unwritable_cause(error: BaseException) -> OSError | None:
+    """The full-disk / permission ``OSError`` behind ``error`` (Ray wraps a worker's error), if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in UNWRITABLE_ERRNOS:
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    # a worker's error reaches the driver pickled, without its chain: only its text names the errno
+    for code in re.findall(r"\[errno (\d+)\]", str(error), flags=re.IGNORECASE):
+        if int(code) in UNWRITABLE_ERRNOS:
+            return OSError(int(code), os.strerror(int(code)))
+    return None
 
 
 def _fmt(resources: dict[str, float]) -> str:
