@@ -9,6 +9,7 @@ that points vidal at it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import socket
@@ -44,6 +45,7 @@ class S3Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(self.stop)  # a script that dies early leaves no server behind
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
