@@ -49,7 +49,7 @@ class RunConfig(BaseModel):
         "instead of a hash shuffle; 0 always shuffles")
     progress_interval_s: float = Field(10.0, gt=0)
     stall_timeout_s: float = Field(
-        300, ge=0, description="a stage that writes no manifest part for this long stops, naming what it waits "
+        600, ge=0, description="a stage whose plan moves nothing for this long stops, naming what it waits "
         "for (0: wait forever)")
     demo_media: DemoMediaConfig | None = None
     storage: StorageSettings = Field(default_factory=StorageSettings,

@@ -2,12 +2,13 @@
 
 A Ray Data plan whose actors cannot be placed (the GPU node was lost, the cluster never scales up)
 waits forever behind Ray's "may hang forever unless the cluster scales up" warning. The runner drives
-each plan through ``iterate_watched``: progress is a manifest part reaching the driver (at most
-``run.rows_per_part`` rows), and when none arrives for ``run.stall_timeout_s`` the stage stops with
-``StageStalled`` naming the stage, the resources each task or actor asks for, what the cluster has,
-and what to do. Parts written before are committed, so the same command rerun on a healthy cluster
-continues where it stopped. ``stall_timeout_s`` must exceed the longest quiet step of a stage (one
-batch of its slowest model; the full read of a hash join); 0 turns the watch off.
+each plan through ``iterate_watched``: with Ray Data's no-progress guard where it has one (progress:
+any block moving through any operator's queue; plans with a hash-shuffle join are not watched), else
+by manifest parts reaching the driver (at most ``run.rows_per_part`` rows). When nothing moves for
+``run.stall_timeout_s`` the stage stops with ``StageStalled`` naming the stage, the resources each
+task or actor asks for, what the cluster has, and what to do. Parts written before are committed, so
+the same command rerun on a healthy cluster continues where it stopped. ``stall_timeout_s`` must
+exceed the longest quiet step of a stage (one batch of its slowest model); 0 turns the watch off.
 """
 
 from __future__ import annotations
@@ -89,9 +90,33 @@ def _stop(ds: ray.data.Dataset) -> None:
             pass
 
 
+def _watched_by_ray_data(ds: ray.data.Dataset, timeout_s: float, stage: str, waits_for: dict[str, float],
+                         per: str) -> Iterator[pa.Table]:
+    """Ray Data's own guard: progress is any block moving through any operator's queues, finer than our
+    parts (it skips plans with a hash shuffle, whose long read phase moves nothing out)."""
+    ds.context.execution_no_progress_timeout_s = timeout_s or -1
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as e:
+        if not _is_no_progress(e):
+            raise
+        raise StageStalled(stall_message(stage, timeout_s, waits_for, per)) from None
+
+
+def _is_no_progress(error: BaseException | None) -> bool:
+    while error is not None:
+        if type(error).__name__ == "ExecutionTimeoutError":
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def iterate_watched(ds: ray.data.Dataset, timeout_s: float, stage: str, waits_for: dict[str, float],
                     per: str) -> Iterator[pa.Table]:
     """The plan's output blocks; ``StageStalled`` when none arrives for ``timeout_s`` (0: never)."""
+    if hasattr(ds.context, "execution_no_progress_timeout_s"):  # Ray Data >= 2.60 watches its own plan
+        yield from _watched_by_ray_data(ds, timeout_s, stage, waits_for, per)
+        return
     blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")
     if not timeout_s:
         yield from blocks

@@ -189,3 +189,37 @@ def test_disk_full_during_shard_then_rerun_after_freeing_space(tmp_path, ray_loc
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
+
+
+def test_reconcile_repairs_what_interrupted_writers_leave_and_is_idempotent(tmp_path):
+    """The states kills leave behind, made by hand: a video in two tars, a tar whose manifest rows were
+    never written, an index without its tar, an older root's tar without its index."""
+    import pyarrow as pa
+
+    from pipeline.shard_reconcile import reconcile
+    from stages import shard_format as fmt
+    from stages.shard import INDEX_SCHEMA, ShardStage, commit_shard, write_tar
+
+    root = str(tmp_path / "root")
+    shard_dir = store.join(root, "shard")
+
+    def publish(keys: list[str]) -> str:
+        index = pa.Table.from_pylist([{"key": k, "bytes": 10} for k in keys], schema=INDEX_SCHEMA)
+        return commit_shard(shard_dir, [(k, {"json": f'{{"video_id": "{k}"}}'.encode()}) for k in keys], index, root, None)
+
+    first, second = publish(["a", "b"]), publish(["b", "c"])  # b twice; c's manifest row never written
+    store.write_parquet(manifest.new_part_uri(root, "shard"), ShardStage.rows_to_table(
+        [{"video_id": "a", "status": "ok", "shard": first, "bytes": 10},
+         {"video_id": "b", "status": "ok", "shard": second, "bytes": 10}]))
+    store.write_parquet(store.join(shard_dir, f"{fmt.shard_name_for(['z'])}.parquet"),
+                        pa.Table.from_pylist([{"key": "z", "bytes": 1}], schema=INDEX_SCHEMA))  # never committed
+    write_tar(store.join(shard_dir, "00007.tar"), [("y", {"json": b"{}"})])  # an older root's tar, index lost
+    assert reconcile(root) == {"leftovers_removed": 2, "duplicates_removed": 1, "manifest_rows_dropped": 1,
+                               "reindexed": 2}
+    keys = tar_keys(Path(root))
+    assert keys == {"a": 1, "b": 1, "c": 1}
+    assert not (Path(shard_dir) / f"{first}.tar").exists()  # rewritten under the name of what it keeps
+    assert (Path(shard_dir) / f"{fmt.shard_name_for(['a'])}.tar").exists()
+    rows = {r["video_id"]: r["shard"] for p in manifest.part_files(root, "shard") for r in pq.read_table(p).to_pylist()}
+    assert rows == {"a": fmt.shard_name_for(["a"]), "b": second, "c": second}
+    assert set(reconcile(root).values()) == {0}
