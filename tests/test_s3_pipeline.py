@@ -174,7 +174,8 @@ def test_train_and_eval_on_the_remote_shards_by_prefix(s3_run, tmp_path):
 
     names = [u.rsplit("/", 1)[1] for u in tars(s3_run["root"])]
     brace = f"{shard_dir}/{{{','.join(names)}}}"
-    for data, expected in ((shard_dir + "/", CLIPS), (brace, CLIPS),
+    prefix = f"{shard_dir}/{os.path.commonprefix(names)}"  # a name prefix, not a directory
+    for data, expected in ((shard_dir + "/", CLIPS), (brace, CLIPS), (prefix, CLIPS),
                            (f"{shard_dir}/{names[0]}::{shard_dir}/{names[1]}", 4)):
         out = tmp_path / "eval.json"
         assert eval_main(["--checkpoint", str(run), "--data", data, "--workers", "1", "--json", str(out)]) == 0
