@@ -7,10 +7,11 @@ daemon thread refreshes every ``HEARTBEAT_S``. A lock is stale, and is taken ove
 gone: on the same host its pid is dead (or was reused by a process started later); on another host
 its heartbeat is older than ``STALE_AFTER_S``.
 
-Only ``pipeline.store`` reaches the storage, so the lock works on local disks and object stores alike.
-Object stores have no create-if-absent, so taking the lock is write-then-verify: write our record,
-wait ``SETTLE_S``, read it back; of two drivers racing, the last writer wins and the other sees a
-foreign token and refuses. Each heartbeat re-checks the token, and writers that publish (the shard
+The lock works on local disks and object stores alike, through ``pipeline.store``. On a local disk a
+free lock is taken by an exclusive create (``O_EXCL``). Object stores have no create-if-absent, and
+a stale lock is replaced, so there taking the lock is write-then-verify: write our record, wait
+``SETTLE_S``, read it back; of two drivers racing, the last writer wins and the other sees a foreign
+token and refuses. Each heartbeat re-checks the token, and writers that publish (the shard
 stage) check ``holds(root, token)`` right before publishing, so a driver that lost the lock, or the
 orphaned actors of a killed one, cannot publish after another driver took over.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import socket
 import sys
@@ -71,6 +73,19 @@ def read_lock(root: str) -> dict[str, Any] | None:
         return None
 
 
+def _create_exclusive(uri: str, record: dict[str, Any]) -> bool:
+    """On a local disk, create the lock file only if absent (atomic); False when it exists."""
+    _, path = store.resolve(uri)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return True
+
+
 def is_stale(record: dict[str, Any], stale_after_s: float = STALE_AFTER_S) -> bool:
     """True when the driver that wrote ``record`` is gone (see the module docstring)."""
     if record.get("host") == socket.gethostname():
@@ -103,6 +118,17 @@ def acquire(root: str, stale_after_s: float = STALE_AFTER_S, settle_s: float = S
         raise RootLocked(f"run root {store.normalize(root)} is in use by another driver: {describe(held)}; "
                          f"wait for it to finish or stop it (a killed driver's lock is taken over automatically)")
     token = uuid.uuid4().hex
+    if held is None and not store.is_remote(uri):
+        if _create_exclusive(uri, _record(token)):
+            _HELD[store.normalize(root)] = token
+            return token
+        for _ in range(20):  # another driver created it this instant: its record is being written
+            if (held := read_lock(root)) is not None:
+                break
+            time.sleep(0.05)
+        if held is None or not is_stale(held, stale_after_s):
+            raise RootLocked(f"run root {store.normalize(root)} was taken at the same moment by another driver: "
+                             f"{describe(held) if held else 'unknown'}")
     store.write_json(uri, _record(token))
     time.sleep(settle_s)
     now = read_lock(root)

@@ -88,6 +88,18 @@ def read_columns(root: str, stage: str, columns: list[str], status: str | None =
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+def check_readable(root: str, stage: str) -> None:
+    """Read every part's footer (a few KiB each), so that a cut-short part fails here, on the driver,
+    naming the file, rather than in a worker mid-stage."""
+    for uri in part_files(root, stage):
+        fs, path = store.resolve(uri)
+        try:
+            with fs.open_input_file(path) as f:
+                pq.read_metadata(f)
+        except (pa.ArrowException, OSError) as e:
+            raise ManifestPartError(uri, e) from None
+
+
 def read_schema(root: str, stage: str) -> pa.Schema | None:
     """The schema of a stage's manifest (from its first part), or None when it has no output."""
     parts = part_files(root, stage)

@@ -76,6 +76,8 @@ def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray.
     n_rows = len(manifest.read_columns(root, plan[0][0], ["video_id"], status=OK))
     if n_rows == 0:
         return None, 0
+    for up, _, _ in plan[1:]:
+        manifest.check_readable(root, up)  # before any work (and before --force deletes anything)
     ds = None
     for up, cols, how in plan:
         part = _read_ok(root, up, cols)

@@ -61,6 +61,8 @@ def test_a_truncated_manifest_part_is_one_clear_line(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: manifest part ") and part.name in last and "remove that file" in last, last
     assert "Traceback" not in r.stderr
+    with pytest.raises(manifest.ManifestPartError, match=part.name):  # the footer check of the hash-join path
+        manifest.check_readable(str(root), "probe")
 
 
 def test_transient_failures_are_retried_by_a_plain_rerun(tmp_path, ray_local, good_videos):
