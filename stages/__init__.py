@@ -19,6 +19,7 @@ STAGE_PATHS: dict[str, str] = {
     "discover": "stages.discover:DiscoverStage",
     "download": "stages.download:DownloadStage",
     "probe": "stages.probe:ProbeStage",
+    "clip": "stages.clip:ClipStage",
     "caption": "stages.caption:CaptionStage",
     "asr": "stages.asr:AsrStage",
     "enhance": "stages.enhance:EnhanceStage",
