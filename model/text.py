@@ -219,6 +219,8 @@ def save_clip_tokenizer(tokenizer: Any, directory: str | Path) -> Path:
     the released LanguageBind classes (a slow ``CLIPTokenizer``) read only those two."""
     directory = Path(directory)
     tokenizer.save_pretrained(directory)
+    if (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
+        return directory  # a slow CLIPTokenizer (transformers 4) writes them itself
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(f"{type(tokenizer).__name__} has no BPE model to write vocab.json/merges.txt from")
