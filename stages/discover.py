@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -145,6 +146,35 @@ def candidate_from_list_row(row: dict[str, Any], base: str, list_uri: str) -> di
             "row_error": f"list row has neither 'path' nor 'url' ({list_uri})"}
 
 
+class QueryFilter:
+    """The queries still to search in this run, decided by the driver, asked by the read tasks."""
+
+    def __init__(self, todo: list[str]):
+        self.todo = set(todo)
+
+    def keep(self, queries: list[str]) -> list[str]:
+        return [q for q in queries if q in self.todo]
+
+    @staticmethod
+    def start(name: str, todo: list[str]) -> Any:
+        import ray
+
+        return ray.remote(num_cpus=0)(QueryFilter).options(name=name).remote(todo)
+
+    @staticmethod
+    def kept(name: str | None, queries: list[str]) -> list[str]:
+        """``queries`` minus those the driver found done; all of them without a filter (unit use)."""
+        if not name:
+            return queries
+        import ray
+
+        try:
+            actor = ray.get_actor(name) if ray.is_initialized() else None
+        except ValueError:
+            actor = None
+        return ray.get(actor.keep.remote(queries)) if actor is not None else queries
+
+
 class DiscoverStage(Stage):
     name = "discover"
     reads = None
@@ -167,18 +197,28 @@ class DiscoverStage(Stage):
             if not store.exists(uri):
                 raise FileNotFoundError(f"discover.vidal10m: file not found: {uri}")
             items.append({"kind": "vidal10m", "spec": json.dumps({"uri": store.normalize(uri)})})
-        queries = self.planned_queries()
+        # Every configured query is planned; which of them this root already searched is decided in
+        # prepare(), after the runner has applied --force / --retry-failed to the manifest, and the read
+        # tasks ask the driver's answer (a named actor) before searching.
+        queries = self.configured_queries()
+        self._query_filter = self._actor_name(f"discover-queries-{uuid.uuid4().hex[:8]}") if queries else None
         for i in range(0, len(queries), c.terms_per_task):
-            items.append({"kind": "search", "spec": json.dumps({"queries": queries[i: i + c.terms_per_task]})})
+            spec = {"queries": queries[i: i + c.terms_per_task], "filter": self._query_filter}
+            items.append({"kind": "search", "spec": json.dumps(spec)})
         for i, item in enumerate(items):
             item["owner"] = f"{item['kind']}:{i}"
         return items
 
+    def configured_queries(self) -> list[str]:
+        """The search queries of the configured terms, without repeats."""
+        c = self.config
+        terms = [*(read_terms(c.search_terms) if c.search_terms else []), *c.terms]
+        return list(dict.fromkeys(search_query(t, c.search_prefix, c.results_per_term) for t in terms))
+
     def planned_queries(self) -> list[str]:
         """The search queries of this run: configured terms minus those this root already searched."""
         c = self.config
-        terms = [*(read_terms(c.search_terms) if c.search_terms else []), *c.terms]
-        queries = list(dict.fromkeys(search_query(t, c.search_prefix, c.results_per_term) for t in terms))
+        queries = self.configured_queries()
         self._terms_total, self._terms_skipped = len(queries), 0
         if queries and not c.research_done_terms and manifest.has_output(self.context.root, self.name):
             schema = manifest.read_schema(self.context.root, self.name)
@@ -198,6 +238,8 @@ class DiscoverStage(Stage):
             self._actors += self._dedup_actors
         if c.search_rate_limit and (c.search_terms or c.terms):
             self._actors.append(RateLimit.start(self._actor_name("discover-rate"), c.search_rate_limit))
+        if getattr(self, "_query_filter", None):
+            self._actors.append(QueryFilter.start(self._query_filter, self.planned_queries()))
 
     def finish(self) -> None:
         import ray
@@ -239,8 +281,9 @@ class DiscoverStage(Stage):
         params = search_options(socket_timeout=c.socket_timeout_s, retries=c.extractor_retries,
                                 cookies_file=c.cookies_file, user_agent=c.user_agent, extra=c.ytdlp_options)
         rate = RateLimit(c.search_rate_limit, self._actor_name("discover-rate"))
+        queries = QueryFilter.kept(spec.get("filter"), spec["queries"])
         with ThreadPoolExecutor(max_workers=c.search_threads) as pool:
-            yield from pool.map(lambda q: self.search_one(q, params, rate), spec["queries"])
+            yield from pool.map(lambda q: self.search_one(q, params, rate), queries)
 
     def search_one(self, query: str, params: dict[str, Any], rate: RateLimit | None = None) -> list[dict[str, Any]]:
         """Candidate rows of one search; a failed or empty search becomes one marker row with a reason."""

@@ -130,3 +130,15 @@ def test_the_cli_takes_all_three_inputs(tmp_path, inputs):
     sources = {r["source"] for r in manifest_rows(root)}
     assert sources == {"urls", "vidal10m", "search"}
     assert "discover" in res.stdout and "rows failed" in res.stdout
+
+
+def test_force_and_retry_failed_search_again(tmp_path, ray_local):
+    """Which terms are done is decided after --force / --retry-failed changed the manifest, not before."""
+    proxy = f"http://127.0.0.1:{unused_port()}"
+    cfg = config_for(tmp_path / "root", "discover.terms=[kettle boiling]", "discover.extractor_retries=0",
+                     f"discover.ytdlp_options={{proxy: '{proxy}'}}")
+    assert run_stage(cfg, "discover").rows_in == 1
+    assert run_stage(cfg, "discover").rows_in == 0  # resume: searched already (and failed)
+    assert run_stage(cfg, "discover", mode="retry_failed").rows_in == 1
+    forced = run_stage(cfg, "discover", mode="force")
+    assert forced.rows_in == 1 and [r["query"] for r in manifest_rows(tmp_path / "root")] == ["ytsearch20:kettle boiling"]
