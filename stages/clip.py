@@ -21,16 +21,17 @@ splitting (null: any), and ``clip.max_duration`` is the cap on what comes out (V
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from pipeline import store
-from pipeline.manifest import StageInputError
 from stages.base import FILTERED, OK, RowError, RowFiltered, Stage, StageConfig, run_isolated
 from stages.media import MediaError, _FrameConverter, _open, encode_flac, target_times
 from stages.probe import ProbeStage, encode_jpeg
@@ -186,18 +187,38 @@ class ClipStage(Stage):
     reads = ("video_id", "media", *ProbeStage.schema.names)
     Config = ClipConfig
     schema = pa.schema([*ProbeStage.schema, ("parent_id", pa.string()), ("start", pa.float64()),
-                        ("end", pa.float64()), ("motion", pa.float64())])
+                        ("end", pa.float64()), ("motion", pa.float64()),
+                        ("clips", pa.int32())])  # on a split parent's own row: how many clips it has
     config: ClipConfig
 
     @classmethod
     def plan_upstream(cls, config: Any, present: list[str]) -> tuple[list[str], list[str]]:
         probe_max = config.probe.max_duration
         if probe_max is not None and probe_max <= config.clip.max_duration:
+            from pipeline.manifest import StageInputError
+
             raise StageInputError(  # a config mistake: nothing long reaches this stage to be split
                 f"probe.max_duration={probe_max} filters every video the clip stage would split "
                 f"(clip.max_duration={config.clip.max_duration}); set probe.max_duration to null (or the "
                 f"longest video to split) and rerun probe with --force")
         return super().plan_upstream(config, present)
+
+    def reconcile(self) -> dict[str, int]:
+        """Drop the row of a split parent whose clips are not all in the manifest (a run killed between
+        two part writes), so that this run splits it again; the clips it rewrites (same ids) are deduped."""
+        from pipeline import manifest
+
+        root = self.context.root
+        if not manifest.part_files(root, self.name):
+            return {}
+        t = manifest.read_columns(root, self.name, ["video_id", "parent_id", "clips"])
+        have = Counter(p for v, p in zip(t["video_id"].to_pylist(), t["parent_id"].to_pylist()) if p and p != v)
+        short = [v for v, n in zip(t["video_id"].to_pylist(), t["clips"].to_pylist()) if n and have[v] < n]
+        if not short:
+            return {}
+        drop = pa.array(short, pa.string())
+        return {"split_videos_redone": manifest.drop_rows(root, self.name, lambda x: pc.is_in(x["video_id"], drop),
+                                                          columns=("video_id",))}
 
     def process(self, batch: pa.Table) -> pa.Table:
         out: list[dict[str, Any]] = []
@@ -234,7 +255,7 @@ class ClipStage(Stage):
             raise RowFiltered(f"duration {row['duration']:.2f}s above clip.max_duration {c.max_duration}s "
                               f"and no piece of it lasts clip.min_duration {c.min_duration}s")
         ids = f"{rows[0]['video_id']}..{rows[-1]['video_id']}" if len(rows) > 1 else rows[0]["video_id"]
-        rows.append({"video_id": vid, "status": FILTERED, "error": (
+        rows.append({"video_id": vid, "status": FILTERED, "clips": len(rows), "error": (
             f"split into {len(rows)} clips ({ids}): duration {row['duration']:.2f}s above clip.max_duration "
             f"{c.max_duration}s")})
         return rows

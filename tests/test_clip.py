@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -198,6 +199,15 @@ def test_clip_through_the_runner_is_resumable(tmp_path, ray_local, long_video, g
     assert sorted(r["parent_id"] != r["video_id"] for r in ok) == [False, True, True, True, True]
     again = run_stage(cfg, "clip")
     assert again.rows_in == 0 and again.skipped == 6  # both inputs done: the parent is in by its own row
+    # a run killed between two part writes left the parent's row without one of its clips
+    parent = next(r for r in rows if r["clips"])
+    assert parent["clips"] == 4 and parent["status"] == FILTERED
+    lost = f"{parent['video_id']}-c2"
+    manifest.drop_rows(str(tmp_path / "root"), "clip", lambda t: pc.equal(t["video_id"], lost), columns=("video_id",))
+    redo = run_stage(cfg, "clip")
+    assert redo.rows_in == 5 and redo.totals == {OK: 5, FAILED: 0, FILTERED: 1}, redo
+    ids = [r["video_id"] for p in manifest.part_files(str(tmp_path / "root"), "clip") for r in pq.read_table(p).to_pylist()]
+    assert sorted(ids) == sorted(r["video_id"] for r in rows) and len(set(ids)) == len(ids)
     wrong = load_config(REPO / "configs" / "demo.yaml", [f"run.root={tmp_path / 'root'}", "probe.max_duration=20"])
     with pytest.raises(Exception, match="probe.max_duration"):
         run_stage(wrong, "clip")
