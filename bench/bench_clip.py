@@ -12,7 +12,9 @@ repeats, every method run back to back on the same files in each repeat; load av
   256 px, the audio, JPEG and FLAC (``ClipStage.clip_rows``), beside ``probe`` on the same file.
 - ``psd content`` / ``psd adaptive``: PySceneDetect's ContentDetector / AdaptiveDetector with default
   settings and its automatic downscaling, OpenCV backend (its default); ``psd content pyav``: the
-  PyAV backend. PySceneDetect is a bench-only extra (``pip install -c constraints.txt scenedetect``).
+  PyAV backend. PySceneDetect is a bench-only install, not a dependency:
+  ``pip install -c constraints.txt --no-deps scenedetect`` (its own requirement, the GUI
+  ``opencv-python``, would shadow the project's ``opencv-python-headless``).
 
 Usage::
 
