@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from pipeline.store import StorageSettings
-from stages import STAGE_ORDER, available_stages, get_stage_class
+from stages import CURATION_STAGES, STAGE_ORDER, available_stages, get_stage_class
 
 
 class ConfigError(ValueError):
@@ -40,7 +40,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     root: str = Field("runs/demo", description="run root: a local path or s3:// / gs:// URI")
-    stages: list[str] = Field(default_factory=lambda: list(available_stages()))
+    stages: list[str] = Field(default_factory=lambda: [s for s in available_stages() if s not in CURATION_STAGES])
     ray_address: str | None = Field(None, description="Ray address; None attaches or starts local")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default all)")
     rows_per_part: int = Field(256, ge=1, description="rows per manifest Parquet part")

@@ -28,6 +28,7 @@ STAGE_PATHS: dict[str, str] = {
     "shard": "stages.shard:ShardStage",
 }
 STAGE_ORDER = tuple(STAGE_PATHS)
+CURATION_STAGES = frozenset({"clip"})  # beyond the VIDAL recipe: run only when listed in run.stages
 
 
 @cache

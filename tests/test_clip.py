@@ -183,6 +183,12 @@ def test_clip_ids_stay_valid_for_long_parents_and_config_is_checked():
         ClipConfig(min_duration=30, max_duration=20)
 
 
+def test_clip_runs_only_when_listed():
+    assert "clip" not in load_config(None).run.stages  # VIDAL's recipe stays the default
+    assert "clip" not in load_config(REPO / "configs" / "vidal.yaml").run.stages
+    assert load_config(None, ["run.stages=[probe, clip, download]"]).run.stages == ["download", "probe", "clip"]
+
+
 @pytest.mark.slow
 def test_clip_through_the_runner_is_resumable(tmp_path, ray_local, long_video, good_videos):
     from pipeline.runner import run_pipeline, run_stage
