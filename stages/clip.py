@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,16 +99,16 @@ class _Segmenter:
     motion: MotionMeter = field(default_factory=MotionMeter)
     last_t: float = 0.0
 
-    def push(self, t: float, small: np.ndarray, full: np.ndarray | None) -> None:
+    def push(self, t: float, small: np.ndarray, to_full: Callable[[], np.ndarray], on_grid: bool) -> None:
         cut = self.detector.push(small)
         if self.start is None:
             self.start = t
-        elif cut or t - self.start >= self.max_duration - 1e-6:
+        elif cut or t + (t - self.last_t) - self.start > self.max_duration + 1e-6:  # frame t would end past max
             self.close(t)
             self.start = t
         self.motion.push(t, small)
-        if full is not None:
-            self.grid.append((t, full))
+        if self.keep_frames and (on_grid or not self.grid):  # a clip's first frame is always kept
+            self.grid.append((t, to_full()))
         self.last_t = t
 
     def close(self, end: float) -> None:
@@ -150,8 +151,7 @@ def scan_video(source: Any, seg: _Segmenter, *, short_side: int, audio_rate: int
                         audio += [r.to_ndarray().reshape(-1) for r in resampler.resample(af)]
                     continue
                 for f in vs.codec_context.decode(packet if packet.size else None):
-                    full = full_of(f) if seg.keep_frames and n % every == 0 else None
-                    seg.push((f.pts or 0) * tb, small_of(f), full)
+                    seg.push((f.pts or 0) * tb, small_of(f), lambda f=f: full_of(f), n % every == 0)
                     n += 1
         except av.error.FFmpegError as e:
             raise MediaError(f"decode error: {e}") from None

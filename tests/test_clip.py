@@ -142,10 +142,23 @@ def test_long_video_without_cuts_split_at_fixed_stride(tmp_path):
     encode_video(tmp_path / "one.mp4", scene(60, 25 * FPS), FPS)
     *clips, parent = run_clip([probe_row(tmp_path / "one.mp4", "one")], max_duration=10, min_duration=2)
     assert [(round(r["start"], 1), round(r["end"], 1)) for r in clips] == [(0, 10), (10, 20), (20, 25)]
-    assert parent["status"] == FILTERED
+    assert parent["status"] == FILTERED and not any(r["has_audio"] or r["audio"] for r in clips)  # no audio track
     # a tail shorter than min_duration is dropped
     *clips, _ = run_clip([probe_row(tmp_path / "one.mp4", "one")], max_duration=12, min_duration=2)
     assert [(round(r["start"], 1), round(r["end"], 1)) for r in clips] == [(0, 12), (12, 24)]
+
+
+def test_every_clip_lasts_min_to_max_and_starts_at_a_cut_or_a_stride(cut_videos):
+    path, cuts = cut_videos[0]
+    *clips, parent = run_clip([probe_row(path, "v")], max_duration=1.5, min_duration=1.0)
+    assert parent["clips"] == len(clips) > 5
+    starts = [0, *cuts]
+    for r in clips:
+        assert 1.0 - 1e-6 <= r["end"] - r["start"] <= 1.5 + 1e-6, (r["start"], r["end"])
+        begin = round(r["start"] * FPS)
+        scene_start = max(s for s in starts if s <= begin + 2)
+        assert abs(begin - scene_start) <= 2 or (begin - scene_start) % round(1.5 * FPS) <= 2, (begin, starts)
+    assert len({r["video_id"] for r in clips}) == len(clips)
 
 
 def test_short_video_passes_through_unchanged_and_bad_media_fails(good_videos):
