@@ -320,9 +320,17 @@ def make_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
 
 
 def tower_sizes(model_config: Any) -> dict[str, dict[str, Any]]:
-    """Per-modality ``preprocess`` sizes from a ``ModelConfig``: image size (audio: its grid), frames."""
+    """Per-modality ``preprocess`` arguments from a ``ModelConfig``: image size (audio: its grid), frames.
+
+    With ``preprocess: languagebind`` (a released tower, or a model fine-tuned from one) the loader
+    runs the official processors with the tower's own settings, so fine-tuning sees the inputs the
+    release was trained on.
+    """
+    official = getattr(model_config, "preprocess", "vidal") == "languagebind"
     out = {}
     for m, tower in model_config.modalities.items():
         size = tuple(tower.image_size) if m == "audio" else tower.image_size[0]
         out[m] = {"image_size": size, "num_frames": tower.num_frames}
+        if official:
+            out[m].update(mode="languagebind", tower=tower)
     return out
