@@ -247,8 +247,10 @@ class ClipStage(Stage):
             raise RowError(f"media file not found: {media}") from None
         except MediaError as e:
             raise RowError(str(e)) from None
-        if not long:
-            return [self._passed(row, clips[0].motion if clips else 0.0)]
+        if not long:  # its scenes' motion weighted by their length (a cut's jump is not motion)
+            spans = [(cl.motion or 0.0, cl.end - cl.start) for cl in clips]
+            total = sum(d for _, d in spans)
+            return [self._passed(row, round(sum(m * d for m, d in spans) / total, 4) if total > 0 else 0.0)]
         rows = [self._clip_row(row, k, clip, audio_span(samples, a0, clip.start, clip.end, c.audio_rate))
                 for k, clip in enumerate(clips)]
         if not rows:

@@ -182,6 +182,11 @@ def test_motion_orders_static_slow_fast_and_min_motion_filters(tmp_path):
         rows.append(probe_row(tmp_path / f"{name}.mp4", name))
     motion = {r["video_id"]: r["motion"] for r in run_clip(rows)}
     assert motion["still"] < motion["slow"] < motion["fast"], motion
+    # a hard cut inside a short video is not motion: two still shots score as still
+    two_shots = np.concatenate([still[:15], np.repeat(scene(71, 1), 15, axis=0)])
+    encode_video(tmp_path / "two.mp4", two_shots, FPS)
+    (two,) = run_clip([probe_row(tmp_path / "two.mp4", "two")])
+    assert two["motion"] < motion["slow"], (two["motion"], motion)
     threshold = (motion["still"] + motion["slow"]) / 2
     out = {r["video_id"]: r for r in run_clip(rows, min_motion=threshold)}
     assert out["still"]["status"] == FILTERED and f"motion {motion['still']:.3f}" in out["still"]["error"]
