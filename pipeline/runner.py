@@ -5,7 +5,9 @@ One plan per stage::
 
     upstream ok rows (joined on video_id) ─► drop done ids ─► stage.process ─► write parts ─► stats
 
-Reading the upstream manifests (per-part reads, broadcast or hash join) is ``pipeline.upstream``.
+Reading the upstream manifests (per-part reads, broadcast or hash join) is ``pipeline.upstream``. The done
+ids are a ``pipeline.done_ids.DoneIds`` put in the object store once (one shared copy per node, not a set
+per worker); when the upstream holds no id the stage has not done, the plan is not started at all.
 
 Model stages run on an actor pool (``setup()`` once per actor, ``num_gpus`` from config); I/O and
 CPU stages run as tasks that keep one stage instance per worker process. An actor holds its CPUs for
@@ -38,6 +40,7 @@ from pydantic import BaseModel
 import pipeline
 from pipeline import lock, manifest, store
 from pipeline.config import section_hash
+from pipeline.done_ids import DoneIds
 from pipeline.stall import StageStalled, StorageUnwritable, iterate_watched, unwritable_cause
 from pipeline.upstream import cached, upstream_input
 from stages import get_stage_class
@@ -95,7 +98,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 # -- workers ---------------------------------------------------------------------------------------
 _WORKER_STAGES: dict[tuple[str, str], Stage] = {}
-_DONE_SETS: dict[str, frozenset[str]] = {}
+_DONE_IDS: dict[str, DoneIds] = {}  # the current stage's, mapped zero-copy from the object store
 
 
 def _make_stage(name: str, config_json: dict[str, Any], context: RunContext) -> Stage:
@@ -140,9 +143,8 @@ def _read_source(items: pa.Table, name: str, config_json: dict[str, Any], contex
 
 
 def _drop_done(batch: pa.Table, done_ref: list[Any]) -> pa.Table:
-    (done,) = cached(_DONE_SETS, done_ref, frozenset)
-    mask = pa.array([vid not in done for vid in batch["video_id"].to_pylist()], pa.bool_())
-    return batch.filter(mask)
+    (done,) = cached(_DONE_IDS, done_ref, lambda d: d)
+    return done.drop_done(batch)
 
 
 def _dedupe_batch(batch: pa.Table) -> pa.Table:
@@ -185,8 +187,9 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
     stage = cls(section, context)
     # The input is planned (the upstream found and its parts read) before anything is deleted, so that
     # --force on a stage whose upstream is missing or unreadable loses nothing.
+    upstream_ids = None  # the ids the upstream holds for this stage (a superset), when known before the plan
     if cls.upstream or cls.optional_upstream:
-        ds, expected = upstream_input(cls, config, root)
+        ds, expected, upstream_ids = upstream_input(cls, config, root)
     else:
         items = stage.plan_inputs()
         ds = ray.data.from_items(items) if items else None
@@ -204,10 +207,15 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
     elif (n := manifest.drop_transient_failures(root, name)):
         log.info("[%s] retrying %d rows that failed for a transient reason", name, n)
     _log_repairs(name, stage.reconcile())
-    done = manifest.done_ids(root, name)
+    done = DoneIds.build(manifest.done_ids(root, name))
     report = StageReport(stage=name, skipped=len(done))
+    if ds is not None and upstream_ids is not None and len(done) and not len(done.pending(upstream_ids)):
+        # A rerun with everything done: no plan, no workers, no actors (their model loads), only the
+        # bookkeeping below.
+        log.info("[%s] all %d upstream rows are already done; not starting the stage's plan", name, len(upstream_ids))
+        ds = None
     if ds is not None and len(done):
-        ds = ds.map_batches(_drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(done.to_pylist())]})
+        ds = ds.map_batches(_drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(done)]})
 
     if ds is not None:
         stage.prepare()

@@ -10,7 +10,7 @@ larger ones go through Ray Data's hash join.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,7 +22,19 @@ from pipeline.manifest import StageInputError
 from stages import STAGE_ORDER
 from stages.base import OK, Stage
 
-__all__ = ["StageInputError", "cached", "upstream_input"]
+__all__ = ["StageInputError", "UpstreamInput", "cached", "upstream_input"]
+
+
+class UpstreamInput(NamedTuple):
+    """A stage's input plan, the rows it will hold, and their ids (or a superset of them), read on the
+    driver already; the runner compares them with the stage's done ids before starting the plan."""
+
+    ds: ray.data.Dataset | None
+    expected: int
+    ids: pa.Array
+
+
+_NO_INPUT = UpstreamInput(None, 0, pa.array([], pa.string()))
 
 # Per worker process: values built from object-store refs (see ``cached``).
 _LOOKUPS: dict[str, tuple[pa.Table, dict[str, int]]] = {}
@@ -44,7 +56,7 @@ def _indexed(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     return table, {v: i for i, v in enumerate(table["video_id"].to_pylist())}
 
 
-def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray.data.Dataset | None, int]:
+def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> UpstreamInput:
     """The ok rows of the stage's upstream stages joined on video_id, with only the needed columns."""
     present = [s for s in cls.upstream + cls.optional_upstream if manifest.has_output(root, s)]
     required, optional = cls.plan_upstream(config, present)
@@ -55,7 +67,7 @@ def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray.
             f"run `--until {cls.name}` or `--stage {missing[0]}` first"
         )
     if any(not manifest.part_files(root, s) for s in required):
-        return None, 0  # a required upstream completed with no rows: this stage runs on nothing
+        return _NO_INPUT  # a required upstream completed with no rows: this stage runs on nothing
     # A column present in several upstreams is taken from the latest stage in pipeline order
     # (probe's measured duration over discover's claimed one, captions over imported ones).
     owner: dict[str, str] = {}
@@ -73,9 +85,10 @@ def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray.
         joined = _broadcast_join(root, plan, config.run.broadcast_join_mb * 2**20)
         if joined is not None:
             return joined
-    n_rows = len(manifest.read_columns(root, plan[0][0], ["video_id"], status=OK))
+    first_ids = manifest.read_columns(root, plan[0][0], ["video_id"], status=OK)["video_id"].combine_chunks()
+    n_rows = len(first_ids)
     if n_rows == 0:
-        return None, 0
+        return _NO_INPUT
     for up, _, _ in plan[1:]:
         manifest.check_readable(root, up)  # before any work (and before --force deletes anything)
     ds = None
@@ -83,7 +96,7 @@ def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> tuple[ray.
         part = _read_ok(root, up, cols)
         ds = part if ds is None else ds.join(part, join_type=how, on=("video_id",),
                                              num_partitions=max(1, min(16, n_rows // 5000 + 1)))
-    return ds, n_rows
+    return UpstreamInput(ds, n_rows, first_ids)
 
 
 def _estimated_bytes(root: str, stage: str, columns: list[str], rows: int) -> float:
@@ -106,7 +119,7 @@ def _estimated_bytes(root: str, stage: str, columns: list[str], rows: int) -> fl
 
 
 def _broadcast_join(root: str, plan: list[tuple[str, list[str], str]],
-                    limit_bytes: float) -> tuple[ray.data.Dataset, int] | None:
+                    limit_bytes: float) -> UpstreamInput | None:
     """Stream the upstream with the heaviest columns and look the others up in tables held in the object
     store; no shuffle, so the first rows reach the stage at once. None when the others are too big."""
     oks = {up: manifest.read_columns(root, up, ["video_id"], status=OK)["video_id"] for up, _, _ in plan}
@@ -120,12 +133,12 @@ def _broadcast_join(root: str, plan: list[tuple[str, list[str], str]],
         if how == "inner":
             ids &= set(oks[up].to_pylist())
     if not ids:
-        return None, 0
+        return _NO_INPUT
     lookups = [(ray.put(manifest.read_columns(root, up, ["video_id", *cols], status=OK)), how)
                for up, cols, how in side]
     ds = _read_ok(root, stream, stream_cols)
     ds = ds.map_batches(_lookup_join, batch_format="pyarrow", batch_size=None, fn_kwargs={"lookups": lookups})
-    return ds, len(ids)
+    return UpstreamInput(ds, len(ids), pa.array(list(ids), pa.string()))
 
 
 def _read_ok(root: str, stage: str, columns: list[str]) -> ray.data.Dataset:

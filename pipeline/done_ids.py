@@ -1,0 +1,126 @@
+"""The ids a stage has already written, in a form every worker can filter against without a private copy.
+
+A resumed stage drops each upstream row whose ``video_id`` is done. A Python ``frozenset`` of the done
+ids cost 134 MiB per million ids in every worker process (issue 19); at VIDAL-10M's ten million that is
+about 1.3 GB per worker. ``DoneIds`` instead holds three flat numpy arrays:
+
+- ``hashes``: a 64-bit FNV-1a hash of each id's UTF-8 bytes, sorted (8 bytes per id);
+- ``offsets`` / ``data``: the ids themselves, in the same order, as one byte buffer and its offsets.
+
+The driver builds it once and puts it in the object store; ``ray.get`` in a worker maps the arrays
+zero-copy from the node's shared memory, so a node holds one copy whatever its number of workers.
+A batch is filtered with one ``searchsorted`` on the hashes; every hash hit is confirmed by comparing
+the actual id bytes, so a collision (a new id with a done id's hash, or two done ids sharing one) can
+never drop a row that is not done. ``bits`` below 64 exists so that tests can force collisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def _one_array(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(ids, pa.ChunkedArray):
+        return ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
+    return ids
+
+
+def _flat(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (int64, ``len + 1``) and UTF-8 bytes of a string array, without copying the bytes."""
+    ids = _one_array(ids)
+    ids = pc.fill_null(ids, "") if ids.null_count else ids
+    ids = ids.cast(pa.large_string())
+    _, offsets_buf, data_buf = ids.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64)[ids.offset: ids.offset + len(ids) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
+def _fnv1a(offsets: np.ndarray, data: np.ndarray, bits: int) -> np.ndarray:
+    """FNV-1a 64 of each id, vectorised over the ids (one pass per byte position); stable across
+    processes and runs, unlike Python's ``hash``."""
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    h = np.full(len(lengths), FNV_OFFSET, np.uint64)
+    active = np.flatnonzero(lengths > 0)
+    pos = 0
+    while len(active):
+        h[active] = (h[active] ^ data[starts[active] + pos].astype(np.uint64)) * FNV_PRIME
+        pos += 1
+        active = active[lengths[active] > pos]
+    return h & np.uint64((1 << bits) - 1) if bits < 64 else h
+
+
+def id_hashes(ids: pa.Array | pa.ChunkedArray, bits: int = 64) -> np.ndarray:
+    offsets, data = _flat(ids)
+    return _fnv1a(offsets, data, bits)
+
+
+@dataclass(frozen=True)
+class DoneIds:
+    """Sorted id hashes plus the ids in the same order; ``pending`` keeps the ids that are not done."""
+
+    hashes: np.ndarray  # uint64, sorted
+    offsets: np.ndarray  # int64, len + 1, into data
+    data: np.ndarray  # uint8, the ids' UTF-8 bytes
+    bits: int = 64
+
+    @classmethod
+    def build(cls, ids: pa.Array | pa.ChunkedArray, bits: int = 64) -> DoneIds:
+        hashes = id_hashes(ids, bits)
+        order = np.argsort(hashes, kind="stable")
+        ordered = _one_array(ids).take(pa.array(order))
+        offsets, data = _flat(ordered)
+        start = int(offsets[0]) if len(offsets) else 0
+        end = int(offsets[-1]) if len(offsets) else 0
+        return cls(hashes[order].copy(), offsets - start, data[start:end].copy(), bits)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.hashes.nbytes + self.offsets.nbytes + self.data.nbytes
+
+    def _ids_at(self, positions: np.ndarray) -> pa.Array:
+        done = pa.LargeStringArray.from_buffers(len(self.hashes), pa.py_buffer(self.offsets), pa.py_buffer(self.data))
+        return done.take(pa.array(positions, pa.int64()))
+
+    def is_done(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """A boolean mask: True where the id is among the done ids (exact, whatever the hashes)."""
+        ids = _one_array(ids)
+        n = len(self.hashes)
+        if n == 0 or len(ids) == 0:
+            return np.zeros(len(ids), bool)
+        h = id_hashes(ids, self.bits)
+        pos = np.searchsorted(self.hashes, h, side="left")
+        hit = np.flatnonzero(self.hashes[np.minimum(pos, n - 1)] == h)
+        done = np.zeros(len(ids), bool)
+        if not len(hit):
+            return done
+        queried = ids.take(pa.array(hit)).cast(pa.large_string())
+        done[hit] = pc.fill_null(pc.equal(queried, self._ids_at(pos[hit])), False).to_numpy(zero_copy_only=False)
+        # A hash hit whose first candidate differs may match a later done id with the same hash.
+        for i in hit[~done[hit]]:
+            j, want = int(pos[i]) + 1, ids[int(i)].as_py()
+            while j < n and self.hashes[j] == h[i] and not done[i]:
+                done[i] = self._ids_at(np.array([j]))[0].as_py() == want
+                j += 1
+        return done
+
+    def pending(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """The ids that are not done, in their order."""
+        ids = _one_array(ids)
+        return ids.filter(pa.array(~self.is_done(ids)))
+
+    def drop_done(self, batch: pa.Table) -> pa.Table:
+        """The rows of ``batch`` whose ``video_id`` is not done."""
+        if not len(self.hashes):
+            return batch
+        return batch.filter(pa.array(~self.is_done(batch["video_id"])))
