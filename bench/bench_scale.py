@@ -39,17 +39,18 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def synthetic_ids(n: int) -> pa.Array:
+def synthetic_ids(n: int, seed: int = 0) -> pa.Array:
     # YouTube-shaped: 11 characters, like VIDAL's ids
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     alphabet = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", np.uint8)
     chars = alphabet[rng.integers(0, len(alphabet), size=(n, 11))]
-    return pa.array(chars.view("S11").ravel().astype(str))
+    ids = pa.array(chars.view("S11").ravel().astype(str))
+    return ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
 
 
 def batches(ids: pa.Array, n: int, size: int = 1024) -> list[pa.Array]:
     rng = np.random.default_rng(1)
-    fresh = synthetic_ids(n * 2)[-n // 2:]  # ids of another draw: almost surely not done
+    fresh = synthetic_ids(n // 2, seed=2)  # ids of another draw: almost surely not done
     out = []
     for _ in range(50):
         done_part = ids.take(pa.array(rng.integers(0, len(ids), size // 2)))
