@@ -78,8 +78,8 @@ def test_shards_carry_depth_and_infrared_in_vidal_encodings(finished):
         meta = json.loads(s["json"])
         assert meta["models"]["depth"] == "tiny" and meta["models"]["infrared"] == "tiny"
         assert meta["depth_kind"] == "metric"
-    index = pq.read_table(str(root / "shard" / "00000.parquet")).to_pylist()
-    assert all(r["has_depth"] and r["has_ir"] for r in index)
+    index = [r for t in tars for r in pq.read_table(t.removesuffix(".tar") + ".parquet").to_pylist()]
+    assert len(index) == 5 and all(r["has_depth"] and r["has_ir"] for r in index)
 
 
 @pytest.mark.slow
