@@ -185,8 +185,8 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
     context = RunContext(root=root, stage_config_hash=section_hash(section), run_token=lock.held_token(root))
     config_json = section.model_dump(mode="json")
     stage = cls(section, context)
-    # The input is planned (the upstream found and its parts read) before anything is deleted, so that
-    # --force on a stage whose upstream is missing or unreadable loses nothing.
+    # The input is planned (the upstream found and its parts read) and the stage's models checked before
+    # anything is deleted, so that --force with a missing upstream or a bad model file loses nothing.
     upstream_ids = None  # the ids the upstream holds for this stage (a superset), when known before the plan
     if cls.upstream or cls.optional_upstream:
         ds, expected, upstream_ids = upstream_input(cls, config, root)
@@ -198,6 +198,7 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
             ds = ds.map_batches(_read_source, batch_size=1, batch_format="pyarrow",
                                 fn_kwargs={"name": name, "config_json": config_json, "context": context})
             ds = ds.map_batches(_dedupe_batch, batch_format="pyarrow", batch_size=None)
+    stage.check()  # a model that cannot load fails here, before --force deletes anything
     if mode == "force":
         store.remove(out_dir)
     store.remove_temp_files(out_dir)

@@ -109,6 +109,10 @@ class Stage:
         """Model ids from config (no loading): recorded in ``_SUCCESS.json``."""
         return {}
 
+    def check(self) -> None:
+        """On the driver, before anything of the stage's output is deleted (``--force``) or any plan
+        runs: fail now on what would fail every row (a missing or truncated model file)."""
+
     def prepare(self) -> None:
         """On the driver, before the stage's plan runs (e.g. start a coordinating actor)."""
 

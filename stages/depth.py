@@ -131,8 +131,9 @@ class DepthStage(Stage):
     def models(self) -> dict[str, str]:
         return {"depth": self.config.model}
 
-    def prepare(self) -> None:
-        # On the driver: a missing, truncated or foreign checkpoint fails here, before any actor starts.
+    def check(self) -> None:
+        # On the driver: a missing, truncated or foreign checkpoint fails here, before any actor starts
+        # and before --force deletes the stage's earlier output.
         if self.config.check_on_driver:
             from stages.backends.depth import check_spec
 

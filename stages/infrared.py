@@ -108,8 +108,9 @@ class InfraredStage(Stage):
             "allow_pickle": c.allow_pickle,
         }
 
-    def prepare(self) -> None:
-        # On the driver: a missing, truncated or foreign checkpoint fails here, before any actor starts.
+    def check(self) -> None:
+        # On the driver: a missing, truncated or foreign checkpoint fails here, before any actor starts
+        # and before --force deletes the stage's earlier output.
         if self.config.check_on_driver:
             from stages.backends.infrared import check_spec
 

@@ -77,7 +77,7 @@ def test_glpn_metric_depth_matches_the_model_in_millimetres(saved_models):
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     stage = make_stage(f"hf:{saved_models['glpn']}")
-    stage.prepare()
+    stage.check()
     stage.setup()
     frames = [image(96, 170, i) for i in range(3)] + [image(71, 45, 5)]
     out = run(stage, {"v": frames})["v"]
@@ -196,7 +196,7 @@ def test_bad_checkpoints_fail_at_stage_start(saved_models, tmp_path):
         (foreign, "model_type 'bert' is not a supported depth architecture"),
     ]:
         with pytest.raises(ModelLoadError, match=expected):
-            make_stage(f"hf:{path}").prepare()
+            make_stage(f"hf:{path}").check()
         with pytest.raises(ModelLoadError, match=expected):
             make_stage(f"hf:{path}").setup()
 
@@ -207,7 +207,7 @@ def test_weights_of_another_architecture_fail_listing_keys(saved_models, tmp_pat
     shutil.copy(f"{saved_models['glpn']}/preprocessor_config.json", tmp_path / "preprocessor_config.json")
     shutil.copy(f"{saved_models['dpt']}/model.safetensors", tmp_path / "model.safetensors")
     stage = make_stage(f"hf:{tmp_path}")
-    stage.prepare()
+    stage.check()
     with pytest.raises(ModelLoadError, match=r"do not fit a glpn model \(\d+ missing or mismatched, e.g. "):
         stage.setup()
 

@@ -87,9 +87,11 @@ def test_bad_checkpoint_stops_the_stage_before_any_row(finished, tmp_path):
     root, inputs, _ = finished
     # checked on the driver: the stage does not start
     cfg = config_for(root, inputs, f"infrared.model=munit:{tmp_path / 'absent.pt'}")
+    before = manifest.part_files(str(root), "infrared")
+    assert before
     with pytest.raises(ModelLoadError, match="checkpoint not found"):
         run_stage(cfg, "infrared", mode="force")
-    assert manifest.part_files(str(root), "infrared") == []
+    assert manifest.part_files(str(root), "infrared") == before  # --force deleted nothing: checked first
     # unchecked on the driver: the actor's setup fails the stage with the same reason, still no rows
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(b"PK\x03\x04 not a whole checkpoint")

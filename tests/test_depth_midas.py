@@ -186,7 +186,7 @@ def test_release_file_loads_strictly_and_predicts_deterministically(release_file
 
 def test_levit_predicts_through_the_stage(release_file):
     stage = make_stage(f"midas:{release_file('dpt_levit_224')}")
-    stage.prepare()
+    stage.check()
     stage.setup()
     frames = {"a": [image(90, 160, seed=1), image(90, 160, seed=2)], "b": [image(64, 64, seed=3)]}
     rows = run(stage, frames)
@@ -295,7 +295,7 @@ def test_bad_files_fail_on_the_driver_naming_what_is_wrong(release_file, tmp_pat
     for spec, variant, expected in cases:
         overrides = {"midas_variant": variant} if variant else {}
         with pytest.raises(ModelLoadError, match=expected):
-            make_stage(spec, **overrides).prepare()
+            make_stage(spec, **overrides).check()
         with pytest.raises(ModelLoadError, match=expected):
             make_stage(spec, **overrides).setup()
 

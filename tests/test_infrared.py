@@ -43,7 +43,7 @@ def run(stage: InfraredStage, frames: dict[str, list[bytes]]) -> dict[str, dict]
 @pytest.fixture(scope="module")
 def tiny_stage() -> InfraredStage:
     stage = make_stage()
-    stage.prepare()
+    stage.check()
     stage.setup()
     return stage
 
@@ -102,7 +102,7 @@ def test_munit_checkpoint_loads_strictly_rgb_encoder_and_thermal_decoder(tmp_pat
     path = tmp_path / "translation_weights.pt"
     torch.save({"a": gen_a.state_dict(), "b": gen_b.state_dict()}, path)
     stage = make_stage(model=f"munit:{path}", **tiny_arch_overrides())
-    stage.prepare()
+    stage.check()
     stage.setup()
     net = stage.net.net
     assert torch.equal(net.content.model[0].conv.weight, gen_b.enc_content.model[0].conv.weight)  # RGB = b
@@ -125,7 +125,7 @@ def test_pre_zip_checkpoints_with_pytorch_0_3_statistics_load(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"a": gen_a.state_dict(), "b": old_b}, path, _use_new_zipfile_serialization=False)
     stage = make_stage(model=f"munit:{path}", **tiny_arch_overrides())
-    stage.prepare()
+    stage.check()
     stage.setup()
     assert torch.equal(stage.net.net.content.model[0].conv.weight, gen_b.enc_content.model[0].conv.weight)
 
@@ -135,7 +135,7 @@ def test_checkpoint_of_another_shape_fails_listing_the_keys(tmp_path):
     other = TINY_ARCH.model_copy(update={"n_res": 2})
     torch.save({"a": MunitGenerator(other).state_dict(), "b": MunitGenerator(other).state_dict()}, path)
     with pytest.raises(ModelLoadError) as e:
-        make_stage(model=f"munit:{path}", **tiny_arch_overrides()).prepare()
+        make_stage(model=f"munit:{path}", **tiny_arch_overrides()).check()
     msg = str(e.value)
     assert (
         "does not fit the architecture" in msg
@@ -163,7 +163,7 @@ def test_missing_truncated_and_foreign_checkpoints_fail_before_any_row(tmp_path)
     }
     for path, expected in cases.items():
         with pytest.raises(ModelLoadError, match=expected):
-            make_stage(model=f"munit:{path}", **tiny_arch_overrides()).prepare()
+            make_stage(model=f"munit:{path}", **tiny_arch_overrides()).check()
         with pytest.raises(ModelLoadError, match=expected):  # the actor's own load says the same
             make_stage(model=f"munit:{path}", **tiny_arch_overrides()).setup()
 
@@ -173,7 +173,7 @@ def test_cyclegan_checkpoint_loads_by_its_shapes(tmp_path):
     state = junyanz_state(blocks=3, width=8)
     torch.save(state, path)
     stage = make_stage(model=f"cyclegan:{path}")
-    stage.prepare()
+    stage.check()
     stage.setup()
     assert len(stage.net.net.blocks) == 3
     assert torch.equal(stage.net.net.head.conv.weight, state["model.20.weight"])
