@@ -64,7 +64,7 @@ from PIL import Image
 
 from model.model_config import TowerConfig
 from model.official_config import AUDIO_DEFAULTS, DEPTH_DEFAULTS
-from model.preprocess import CLIP_MEAN, CLIP_STD, decode_audio, decode_image, kaldi_fbank
+from model.preprocess import CLIP_MEAN, CLIP_STD, decode_audio, decode_frames_at, decode_image, kaldi_fbank
 
 Source = bytes | str | Path
 
@@ -101,13 +101,7 @@ def decode_frames(path: str | Path, num_frames: int) -> list[np.ndarray]:
     if total == 0:
         raise ValueError(f"no decodable video frames in {path}")
     wanted = np.linspace(0, total - 1, num_frames, dtype=int)
-    picked: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index in wanted:
-                picked[index] = frame.to_ndarray(format="rgb24")
-            if index >= wanted[-1]:
-                break
+    picked = decode_frames_at(path, wanted)
     return [picked[int(i)] for i in wanted]
 
 

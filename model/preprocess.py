@@ -181,12 +181,9 @@ def _resize_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(x, [size, size])
 
 
-def sample_video_frames(path: str | Path, num_frames: int = NUM_FRAMES) -> list[np.ndarray]:
-    """``num_frames`` RGB frames at uniformly spaced indices (first to last) of a video file (PyAV)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        total = stream.frames or sum(1 for _ in container.decode(video=0))
-    wanted = np.linspace(0, max(total - 1, 0), num_frames).round().astype(int)
+def decode_frames_at(path: str | Path, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    """RGB frames of a video file at the decode-order indices ``wanted`` (ascending), decoding no further
+    than the last; indices past the end of the stream are absent from the result."""
     picked: dict[int, np.ndarray] = {}
     with av.open(str(path)) as container:
         for index, frame in enumerate(container.decode(video=0)):
@@ -194,6 +191,16 @@ def sample_video_frames(path: str | Path, num_frames: int = NUM_FRAMES) -> list[
                 picked[index] = frame.to_ndarray(format="rgb24")
             if index >= wanted[-1]:
                 break
+    return picked
+
+
+def sample_video_frames(path: str | Path, num_frames: int = NUM_FRAMES) -> list[np.ndarray]:
+    """``num_frames`` RGB frames at uniformly spaced indices (first to last) of a video file (PyAV)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        total = stream.frames or sum(1 for _ in container.decode(video=0))
+    wanted = np.linspace(0, max(total - 1, 0), num_frames).round().astype(int)
+    picked = decode_frames_at(path, wanted)
     if not picked:
         raise ValueError(f"no decodable video frames in {path}")
     last = picked[max(picked)]  # metadata can overstate the frame count
