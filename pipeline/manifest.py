@@ -3,7 +3,7 @@
 Every row has ``video_id``, ``status`` (ok | failed | filtered) and ``error``. Resume reads only the
 ``video_id`` column; ``--retry-failed`` rewrites parts without their failed rows (each part
 atomically), after which those ids are simply not done and a resumed run redoes them. Rows that
-failed for a transient local reason (``error`` starting with ``TRANSIENT_PREFIX``: a full disk, a
+failed for a transient local reason (``error`` starting with ``stages.transient.TRANSIENT``: a full disk, a
 lost permission, a killed worker) are dropped the same way at the start of every run, so a plain
 rerun retries them.
 
@@ -23,10 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import store
+from stages.transient import TRANSIENT
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 SUCCESS = "_SUCCESS.json"
-TRANSIENT_PREFIX = "transient: "
 
 
 class StageInputError(RuntimeError):
@@ -150,7 +150,7 @@ def drop_status(root: str, stage: str, status: str) -> int:
 def drop_transient_failures(root: str, stage: str) -> int:
     """Drop failed rows whose reason is transient, so that this run retries them; returns how many."""
     return drop_rows(root, stage, lambda t: pc.and_(pc.equal(t["status"], "failed"),
-                                                    pc.starts_with(t["error"], TRANSIENT_PREFIX)))
+                                                    pc.starts_with(t["error"], TRANSIENT)))
 
 
 def read_success(root: str, stage: str) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from pydantic import Field
 from pipeline import lock, store
 from stages import shard_format as fmt
 from stages.base import FAILED, OK, Stage, StageConfig, run_isolated
+from stages.transient import transient
 
 SHARD_RE = re.compile(rf"^({fmt.SHARD_NAME_PATTERN})\.tar$")
 INDEX_SCHEMA = pa.schema([
@@ -39,7 +40,7 @@ INDEX_SCHEMA = pa.schema([
     ("mplug", pa.string()), ("polish_mplug", pa.string()), ("sound_mplug", pa.string()), ("asr", pa.string()),
     ("has_audio", pa.bool_()), ("has_depth", pa.bool_()), ("has_ir", pa.bool_()), ("bytes", pa.int64()),
 ])
-# Local reasons a tar could not be written that a plain rerun should retry (see pipeline.manifest).
+# Local reasons a tar could not be written that a plain rerun should retry (see stages.transient).
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO}
 
 
@@ -218,7 +219,7 @@ class ShardStage(Stage):
             if e.errno not in TRANSIENT_ERRNOS:
                 raise
             # a full disk or a lost permission: failed rows that a plain rerun retries
-            reason = f"transient: writing the shard failed: {e.strerror or e}"
+            reason = transient(f"writing the shard failed: {e.strerror or e}")
             return [{"video_id": b["video_id"], "status": FAILED, "error": reason} for b in items]
         return [{"video_id": b["video_id"], "status": OK, "error": None, "shard": name, "bytes": b["bytes"]}
                 for b in items]
