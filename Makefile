@@ -24,9 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# ruff's rules (pyproject [tool.ruff.lint]); the layout is hand-wrapped, not ruff-formatted
+# ruff's rules (pyproject [tool.ruff.lint]) and ruff's layout: `ruff format` is the only formatter
+LINT_PATHS := pipeline stages model tests bench
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline stages model tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -139,8 +139,10 @@ def run_set(name: str, size: tuple[int, int], videos: int, repeat: int, tmp: Pat
             for k, fn in (("vidal clip row", clip_row), ("probe", probe_row)):
                 times[k].append(timed(lambda fn=fn, path=path: fn(path))[1:])
     load1 = os.getloadavg()
-    print(f"\n### {name}: {videos} videos of ~15 s at {size[0]}x{size[1]} {FPS} fps, {repeat} repeats, "
-          f"load average {load0[0]:.1f} -> {load1[0]:.1f}")
+    print(
+        f"\n### {name}: {videos} videos of ~15 s at {size[0]}x{size[1]} {FPS} fps, {repeat} repeats, "
+        f"load average {load0[0]:.1f} -> {load1[0]:.1f}"
+    )
     print("| method | precision | recall | fades found | wall s/video | CPU s/video |")
     print("|---|---|---|---|---|---|")
     for k, series in times.items():

@@ -101,26 +101,41 @@ def run_inprocess(port: int, n: int, threads: int, batch: int, route: str) -> di
     from stages.download import DownloadConfig, DownloadStage
 
     with tempfile.TemporaryDirectory() as d:
-        stage = DownloadStage(DownloadConfig(threads=threads, per_host_connections=threads, route=route,
-                                               allow_private_addresses=True),
-                              RunContext(root=d))
+        stage = DownloadStage(
+            DownloadConfig(
+                threads=threads, per_host_connections=threads, route=route, allow_private_addresses=True
+            ),
+            RunContext(root=d),
+        )
         stage.setup()
         all_urls = urls(port, n)
         # warm-up (threads, sessions, yt-dlp instances) outside the timing
-        stage.process(pa.Table.from_pylist([{"video_id": f"w{i}", "url": u, "path": None}
-                                            for i, u in enumerate(all_urls[:threads])]))
+        stage.process(
+            pa.Table.from_pylist(
+                [{"video_id": f"w{i}", "url": u, "path": None} for i, u in enumerate(all_urls[:threads])]
+            )
+        )
         t0, c0 = time.perf_counter(), cpu_s()
         ok = nbytes = 0
         for s in range(0, n, batch):
-            rows = [{"video_id": f"v{i}", "url": all_urls[i], "path": None} for i in range(s, min(n, s + batch))]
+            rows = [
+                {"video_id": f"v{i}", "url": all_urls[i], "path": None} for i in range(s, min(n, s + batch))
+            ]
             out = stage.process(pa.Table.from_pylist(rows))
             ok += sum(st == "ok" for st in out["status"].to_pylist())
             nbytes += sum(b or 0 for b in out["bytes"].to_pylist())
         wall, cpu = time.perf_counter() - t0, cpu_s() - c0
-    return {"mode": f"{route} in one process", "n": n, "ok": ok, "wall_s": round(wall, 2),
-            "videos_per_s": round(ok / wall, 1), "MB_per_s": round(nbytes / 1e6 / wall, 1),
-            "cpu_s": round(cpu, 2), "videos_per_cpu_s": round(ok / cpu, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "mode": f"{route} in one process",
+        "n": n,
+        "ok": ok,
+        "wall_s": round(wall, 2),
+        "videos_per_s": round(ok / wall, 1),
+        "MB_per_s": round(nbytes / 1e6 / wall, 1),
+        "cpu_s": round(cpu, 2),
+        "videos_per_cpu_s": round(ok / cpu, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def run_runner(port: int, n: int, cpus: int, task_cpus: float, threads: int, batch: int) -> dict:
@@ -142,11 +157,20 @@ def run_runner(port: int, n: int, cpus: int, task_cpus: float, threads: int, bat
                 w.writerow(["url", "title"])
                 w.writerows([u, f"clip {i}"] for i, u in enumerate(urls(port, count)))
             root = f"{d}/root-{count}"
-            cfg = load_config(None, [f"run.root={root}", "run.stages=[discover, download]",
-                                     f"discover.inputs=[{lst}]", f"download.threads={threads}",
-                                     f"download.per_host_connections={threads}", f"download.num_cpus={task_cpus}",
-                                     f"download.batch_size={batch}", "run.rows_per_part=1000",
-                                     "download.allow_private_addresses=true"])
+            cfg = load_config(
+                None,
+                [
+                    f"run.root={root}",
+                    "run.stages=[discover, download]",
+                    f"discover.inputs=[{lst}]",
+                    f"download.threads={threads}",
+                    f"download.per_host_connections={threads}",
+                    f"download.num_cpus={task_cpus}",
+                    f"download.batch_size={batch}",
+                    "run.rows_per_part=1000",
+                    "download.allow_private_addresses=true",
+                ],
+            )
             run_stage(cfg, "discover")
             t0 = time.perf_counter()
             rep = run_stage(cfg, "download")
@@ -156,17 +180,34 @@ def run_runner(port: int, n: int, cpus: int, task_cpus: float, threads: int, bat
     ray.shutdown()
     (small, (t_s, ok_s, _)), (big, (t_b, ok_b, bytes_b)) = sorted(timings.items())[1:]
     steady = (ok_b - ok_s) / (t_b - t_s)
-    return {"mode": f"runner, {cpus} CPUs, tasks of {task_cpus} CPU x {threads} threads, batches of {batch}",
-            "n": n, "ok": ok_b, "wall_s": round(t_b, 2), "videos_per_s_with_startup": round(ok_b / t_b, 1),
-            "fixed_s": round(t_s - ok_s / steady, 1), "videos_per_s": round(steady, 1),
-            "MB_per_s": round(steady * bytes_b / ok_b / 1e6, 1), "videos_per_s_per_core": round(steady / cpus, 1)}
+    return {
+        "mode": f"runner, {cpus} CPUs, tasks of {task_cpus} CPU x {threads} threads, batches of {batch}",
+        "n": n,
+        "ok": ok_b,
+        "wall_s": round(t_b, 2),
+        "videos_per_s_with_startup": round(ok_b / t_b, 1),
+        "fixed_s": round(t_s - ok_s / steady, 1),
+        "videos_per_s": round(steady, 1),
+        "MB_per_s": round(steady * bytes_b / ok_b / 1e6, 1),
+        "videos_per_s_per_core": round(steady / cpus, 1),
+    }
 
 
 def run_memory(port: int, n: int, threads: int, batch: int) -> list[dict]:
     out = []
     for count in (n, 10 * n):
-        cmd = [sys.executable, __file__, "--child-http", str(port), "--n", str(count), "--threads", str(threads),
-               "--batch", str(batch)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child-http",
+            str(port),
+            "--n",
+            str(count),
+            "--threads",
+            str(threads),
+            "--batch",
+            str(batch),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
@@ -198,19 +239,28 @@ def run_v2d(port: int, n: int, python: str, processes: int, threads: int) -> dic
             w.writerows([u, f"clip {i}"] for i, u in enumerate(urls(port, n)))
         # enough shards for every process; steady state is read from the shards' own start/end times
         (Path(d) / "config.yaml").write_text(V2D_CONFIG % (max(50, n // (4 * processes)), processes, threads))
-        code = ("import sys, time; from video2dataset import video2dataset; t=time.perf_counter(); "
-                f"video2dataset(url_list='{lst}', output_folder='{d}/out', output_format='files', input_format='csv', "
-                f"url_col='url', caption_col='caption', config='{d}/config.yaml', "
-                "encode_formats={'video': 'mp4'}); print('WALL', time.perf_counter()-t)")
+        code = (
+            "import sys, time; from video2dataset import video2dataset; t=time.perf_counter(); "
+            f"video2dataset(url_list='{lst}', output_folder='{d}/out', output_format='files', input_format='csv', "
+            f"url_col='url', caption_col='caption', config='{d}/config.yaml', "
+            "encode_formats={'video': 'mp4'}); print('WALL', time.perf_counter()-t)"
+        )
         res = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=d)
         wall = float(next(ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("WALL")))
         files = [p for p in Path(d, "out").rglob("*.mp4")]
         nbytes = sum(p.stat().st_size for p in files)
         stats = [json.loads(p.read_text()) for p in Path(d, "out").glob("*_stats.json")]
         busy = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats)
-    return {"mode": f"video2dataset, {processes} processes x {threads} threads", "n": n, "ok": len(files),
-            "wall_s": round(wall, 2), "steady_s": round(busy, 2), "videos_per_s": round(len(files) / busy, 1),
-            "MB_per_s": round(nbytes / 1e6 / busy, 1), "videos_per_s_with_startup": round(len(files) / wall, 1)}
+    return {
+        "mode": f"video2dataset, {processes} processes x {threads} threads",
+        "n": n,
+        "ok": len(files),
+        "wall_s": round(wall, 2),
+        "steady_s": round(busy, 2),
+        "videos_per_s": round(len(files) / busy, 1),
+        "MB_per_s": round(nbytes / 1e6 / busy, 1),
+        "videos_per_s_with_startup": round(len(files) / wall, 1),
+    }
 
 
 def main() -> None:
@@ -229,8 +279,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as d:
         clips = make_clips(Path(d))
-    print(f"# {len(clips)} clips, {sum(map(len, clips)) / len(clips) / 1e3:.0f} KB on average; {os.cpu_count()} CPUs",
-          flush=True)
+    print(
+        f"# {len(clips)} clips, {sum(map(len, clips)) / len(clips) / 1e3:.0f} KB on average; {os.cpu_count()} CPUs",
+        flush=True,
+    )
     server, port = start_server(clips)
     try:
         for mode in a.modes.split(","):

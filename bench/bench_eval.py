@@ -60,8 +60,15 @@ def make_msrvtt(root: Path, n: int, seconds: float = 4.0, fps: int = 30) -> Path
         for i in range(n):
             c = CONCEPTS[i % len(CONCEPTS)]
             w.writerow([f"ret{i}", f"msr{7010 + i}", f"video{7010 + i}", c.title])
-            make_clip(d / "MSRVTT_Videos" / f"video{7010 + i}.mp4", c, seconds=seconds, fps=fps,
-                      size=(320, 240), audio=False, seed=i)
+            make_clip(
+                d / "MSRVTT_Videos" / f"video{7010 + i}.mp4",
+                c,
+                seconds=seconds,
+                fps=fps,
+                size=(320, 240),
+                audio=False,
+                seed=i,
+            )
     return root
 
 
@@ -85,27 +92,56 @@ def cpu_section(args: argparse.Namespace) -> dict[str, Any]:
             runs = []
             for _ in range(args.repeats):
                 before = load_average()
-                rec = run_benchmark(model, bench, data, model_name="demo", paper_row="LanguageBind",
-                                    batch_size=16, workers=workers, progress=False)
+                rec = run_benchmark(
+                    model,
+                    bench,
+                    data,
+                    model_name="demo",
+                    paper_row="LanguageBind",
+                    batch_size=16,
+                    workers=workers,
+                    progress=False,
+                )
                 runs.append({**rec["timing"], "load_before": before, "load_after": load_average()})
-            rows.append({"workers": workers,
-                         "items_per_s": statistics.median(r["items_per_s"] for r in runs),
-                         "data_wait": statistics.median(r["data_wait"] for r in runs),
-                         "runs": runs})
-            print(f"workers {workers}: {rows[-1]['items_per_s']:.1f} videos/s, data wait "
-                  f"{100 * rows[-1]['data_wait']:.0f}% (load {runs[0]['load_before']} -> {runs[-1]['load_after']})",
-                  flush=True)
+            rows.append(
+                {
+                    "workers": workers,
+                    "items_per_s": statistics.median(r["items_per_s"] for r in runs),
+                    "data_wait": statistics.median(r["data_wait"] for r in runs),
+                    "runs": runs,
+                }
+            )
+            print(
+                f"workers {workers}: {rows[-1]['items_per_s']:.1f} videos/s, data wait "
+                f"{100 * rows[-1]['data_wait']:.0f}% (load {runs[0]['load_before']} -> {runs[-1]['load_after']})",
+                flush=True,
+            )
     return {"videos": args.videos, "repeats": args.repeats, "cpus": os.cpu_count(), "rows": rows}
 
 
 def gpu_section(args: argparse.Namespace) -> dict[str, Any]:
     from model import LanguageBind
 
-    vit = ({"width": 64, "layers": 2, "heads": 2, "mlp_dim": 128} if args.quick else
-           {"width": 1024, "layers": 24, "heads": 16, "mlp_dim": 4096})  # --quick: a dry run of the code path
-    cfg = {"text": {"name_or_path": "tiny"}, "embed_dim": 768, "modalities": {
-        "video": {**vit, "patch_size": 14, "image_size": 224, "num_frames": 8, "temporal": True, "patch_dropout": 0.0},
-        "audio": {**vit, "patch_size": 14, "image_size": [126, 1036], "patch_dropout": 0.0}}}
+    vit = (
+        {"width": 64, "layers": 2, "heads": 2, "mlp_dim": 128}
+        if args.quick
+        else {"width": 1024, "layers": 24, "heads": 16, "mlp_dim": 4096}
+    )  # --quick: a dry run of the code path
+    cfg = {
+        "text": {"name_or_path": "tiny"},
+        "embed_dim": 768,
+        "modalities": {
+            "video": {
+                **vit,
+                "patch_size": 14,
+                "image_size": 224,
+                "num_frames": 8,
+                "temporal": True,
+                "patch_dropout": 0.0,
+            },
+            "audio": {**vit, "patch_size": 14, "image_size": [126, 1036], "patch_dropout": 0.0},
+        },
+    }
     model = LanguageBind.from_config(cfg).to(args.device).eval()
     cuda = str(args.device).startswith("cuda")
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
@@ -126,8 +162,15 @@ def gpu_section(args: argparse.Namespace) -> dict[str, Any]:
         out[f"{m}_tower_items_per_s"] = 3 * batch / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         items = registry.get("msrvtt").read(make_msrvtt(Path(tmp), clips)).items
-        _, timing = embed_items(model, "video", items, batch_size=batch, workers=min(16, os.cpu_count() or 1),
-                                progress=False, amp=amp)
+        _, timing = embed_items(
+            model,
+            "video",
+            items,
+            batch_size=batch,
+            workers=min(16, os.cpu_count() or 1),
+            progress=False,
+            amp=amp,
+        )
     out["video_pipeline_items_per_s"] = timing["items_per_s"]
     out["video_data_wait"] = timing["data_wait"]
     out["msrvtt_1kA_projected_s"] = 1000 / min(timing["items_per_s"], out["video_tower_items_per_s"])

@@ -42,9 +42,15 @@ from pipeline.synthetic import CONCEPTS, render_frames, tone  # noqa: E402
 from stages.base import RunContext  # noqa: E402
 
 TINY_SETS = [
-    "caption.frame_model=tiny", "caption.video_model=tiny", "caption.frame_max_new_tokens=12",
-    "caption.video_max_new_tokens=24", "asr.model=tiny", "asr.max_new_tokens=24",
-    "enhance.model=tiny", "enhance.response_format=text", "enhance.max_new_tokens=32",
+    "caption.frame_model=tiny",
+    "caption.video_model=tiny",
+    "caption.frame_max_new_tokens=12",
+    "caption.video_max_new_tokens=24",
+    "asr.model=tiny",
+    "asr.max_new_tokens=24",
+    "enhance.model=tiny",
+    "enhance.response_format=text",
+    "enhance.max_new_tokens=32",
 ]
 
 
@@ -62,10 +68,23 @@ def video_rows(n: int, size: tuple[int, int] = (170, 128)) -> list[dict[str, Any
     for i in range(n):
         c = CONCEPTS[i % len(CONCEPTS)]
         audio = (tone(c, 2.0, 16_000) * 32767).astype(np.int16)
-        rows.append({"video_id": f"v{i}", "frames": [jpeg(f) for f in render_frames(c, n_frames=8, size=size, seed=i)],
-                     "title": c.title, "hashtags": c.hashtags, "ofa": None, "mplug": None,
-                     "audio": encode_flac(audio, 16_000), "has_audio": True, "description": None, "raw": None,
-                     "asr": None, "polish_mplug": None, "sound_mplug": None})
+        rows.append(
+            {
+                "video_id": f"v{i}",
+                "frames": [jpeg(f) for f in render_frames(c, n_frames=8, size=size, seed=i)],
+                "title": c.title,
+                "hashtags": c.hashtags,
+                "ofa": None,
+                "mplug": None,
+                "audio": encode_flac(audio, 16_000),
+                "has_audio": True,
+                "description": None,
+                "raw": None,
+                "asr": None,
+                "polish_mplug": None,
+                "sound_mplug": None,
+            }
+        )
     return rows
 
 
@@ -93,16 +112,25 @@ def cpu_stage_throughput(n_videos: int) -> dict[str, Any]:
     from stages.caption import CaptionStage
     from stages.enhance import EnhanceStage
 
-    for name, cls, extra in (("caption_frames_only", CaptionStage, {"video_model": "none"}),
-                             ("caption", CaptionStage, {}), ("asr", AsrStage, {}), ("enhance", EnhanceStage, {})):
+    for name, cls, extra in (
+        ("caption_frames_only", CaptionStage, {"video_model": "none"}),
+        ("caption", CaptionStage, {}),
+        ("asr", AsrStage, {}),
+        ("enhance", EnhanceStage, {}),
+    ):
         section = getattr(cfg, name.split("_")[0]).model_copy(update=extra)
         stage = cls(section, RunContext(root=tempfile.mkdtemp()))
         t0 = time.perf_counter()
         stage.setup()
         setup_s = time.perf_counter() - t0
         secs = timed_process(stage, rows, section.batch_size)
-        out[name] = {"batch_size": section.batch_size, "setup_s": round(setup_s, 2), "seconds": round(secs, 2),
-                     "videos_per_s": round(n_videos / secs, 2), "ms_per_batch": round(1000 * secs * section.batch_size / n_videos, 1)}
+        out[name] = {
+            "batch_size": section.batch_size,
+            "setup_s": round(setup_s, 2),
+            "seconds": round(secs, 2),
+            "videos_per_s": round(n_videos / secs, 2),
+            "ms_per_batch": round(1000 * secs * section.batch_size / n_videos, 1),
+        }
         if name.startswith("caption"):
             out[name]["frames_per_s"] = round(8 * n_videos / secs, 1)
     return out
@@ -137,13 +165,20 @@ def runner_overhead(rows: tuple[int, int], work: Path, batch: int, repeat: int =
     from pipeline.runner import run_stage
 
     config = str(REPO / "configs" / "demo.yaml")
-    sets = [*TINY_SETS, "run.num_cpus=2", f"caption.batch_size={batch}", f"enhance.batch_size={batch}",
-            "run.rows_per_part=64"]
+    sets = [
+        *TINY_SETS,
+        "run.num_cpus=2",
+        f"caption.batch_size={batch}",
+        f"enhance.batch_size={batch}",
+        "run.rows_per_part=64",
+    ]
     source = build_source("caption", config, sets, work / "src", videos=16)
     # the enhance input also needs captions: run caption once over the source
     run_stage(load_config(config, [*sets, f"run.root={source}", "run.demo_media="]), "caption")
-    return [measure(s, sets, rows, config, source_root=str(source), work_dir=str(work / s), repeat=repeat)
-            for s in ("caption", "enhance")]
+    return [
+        measure(s, sets, rows, config, source_root=str(source), work_dir=str(work / s), repeat=repeat)
+        for s in ("caption", "enhance")
+    ]
 
 
 # -- GPU ---------------------------------------------------------------------------------------------
@@ -157,20 +192,34 @@ def blip_large(device: torch.device, dtype: torch.dtype, quick: bool) -> tuple[A
         BlipProcessor,
     )
 
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-                                        + [f"w{i}" for i in range(30524 - 6)])}
+    vocab = {
+        t: i
+        for i, t in enumerate(
+            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + [f"w{i}" for i in range(30524 - 6)]
+        )
+    }
     tok = BertTokenizer(vocab=vocab)
     tok.add_special_tokens({"bos_token": "[DEC]"})
     side = 96 if quick else 384
-    vision = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                  image_size=side, patch_size=16)
+    vision = dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        image_size=side,
+        patch_size=16,
+    )
     text = dict(vocab_size=30524, bos_token_id=5, pad_token_id=0, sep_token_id=3, eos_token_id=3)
     if quick:
         vision.update(num_hidden_layers=2)
         text.update(num_hidden_layers=2)
     with torch.device(device):
-        model = BlipForConditionalGeneration(BlipConfig(vision_config=vision, text_config=text)).to(dtype).eval()
-    return model, BlipProcessor(image_processor=BlipImageProcessor(size={"height": side, "width": side}), tokenizer=tok)
+        model = (
+            BlipForConditionalGeneration(BlipConfig(vision_config=vision, text_config=text)).to(dtype).eval()
+        )
+    return model, BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": side, "width": side}), tokenizer=tok
+    )
 
 
 def gpu_frame_captioner(device: torch.device, quick: bool) -> list[dict[str, Any]]:
@@ -179,11 +228,15 @@ def gpu_frame_captioner(device: torch.device, quick: bool) -> list[dict[str, Any
 
     dtype = pick_dtype(device, "auto") or torch.float32
     model, processor = blip_large(device, dtype, quick)
-    cap = FrameCaptioner(ImageTextModel(model, processor, "blip-large-random", device, dtype), max_new_tokens=20)
-    frames = [Image.open(io.BytesIO(jpeg(f))).convert("RGB")
-              for f in render_frames(CONCEPTS[0], n_frames=8, size=(455, 256), seed=0)]
+    cap = FrameCaptioner(
+        ImageTextModel(model, processor, "blip-large-random", device, dtype), max_new_tokens=20
+    )
+    frames = [
+        Image.open(io.BytesIO(jpeg(f))).convert("RGB")
+        for f in render_frames(CONCEPTS[0], n_frames=8, size=(455, 256), seed=0)
+    ]
     out = []
-    for bs in ((4, 8) if quick else (16, 32, 64, 128)):
+    for bs in (4, 8) if quick else (16, 32, 64, 128):
         images = (frames * (bs // 8 + 1))[:bs]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -203,9 +256,16 @@ def gpu_frame_captioner(device: torch.device, quick: bool) -> list[dict[str, Any
         for _ in range(reps):
             cap(images)  # PIL in, strings out: CPU preprocessing and decoding included
         sync(device)
-        out.append({"batch": bs, "model_frames_per_s": round(model_fps, 1),
-                    "captioner_frames_per_s": round(bs * reps / (time.perf_counter() - t0), 1),
-                    "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None})
+        out.append(
+            {
+                "batch": bs,
+                "model_frames_per_s": round(model_fps, 1),
+                "captioner_frames_per_s": round(bs * reps / (time.perf_counter() - t0), 1),
+                "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                if device.type == "cuda"
+                else None,
+            }
+        )
     return out
 
 
@@ -216,16 +276,34 @@ def gpu_video_captioner(device: torch.device, quick: bool) -> list[dict[str, Any
     from stages.backends.batching import pick_dtype
 
     dtype = pick_dtype(device, "auto") or torch.float32
-    text = dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
-                intermediate_size=11008, vocab_size=151936, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                                              "mrope_section": [16, 24, 24]})
+    text = dict(
+        hidden_size=2048,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        intermediate_size=11008,
+        vocab_size=151936,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    )
     vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048)
     if quick:
-        text.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=128, vocab_size=152000,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
-        vision.update(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
-                      fullatt_block_indexes=[1])
+        text.update(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=152000,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        )
+        vision.update(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=4,
+            out_hidden_size=64,
+            fullatt_block_indexes=[1],
+        )
     cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
@@ -233,19 +311,23 @@ def gpu_video_captioner(device: torch.device, quick: bool) -> list[dict[str, Any
     gh, gw = h // 14, w // 14
     per_image = gh * gw // 4
     out = []
-    for bs in ((1, 2) if quick else (4, 8, 16)):
+    for bs in (1, 2) if quick else (4, 8, 16):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         ids = []
         for _ in range(bs):
             row = list(np.random.randint(1000, 100000, prompt_len // 2))
             for _ in range(frames):
-                row += [cfg.vision_start_token_id] + [cfg.image_token_id] * per_image + [cfg.vision_end_token_id]
+                row += (
+                    [cfg.vision_start_token_id] + [cfg.image_token_id] * per_image + [cfg.vision_end_token_id]
+                )
             ids.append(row + list(np.random.randint(1000, 100000, prompt_len // 2)))
-        inputs = {"input_ids": torch.tensor(ids, device=device),
-                  "attention_mask": torch.ones(len(ids), len(ids[0]), dtype=torch.long, device=device),
-                  "pixel_values": torch.randn(bs * frames * gh * gw, 3 * 2 * 14 * 14, device=device, dtype=dtype),
-                  "image_grid_thw": torch.tensor([[1, gh, gw]] * (bs * frames), device=device)}
+        inputs = {
+            "input_ids": torch.tensor(ids, device=device),
+            "attention_mask": torch.ones(len(ids), len(ids[0]), dtype=torch.long, device=device),
+            "pixel_values": torch.randn(bs * frames * gh * gw, 3 * 2 * 14 * 14, device=device, dtype=dtype),
+            "image_grid_thw": torch.tensor([[1, gh, gw]] * (bs * frames), device=device),
+        }
         gen = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
         with torch.inference_mode():
             model.generate(**inputs, **gen)
@@ -254,8 +336,16 @@ def gpu_video_captioner(device: torch.device, quick: bool) -> list[dict[str, Any
             model.generate(**inputs, **gen)
             sync(device)
         dt = time.perf_counter() - t0
-        out.append({"batch": bs, "videos_per_s": round(bs / dt, 2), "tokens_in_per_video": len(ids[0]),
-                    "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None})
+        out.append(
+            {
+                "batch": bs,
+                "videos_per_s": round(bs / dt, 2),
+                "tokens_in_per_video": len(ids[0]),
+                "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                if device.type == "cuda"
+                else None,
+            }
+        )
     return out
 
 
@@ -275,8 +365,10 @@ def gpu_section(device: torch.device, quick: bool, out_dir: Path) -> dict[str, A
     result["video_captioner_qwen2_5_vl_3b"] = gpu_video_captioner(device, quick)
     best = max(r["captioner_frames_per_s"] for r in result["frame_captioner_blip_large"])
     vbest = max(r["videos_per_s"] for r in result["video_captioner_qwen2_5_vl_3b"])
-    result["gpu_hours_10M_videos"] = {"frame_captions": round(10_000_000 * 8 / best / 3600, 1),
-                                      "video_captions": round(10_000_000 / vbest / 3600, 1)}
+    result["gpu_hours_10M_videos"] = {
+        "frame_captions": round(10_000_000 * 8 / best / 3600, 1),
+        "video_captions": round(10_000_000 / vbest / 3600, 1),
+    }
     write_gpu(result, out_dir)
     return result
 
@@ -286,15 +378,26 @@ def write_gpu(result: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "language_gpu.json").write_text(json.dumps(result, indent=1))
     precision = "fp32" if result["device"].startswith("cpu") else "bf16/fp16"
-    lines = [f"GPU: {result['device']} (torch {result['torch']}), random weights, {precision}", "",
-             "| BLIP-large batch | model frames/s | FrameCaptioner frames/s | peak GB |", "|---|---|---|---|"]
-    lines += [f"| {r['batch']} | {r['model_frames_per_s']} | {r['captioner_frames_per_s']} | {r['peak_mem_gb']} |"
-              for r in result["frame_captioner_blip_large"]]
+    lines = [
+        f"GPU: {result['device']} (torch {result['torch']}), random weights, {precision}",
+        "",
+        "| BLIP-large batch | model frames/s | FrameCaptioner frames/s | peak GB |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['batch']} | {r['model_frames_per_s']} | {r['captioner_frames_per_s']} | {r['peak_mem_gb']} |"
+        for r in result["frame_captioner_blip_large"]
+    ]
     if "video_captioner_qwen2_5_vl_3b" in result:
-        lines += ["", "| Qwen2.5-VL-3B batch | videos/s (4 frames, 60 tokens) | tokens in | peak GB |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r['batch']} | {r['videos_per_s']} | {r['tokens_in_per_video']} | {r['peak_mem_gb']} |"
-                  for r in result["video_captioner_qwen2_5_vl_3b"]]
+        lines += [
+            "",
+            "| Qwen2.5-VL-3B batch | videos/s (4 frames, 60 tokens) | tokens in | peak GB |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['batch']} | {r['videos_per_s']} | {r['tokens_in_per_video']} | {r['peak_mem_gb']} |"
+            for r in result["video_captioner_qwen2_5_vl_3b"]
+        ]
         lines += ["", f"GPU-hours for 10M videos: {result['gpu_hours_10M_videos']}"]
     (out_dir / "language_gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
@@ -308,9 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="scaled-down models and batches (a dry run)")
     p.add_argument("--videos", type=int, default=32, help="videos for the CPU throughput runs")
     p.add_argument("--rows", type=int, nargs=2, default=(32, 128), help="run lengths for the runner overhead")
-    p.add_argument("--batch-size", type=int, default=32, help="caption/enhance batch size for the runner overhead")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="caption/enhance batch size for the runner overhead"
+    )
     p.add_argument("--no-overhead", action="store_true", help="skip the runner-overhead runs")
-    p.add_argument("--repeat", type=int, default=1, help="runs per point of the runner overhead (the fastest counts)")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="runs per point of the runner overhead (the fastest counts)"
+    )
     p.add_argument("--out", default=str(REPO / "bench" / "out"))
     a = p.parse_args(argv)
     out_dir = Path(a.out)
@@ -322,13 +429,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         gpu_section(device, a.quick, out_dir)
     if a.cpu:
-        result: dict[str, Any] = {"stages": cpu_stage_throughput(a.videos), "openai_client": openai_concurrency()}
+        result: dict[str, Any] = {
+            "stages": cpu_stage_throughput(a.videos),
+            "openai_client": openai_concurrency(),
+        }
         print(json.dumps(result, indent=1), flush=True)
         if not a.no_overhead:
             from bench.stage_overhead import as_markdown
 
-            result["overhead"] = runner_overhead(tuple(a.rows), Path(tempfile.mkdtemp(prefix="lang-overhead-")),
-                                                 a.batch_size, a.repeat)
+            result["overhead"] = runner_overhead(
+                tuple(a.rows), Path(tempfile.mkdtemp(prefix="lang-overhead-")), a.batch_size, a.repeat
+            )
             for r in result["overhead"]:
                 print(as_markdown(r), "\n", flush=True)
         (out_dir / "language_cpu.json").write_text(json.dumps(result, indent=1))

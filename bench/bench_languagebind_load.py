@@ -21,10 +21,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VIT_L = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-         "image_size": 224, "patch_size": 14, "num_frames": 8, "projection_dim": 768}
-TEXT_768 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-            "projection_dim": 768}
+VIT_L = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "num_frames": 8,
+    "projection_dim": 768,
+}
+TEXT_768 = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "projection_dim": 768,
+}
 
 
 def main() -> int:
@@ -51,12 +64,18 @@ def main() -> int:
             encodes.append(time.perf_counter() - start)
             print(json.dumps({"load_s": round(loads[-1], 2), "encode_s": round(encodes[-1], 2)}), flush=True)
             del model
-    print(json.dumps({
-        "checkpoint_mb": round(size_mb), "load_s_median": round(statistics.median(loads), 2),
-        "encode_1_clip_s_median": round(statistics.median(encodes), 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
-    }))
+    print(
+        json.dumps(
+            {
+                "checkpoint_mb": round(size_mb),
+                "load_s_median": round(statistics.median(loads), 2),
+                "encode_1_clip_s_median": round(statistics.median(encodes), 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "threads": torch.get_num_threads(),
+                "loadavg": os.getloadavg(),
+            }
+        )
+    )
     return 0
 
 

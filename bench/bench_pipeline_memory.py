@@ -59,9 +59,22 @@ def run(count: int, tmp: Path, sources: list[Path], sets: list[str]) -> tuple[fl
             if not link.exists():
                 os.link(sources[i % len(sources)], link)
             w.writerow([str(link), CONCEPTS[i % len(CONCEPTS)].title])
-    cmd = [sys.executable, "-m", "pipeline.run", "--config", "configs/demo.yaml", "--root", str(tmp / f"root-{count}"),
-           "--input", str(listing), "--set", "run.ray_address=local",
-           "--set", "run.stages=[discover, download, probe, shard]", *(a for kv in sets for a in ("--set", kv))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--config",
+        "configs/demo.yaml",
+        "--root",
+        str(tmp / f"root-{count}"),
+        "--input",
+        str(listing),
+        "--set",
+        "run.ray_address=local",
+        "--set",
+        "run.stages=[discover, download, probe, shard]",
+        *(a for kv in sets for a in ("--set", kv)),
+    ]
     t0 = time.time()
     log_path = tmp / f"run-{count}.log"
     # the child writes the log; a handle of our own follows it, so reading never moves the child's offset
@@ -97,7 +110,9 @@ def main() -> None:
         p = tmp / f"src{i}.mp4"
         make_clip(p, c, seconds=2.0, fps=15, size=(320, 240), seed=i)
         sources.append(p)
-    print("| input videos | peak RSS, summed (MiB) | peak PSS (MiB) | wall s | stage at the peak: largest PSS (MiB) |")
+    print(
+        "| input videos | peak RSS, summed (MiB) | peak PSS (MiB) | wall s | stage at the peak: largest PSS (MiB) |"
+    )
     print("|---:|---:|---:|---:|---|")
     for n in args.counts:
         rss, pss, wall, top = run(n, tmp, sources, args.sets)

@@ -137,8 +137,10 @@ def needed_packets(path: str, num_frames: int = 8) -> list[list[int]]:
         duration = s.duration * tb
         start = (s.start_time or 0) * tb
     frame_pts = sorted(p.pts for p in packets)
-    targets = {frame_pts[min(_first_at_or_after(frame_pts, round(t / tb)), len(frame_pts) - 1)]
-               for t in target_times(start, duration, num_frames)}
+    targets = {
+        frame_pts[min(_first_at_or_after(frame_pts, round(t / tb)), len(frame_pts) - 1)]
+        for t in target_times(start, duration, num_frames)
+    }
     gops: list[list[int]] = []
     for i, p in enumerate(packets):
         if p.is_keyframe or not gops:
@@ -149,8 +151,14 @@ def needed_packets(path: str, num_frames: int = 8) -> list[list[int]]:
         in_gop = [i for i in gop if packets[i].pts in targets]
         if in_gop:
             end = max(in_gop)
-            plan.append([i for i in gop if i <= end and (packets[i].pts in targets
-                                                         or _is_reference_h264(bytes(packets[i]), length_size))])
+            plan.append(
+                [
+                    i
+                    for i in gop
+                    if i <= end
+                    and (packets[i].pts in targets or _is_reference_h264(bytes(packets[i]), length_size))
+                ]
+            )
     return plan
 
 
@@ -184,10 +192,24 @@ def demux_only(path: str) -> int:
 
 
 _VIDEO_DECODERS = {"finish_gop", "take"}  # where the GOP sampler calls the decoder (before and after)
-NEEDED, BEYOND = "  of which the needed frames (limit)", "  beyond the limit (skipped pictures, frame buffers)"
-PARTS = ["container open", "video decode", NEEDED, BEYOND,
-         "colour conversion and resize", "JPEG encoding", "audio decode", "audio resample", "FLAC encoding",
-         "Arrow assembly (rows to table)", "demux, Python bookkeeping, stage glue", "total"]
+NEEDED, BEYOND = (
+    "  of which the needed frames (limit)",
+    "  beyond the limit (skipped pictures, frame buffers)",
+)
+PARTS = [
+    "container open",
+    "video decode",
+    NEEDED,
+    BEYOND,
+    "colour conversion and resize",
+    "JPEG encoding",
+    "audio decode",
+    "audio resample",
+    "FLAC encoding",
+    "Arrow assembly (rows to table)",
+    "demux, Python bookkeeping, stage glue",
+    "total",
+]
 
 
 def profile_probe(paths: list[str], probe_file: Callable, repeat: int) -> dict[str, float]:
@@ -215,8 +237,13 @@ def profile_probe(paths: list[str], probe_file: Callable, repeat: int) -> dict[s
     n = repeat * len(paths)
 
     def tottime(fragment: str, callers: Callable[[str], bool] = lambda _: True) -> float:
-        return sum(tt for (_, _, name), (_, _, _, _, by) in stats.items() if fragment in name
-                   for (_, _, caller), (_, _, tt, _) in by.items() if callers(caller))
+        return sum(
+            tt
+            for (_, _, name), (_, _, _, _, by) in stats.items()
+            if fragment in name
+            for (_, _, caller), (_, _, tt, _) in by.items()
+            if callers(caller)
+        )
 
     def cumtime(func: str) -> float:
         return sum(ct for (_, _, name), (_, _, _, ct, _) in stats.items() if name == func)
@@ -229,17 +256,29 @@ def profile_probe(paths: list[str], probe_file: Callable, repeat: int) -> dict[s
         "video decode": video,
         NEEDED: needed,
         BEYOND: video - needed,
-        "colour conversion and resize": (tottime("reformat") + tottime("'to_ndarray' of 'av.video.frame")
-                                         + cumtime("rot90")) / n,
+        "colour conversion and resize": (
+            tottime("reformat") + tottime("'to_ndarray' of 'av.video.frame") + cumtime("rot90")
+        )
+        / n,
         "JPEG encoding": cumtime("encode_jpeg") / n,
-        "audio decode": (tottime("'decode' of 'av.codec.context.CodecContext'", lambda c: c not in _VIDEO_DECODERS)
-                         + tottime("'decode' of 'av.packet.Packet'")) / n,
-        "audio resample": (tottime("'resample' of 'av.audio.resampler")
-                           + cumtime("<method 'to_ndarray' of 'av.audio.frame.AudioFrame' objects>")) / n,
+        "audio decode": (
+            tottime("'decode' of 'av.codec.context.CodecContext'", lambda c: c not in _VIDEO_DECODERS)
+            + tottime("'decode' of 'av.packet.Packet'")
+        )
+        / n,
+        "audio resample": (
+            tottime("'resample' of 'av.audio.resampler")
+            + cumtime("<method 'to_ndarray' of 'av.audio.frame.AudioFrame' objects>")
+        )
+        / n,
         "FLAC encoding": cumtime("encode_flac") / n,
         # rows_to_table drains the process_rows generator: its own share is the difference
-        "Arrow assembly (rows to table)": (cumtime("rows_to_table") - cumtime("process_rows")
-                                           + cumtime("<method 'to_pylist' of 'pyarrow.lib.Table' objects>")) / n,
+        "Arrow assembly (rows to table)": (
+            cumtime("rows_to_table")
+            - cumtime("process_rows")
+            + cumtime("<method 'to_pylist' of 'pyarrow.lib.Table' objects>")
+        )
+        / n,
         "total": cumtime("process") / n,
     }
     counted = sum(v for k, v in parts.items() if k not in ("total", NEEDED, BEYOND))
@@ -249,8 +288,10 @@ def profile_probe(paths: list[str], probe_file: Callable, repeat: int) -> dict[s
 
 def profile_table(columns: dict[str, dict[str, float]]) -> str:
     """Parts as rows, one column of CPU ms per video (and share of the total) per profiled code."""
-    lines = ["| part | " + " | ".join(f"{c} (ms per video, share)" for c in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = [
+        "| part | " + " | ".join(f"{c} (ms per video, share)" for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
     for part in PARTS:
         cells = [f"{v[part]:.1f} ({v[part] / v['total']:.0%})" for v in columns.values()]
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
@@ -294,8 +335,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="decoder threads to measure")
     ap.add_argument("--clip-dir", type=Path, default=Path("/tmp/vidal-bench-probe"))
     ap.add_argument("--profile", action="store_true", help="also print where one probe call spends its time")
-    ap.add_argument("--compare-with", type=Path, metavar="MEDIA_PY",
-                    help="an older stages/media.py to time beside the current one (interleaved)")
+    ap.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="MEDIA_PY",
+        help="an older stages/media.py to time beside the current one (interleaved)",
+    )
     ap.add_argument("--no-opencv", action="store_true")
     args = ap.parse_args()
     cv2.setNumThreads(1)
@@ -304,8 +349,10 @@ def main() -> None:
         spec = importlib.util.spec_from_file_location("media_before", args.compare_with)
         older = sys.modules["media_before"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(older)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"PyAV {av.__version__}, OpenCV {cv2.__version__}; {args.clips} clips per set, median of {args.repeat}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"PyAV {av.__version__}, OpenCV {cv2.__version__}; {args.clips} clips per set, median of {args.repeat}"
+    )
     rows_main, rows_threads, profiles = [], [], []
     for name in args.sets:
         paths = make_set(name, args.clips, args.clip_dir)
@@ -326,36 +373,72 @@ def main() -> None:
         n, after = len(paths), load()
         if 1 in args.threads:
             p1, f1 = t["probe t1"], t["full t1"]
-            row = [name, f"{rate(p1, 'wall', n):.2f}", f"{rate(f1, 'wall', n):.2f}", f"{rate(t['limit'], 'wall', n):.2f}",
-                   f"{ratio(p1, f1, 'wall'):.2f}x", f"{ratio(p1, f1, 'cpu'):.2f}x",
-                   f"{1 / ratio(p1, t['limit'], 'cpu'):.2f}x"]
+            row = [
+                name,
+                f"{rate(p1, 'wall', n):.2f}",
+                f"{rate(f1, 'wall', n):.2f}",
+                f"{rate(t['limit'], 'wall', n):.2f}",
+                f"{ratio(p1, f1, 'wall'):.2f}x",
+                f"{ratio(p1, f1, 'cpu'):.2f}x",
+                f"{1 / ratio(p1, t['limit'], 'cpu'):.2f}x",
+            ]
             row += [f"{ratio(t['probe before'], f1, 'cpu'):.2f}x"] if older is not None else []
             row += [f"{ratio(p1, t['opencv'], 'wall'):.2f}x"] if not args.no_opencv else []
             rows_main.append(row + [f"{decoded} ({needed} needed) / 300", f"{before} → {after}"])
         for th in args.threads:
             p, f = t[f"probe t{th}"], t[f"full t{th}"]
-            rows_threads.append([name, str(th), f"{rate(p, 'wall', n):.2f}", f"{rate(p, 'cpu', n):.2f}",
-                                 f"{rate(f, 'cpu', n):.2f}", f"{ratio(p, f, 'cpu'):.2f}x", f"{before} → {after}"])
+            rows_threads.append(
+                [
+                    name,
+                    str(th),
+                    f"{rate(p, 'wall', n):.2f}",
+                    f"{rate(p, 'cpu', n):.2f}",
+                    f"{rate(f, 'cpu', n):.2f}",
+                    f"{ratio(p, f, 'cpu'):.2f}x",
+                    f"{before} → {after}",
+                ]
+            )
         if args.profile and name.startswith("720p"):
             cols = {"now": profile_probe(paths, media.probe_file, args.repeat)}
             if older is not None:
                 cols["before"] = profile_probe(paths, older.probe_file, args.repeat)
             profiles.append((name, cols, load()))
-    head = ["set", "probe v/s", "PyAV full v/s", "limit v/s", "probe / PyAV (wall)", "probe / PyAV (CPU)",
-            "probe time / limit time (CPU)"]
+    head = [
+        "set",
+        "probe v/s",
+        "PyAV full v/s",
+        "limit v/s",
+        "probe / PyAV (wall)",
+        "probe / PyAV (CPU)",
+        "probe time / limit time (CPU)",
+    ]
     head += ["before / PyAV (CPU)"] if older is not None else []
     head += ["probe / OpenCV (wall)"] if not args.no_opencv else []
     head += ["frames decoded by probe", "load average (1, 5, 15 min) start → end"]
     if rows_main:
-        print("\nDecoder threads 1. A / B: how many times faster A is, median of per-repeat ratios; "
-              "probe time / limit time 1.00x means decode-bound\n")
+        print(
+            "\nDecoder threads 1. A / B: how many times faster A is, median of per-repeat ratios; "
+            "probe time / limit time 1.00x means decode-bound\n"
+        )
         _table(head, rows_main)
     print("\nVideos per second and per core (videos per CPU-second of the process), by decoder threads\n")
-    _table(["set", "decoder threads", "probe v/s (wall)", "probe v/s per core", "PyAV full v/s per core",
-            "probe / PyAV (CPU)", "load average start → end"], rows_threads)
+    _table(
+        [
+            "set",
+            "decoder threads",
+            "probe v/s (wall)",
+            "probe v/s per core",
+            "PyAV full v/s per core",
+            "probe / PyAV (CPU)",
+            "load average start → end",
+        ],
+        rows_threads,
+    )
     for name, prof, ld in profiles:
-        print(f"\nWhere one probe call spends its time: {name}, cProfile (CPU time) over {args.repeat} calls "
-              f"per clip, load average {ld}\n")
+        print(
+            f"\nWhere one probe call spends its time: {name}, cProfile (CPU time) over {args.repeat} calls "
+            f"per clip, load average {ld}\n"
+        )
         print(profile_table(prof))
 
 

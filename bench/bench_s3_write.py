@@ -71,8 +71,13 @@ print(json.dumps({"peak_over_baseline_mb": hwm_mb() - before, "baseline_mb": bef
 
 
 def measure(mode: str, uri: str, mb: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, uri, str(mb)], cwd=REPO, capture_output=True,
-                         text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, uri, str(mb)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{mode}: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -97,14 +102,19 @@ def main() -> int:
             runs = [measure(mode, store.join(bucket, f"{mode}-{i}.tar"), args.mb) for i in range(args.repeat)]
             peak = statistics.median(r["peak_over_baseline_mb"] for r in runs)
             wall = statistics.median(r["wall_s"] for r in runs)
-            rows.append(f"| {mode} | {args.mb} | {peak:.0f} | {min(r['peak_over_baseline_mb'] for r in runs):.0f}-"
-                        f"{max(r['peak_over_baseline_mb'] for r in runs):.0f} | {args.mb / wall:.0f} |")
-            server.client().delete_objects(Bucket="bench", Delete={"Objects": [
-                {"Key": f"{mode}-{i}.tar"} for i in range(args.repeat)]})
+            rows.append(
+                f"| {mode} | {args.mb} | {peak:.0f} | {min(r['peak_over_baseline_mb'] for r in runs):.0f}-"
+                f"{max(r['peak_over_baseline_mb'] for r in runs):.0f} | {args.mb / wall:.0f} |"
+            )
+            server.client().delete_objects(
+                Bucket="bench", Delete={"Objects": [{"Key": f"{mode}-{i}.tar"} for i in range(args.repeat)]}
+            )
         end_load = os.getloadavg()
     finally:
         server.stop()
-    print(f"load average {load[0]:.1f} at the start, {end_load[0]:.1f} at the end; {time.strftime('%H:%M UTC', time.gmtime())}")
+    print(
+        f"load average {load[0]:.1f} at the start, {end_load[0]:.1f} at the end; {time.strftime('%H:%M UTC', time.gmtime())}"
+    )
     print("| writer | tar MiB | peak RSS over baseline, MiB (median) | range | MiB/s |")
     print("|---|---:|---:|---:|---:|")
     print("\n".join(rows))

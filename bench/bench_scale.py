@@ -114,8 +114,10 @@ def main() -> None:
         for key in ("old_worker_mib", "new_shared_mib", "old_build_s", "new_build_s"):
             slope = (hi[key] - lo[key]) / (hi["ids"] - lo["ids"])
             proj = hi[key] + slope * (TARGET - hi["ids"])
-            print(f"{key} at 10M: {hi[key]:.1f} + ({hi[key]:.1f} - {lo[key]:.1f}) / {(hi['ids'] - lo['ids']) / 1e6:g}M "
-                  f"x {(TARGET - hi['ids']) / 1e6:.2f}M = {proj:.1f}")
+            print(
+                f"{key} at 10M: {hi[key]:.1f} + ({hi[key]:.1f} - {lo[key]:.1f}) / {(hi['ids'] - lo['ids']) / 1e6:g}M "
+                f"x {(TARGET - hi['ids']) / 1e6:.2f}M = {proj:.1f}"
+            )
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 

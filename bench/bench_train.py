@@ -53,10 +53,32 @@ def machine() -> str:
 def train_run(config: str, data: str, workers: int, steps: int, extra: list[str]) -> dict[str, Any]:
     """One ``python -m model.train`` subprocess; figures of its second half (after warm-up)."""
     with tempfile.TemporaryDirectory() as out:
-        args = [sys.executable, "-m", "model.train", "--config", config, "--data", data, "--out", out,
-                "--max-steps", str(steps), "--set", f"data.workers={workers}", "--set", f"train.log_every={steps // 2}",
-                "--set", "eval.final=false", "--set", "train.export=false", "--set", "train.tensorboard=false",
-                "--set", f"train.save_every={10 * steps}", *sum((["--set", e] for e in extra), [])]
+        args = [
+            sys.executable,
+            "-m",
+            "model.train",
+            "--config",
+            config,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--max-steps",
+            str(steps),
+            "--set",
+            f"data.workers={workers}",
+            "--set",
+            f"train.log_every={steps // 2}",
+            "--set",
+            "eval.final=false",
+            "--set",
+            "train.export=false",
+            "--set",
+            "train.tensorboard=false",
+            "--set",
+            f"train.save_every={10 * steps}",
+            *sum((["--set", e] for e in extra), []),
+        ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
         if done.returncode:
@@ -64,8 +86,11 @@ def train_run(config: str, data: str, workers: int, steps: int, extra: list[str]
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         rows = [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
     last = [r for r in rows if r["kind"] == "train"][-1]
-    return {"samples_per_s": last["samples_per_s"], "data_wait": last["data_wait"],
-            "peak_rss_mb": max(peak, before) / 1024}
+    return {
+        "samples_per_s": last["samples_per_s"],
+        "data_wait": last["data_wait"],
+        "peak_rss_mb": max(peak, before) / 1024,
+    }
 
 
 def loader_rate(cfg: Any, sizes: dict[str, Any], workers: int, batches: int) -> float:
@@ -108,24 +133,35 @@ def demand_rate(cfg: Any, steps: int) -> float:
 
 def cpu_section(args: argparse.Namespace) -> str:
     configs = {"tiny": ["model=configs/model/tiny.yaml", "data.batch_size=32"], "demo": []}
-    lines = [f"Machine: {machine()}; data: {args.data}; {args.steps} steps per run, figures of the second half.",
-             "", "| model | loader workers | samples/s | data wait | peak RSS (MB) |", "|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine()}; data: {args.data}; {args.steps} steps per run, figures of the second half.",
+        "",
+        "| model | loader workers | samples/s | data wait | peak RSS (MB) |",
+        "|---|---|---|---|---|",
+    ]
     for name, extra in configs.items():
         for workers in (1, 2):
             r = train_run("configs/train/demo.yaml", args.data, workers, args.steps, extra)
-            lines.append(f"| {name} | {workers} | {r['samples_per_s']:.1f} | {100 * r['data_wait']:.0f}% | "
-                         f"{r['peak_rss_mb']:.0f} |")
+            lines.append(
+                f"| {name} | {workers} | {r['samples_per_s']:.1f} | {100 * r['data_wait']:.0f}% | "
+                f"{r['peak_rss_mb']:.0f} |"
+            )
             print(lines[-1], flush=True)
-    lines += ["", "| model | loader alone, 1 worker | loader alone, 2 workers | training demand (data free) |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | loader alone, 1 worker | loader alone, 2 workers | training demand (data free) |",
+        "|---|---|---|---|",
+    ]
     for name, extra in configs.items():
         cfg = load_train_config("configs/train/demo.yaml", [f"data.shards={args.data}", *extra])
         from model import ModelConfig
 
         sizes = tower_sizes(ModelConfig.model_validate(cfg.model_dict()))
         rates = [loader_rate(cfg, sizes, w, args.steps) for w in (1, 2)]
-        lines.append(f"| {name} | {rates[0]:.0f} samples/s | {rates[1]:.0f} samples/s | "
-                     f"{demand_rate(cfg, max(5, args.steps // 4)):.1f} samples/s |")
+        lines.append(
+            f"| {name} | {rates[0]:.0f} samples/s | {rates[1]:.0f} samples/s | "
+            f"{demand_rate(cfg, max(5, args.steps // 4)):.1f} samples/s |"
+        )
         print(lines[-1], flush=True)
     return "\n".join(lines)
 
@@ -157,9 +193,13 @@ def gpu_section(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     size = model.config.modalities["video"].image_size[0]
     loss_fn = ClipLoss()
     results: dict[str, Any] = {"gpu": name, "peak_bf16_flops": peak, "batches": []}
-    lines = [f"Machine: {machine()}; ViT-L/14 video tower, 8 frames of {size}px, LoRA r=16, patch dropout 0.3, "
-             f"bf16 autocast, gradient checkpointing {args.grad_checkpointing}.", "",
-             "| batch / GPU | samples/s | TFLOP/step | MFU | peak memory (GB) |", "|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine()}; ViT-L/14 video tower, 8 frames of {size}px, LoRA r=16, patch dropout 0.3, "
+        f"bf16 autocast, gradient checkpointing {args.grad_checkpointing}.",
+        "",
+        "| batch / GPU | samples/s | TFLOP/step | MFU | peak memory (GB) |",
+        "|---|---|---|---|---|",
+    ]
     for batch in args.batches:
         x = torch.randn(batch, 8, 3, size, size, device=device)
         text = torch.randn(batch, 768, device=device)
@@ -189,27 +229,45 @@ def gpu_section(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         flops = counter.get_total_flops()
         mfu = flops / dt / peak if peak else None
         mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else 0.0
-        results["batches"].append({"batch": batch, "samples_per_s": batch / dt, "flops_per_step": flops,
-                                   "mfu": mfu, "peak_memory_gb": mem})
-        lines.append(f"| {batch} | {batch / dt:.1f} | {flops / 1e12:.2f} | "
-                     f"{'-' if mfu is None else f'{100 * mfu:.0f}%'} | {mem:.1f} |")
+        results["batches"].append(
+            {
+                "batch": batch,
+                "samples_per_s": batch / dt,
+                "flops_per_step": flops,
+                "mfu": mfu,
+                "peak_memory_gb": mem,
+            }
+        )
+        lines.append(
+            f"| {batch} | {batch / dt:.1f} | {flops / 1e12:.2f} | "
+            f"{'-' if mfu is None else f'{100 * mfu:.0f}%'} | {mem:.1f} |"
+        )
         print(lines[-1], flush=True)
     if args.data:
-        extra = [f"data.batch_size={args.batches[0]}", f"train.grad_checkpointing={str(args.grad_checkpointing).lower()}"]
+        extra = [
+            f"data.batch_size={args.batches[0]}",
+            f"train.grad_checkpointing={str(args.grad_checkpointing).lower()}",
+        ]
         cfg_path = _write_gpu_config(vit_l14_video(args.quick))
         workers = 1 if args.quick else 8
         r = train_run(cfg_path, args.data, workers, args.steps * 2, extra)
         results["loop"] = r
-        lines += ["", f"Real loop on {args.data} (batch {args.batches[0]}, {workers} loader workers): "
-                      f"{r['samples_per_s']:.1f} samples/s, data wait {100 * r['data_wait']:.0f}%."]
+        lines += [
+            "",
+            f"Real loop on {args.data} (batch {args.batches[0]}, {workers} loader workers): "
+            f"{r['samples_per_s']:.1f} samples/s, data wait {100 * r['data_wait']:.0f}%.",
+        ]
     return "\n".join(lines), results
 
 
 def _write_gpu_config(model: dict[str, Any]) -> str:
     import yaml
 
-    cfg = {"model": model, "data": {"modalities": ["video"], "text_field": "raw", "shuffle_buffer": 500},
-           "optim": {"lr": 1e-4, "warmup_steps": 1}}
+    cfg = {
+        "model": model,
+        "data": {"modalities": ["video"], "text_field": "raw", "shuffle_buffer": 500},
+        "optim": {"lr": 1e-4, "warmup_steps": 1},
+    }
     path = Path(tempfile.mkdtemp()) / "gpu.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

@@ -137,8 +137,9 @@ def cpu_stage_rows(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def cpu_section(out: Path, quick: bool, profile_stages: bool = True,
-                rows: tuple[int, int] | None = None) -> dict[str, Any]:
+def cpu_section(
+    out: Path, quick: bool, profile_stages: bool = True, rows: tuple[int, int] | None = None
+) -> dict[str, Any]:
     from bench.stage_overhead import as_markdown, build_source, measure
     from pipeline.runner import init_ray
 
@@ -511,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.cpu:
-        r = cpu_section(out, a.quick, profile_stages=not a.overhead_only, rows=tuple(a.rows) if a.rows else None)
+        r = cpu_section(
+            out, a.quick, profile_stages=not a.overhead_only, rows=tuple(a.rows) if a.rows else None
+        )
         (out / "vision_cpu.json").write_text(json.dumps(r, indent=1))
     if a.gpu:
         device = torch.device(a.device)

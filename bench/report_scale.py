@@ -52,20 +52,48 @@ def build(root: Path, rows: int) -> None:
         ids = [f"v{i:08d}" for i in range(start, min(rows, start + PART_ROWS))]
         n = len(ids)
         status = rng.choice(["ok", "ok", "ok", "failed", "filtered"], n).tolist()
-        base = {"video_id": ids, "status": status,
-                "error": [None if s == "ok" else f"{s} because of {rng.integers(1000)} at /x/{i}" for s, i in zip(status, ids)]}
+        base = {
+            "video_id": ids,
+            "status": status,
+            "error": [
+                None if s == "ok" else f"{s} because of {rng.integers(1000)} at /x/{i}"
+                for s, i in zip(status, ids)
+            ],
+        }
         tables = {
-            "discover": {**base, "title": [f"title {i} words here" for i in ids], "query": rng.choice(["a", "b", "c"], n).tolist(),
-                         "hashtags": [[f"unique{i}", "common"] for i in ids]},  # one distinct tag per row: the cap at work
-            "probe": {**base, "duration": rng.uniform(0.5, 20, n).tolist(), "fps": rng.choice([25.0, 30.0], n).tolist(),
-                      "width": rng.choice([640, 1280], n).tolist(), "height": rng.choice([360, 720], n).tolist(),
-                      "has_audio": (rng.random(n) > 0.3).tolist(),
-                      "frames": [[frame + bytes(rng.integers(0, 255, 2000, dtype=np.uint8))] * 8 for _ in ids],
-                      "audio": [bytes(rng.integers(0, 255, 8000, dtype=np.uint8)) for _ in ids]},
-            "caption": {**base, "mplug": [f"a caption of {i} with some words" for i in ids],
-                        "ofa": [[f"frame caption {j}" for j in range(8)] for _ in ids], "caption_model": ["tiny"] * n},
-            "asr": {**base, "asr": [f"speech {i}" for i in ids], "asr_language": rng.choice(["en", "zh"], n).tolist()},
-            "depth": {**base, "depth": [depth] * n, "depth_kind": ["metric"] * n, "depth_model": ["tiny"] * n},
+            "discover": {
+                **base,
+                "title": [f"title {i} words here" for i in ids],
+                "query": rng.choice(["a", "b", "c"], n).tolist(),
+                "hashtags": [[f"unique{i}", "common"] for i in ids],
+            },  # one distinct tag per row: the cap at work
+            "probe": {
+                **base,
+                "duration": rng.uniform(0.5, 20, n).tolist(),
+                "fps": rng.choice([25.0, 30.0], n).tolist(),
+                "width": rng.choice([640, 1280], n).tolist(),
+                "height": rng.choice([360, 720], n).tolist(),
+                "has_audio": (rng.random(n) > 0.3).tolist(),
+                "frames": [[frame + bytes(rng.integers(0, 255, 2000, dtype=np.uint8))] * 8 for _ in ids],
+                "audio": [bytes(rng.integers(0, 255, 8000, dtype=np.uint8)) for _ in ids],
+            },
+            "caption": {
+                **base,
+                "mplug": [f"a caption of {i} with some words" for i in ids],
+                "ofa": [[f"frame caption {j}" for j in range(8)] for _ in ids],
+                "caption_model": ["tiny"] * n,
+            },
+            "asr": {
+                **base,
+                "asr": [f"speech {i}" for i in ids],
+                "asr_language": rng.choice(["en", "zh"], n).tolist(),
+            },
+            "depth": {
+                **base,
+                "depth": [depth] * n,
+                "depth_kind": ["metric"] * n,
+                "depth_model": ["tiny"] * n,
+            },
         }
         for stage, cols in tables.items():
             schema = pa.schema(BASE_FIELDS).names
@@ -73,8 +101,13 @@ def build(root: Path, rows: int) -> None:
             store.write_parquet(manifest.new_part_uri(str(root), stage), t)
     for s in range(0, rows, SAMPLES_PER_SHARD):
         keys = [f"v{i:08d}" for i in range(s, min(rows, s + SAMPLES_PER_SHARD))]
-        write_tar(str(root / "shard" / f"{fmt.shard_name(s // SAMPLES_PER_SHARD)}.tar"),
-                  [(k, {fmt.frame_key("rgb", 0): frame, fmt.JSON_KEY: json.dumps({"title": k}).encode()}) for k in keys])
+        write_tar(
+            str(root / "shard" / f"{fmt.shard_name(s // SAMPLES_PER_SHARD)}.tar"),
+            [
+                (k, {fmt.frame_key("rgb", 0): frame, fmt.JSON_KEY: json.dumps({"title": k}).encode()})
+                for k in keys
+            ],
+        )
 
 
 def measure(root: Path, out: Path) -> dict:
@@ -83,10 +116,12 @@ def measure(root: Path, out: Path) -> dict:
     Peak RSS is the child's own ``VmHWM``: ``ru_maxrss`` would also count the parent's memory,
     which Linux carries over to a vforked child across exec.
     """
-    code = ("import re, time; t = time.time(); from pipeline.report import write_report; "
-            f"write_report({str(root)!r}, {str(out)!r}, samples=12, seed=0); "
-            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
-            "print(time.time() - t, hwm)")
+    code = (
+        "import re, time; t = time.time(); from pipeline.report import write_report; "
+        f"write_report({str(root)!r}, {str(out)!r}, samples=12, seed=0); "
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+        "print(time.time() - t, hwm)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     wall, rss_kb = done.stdout.split()
     return {"wall_s": round(float(wall), 2), "peak_rss_mb": round(int(rss_kb) / 1024, 1)}
@@ -106,8 +141,10 @@ def main() -> None:
             build(root, rows)
         size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and "report" not in f.parts)
         m = measure(root, Path(args.dir) / f"report-{rows}")
-        print(f"| {rows:,} | {size / 2**20:,.0f} MB | {m['wall_s']} | {rows / m['wall_s']:,.0f} | {m['peak_rss_mb']} |",
-              flush=True)
+        print(
+            f"| {rows:,} | {size / 2**20:,.0f} MB | {m['wall_s']} | {rows / m['wall_s']:,.0f} | {m['peak_rss_mb']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -63,10 +63,12 @@ def median_time(fn, repeat: int) -> float:
 
 def import_seconds(module: str, repeat: int) -> float:
     """Seconds to import ``module`` in a fresh interpreter, less the interpreter's own start."""
+
     def run(code: str) -> float:
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True)
         return time.perf_counter() - t
+
     bare = statistics.median(run("pass") for _ in range(repeat))
     return statistics.median(run(f"import {module}") for _ in range(repeat)) - bare
 
@@ -115,9 +117,13 @@ def ray_constants(repeat: int) -> dict[str, float]:
 
     def actors() -> None:
         ray.data.from_items([{"x": i} for i in range(8)]).map_batches(
-            Identity, batch_size=4, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1)).materialize()
+            Identity, batch_size=4, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1)
+        ).materialize()
 
-    return {"empty task plan": median_time(tasks, repeat), "empty one-actor plan": median_time(actors, repeat)}
+    return {
+        "empty task plan": median_time(tasks, repeat),
+        "empty one-actor plan": median_time(actors, repeat),
+    }
 
 
 def measure(config: str, videos: int, repeat: int, overrides: list[str]) -> dict[str, Any]:
@@ -126,11 +132,15 @@ def measure(config: str, videos: int, repeat: int, overrides: list[str]) -> dict
     from pipeline.upstream import upstream_input
 
     work = Path(tempfile.mkdtemp(prefix="vidal-startup-"))
-    lines = make_demo_media(work / "media", per_concept=1, seconds=2.0, size=(320, 240)).read_text().splitlines()
+    lines = (
+        make_demo_media(work / "media", per_concept=1, seconds=2.0, size=(320, 240)).read_text().splitlines()
+    )
     listing = work / "videos.csv"
     listing.write_text("\n".join(lines[: videos + 1]) + "\n")
     root = str(work / "root")
-    cfg = load_config(config, [*overrides, f"run.root={root}", f"discover.inputs=[{listing}]", "run.demo_media="])
+    cfg = load_config(
+        config, [*overrides, f"run.root={root}", f"discover.inputs=[{listing}]", "run.demo_media="]
+    )
     init_ray("local", cfg.run.num_cpus)
     out: dict[str, Any] = {"videos": videos, "repeat": repeat, "load_start": load(), "stages": {}}
     out["ray"] = ray_constants(repeat)
@@ -159,7 +169,9 @@ def measure(config: str, videos: int, repeat: int, overrides: list[str]) -> dict
         plan_s = median_time(plan, repeat)
         skip_s = plan_s + median_time(bookkeeping, repeat)
         batch = stage_input(root, cls) if (cls.upstream or cls.optional_upstream) else None
-        setup_s, process_s = plain(cls, section, root, batch) if batch is not None and len(batch) else (None, None)
+        setup_s, process_s = (
+            plain(cls, section, root, batch) if batch is not None and len(batch) else (None, None)
+        )
         out["stages"][name] = {
             "first_run_s": first[name],
             "plain_setup_s": setup_s,
@@ -193,11 +205,14 @@ def as_markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {f(s['first_run_s'])} | {f(s['plain_setup_s'])} | {f(s['plain_process_s'])} | "
             f"{f(s['fixed_startup_s'])} | {f(s['rerun_all_done_s'])} | {f(s['plan_in_driver_s'])} | "
-            f"{f(s['rerun_with_skip_projected_s'])} | {f(s['import_s'])} | {s['load']} |")
+            f"{f(s['rerun_with_skip_projected_s'])} | {f(s['import_s'])} | {s['load']} |"
+        )
     keys = ("first_run_s", "rerun_all_done_s", "plan_in_driver_s", "rerun_with_skip_projected_s")
     total = {k: sum(s[k] or 0 for s in r["stages"].values()) for k in keys}
-    lines.append(f"| all stages | {f(total['first_run_s'])} | | | | {f(total['rerun_all_done_s'])} | "
-                 f"{f(total['plan_in_driver_s'])} | {f(total['rerun_with_skip_projected_s'])} | | |")
+    lines.append(
+        f"| all stages | {f(total['first_run_s'])} | | | | {f(total['rerun_all_done_s'])} | "
+        f"{f(total['plan_in_driver_s'])} | {f(total['rerun_with_skip_projected_s'])} | | |"
+    )
     return "\n".join(lines)
 
 

@@ -77,8 +77,14 @@ def resolve_checkpoint(spec: str, out: str | Path) -> Path:
     return path
 
 
-def write_checkpoint(out: str | Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any],
-                     meta: dict[str, Any], keep: int) -> Path:
+def write_checkpoint(
+    out: str | Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    meta: dict[str, Any],
+    keep: int,
+) -> Path:
     """Write one checkpoint atomically, point ``latest`` at it, and drop all but the newest ``keep``."""
     ckpts = Path(out) / CKPT_DIR
     ckpts.mkdir(parents=True, exist_ok=True)
@@ -131,8 +137,10 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[Any, dict[s
             raise FileNotFoundError(f"{path} has no complete checkpoint yet")
         path = found
     if not (path / META).exists():
-        raise FileNotFoundError(f"{path} is neither a model export (config.json + model.safetensors), "
-                                f"a training checkpoint (meta.json) nor a run directory")
+        raise FileNotFoundError(
+            f"{path} is neither a model export (config.json + model.safetensors), "
+            f"a training checkpoint (meta.json) nor a run directory"
+        )
     run = path.parent.parent
     model = LanguageBind.load(run / BASE_DIR, map_location)
     weights = load_file(str(path / WEIGHTS), device=map_location)

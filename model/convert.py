@@ -33,13 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model.convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="direction", required=True)
     to_vidal = sub.add_parser("to-vidal", help="released checkpoint(s) -> a vidal export directory")
-    to_vidal.add_argument("sources", nargs="+", help="[modality=]hub id or directory of a released checkpoint")
+    to_vidal.add_argument(
+        "sources", nargs="+", help="[modality=]hub id or directory of a released checkpoint"
+    )
     to_vidal.add_argument("--out", required=True, help="the vidal export directory to write")
-    to_vidal.add_argument("--text-from", choices=sorted(MODALITY_TYPES), help="whose text tower (default: first)")
+    to_vidal.add_argument(
+        "--text-from", choices=sorted(MODALITY_TYPES), help="whose text tower (default: first)"
+    )
     to_official = sub.add_parser("to-official", help="a vidal model -> the released layout (one tower)")
     to_official.add_argument("source", help="a vidal export, training checkpoint or run directory")
     to_official.add_argument("--out", required=True, help="the directory to write")
-    to_official.add_argument("--modality", choices=sorted(MODALITY_TYPES), help="the tower (default: the only one)")
+    to_official.add_argument(
+        "--modality", choices=sorted(MODALITY_TYPES), help="the tower (default: the only one)"
+    )
     return parser
 
 
@@ -49,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.direction == "to-vidal":
-            out = convert_to_vidal([parse_source(spec) for spec in args.sources], args.out, text_from=args.text_from)
+            out = convert_to_vidal(
+                [parse_source(spec) for spec in args.sources], args.out, text_from=args.text_from
+            )
         else:
             from model.checkpoint import load_model
 

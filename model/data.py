@@ -72,7 +72,9 @@ class DataConfig(BaseModel):
     shards: str | list[str] = Field("runs/demo/shard", description="path, dir, glob, brace pattern or URLs")
     modalities: list[str] = Field(default_factory=lambda: ["video"], description="towers to train")
     text_field: str = Field("raw", description=f"one of {TEXT_FIELDS}")
-    mix: dict[str, float] | None = Field(None, description="weights for text_field=mix (LanguageBind's if null)")
+    mix: dict[str, float] | None = Field(
+        None, description="weights for text_field=mix (LanguageBind's if null)"
+    )
     batch_size: int = Field(32, ge=1, description="micro-batch per rank")
     workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
     prefetch: int = Field(4, ge=1, description="batches each worker keeps ready")
@@ -80,7 +82,9 @@ class DataConfig(BaseModel):
     shard_shuffle: bool = True
     resampled: bool = Field(False, description="draw shards with replacement from `sources`")
     sources: list[Source] = Field(default_factory=list, description="weighted shard sets (resampled)")
-    epoch_samples: int | None = Field(None, ge=1, description="samples per epoch; null: count the shard indexes")
+    epoch_samples: int | None = Field(
+        None, ge=1, description="samples per epoch; null: count the shard indexes"
+    )
     augment: bool = Field(True, description="random crop and flip (off where direction matters)")
     holdout: float = Field(0.0, ge=0, lt=1, description="fraction of video ids held out for evaluation")
     split_seed: int = 0
@@ -112,8 +116,16 @@ def modality_source(sample: dict[str, Any], modality: str, frame: int) -> Any:
     return frames if modality == "video" else frames[min(frame, len(frames) - 1)]
 
 
-def decode_sample(sample: dict[str, Any], cfg: DataConfig, sizes: dict[str, dict[str, Any]], *,
-                  train: bool, seed: int, epoch: int, label_field: str | None = None) -> dict[str, Any]:
+def decode_sample(
+    sample: dict[str, Any],
+    cfg: DataConfig,
+    sizes: dict[str, dict[str, Any]],
+    *,
+    train: bool,
+    seed: int,
+    epoch: int,
+    label_field: str | None = None,
+) -> dict[str, Any]:
     """One raw shard sample -> ``{"key", "text", modality: tensor, ...}``; ``NoText`` when filtered.
 
     ``label_field``: also copy that JSON field (lists joined) as ``label``, for classification.
@@ -145,7 +157,9 @@ def input_shape(modality: str, size: dict[str, Any]) -> tuple[int, ...]:
     return (size["num_frames"], 3, s, s) if modality == "video" else (3, s, s)
 
 
-def collate(items: list[dict[str, Any]], modalities: list[str], sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def collate(
+    items: list[dict[str, Any]], modalities: list[str], sizes: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """Stack decoded samples. With several modalities every one is present (zeros where a sample lacks
     it, so all ranks run the same towers and collectives) and ``valid[m]`` marks who has ``m``."""
     batch: dict[str, Any] = {"key": [i["key"] for i in items], "text": [i["text"] for i in items]}
@@ -166,9 +180,19 @@ def collate(items: list[dict[str, Any]], modalities: list[str], sizes: dict[str,
 class ShardStream(IterableDataset):
     """Batches of one rank for one epoch; see the module docstring. ``set_position`` before iterating."""
 
-    def __init__(self, cfg: DataConfig, sizes: dict[str, dict[str, Any]], *, train: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, split: Split = "train",
-                 batches_per_epoch: int | None = None, label_field: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        sizes: dict[str, dict[str, Any]],
+        *,
+        train: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        split: Split = "train",
+        batches_per_epoch: int | None = None,
+        label_field: str | None = None,
+    ) -> None:
         self.cfg, self.sizes, self.train, self.seed = cfg, sizes, train, seed
         self.label_field = label_field
         self.rank, self.world_size, self.split = rank, world_size, split
@@ -186,12 +210,15 @@ class ShardStream(IterableDataset):
             raise ValueError(
                 f"{len(self.urls)} shards cannot feed {world_size} ranks x {max(1, self.workers)} loader workers "
                 f"= {readers} readers (each reads whole shards); lower data.workers, write more, smaller shards "
-                f"(shard.samples_per_shard), or set data.resampled=true")
+                f"(shard.samples_per_shard), or set data.resampled=true"
+            )
         self.set_position(0)
 
     def _shard_samples(self) -> dict[str, int] | None:
         try:
-            return shard_counts(self.urls, self.cfg.modalities, self.split, self.cfg.holdout, self.cfg.split_seed)
+            return shard_counts(
+                self.urls, self.cfg.modalities, self.split, self.cfg.holdout, self.cfg.split_seed
+            )
         except FileNotFoundError:  # shards without indexes (data.epoch_samples set): deal them evenly
             return None
 
@@ -205,7 +232,9 @@ class ShardStream(IterableDataset):
         if self.train and self.cfg.shard_shuffle:
             random.Random(f"{self.seed}:{self.epoch}:{pass_index}").shuffle(urls)
         if self.train and self.counts:
-            return assign_shards(urls, self.counts, self.world_size * workers)[worker * self.world_size + self.rank]
+            return assign_shards(urls, self.counts, self.world_size * workers)[
+                worker * self.world_size + self.rank
+            ]
         if self.train:
             urls = urls[self.rank :: self.world_size]
         return urls[worker::workers]
@@ -227,6 +256,7 @@ class ShardStream(IterableDataset):
     def _samples(self, worker: int, workers: int, counts: dict[str, int]) -> Iterator[dict[str, Any]]:
         """Samples of this worker, shuffled within each pass, so that an epoch of balanced shards holds
         every sample once."""
+
         def handler(exn: Exception) -> bool:
             counts["bad"] += 1
             if counts["bad"] <= MAX_WARNINGS:
@@ -236,16 +266,23 @@ class ShardStream(IterableDataset):
         for pass_index, urls in enumerate(self._passes(worker, workers)):
             streams = ({"url": u, "stream": self._open(u, handler)} for u in urls)
             files = tar_file_expander((s for s in streams if s["stream"] is not None), handler=handler)
-            samples = (s for s in group_by_keys(files, handler=handler)
-                       if keep_key(s["__key__"], self.split, self.cfg.holdout, self.cfg.split_seed))
+            samples = (
+                s
+                for s in group_by_keys(files, handler=handler)
+                if keep_key(s["__key__"], self.split, self.cfg.holdout, self.cfg.split_seed)
+            )
             if self.train and self.cfg.shuffle_buffer > 1:
                 rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}:{pass_index}")
-                samples = _shuffle(samples, self.cfg.shuffle_buffer, min(100, self.cfg.shuffle_buffer), rng=rng)
+                samples = _shuffle(
+                    samples, self.cfg.shuffle_buffer, min(100, self.cfg.shuffle_buffer), rng=rng
+                )
             read = 0
             for read, sample in enumerate(samples, 1):  # noqa: B007 (read counts the pass)
                 yield sample
             if read == 0:  # a pass without one readable sample: repeating it cannot help
-                log.error("no readable sample in this worker's shards %s", urls if isinstance(urls, list) else "")
+                log.error(
+                    "no readable sample in this worker's shards %s", urls if isinstance(urls, list) else ""
+                )
                 return
 
     @staticmethod
@@ -276,8 +313,17 @@ class ShardStream(IterableDataset):
             if raw <= skip:  # already trained on before the checkpoint: skip before decoding
                 continue
             try:
-                items.append(decode_sample(sample, self.cfg, self.sizes, train=self.train,
-                                           seed=self.seed, epoch=self.epoch, label_field=self.label_field))
+                items.append(
+                    decode_sample(
+                        sample,
+                        self.cfg,
+                        self.sizes,
+                        train=self.train,
+                        seed=self.seed,
+                        epoch=self.epoch,
+                        label_field=self.label_field,
+                    )
+                )
             except NoText as e:
                 counts["filtered"] += 1
                 log.debug("filtered %s", e)
@@ -285,7 +331,9 @@ class ShardStream(IterableDataset):
             except Exception as e:
                 counts["bad"] += 1
                 if counts["bad"] <= MAX_WARNINGS:
-                    log.warning("skipping bad sample %s: %s", sample.get("__key__"), str(e).splitlines()[0][:300])
+                    log.warning(
+                        "skipping bad sample %s: %s", sample.get("__key__"), str(e).splitlines()[0][:300]
+                    )
                 continue
             if len(items) == self.cfg.batch_size:
                 yield self._finish(items, worker, raw, counts, reported, started)
@@ -295,12 +343,23 @@ class ShardStream(IterableDataset):
         if not self.train and (items or counts != reported):  # the last counts travel even without samples
             yield self._finish(items, worker, raw, counts, reported, started)
 
-    def _finish(self, items: list[dict[str, Any]], worker: int, raw: int, counts: dict[str, int],
-                reported: dict[str, int], started: float) -> dict[str, Any]:
+    def _finish(
+        self,
+        items: list[dict[str, Any]],
+        worker: int,
+        raw: int,
+        counts: dict[str, int],
+        reported: dict[str, int],
+        started: float,
+    ) -> dict[str, Any]:
         batch = collate(items, self.cfg.modalities, self.sizes)
         # Deltas since this worker's previous batch, so the trainer can sum them over workers.
-        batch["stats"] = {"worker": worker, "raw": raw, "decode_s": time.perf_counter() - started,
-                          **{k: counts[k] - reported[k] for k in counts}}
+        batch["stats"] = {
+            "worker": worker,
+            "raw": raw,
+            "decode_s": time.perf_counter() - started,
+            **{k: counts[k] - reported[k] for k in counts},
+        }
         reported.update(counts)
         return batch
 

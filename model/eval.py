@@ -66,8 +66,9 @@ def retrieval_metrics(sim: torch.Tensor, positive: torch.Tensor) -> dict[str, fl
     return out
 
 
-def paired_retrieval(x: torch.Tensor, texts: Sequence[str], text_emb: torch.Tensor,
-                     unique: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+def paired_retrieval(
+    x: torch.Tensor, texts: Sequence[str], text_emb: torch.Tensor, unique: Sequence[str]
+) -> tuple[dict[str, float], dict[str, float]]:
     """``(text_to_x, x_to_text)`` for items ``x[i]`` paired with caption ``texts[i]``; ``text_emb[u]``
     embeds ``unique[u]`` (each distinct caption once)."""
     where = {t: u for u, t in enumerate(unique)}
@@ -98,15 +99,24 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     hit = top == labels[:, None]
-    return {"top1": float(hit[:, 0].float().mean()), "top5": float(hit.any(dim=1).float().mean()),
-            "chance_top1": 1.0 / logits.shape[1], "samples": int(len(labels))}
+    return {
+        "top1": float(hit[:, 0].float().mean()),
+        "top5": float(hit.any(dim=1).float().mean()),
+        "chance_top1": 1.0 / logits.shape[1],
+        "samples": int(len(labels)),
+    }
 
 
 # -- embedding shards -------------------------------------------------------------------------
 @torch.no_grad()
-def embed_shards(model: Any, data: DataConfig, split: str = "all", max_samples: int | None = None,
-                 amp: Any = contextlib.nullcontext, label_field: str | None = None
-                 ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+def embed_shards(
+    model: Any,
+    data: DataConfig,
+    split: str = "all",
+    max_samples: int | None = None,
+    amp: Any = contextlib.nullcontext,
+    label_field: str | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """Per modality: normalised embeddings, captions, keys (and ``label_field`` values) of every sample
     of ``split`` that has the modality."""
     stream = ShardStream(data, tower_sizes(model.config), train=False, split=split, label_field=label_field)
@@ -138,9 +148,17 @@ def embed_shards(model: Any, data: DataConfig, split: str = "all", max_samples: 
     return out, counts
 
 
-def evaluate(model: Any, data: DataConfig, *, split: str = "all", max_samples: int | None = None,
-             classes: Sequence[str] | None = None, templates: Sequence[str] | None = None,
-             label_field: str | None = None, amp: Any = contextlib.nullcontext) -> dict[str, Any]:
+def evaluate(
+    model: Any,
+    data: DataConfig,
+    *,
+    split: str = "all",
+    max_samples: int | None = None,
+    classes: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    label_field: str | None = None,
+    amp: Any = contextlib.nullcontext,
+) -> dict[str, Any]:
     """Retrieval (and classification when ``classes``) per modality of ``data.modalities``."""
     embedded, counts = embed_shards(model, data, split, max_samples, amp, label_field if classes else None)
     results: dict[str, Any] = {"split": split, "text_field": data.text_field, "modalities": {}, **counts}
@@ -150,16 +168,21 @@ def evaluate(model: Any, data: DataConfig, *, split: str = "all", max_samples: i
         unique = list(dict.fromkeys(e["texts"]))
         text_emb = model.encode_text(unique)
         t2x, x2t = paired_retrieval(e["emb"], e["texts"], text_emb, unique)
-        entry: dict[str, Any] = {"samples": len(e["texts"]), "unique_texts": len(unique),
-                                 f"text_to_{m}": t2x, f"{m}_to_text": x2t}
+        entry: dict[str, Any] = {
+            "samples": len(e["texts"]),
+            "unique_texts": len(unique),
+            f"text_to_{m}": t2x,
+            f"{m}_to_text": x2t,
+        }
         if classes:
             entry["classification"] = classify(model, m, e, classes, templates or DEFAULT_TEMPLATES[m])
         results["modalities"][m] = entry
     return results
 
 
-def classify(model: Any, modality: str, embedded: dict[str, Any], classes: Sequence[str],
-             templates: Sequence[str]) -> dict[str, Any]:
+def classify(
+    model: Any, modality: str, embedded: dict[str, Any], classes: Sequence[str], templates: Sequence[str]
+) -> dict[str, Any]:
     """Zero-shot top-1/top-5 of the embedded samples whose text names one of ``classes``."""
     from model.benchmarks.runner import class_embeddings
 
@@ -170,7 +193,12 @@ def classify(model: Any, modality: str, embedded: dict[str, Any], classes: Seque
         return {"classes": list(classes), "samples": 0, "unlabelled": len(labels)}
     logits = embedded["emb"][keep] @ class_emb.T
     metrics = classification_metrics(logits, torch.tensor([labels[i] for i in keep]))
-    return {"classes": list(classes), "templates": list(templates), **metrics, "unlabelled": len(labels) - len(keep)}
+    return {
+        "classes": list(classes),
+        "templates": list(templates),
+        **metrics,
+        "unlabelled": len(labels) - len(keep),
+    }
 
 
 def evaluate_config(model: Any, cfg: Any, amp: Any = contextlib.nullcontext) -> dict[str, Any]:
@@ -179,32 +207,49 @@ def evaluate_config(model: Any, cfg: Any, amp: Any = contextlib.nullcontext) -> 
     field = e.text_field or (cfg.data.text_field if cfg.data.text_field != "mix" else "raw")
     shards = e.shards or cfg.data.shards
     if e.shards is None and cfg.data.resampled and cfg.data.sources:  # every source's held-out part
-        shards = [u for s in cfg.data.sources for u in ([s.shards] if isinstance(s.shards, str) else s.shards)]
-    data = cfg.data.model_copy(update={"shards": shards, "text_field": field,
-                                       "batch_size": e.batch_size, "resampled": False})
+        shards = [
+            u for s in cfg.data.sources for u in ([s.shards] if isinstance(s.shards, str) else s.shards)
+        ]
+    data = cfg.data.model_copy(
+        update={"shards": shards, "text_field": field, "batch_size": e.batch_size, "resampled": False}
+    )
     split = e.split if e.shards is None else "all"
     if split == "holdout" and cfg.data.holdout == 0:
         log.warning("eval: data.holdout is 0, so nothing is held out; evaluating on the training shards")
         split = "all"
-    return evaluate(model, data, split=split, max_samples=e.max_samples, classes=e.classes,
-                    templates=e.templates, label_field=e.label_field, amp=amp)
+    return evaluate(
+        model,
+        data,
+        split=split,
+        max_samples=e.max_samples,
+        classes=e.classes,
+        templates=e.templates,
+        label_field=e.label_field,
+        amp=amp,
+    )
 
 
 # -- output -----------------------------------------------------------------------------------
 def format_table(results: dict[str, Any]) -> str:
     """Retrieval rows per modality and direction, then classification lines."""
-    lines = [f"{'modality':<9} {'direction':<18} {'n':>5} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MdR':>5} "
-             f"{'chance R@1':>10}"]
+    lines = [
+        f"{'modality':<9} {'direction':<18} {'n':>5} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MdR':>5} "
+        f"{'chance R@1':>10}"
+    ]
     extra = []
     for m, entry in results.get("modalities", {}).items():
         for direction in (f"text_to_{m}", f"{m}_to_text"):
             r = entry[direction]
-            lines.append(f"{m:<9} {direction.replace('_to_', '->'):<18} {r['queries']:>5} {r['R@1']:>6.3f} "
-                         f"{r['R@5']:>6.3f} {r['R@10']:>6.3f} {r['median_rank']:>5.0f} {r['chance_R@1']:>10.3f}")
+            lines.append(
+                f"{m:<9} {direction.replace('_to_', '->'):<18} {r['queries']:>5} {r['R@1']:>6.3f} "
+                f"{r['R@5']:>6.3f} {r['R@10']:>6.3f} {r['median_rank']:>5.0f} {r['chance_R@1']:>10.3f}"
+            )
         c = entry.get("classification")
         if c and c.get("samples"):
-            extra.append(f"zero-shot {m}: {len(c['classes'])} classes, {c['samples']} samples: top-1 "
-                         f"{c['top1']:.3f} (chance {c['chance_top1']:.3f}), top-5 {c['top5']:.3f}")
+            extra.append(
+                f"zero-shot {m}: {len(c['classes'])} classes, {c['samples']} samples: top-1 "
+                f"{c['top1']:.3f} (chance {c['chance_top1']:.3f}), top-5 {c['top5']:.3f}"
+            )
     return "\n".join(lines + extra)
 
 
@@ -219,19 +264,33 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model.eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint",
-                   help="run directory, checkpoint directory, export, or (benchmarks) what LanguageBind.load reads")
+    p = argparse.ArgumentParser(
+        prog="python -m model.eval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="run directory, checkpoint directory, export, or (benchmarks) what LanguageBind.load reads",
+    )
     p.add_argument("--data", help="shards (default: the training run's)")
-    p.add_argument("--text-field", help="caption field: raw, title, ofa, mplug, polish_mplug, sound_mplug, asr")
+    p.add_argument(
+        "--text-field", help="caption field: raw, title, ofa, mplug, polish_mplug, sound_mplug, asr"
+    )
     p.add_argument("--modalities", help="comma-separated (default: the model's towers the run trained)")
-    p.add_argument("--split", choices=("holdout", "all", "train"),
-                   help="default: holdout when the run held samples out, else all")
+    p.add_argument(
+        "--split",
+        choices=("holdout", "all", "train"),
+        help="default: holdout when the run held samples out, else all",
+    )
     p.add_argument("--holdout", type=float, help="fraction held out (default: the run's data.holdout)")
-    p.add_argument("--classes", help="zero-shot classes: a file with one name per line, or a comma-separated list")
+    p.add_argument(
+        "--classes", help="zero-shot classes: a file with one name per line, or a comma-separated list"
+    )
     p.add_argument("--templates", action="append", help="prompt template with {} (repeatable)")
-    p.add_argument("--label-field", help="JSON field the class name is looked for in (default: the text field)")
+    p.add_argument(
+        "--label-field", help="JSON field the class name is looked for in (default: the text field)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-samples", type=int, help="evaluate only the first N samples (benchmarks: items)")
@@ -258,28 +317,52 @@ def main(argv: list[str] | None = None) -> int:
         return benchmarks_main(args)
     model, meta = load_model(args.checkpoint, map_location=resolve_device(args.device))
     run = meta.get("config", {}).get("data", {})
-    modalities = args.modalities.split(",") if args.modalities else [
-        m for m in run.get("modalities", model.modalities) if m in model.modalities]
-    field = args.text_field or (run.get("text_field") if run.get("text_field") not in (None, "mix") else "raw")
+    modalities = (
+        args.modalities.split(",")
+        if args.modalities
+        else [m for m in run.get("modalities", model.modalities) if m in model.modalities]
+    )
+    field = args.text_field or (
+        run.get("text_field") if run.get("text_field") not in (None, "mix") else "raw"
+    )
     holdout = args.holdout if args.holdout is not None else run.get("holdout", 0.0)
     split = args.split or ("holdout" if holdout > 0 else "all")
     shards = args.data or run.get("shards")
     if shards is None:
         print("error: --data is required (the checkpoint names no shards)", file=sys.stderr)
         return 2
-    data = DataConfig(shards=shards, modalities=modalities, text_field=field, batch_size=args.batch_size,
-                      workers=args.workers, holdout=holdout, split_seed=run.get("split_seed", 0))
+    data = DataConfig(
+        shards=shards,
+        modalities=modalities,
+        text_field=field,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        holdout=holdout,
+        split_seed=run.get("split_seed", 0),
+    )
     classes = None
     if args.classes:
         path = Path(args.classes)
-        classes = ([c.strip() for c in path.read_text().splitlines() if c.strip()] if path.is_file()
-                   else [c.strip() for c in args.classes.split(",") if c.strip()])
-    results = evaluate(model, data, split=split, max_samples=args.max_samples, classes=classes,
-                       templates=args.templates, label_field=args.label_field)
+        classes = (
+            [c.strip() for c in path.read_text().splitlines() if c.strip()]
+            if path.is_file()
+            else [c.strip() for c in args.classes.split(",") if c.strip()]
+        )
+    results = evaluate(
+        model,
+        data,
+        split=split,
+        max_samples=args.max_samples,
+        classes=classes,
+        templates=args.templates,
+        label_field=args.label_field,
+    )
     results["checkpoint"] = str(args.checkpoint)
     results["step"] = meta.get("step")
-    print(f"{results['samples']} samples ({split} split, text field {field!r}; {results['bad']} bad, "
-          f"{results['filtered']} filtered) from {shards}")
+    print(
+        f"{results['samples']} samples ({split} split, text field {field!r}; {results['bad']} bad, "
+        f"{results['filtered']} filtered) from {shards}"
+    )
     print(format_table(results))
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,8 @@ class ModelConfig(_Strict):
     )
     loss: Literal["clip", "siglip"] = "clip"
     preprocess: Literal["vidal", "languagebind"] = Field(
-        "vidal", description="raw-input transforms: vidal's own, or the official processors' (model.official_preprocess)"
+        "vidal",
+        description="raw-input transforms: vidal's own, or the official processors' (model.official_preprocess)",
     )
     text: TextConfig = Field(default_factory=TextConfig)
     modalities: dict[str, TowerConfig]

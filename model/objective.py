@@ -25,8 +25,15 @@ def _gather_mask(valid: torch.Tensor, world_size: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def masked_clip_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, valid: torch.Tensor,
-                     rank: int = 0, world_size: int = 1, gather_with_grad: bool = False) -> torch.Tensor:
+def masked_clip_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    valid: torch.Tensor,
+    rank: int = 0,
+    world_size: int = 1,
+    gather_with_grad: bool = False,
+) -> torch.Tensor:
     """Symmetric InfoNCE over the valid rows of the global batch (``ClipLoss(local_loss=False)`` semantics)."""
     all_a = gather_features(a, rank, world_size, gather_with_grad, float(world_size))
     all_b = gather_features(b, rank, world_size, gather_with_grad, float(world_size))
@@ -38,8 +45,15 @@ def masked_clip_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, vali
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def masked_siglip_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
-                       valid: torch.Tensor, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+def masked_siglip_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    valid: torch.Tensor,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
     """SigLIP over the valid pairs: this rank's valid rows against every rank's valid columns."""
     valid = valid.to(a.device)
     all_b = gather_features(b, rank, world_size, with_grad=True)
@@ -60,15 +74,24 @@ def masked_siglip_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bi
 class Objective:
     """``objective(features, valid) -> (total, {modality: loss})`` for a model's ``forward`` output."""
 
-    def __init__(self, kind: str, local_loss: bool = False, gather_with_grad: bool = False,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        kind: str,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.kind, self.rank, self.world_size = kind, rank, world_size
         self.gather_with_grad = gather_with_grad
-        self.clip = ClipLoss(local_loss, gather_with_grad, cache_labels=True, rank=rank, world_size=world_size)
+        self.clip = ClipLoss(
+            local_loss, gather_with_grad, cache_labels=True, rank=rank, world_size=world_size
+        )
         self.siglip = SigLipLoss(rank=rank, world_size=world_size)
 
-    def __call__(self, features: dict[str, Any], valid: dict[str, torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, features: dict[str, Any], valid: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         losses = {}
         text = features["text"].float()
         for m, scale in features["logit_scale"].items():
@@ -83,5 +106,7 @@ class Objective:
             elif mask is None:
                 losses[m] = self.clip(x, text, scale)
             else:
-                losses[m] = masked_clip_loss(x, text, scale, mask, self.rank, self.world_size, self.gather_with_grad)
+                losses[m] = masked_clip_loss(
+                    x, text, scale, mask, self.rank, self.world_size, self.gather_with_grad
+                )
         return sum(losses.values()), losses

@@ -62,14 +62,18 @@ def resolve_checkpoint_dir(source: str | Path, cache_dir: str | Path | None = No
     if path.exists():
         return path
     if not _HUB_ID.match(str(source)):
-        raise FileNotFoundError(f"{source}: no such directory (and not a hub id such as LanguageBind/LanguageBind_Image)")
+        raise FileNotFoundError(
+            f"{source}: no such directory (and not a hub id such as LanguageBind/LanguageBind_Image)"
+        )
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.txt", "*.bin", "*.safetensors", "*.model"]
     try:
         return Path(snapshot_download(repo_id=str(source), cache_dir=cache_dir, allow_patterns=patterns))
     except Exception as e:  # offline with no cached snapshot, unknown repo, no network
-        raise FileNotFoundError(f"{source}: not a local directory, and the hub could not provide it: {e}") from e
+        raise FileNotFoundError(
+            f"{source}: not a local directory, and the hub could not provide it: {e}"
+        ) from e
 
 
 def read_official_config(source: str | Path, cache_dir: str | Path | None = None) -> dict[str, Any]:
@@ -80,13 +84,17 @@ def read_official_config(source: str | Path, cache_dir: str | Path | None = None
             raise FileNotFoundError(f"{path}: no config.json; not a LanguageBind checkpoint directory")
         return json.loads((path / CONFIG).read_text())
     if not _HUB_ID.match(str(source)):
-        raise FileNotFoundError(f"{source}: no such directory (and not a hub id such as LanguageBind/LanguageBind_Image)")
+        raise FileNotFoundError(
+            f"{source}: no such directory (and not a hub id such as LanguageBind/LanguageBind_Image)"
+        )
     from huggingface_hub import hf_hub_download
 
     try:
         return json.loads(Path(hf_hub_download(str(source), CONFIG, cache_dir=cache_dir)).read_text())
     except Exception as e:
-        raise FileNotFoundError(f"{source}: not a local directory, and the hub could not provide it: {e}") from e
+        raise FileNotFoundError(
+            f"{source}: not a local directory, and the hub could not provide it: {e}"
+        ) from e
 
 
 def released_tower(source: str | Path) -> tuple[str, dict[str, Any]]:
@@ -157,9 +165,13 @@ def load_official(
     for given, source in sources.items() if isinstance(sources, Mapping) else sources:
         ckpt = read_checkpoint(source, cache_dir)
         if given is not None and given != ckpt.modality:
-            raise ValueError(f"{source} is a {ckpt.config['model_type']} checkpoint ({ckpt.modality}), given as {given!r}")
+            raise ValueError(
+                f"{source} is a {ckpt.config['model_type']} checkpoint ({ckpt.modality}), given as {given!r}"
+            )
         if ckpt.modality in checkpoints:
-            raise ValueError(f"two {ckpt.modality} checkpoints: {checkpoints[ckpt.modality].path} and {ckpt.path}")
+            raise ValueError(
+                f"two {ckpt.modality} checkpoints: {checkpoints[ckpt.modality].path} and {ckpt.path}"
+            )
         checkpoints[ckpt.modality] = ckpt
     if not checkpoints:
         raise ValueError("no LanguageBind checkpoint given")
@@ -173,7 +185,9 @@ def load_official(
     for ckpt in checkpoints.values():
         dim = ckpt.config.get("projection_dim", projection_dim)
         if dim != projection_dim:
-            raise ValueError(f"{ckpt.path}: projection_dim {dim} differs from the text tower's {projection_dim}")
+            raise ValueError(
+                f"{ckpt.path}: projection_dim {dim} differs from the text tower's {projection_dim}"
+            )
     config = ModelConfig(
         embed_dim=projection_dim,
         preprocess="languagebind",
@@ -186,7 +200,9 @@ def load_official(
 
 
 def _text_weights(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in ckpt.state.items() if k.startswith(_TEXT_KEYS) and not k.endswith(IGNORED_SUFFIXES)}
+    return {
+        k: v for k, v in ckpt.state.items() if k.startswith(_TEXT_KEYS) and not k.endswith(IGNORED_SUFFIXES)
+    }
 
 
 def _check_text_agreement(checkpoints: dict[str, Checkpoint], used: Checkpoint) -> None:
@@ -195,9 +211,14 @@ def _check_text_agreement(checkpoints: dict[str, Checkpoint], used: Checkpoint) 
         if ckpt is used:
             continue
         theirs = _text_weights(ckpt)
-        differ = sorted(k for k in reference.keys() | theirs.keys()
-                        if k not in reference or k not in theirs or reference[k].shape != theirs[k].shape
-                        or not torch.equal(reference[k].float(), theirs[k].float()))
+        differ = sorted(
+            k
+            for k in reference.keys() | theirs.keys()
+            if k not in reference
+            or k not in theirs
+            or reference[k].shape != theirs[k].shape
+            or not torch.equal(reference[k].float(), theirs[k].float())
+        )
         if differ:
             warnings.warn(
                 f"text towers differ: using the {used.modality} checkpoint's ({used.path}); the {ckpt.modality} "
@@ -230,8 +251,11 @@ def _load_strict(model: Any, checkpoints: dict[str, Checkpoint], text_ckpt: Chec
     ]
     if missing or unexpected:
         raise KeyError(f"checkpoint does not fit its config: missing {missing}, unexpected {unexpected}")
-    wrong = [f"{origin[k]} {tuple(v.shape)} (config wants {tuple(expected[k].shape)})"
-             for k, v in state.items() if v.shape != expected[k].shape]
+    wrong = [
+        f"{origin[k]} {tuple(v.shape)} (config wants {tuple(expected[k].shape)})"
+        for k, v in state.items()
+        if v.shape != expected[k].shape
+    ]
     if wrong:
         raise ValueError(f"checkpoint weights do not have the shapes its config gives: {wrong}")
     model.load_state_dict(state, strict=False)
@@ -258,17 +282,24 @@ def init_from_languagebind(config: ModelConfig) -> Any:
         )
     wanted = config.modalities[modality]
     tower = loaded.towers[modality]
-    cfg = TowerConfig.model_validate({
-        **tower.cfg.model_dump(),
-        "lora": wanted.lora.model_dump(),
-        "patch_dropout": wanted.patch_dropout,
-        "trainable": wanted.trainable,
-    })
+    cfg = TowerConfig.model_validate(
+        {
+            **tower.cfg.model_dump(),
+            "lora": wanted.lora.model_dump(),
+            "patch_dropout": wanted.patch_dropout,
+            "trainable": wanted.trainable,
+        }
+    )
     tower.cfg = cfg
     tower.patch_dropout.p = cfg.patch_dropout
     tower.add_lora()
     resolved = loaded.config.model_copy(
-        update={"modalities": {modality: cfg}, "loss": config.loss, "preprocess": config.preprocess, "init_from": None}
+        update={
+            "modalities": {modality: cfg},
+            "loss": config.loss,
+            "preprocess": config.preprocess,
+            "init_from": None,
+        }
     )
     model = LanguageBind(resolved, loaded.text, {modality: tower})
     if config.loss == "clip":  # the released temperature; SigLIP starts from its own
@@ -296,11 +327,17 @@ def export_official(model: Any, out: str | Path, modality: str | None = None) ->
     projection_dim = model.text.projection.out_features
     state: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        if key.startswith(("towers.", "logit_scale.")) and not key.startswith((f"towers.{modality}.", f"logit_scale.{modality}")):
+        if key.startswith(("towers.", "logit_scale.")) and not key.startswith(
+            (f"towers.{modality}.", f"logit_scale.{modality}")
+        ):
             continue
         name = vidal_to_official(key)
         if name is not None:
-            state[name] = to_official_value(name, value.detach().cpu().float(), cfg.frame_class_embedding).contiguous().clone()
+            state[name] = (
+                to_official_value(name, value.detach().cpu().float(), cfg.frame_class_embedding)
+                .contiguous()
+                .clone()
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = official_config(modality, cfg, text_config, projection_dim)

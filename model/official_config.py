@@ -73,9 +73,13 @@ def tower_config(config: dict[str, Any], modality: str, source: object) -> dict[
     vision = vision_settings(config, modality)
     temporal = bool(vision["add_time_attn"])
     if temporal and modality != "video":
-        raise ValueError(f"{source}: add_time_attn on a {modality} tower (temporal MLP variant) is not supported")
+        raise ValueError(
+            f"{source}: add_time_attn on a {modality} tower (temporal MLP variant) is not supported"
+        )
     if vision.get("tube_size", 1) != 1:
-        raise ValueError(f"{source}: tube_size {vision['tube_size']} is not supported (released towers use 1)")
+        raise ValueError(
+            f"{source}: tube_size {vision['tube_size']} is not supported (released towers use 1)"
+        )
     if modality == "audio" and vision["num_mel_bins"] and vision["target_length"]:
         image_size: Any = [int(vision["num_mel_bins"]), int(vision["target_length"])]
     else:
@@ -111,7 +115,9 @@ def official_config(
 ) -> dict[str, Any]:
     """A released-layout ``config.json`` for one vidal tower (LoRA already merged: ``lora_r`` 0)."""
     if cfg.temporal and modality != "video":
-        raise ValueError(f"the {modality} tower has temporal blocks; the official {modality} classes have none")
+        raise ValueError(
+            f"the {modality} tower has temporal blocks; the official {modality} classes have none"
+        )
     vision = {**VISION_DEFAULTS, **(cfg.languagebind or {})}
     h, w = cfg.image_size
     if modality == "audio":

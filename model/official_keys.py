@@ -26,8 +26,14 @@ _TEMPORAL = re.compile(
     r"^vision_model\.encoder\.layers\.(?P<i>\d+)\.(?P<part>temporal_embedding|temporal_layer_norm1|temporal_attn)"
     r"(?P<rest>(?:\..+)?)$"
 )
-_VIDAL_TEMPORAL = re.compile(r"^towers\.(?P<m>\w+)\.temporal\.(?P<i>\d+)\.(?P<part>time_embedding|norm|attn)(?P<rest>(?:\..+)?)$")
-_TEMPORAL_NAMES = {"temporal_embedding": "time_embedding", "temporal_layer_norm1": "norm", "temporal_attn": "attn"}
+_VIDAL_TEMPORAL = re.compile(
+    r"^towers\.(?P<m>\w+)\.temporal\.(?P<i>\d+)\.(?P<part>time_embedding|norm|attn)(?P<rest>(?:\..+)?)$"
+)
+_TEMPORAL_NAMES = {
+    "temporal_embedding": "time_embedding",
+    "temporal_layer_norm1": "norm",
+    "temporal_attn": "attn",
+}
 _OFFICIAL_TEMPORAL = {v: k for k, v in _TEMPORAL_NAMES.items()}
 # Buffers older transformers saved with the weights; they carry no information.
 IGNORED_SUFFIXES = ("position_ids",)
@@ -108,7 +114,9 @@ def to_vidal_value(key: str, value: torch.Tensor) -> torch.Tensor:
         return value.reshape(value.shape[-2], value.shape[-1])
     if key == "vision_model.embeddings.patch_embedding.weight" and value.ndim == 5:
         if value.shape[2] != 1:
-            raise ValueError(f"a Conv3d patch embedding with a tube of {value.shape[2]} frames is not supported")
+            raise ValueError(
+                f"a Conv3d patch embedding with a tube of {value.shape[2]} frames is not supported"
+            )
         return value[:, :, 0]
     return value
 

@@ -150,8 +150,9 @@ def read_audio(source: Source | torch.Tensor | np.ndarray, sample_rate: int) -> 
         wave = torch.as_tensor(source, dtype=torch.float32)
         return wave[None] if wave.ndim == 1 else wave
     try:
-        data, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                                    dtype="float32", always_2d=True)
+        data, rate = soundfile.read(
+            io.BytesIO(source) if isinstance(source, bytes) else str(source), dtype="float32", always_2d=True
+        )
     except soundfile.LibsndfileError:
         data, rate = None, None
     if data is None or rate != sample_rate:
@@ -191,8 +192,12 @@ def official_audio(
 
 
 # -- depth, thermal, image ------------------------------------------------------------------
-def official_depth(source: Source | np.ndarray, max_depth: float = DEPTH_DEFAULTS["max_depth"], size: int = 224,
-                   antialias: bool = False) -> torch.Tensor:
+def official_depth(
+    source: Source | np.ndarray,
+    max_depth: float = DEPTH_DEFAULTS["max_depth"],
+    size: int = 224,
+    antialias: bool = False,
+) -> torch.Tensor:
     """A depth map (16-bit PNG in mm, or an array) -> ``[3, S, S]`` as ``LanguageBindDepthProcessor``."""
     if isinstance(source, np.ndarray):
         depth = source.astype(np.float32)
@@ -207,7 +212,9 @@ def official_depth(source: Source | np.ndarray, max_depth: float = DEPTH_DEFAULT
     return (_centre_crop(x, size) - mean) / std
 
 
-def official_image(source: Source | Image.Image | np.ndarray, size: int = 224, antialias: bool = False) -> torch.Tensor:
+def official_image(
+    source: Source | Image.Image | np.ndarray, size: int = 224, antialias: bool = False
+) -> torch.Tensor:
     """An image (thermal or RGB) -> ``[3, S, S]`` as ``LanguageBind{Thermal,Image}Processor`` (read as RGB)."""
     x = torch.from_numpy(np.array(decode_image(source))).permute(2, 0, 1).float() / 255.0
     x = _centre_crop(_resize_bicubic(x, size, antialias), size)
@@ -216,7 +223,11 @@ def official_image(source: Source | Image.Image | np.ndarray, size: int = 224, a
 
 
 def official_preprocess(
-    modality: str, source: Any, cfg: TowerConfig, train: bool = False, generator: torch.Generator | None = None,
+    modality: str,
+    source: Any,
+    cfg: TowerConfig,
+    train: bool = False,
+    generator: torch.Generator | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """One raw input -> the tower's tensor, with the settings of the checkpoint the tower came from."""
@@ -229,13 +240,20 @@ def official_preprocess(
     if modality == "audio":
         bins, length = cfg.image_size
         return official_audio(
-            source, bins, length, float(vision.get("audio_mean", AUDIO_DEFAULTS["audio_mean"])),
+            source,
+            bins,
+            length,
+            float(vision.get("audio_mean", AUDIO_DEFAULTS["audio_mean"])),
             float(vision.get("audio_std", AUDIO_DEFAULTS["audio_std"])),
-            int(vision.get("audio_sample_rate", AUDIO_DEFAULTS["audio_sample_rate"])), train, generator,
+            int(vision.get("audio_sample_rate", AUDIO_DEFAULTS["audio_sample_rate"])),
+            train,
+            generator,
         )
     antialias = bool(options.get("antialias", False))
     if modality == "depth":
-        return official_depth(source, float(vision.get("max_depth", DEPTH_DEFAULTS["max_depth"])), size, antialias)
+        return official_depth(
+            source, float(vision.get("max_depth", DEPTH_DEFAULTS["max_depth"])), size, antialias
+        )
     if modality in ("infrared", "image"):
         return official_image(source, size, antialias)
     raise ValueError(f"unknown modality {modality!r}")

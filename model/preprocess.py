@@ -295,7 +295,10 @@ def preprocess(
         raise TypeError(f"{modality} takes one image; pick a frame from the shard's {NUM_FRAMES} first")
     if modality == "depth":
         return depth_input(source, size)
-    if modality in ("infrared", "image"):  # an image tower (released LanguageBind_Image) reads RGB the same way
+    if modality in (
+        "infrared",
+        "image",
+    ):  # an image tower (released LanguageBind_Image) reads RGB the same way
         return infrared_input(source, size)
     raise ValueError(f"unknown modality {modality!r}")
 

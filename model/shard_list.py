@@ -43,7 +43,9 @@ def _visible(uri: str) -> bool:
 def _remote_shards(item: str) -> list[str]:
     parent, name = item.rstrip("/").rsplit("/", 1)
     if glob.has_magic(name):
-        return [u for u in store.list_files(parent) if fnmatch.fnmatch(u.rsplit("/", 1)[1], name) and _visible(u)]
+        return [
+            u for u in store.list_files(parent) if fnmatch.fnmatch(u.rsplit("/", 1)[1], name) and _visible(u)
+        ]
     if item.endswith(".tar"):
         return [item]  # named explicitly: checked when opened, not with one request per shard here
     found = store.kind(item)
@@ -71,14 +73,16 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     for part in parts:
         for item in braceexpand.braceexpand(str(part).strip()):
             if item.startswith("file://"):
-                item = item[len("file://"):]
+                item = item[len("file://") :]
             if _passes_through(item):
                 found = [item]
             else:
                 found = _remote_shards(item) if store.is_remote(item) else _local_shards(item)
             if not found:
-                raise FileNotFoundError(f"shard {item!r} does not exist (from {spec!r}); give a tar, a "
-                                        f"directory or prefix of tars, a glob or a brace pattern")
+                raise FileNotFoundError(
+                    f"shard {item!r} does not exist (from {spec!r}); give a tar, a "
+                    f"directory or prefix of tars, a glob or a brace pattern"
+                )
             urls += found
     if not urls:
         raise FileNotFoundError(f"no shards match {spec!r}")
@@ -88,7 +92,7 @@ def expand_shards(spec: str | list[str]) -> list[str]:
 def open_shard(url: str) -> Any:
     """A binary stream of one tar: local path, ``file://``, ``http(s)://``, object stores, ``pipe:``."""
     if url.startswith("file://"):
-        url = url[len("file://"):]
+        url = url[len("file://") :]
     if url.startswith(("http://", "https://")):
         import requests
 
@@ -132,34 +136,45 @@ def _count_one(url: str, modalities: tuple[str, ...], split: Split, fraction: fl
     flags = [INDEX_FLAG[m] for m in modalities if m != "video"]
     try:
         fs, path = store.resolve(index)
-        table = pq.read_table(path, filesystem=fs, columns=["key", *flags] if "video" not in modalities else ["key"])
+        table = pq.read_table(
+            path, filesystem=fs, columns=["key", *flags] if "video" not in modalities else ["key"]
+        )
     except FileNotFoundError:
-        raise FileNotFoundError(f"shard {url} has no Parquet index beside it ({index}); the shard stage writes "
-                                "one per tar. Set data.epoch_samples to train on shards without one") from None
+        raise FileNotFoundError(
+            f"shard {url} has no Parquet index beside it ({index}); the shard stage writes "
+            "one per tar. Set data.epoch_samples to train on shards without one"
+        ) from None
     keys = table["key"].to_pylist()
-    present = [True] * len(keys) if "video" in modalities else [
-        any(v) for v in zip(*(table[f].to_pylist() for f in flags))]
+    present = (
+        [True] * len(keys)
+        if "video" in modalities
+        else [any(v) for v in zip(*(table[f].to_pylist() for f in flags))]
+    )
     return sum(p and keep_key(k, split, fraction, seed) for k, p in zip(keys, present))
 
 
 @lru_cache(maxsize=8)
-def _counts(urls: tuple[str, ...], modalities: tuple[str, ...], split: Split, fraction: float,
-            seed: int) -> tuple[int, ...] | None:
+def _counts(
+    urls: tuple[str, ...], modalities: tuple[str, ...], split: Split, fraction: float, seed: int
+) -> tuple[int, ...] | None:
     if any(index_of(u) is None for u in urls):
         return None
     with ThreadPoolExecutor(min(INDEX_READERS, len(urls))) as pool:
         return tuple(pool.map(lambda u: _count_one(u, modalities, split, fraction, seed), urls))
 
 
-def shard_counts(urls: list[str], modalities: list[str], split: Split, fraction: float,
-                 seed: int) -> dict[str, int] | None:
+def shard_counts(
+    urls: list[str], modalities: list[str], split: Split, fraction: float, seed: int
+) -> dict[str, int] | None:
     """Samples of ``split`` with any of ``modalities`` in each shard, from the Parquet indexes;
     None for http(s) and pipe URLs; ``FileNotFoundError`` naming a tar whose index is missing."""
     counts = _counts(tuple(urls), tuple(modalities), split, fraction, seed) if urls else ()
     return None if counts is None else dict(zip(urls, counts))
 
 
-def count_samples(urls: list[str], modalities: list[str], split: Split, fraction: float, seed: int) -> int | None:
+def count_samples(
+    urls: list[str], modalities: list[str], split: Split, fraction: float, seed: int
+) -> int | None:
     """Total of ``shard_counts`` (None where the shards' indexes are not read)."""
     counts = shard_counts(urls, modalities, split, fraction, seed)
     return None if counts is None else sum(counts.values())

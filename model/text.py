@@ -159,7 +159,12 @@ class TextTower(nn.Module):
             tokenizer.pad_token = tokenizer.eos_token  # LanguageBind's tokenizer pads with <|endoftext|>
         limit = min(CLIP_CONTEXT, config.max_position_embeddings)
         return cls(
-            model.text_model, tokenizer, "clip", model.text_projection, cfg.max_length or limit, cfg.cache_size
+            model.text_model,
+            tokenizer,
+            "clip",
+            model.text_projection,
+            cfg.max_length or limit,
+            cfg.cache_size,
         )
 
     @classmethod
@@ -226,7 +231,9 @@ def save_clip_tokenizer(tokenizer: Any, directory: str | Path) -> Path:
         raise ValueError(f"{type(tokenizer).__name__} has no BPE model to write vocab.json/merges.txt from")
     bpe = json.loads(backend.to_str())["model"]
     if bpe.get("type") != "BPE":
-        raise ValueError(f"the text tokenizer is {bpe.get('type')}, not CLIP's BPE; it has no vocab.json/merges.txt")
+        raise ValueError(
+            f"the text tokenizer is {bpe.get('type')}, not CLIP's BPE; it has no vocab.json/merges.txt"
+        )
     merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
     (directory / "vocab.json").write_text(json.dumps(bpe["vocab"], ensure_ascii=False))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")

@@ -27,7 +27,9 @@ def _text(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def text_options(meta: dict[str, Any], field: str, mix: dict[str, float] | None = None) -> list[tuple[float, str, int | None]]:
+def text_options(
+    meta: dict[str, Any], field: str, mix: dict[str, float] | None = None
+) -> list[tuple[float, str, int | None]]:
     """``(weight, text, ofa_index)`` candidates of one sample for ``field`` (several for ``ofa``/``mix``)."""
     if field == "mix":
         weights = mix or LANGUAGEBIND_MIX
@@ -48,8 +50,13 @@ def text_options(meta: dict[str, Any], field: str, mix: dict[str, float] | None 
     return [(1.0, text, None)] if text else []
 
 
-def choose_text(meta: dict[str, Any], field: str, rng: random.Random, train: bool = True,
-                mix: dict[str, float] | None = None) -> tuple[str, int | None]:
+def choose_text(
+    meta: dict[str, Any],
+    field: str,
+    rng: random.Random,
+    train: bool = True,
+    mix: dict[str, float] | None = None,
+) -> tuple[str, int | None]:
     """The caption to pair with this sample, and the OFA frame index when it is a per-frame caption.
 
     Training draws from the candidates by weight; evaluation is deterministic (the middle frame's

@@ -92,7 +92,9 @@ class Trainer:
         model_config = ModelConfig.model_validate(cfg.model_dict())
         self._plan_steps(model_config)  # data problems surface before a large model is built
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        if self.ckpt is not None:  # frozen weights come from the run's base, trainable ones from the checkpoint
+        if (
+            self.ckpt is not None
+        ):  # frozen weights come from the run's base, trainable ones from the checkpoint
             self.raw = LanguageBind.load(self.out / BASE_DIR)
             weights, state, meta = read_checkpoint(self.ckpt)
             self.raw.load_state_dict(weights, strict=False)  # before FSDP shards the parameters
@@ -100,7 +102,9 @@ class Trainer:
             self.raw = LanguageBind.from_config(model_config)
             if self.d.rank == 0:
                 self.raw.save(self.out / BASE_DIR)
-                (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+                (self.out / "train_config.yaml").write_text(
+                    yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+                )
         self.raw.to(self.d.device)
         self.modalities = list(cfg.data.modalities)
         if cfg.train.grad_checkpointing:
@@ -110,13 +114,20 @@ class Trainer:
                 tower.compile()
         self.model = self._wrap(self.raw)
         o = cfg.optim
-        self.opt = torch.optim.AdamW(self.raw.optimizer_groups(o.lr, o.weight_decay, o.coef_lr), lr=o.lr,
-                                     betas=o.betas, eps=o.eps)
-        self.objective = Objective(self.raw.config.loss, cfg.loss.local_loss, cfg.loss.gather_with_grad,
-                                   self.d.rank, self.d.world_size)
+        self.opt = torch.optim.AdamW(
+            self.raw.optimizer_groups(o.lr, o.weight_decay, o.coef_lr), lr=o.lr, betas=o.betas, eps=o.eps
+        )
+        self.objective = Objective(
+            self.raw.config.loss,
+            cfg.loss.local_loss,
+            cfg.loss.gather_with_grad,
+            self.d.rank,
+            self.d.world_size,
+        )
         self.amp = _amp(self.d.device, cfg.train.precision)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, o.warmup_steps, self.total_steps, o.min_lr_ratio))
+            self.opt, lambda s: lr_factor(s, o.warmup_steps, self.total_steps, o.min_lr_ratio)
+        )
         self.step, self.samples_seen, self.position = 0, 0, {"epoch": 0, "batches": 0, "raw": {}}
         self.stop_requested = False
         torch.manual_seed(cfg.train.seed + 1000 * (self.d.rank + 1))  # patch dropout differs per rank
@@ -130,7 +141,9 @@ class Trainer:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
             bf16 = self.d.device.type == "cuda" and self.cfg.train.precision != "fp32"
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+            mp = (
+                MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+            )
             kw = {"mp_policy": mp} if mp else {}
             for tower in raw.towers.values():
                 for block in [*tower.vision.encoder.layers, *(tower.temporal or [])]:
@@ -138,7 +151,9 @@ class Trainer:
                 fully_shard(tower, **kw)
             # The temperatures are scalars, which fully_shard refuses: they stay replicated and their
             # gradients are averaged by hand (the text tower is frozen and needs nothing).
-            self.replicated = [p for n, p in raw.named_parameters() if p.requires_grad and not n.startswith("towers.")]
+            self.replicated = [
+                p for n, p in raw.named_parameters() if p.requires_grad and not n.startswith("towers.")
+            ]
             return raw
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -148,20 +163,32 @@ class Trainer:
     def _plan_steps(self, model_config: Any) -> None:
         c, d = self.cfg, self.d
         urls = [u for s in c.data.sources for u in expand_shards(s.shards)] or expand_shards(c.data.shards)
-        n = c.data.epoch_samples or count_samples(urls, c.data.modalities, "train", c.data.holdout, c.data.split_seed)
+        n = c.data.epoch_samples or count_samples(
+            urls, c.data.modalities, "train", c.data.holdout, c.data.split_seed
+        )
         if n is None:
-            raise ConfigError("data.epoch_samples: the Parquet indexes of http(s):// and pipe: shards are not "
-                              "read, so the epoch length is unknown; set it")
+            raise ConfigError(
+                "data.epoch_samples: the Parquet indexes of http(s):// and pipe: shards are not "
+                "read, so the epoch length is unknown; set it"
+            )
         self.epoch_samples = n
         per_step = c.data.batch_size * c.optim.accum_freq * d.world_size
         self.steps_per_epoch = n // per_step
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"data.batch_size: {n} samples per epoch make no full step of {per_step} "
-                              f"(batch_size x accum_freq x ranks); lower the batch size")
+            raise ConfigError(
+                f"data.batch_size: {n} samples per epoch make no full step of {per_step} "
+                f"(batch_size x accum_freq x ranks); lower the batch size"
+            )
         self.total_steps = c.optim.max_steps or c.optim.epochs * self.steps_per_epoch
-        self.stream = ShardStream(c.data, tower_sizes(model_config), train=True, seed=c.train.seed,
-                                  rank=d.rank, world_size=d.world_size,
-                                  batches_per_epoch=self.steps_per_epoch * c.optim.accum_freq)
+        self.stream = ShardStream(
+            c.data,
+            tower_sizes(model_config),
+            train=True,
+            seed=c.train.seed,
+            rank=d.rank,
+            world_size=d.world_size,
+            batches_per_epoch=self.steps_per_epoch * c.optim.accum_freq,
+        )
 
     # -- one optimizer step ------------------------------------------------------------------------
     def _forward(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +212,9 @@ class Trainer:
         """Forward/backward over ``accum_freq`` micro-batches as one contrastive batch, then step."""
         if len(micro) == 1:
             with self._sync(True):
-                loss, parts = self.objective(self._forward(self.model, micro[0]), _valid(micro[0], self.d.device))
+                loss, parts = self.objective(
+                    self._forward(self.model, micro[0]), _valid(micro[0], self.d.device)
+                )
                 loss.backward()
         else:
             # open_clip's accum_freq: features of every micro-batch without gradients first, then each
@@ -202,8 +231,10 @@ class Trainer:
                 _rng_restore(states[j], self.d.device)
                 with self._sync(j == len(micro) - 1):
                     out = self._forward(self.model, mb)
-                    feats = {k: torch.cat([out[k] if i == j else c[k] for i, c in enumerate(cached)])
-                             for k in cached[0]}
+                    feats = {
+                        k: torch.cat([out[k] if i == j else c[k] for i, c in enumerate(cached)])
+                        for k in cached[0]
+                    }
                     # The temperature is shared by every pass: only the first passes its gradient on.
                     for key in ("logit_scale", "logit_bias"):
                         if key in out:
@@ -215,12 +246,18 @@ class Trainer:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
         grad_norm = float("nan")
         if self.cfg.optim.grad_clip:
-            grad_norm = clip_grad_norm([p for p in self.raw.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+            grad_norm = clip_grad_norm(
+                [p for p in self.raw.parameters() if p.requires_grad], self.cfg.optim.grad_clip
+            )
         self.opt.step()
         self.sched.step()
         self.raw.clamp_logit_scale_()
         self.opt.zero_grad(set_to_none=True)
-        return {"loss": loss.item(), **{f"loss_{m}": v.item() for m, v in parts.items()}, "grad_norm": grad_norm}
+        return {
+            "loss": loss.item(),
+            **{f"loss_{m}": v.item() for m, v in parts.items()},
+            "grad_norm": grad_norm,
+        }
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -243,9 +280,11 @@ class Trainer:
                     t0 = time.perf_counter()
                     micro = [next(batches, None) for _ in range(accum)]
                     if any(mb is None for mb in micro):
-                        raise RuntimeError(f"the loader ran dry in epoch {epoch} after {self.position['batches']} "
-                                           "batches: the shards have fewer readable samples than their index "
-                                           "says (see the warnings above)")
+                        raise RuntimeError(
+                            f"the loader ran dry in epoch {epoch} after {self.position['batches']} "
+                            "batches: the shards have fewer readable samples than their index "
+                            "says (see the warnings above)"
+                        )
                     waited = time.perf_counter() - t0
                     metrics = self.train_step(micro)
                     self.step += 1
@@ -257,7 +296,11 @@ class Trainer:
                     last = metrics
                     if c.eval.every and self.step % c.eval.every == 0:
                         logger.evaluation(self.evaluate())
-                    if c.eval.benchmarks and c.eval.benchmarks.every and self.step % c.eval.benchmarks.every == 0:
+                    if (
+                        c.eval.benchmarks
+                        and c.eval.benchmarks.every
+                        and self.step % c.eval.benchmarks.every == 0
+                    ):
                         self.evaluate_benchmarks(logger)
                     if self._should_stop() or self.step % c.train.save_every == 0 or self.step == stop_at:
                         self.save(last)
@@ -310,7 +353,9 @@ class Trainer:
             return
         self._benchmarked_at = self.step
         if self.cfg.train.fsdp and self.d.world_size > 1:
-            log.warning("eval.benchmarks: skipped under FSDP (the towers are sharded); evaluate the export instead")
+            log.warning(
+                "eval.benchmarks: skipped under FSDP (the towers are sharded); evaluate the export instead"
+            )
             return
         if self.d.rank == 0:
             evaluate_benchmarks(self.raw, self.cfg.eval.benchmarks, self.step, self.out, logger.tb, self.amp)
@@ -322,7 +367,9 @@ class Trainer:
         if self.cfg.train.fsdp and self.d.world_size > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            state = get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         else:
             state = self.raw.state_dict()
         if self.cfg.train.full_checkpoint:
@@ -334,21 +381,35 @@ class Trainer:
         if self.cfg.train.fsdp and self.d.world_size > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            return get_optimizer_state_dict(self.model, self.opt, options=StateDictOptions(full_state_dict=True,
-                                                                                             cpu_offload=True))
+            return get_optimizer_state_dict(
+                self.model, self.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         return self.opt.state_dict()
 
     def save(self, metrics: dict[str, Any]) -> None:
         """An atomic checkpoint of this step (rank 0 writes; every rank contributes RNG and data position)."""
         weights, optim = self._weights(), self._optim_state()
-        per_rank = gather_objects({"rng": rng_state(), "position": self.position,
-                                    "workers": self.stream.workers}, self.d.world_size)
+        per_rank = gather_objects(
+            {"rng": rng_state(), "position": self.position, "workers": self.stream.workers}, self.d.world_size
+        )
         if self.d.rank == 0:
-            state = {"optimizer": optim, "scheduler": self.sched.state_dict(), "ranks": per_rank,
-                     "world_size": self.d.world_size}
-            meta = {"step": self.step, "samples_seen": self.samples_seen, "epoch": self.position["epoch"],
-                    "total_steps": self.total_steps, "metrics": metrics, "config": self.cfg.model_dump(mode="json")}
-            path = write_checkpoint(self.out, self.step, weights, state, meta, self.cfg.train.keep_checkpoints)
+            state = {
+                "optimizer": optim,
+                "scheduler": self.sched.state_dict(),
+                "ranks": per_rank,
+                "world_size": self.d.world_size,
+            }
+            meta = {
+                "step": self.step,
+                "samples_seen": self.samples_seen,
+                "epoch": self.position["epoch"],
+                "total_steps": self.total_steps,
+                "metrics": metrics,
+                "config": self.cfg.model_dump(mode="json"),
+            }
+            path = write_checkpoint(
+                self.out, self.step, weights, state, meta, self.cfg.train.keep_checkpoints
+            )
             log.info("checkpoint %s", path)
         if self.d.world_size > 1:
             dist.barrier()
@@ -357,8 +418,9 @@ class Trainer:
         if self.cfg.train.fsdp and self.d.world_size > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.model, self.opt, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(
+                self.model, self.opt, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
         else:
             self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -373,8 +435,10 @@ class Trainer:
             workers = max(1, self.stream.workers)
             share = lambda w: max(0, (pos["batches"] - w + workers - 1) // workers)  # noqa: E731
             self.position = {**pos, "raw": {w: share(w) * self.cfg.data.batch_size for w in range(workers)}}
-            log.warning("resuming with a different number of ranks or loader workers: the data position is "
-                        "approximate (exact resume needs the same layout)")
+            log.warning(
+                "resuming with a different number of ranks or loader workers: the data position is "
+                "approximate (exact resume needs the same layout)"
+            )
         if self.position["batches"] >= self.steps_per_epoch * self.cfg.optim.accum_freq:
             self.position = {"epoch": self.position["epoch"] + 1, "batches": 0, "raw": {}}
         log.info("resumed from %s at step %d (%d samples seen)", self.ckpt, self.step, self.samples_seen)
@@ -391,8 +455,10 @@ def prepare_out(out: Path, fresh: bool, resume: str | None) -> None:
     if resume or not (out / "checkpoints").exists() and not (out / BASE_DIR).exists():
         return
     if not fresh:
-        raise ConfigError(f"{out} holds a run already: --resume latest continues it, --fresh discards it, "
-                          "or choose another --out")
+        raise ConfigError(
+            f"{out} holds a run already: --resume latest continues it, --fresh discards it, "
+            "or choose another --out"
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         import shutil
 
@@ -412,19 +478,38 @@ def train(cfg: TrainConfig, resume: str | None = None, device: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m model.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="training config YAML (configs/train/*.yaml)")
     p.add_argument("--data", help="shards: path, directory, glob, brace pattern or URLs (sets data.shards)")
     p.add_argument("--out", help="run directory for checkpoints, logs and the export (sets out)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (sets optim.max_steps; the schedule follows)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=5e-4 (repeatable; values are YAML)")
-    p.add_argument("--resume", metavar="latest|PATH", help="continue a run: 'latest' in --out, or a checkpoint")
+    p.add_argument(
+        "--max-steps", type=int, help="optimizer steps (sets optim.max_steps; the schedule follows)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=5e-4 (repeatable; values are YAML)",
+    )
+    p.add_argument(
+        "--resume", metavar="latest|PATH", help="continue a run: 'latest' in --out, or a checkpoint"
+    )
     p.add_argument("--fresh", action="store_true", help="discard --out's checkpoints and logs and start over")
-    p.add_argument("--ray", action="store_true", help="run under Ray Train (workers and GPUs from the ray section)")
-    p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT"),
-                   help="write CHECKPOINT (or a run directory's latest) as a plain model with LoRA merged, then exit")
+    p.add_argument(
+        "--ray", action="store_true", help="run under Ray Train (workers and GPUs from the ray section)"
+    )
+    p.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("CHECKPOINT", "OUT"),
+        help="write CHECKPOINT (or a run directory's latest) as a plain model with LoRA merged, then exit",
+    )
     return p
 
 
@@ -447,8 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args.config, overrides)
         if "://" in str(cfg.out) and not str(cfg.out).startswith("file://"):
-            raise ConfigError(f"out: {cfg.out} is an object-store URI; checkpoints need a local or shared "
-                              "directory (README: Object-store roots); copy the run to the bucket afterwards")
+            raise ConfigError(
+                f"out: {cfg.out} is an object-store URI; checkpoints need a local or shared "
+                "directory (README: Object-store roots); copy the run to the bucket afterwards"
+            )
         prepare_out(Path(cfg.out), fresh=args.fresh, resume=args.resume)
         if args.ray:
             from model.train_ray import run_on_ray

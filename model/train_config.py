@@ -33,7 +33,9 @@ class OptimConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the cosine ends at lr * min_lr_ratio")
     epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs (the schedule follows)")
+    max_steps: int | None = Field(
+        None, ge=1, description="optimizer steps; overrides epochs (the schedule follows)"
+    )
     accum_freq: int = Field(1, ge=1, description="micro-batches per step; negatives span all of them")
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm; null: no clipping")
 
@@ -48,7 +50,9 @@ class LossConfig(_Section):
 class EvalConfig(_Section):
     """Retrieval (and zero-shot classification) on held-out shards during training."""
 
-    every: int = Field(0, ge=0, description="optimizer steps between evaluations; 0: only at the end if final")
+    every: int = Field(
+        0, ge=0, description="optimizer steps between evaluations; 0: only at the end if final"
+    )
     final: bool = True
     shards: str | list[str] | None = Field(None, description="null: the training shards' held-out split")
     split: Literal["holdout", "all", "train"] = "holdout"
@@ -71,7 +75,9 @@ class RunOptions(_Section):
 
     seed: int = 0
     device: str = Field("auto", description="auto: cuda:LOCAL_RANK when available, else cpu")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU"
+    )
     grad_checkpointing: bool = False
     compile: bool = False
     fsdp: bool = Field(False, description="FSDP2: fully_shard each transformer block (needs torchrun/ray)")
@@ -81,7 +87,9 @@ class RunOptions(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     full_checkpoint: bool = Field(False, description="also save frozen weights in every checkpoint")
     export: bool = Field(True, description="write a plain inference model (LoRA merged) at the end")
-    stop_at: int | None = Field(None, ge=1, description="save and stop at this step (the schedule is unchanged)")
+    stop_at: int | None = Field(
+        None, ge=1, description="save and stop at this step (the schedule is unchanged)"
+    )
     tensorboard: bool = True
     wandb: WandbConfig | None = Field(None, description="log to wandb when installed and set")
 
@@ -111,15 +119,21 @@ class TrainConfig(_Section):
     def model_dict(self) -> dict[str, Any]:
         """The model config as a mapping (a path is read), with only the towers ``data.modalities``
         trains: LanguageBind trains one modality per run, and unused ViT-L towers would cost memory."""
-        model = dict(self.model) if isinstance(self.model, dict) else yaml.safe_load(Path(self.model).read_text())
+        model = (
+            dict(self.model) if isinstance(self.model, dict) else yaml.safe_load(Path(self.model).read_text())
+        )
         towers = model.get("modalities") or {}
         missing = [m for m in self.data.modalities if m not in towers]
         if missing:
-            raise ConfigError(f"data.modalities: {missing} have no tower in the model config (it has {list(towers)})")
+            raise ConfigError(
+                f"data.modalities: {missing} have no tower in the model config (it has {list(towers)})"
+            )
         model["modalities"] = {m: towers[m] for m in self.data.modalities}
         init_from = model.get("init_from") or ""
         if init_from.startswith("languagebind:"):
-            model["modalities"] = _released_architecture(init_from[len("languagebind:") :], model["modalities"])
+            model["modalities"] = _released_architecture(
+                init_from[len("languagebind:") :], model["modalities"]
+            )
         return model
 
 
@@ -133,11 +147,17 @@ def _released_architecture(source: str, towers: dict[str, Any]) -> dict[str, Any
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"model.init_from: {e}") from None
     if list(towers) != [modality]:
-        raise ConfigError(f"model.init_from: {source} is a {modality} tower; data.modalities must be [{modality}], "
-                          f"not {list(towers)}")
+        raise ConfigError(
+            f"model.init_from: {source} is a {modality} tower; data.modalities must be [{modality}], "
+            f"not {list(towers)}"
+        )
     keep = ("lora", "patch_dropout", "trainable")  # training settings stay the config's
-    return {modality: {**{k: v for k, v in (towers[modality] or {}).items() if k in keep},
-                       **{k: v for k, v in fields.items() if k not in keep}}}
+    return {
+        modality: {
+            **{k: v for k, v in (towers[modality] or {}).items() if k in keep},
+            **{k: v for k, v in fields.items() if k not in keep},
+        }
+    }
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -169,6 +189,8 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     try:
         ModelConfig.model_validate(config.model_dict())
     except (ValidationError, FileNotFoundError, yaml.YAMLError) as e:
-        detail = format_validation_error(e).replace("\n  ", "\n  model.") if isinstance(e, ValidationError) else e
+        detail = (
+            format_validation_error(e).replace("\n  ", "\n  model.") if isinstance(e, ValidationError) else e
+        )
         raise ConfigError(f"model config: {detail}") from None
     return config

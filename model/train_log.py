@@ -43,18 +43,27 @@ class ProgressLog:
             try:
                 import wandb
             except ImportError:
-                log.warning("train.wandb is set but wandb is not installed: pip install wandb; logging without it")
+                log.warning(
+                    "train.wandb is set but wandb is not installed: pip install wandb; logging without it"
+                )
             else:
                 w = trainer.cfg.train.wandb
-                self.wandb = wandb.init(project=w.project, name=w.name, config=trainer.cfg.model_dump(mode="json"),
-                                        dir=str(self.out), resume="allow")
+                self.wandb = wandb.init(
+                    project=w.project,
+                    name=w.name,
+                    config=trainer.cfg.model_dump(mode="json"),
+                    dir=str(self.out),
+                    resume="allow",
+                )
 
     def _reset(self) -> None:
         self.n, self.sums, self.samples, self.wait, self.wall = 0, {}, 0, 0.0, 0.0
         self.bad = self.filtered = 0
         self.start = time.perf_counter()
 
-    def update(self, metrics: dict[str, float], micro: list[dict[str, Any]], waited: float, step_s: float) -> None:
+    def update(
+        self, metrics: dict[str, float], micro: list[dict[str, Any]], waited: float, step_s: float
+    ) -> None:
         """Add one step; print and write when the window is full."""
         self.n += 1
         for k, v in metrics.items():
@@ -78,16 +87,25 @@ class ProgressLog:
         self.total_filtered = getattr(self, "total_filtered", 0) + filtered
         if self.enabled and self.n:
             row: dict[str, Any] = {k: v / self.n for k, v in self.sums.items()}
-            row.update(step=t.step, epoch=t.position["epoch"], samples_seen=t.samples_seen,
-                       samples_per_s=samples / max(self.wall, 1e-9), data_wait=self.wait / max(self.wall, 1e-9),
-                       lr=t.opt.param_groups[0]["lr"] / t.opt.param_groups[0].get("lr_scale", 1.0),
-                       bad_samples=self.total_bad, filtered_samples=self.total_filtered)
+            row.update(
+                step=t.step,
+                epoch=t.position["epoch"],
+                samples_seen=t.samples_seen,
+                samples_per_s=samples / max(self.wall, 1e-9),
+                data_wait=self.wait / max(self.wall, 1e-9),
+                lr=t.opt.param_groups[0]["lr"] / t.opt.param_groups[0].get("lr_scale", 1.0),
+                bad_samples=self.total_bad,
+                filtered_samples=self.total_filtered,
+            )
             for m in t.modalities:
                 row[f"temperature_{m}"] = 1.0 / t.raw.logit_scale_of(m).item()
             temps = " ".join(f"{m} {row[f'temperature_{m}']:.3f}" for m in t.modalities)
-            print(f"step {t.step}/{t.total_steps} ep {row['epoch']} | {row['samples_per_s']:.1f} samples/s | "
-                  f"loss {row['loss']:.4f} | T {temps} | lr {row['lr']:.2e} | data wait {100 * row['data_wait']:.0f}% "
-                  f"| bad {self.total_bad} filtered {self.total_filtered}", flush=True)
+            print(
+                f"step {t.step}/{t.total_steps} ep {row['epoch']} | {row['samples_per_s']:.1f} samples/s | "
+                f"loss {row['loss']:.4f} | T {temps} | lr {row['lr']:.2e} | data wait {100 * row['data_wait']:.0f}% "
+                f"| bad {self.total_bad} filtered {self.total_filtered}",
+                flush=True,
+            )
             self._write(row, "train")
         self._reset()
 
@@ -110,7 +128,9 @@ class ProgressLog:
             print(format_table(results), flush=True)
             self._write({"step": self.t.step, **flat}, "eval")
             (self.out / "eval").mkdir(exist_ok=True)
-            (self.out / "eval" / f"step_{self.t.step:07d}.json").write_text(json.dumps(results, indent=2) + "\n")
+            (self.out / "eval" / f"step_{self.t.step:07d}.json").write_text(
+                json.dumps(results, indent=2) + "\n"
+            )
         return {f"eval/{k}": v for k, v in flat.items()}
 
     def close(self) -> None:

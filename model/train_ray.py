@@ -54,17 +54,26 @@ def run_on_ray(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         # the object-store settings ($VIDAL_STORAGE) reach the workers of every node
         env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"), **store.worker_env()}
         ray.init(address=cfg.ray.address, runtime_env={"env_vars": env})
-    data = cfg.data.model_copy(update={
-        "shards": _absolute(cfg.data.shards),
-        "sources": [s.model_copy(update={"shards": _absolute(s.shards)}) for s in cfg.data.sources]})
+    data = cfg.data.model_copy(
+        update={
+            "shards": _absolute(cfg.data.shards),
+            "sources": [s.model_copy(update={"shards": _absolute(s.shards)}) for s in cfg.data.sources],
+        }
+    )
     # the model config travels inline: a relative path would not resolve in the workers
-    cfg = cfg.model_copy(update={"out": str(Path(cfg.out).resolve()), "data": data, "model": cfg.model_dict()})
-    resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {})}
+    cfg = cfg.model_copy(
+        update={"out": str(Path(cfg.out).resolve()), "data": data, "model": cfg.model_dict()}
+    )
+    resources = {
+        "CPU": cfg.ray.cpus_per_worker,
+        **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {}),
+    }
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "resume": resume},
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(name=Path(cfg.out).name, storage_path=str(Path(cfg.out) / "ray")),
     )
     return dict(trainer.fit().metrics or {})

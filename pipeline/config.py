@@ -40,20 +40,29 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     root: str = Field("runs/demo", description="run root: a local path or s3:// / gs:// URI")
-    stages: list[str] = Field(default_factory=lambda: [s for s in available_stages() if s not in CURATION_STAGES])
+    stages: list[str] = Field(
+        default_factory=lambda: [s for s in available_stages() if s not in CURATION_STAGES]
+    )
     ray_address: str | None = Field(None, description="Ray address; None attaches or starts local")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default all)")
     rows_per_part: int = Field(256, ge=1, description="rows per manifest Parquet part")
     broadcast_join_mb: float = Field(
-        256, ge=0, description="upstream columns up to this size (estimated, MiB) are joined by broadcast "
-        "instead of a hash shuffle; 0 always shuffles")
+        256,
+        ge=0,
+        description="upstream columns up to this size (estimated, MiB) are joined by broadcast "
+        "instead of a hash shuffle; 0 always shuffles",
+    )
     progress_interval_s: float = Field(10.0, gt=0)
     stall_timeout_s: float = Field(
-        600, ge=0, description="a stage whose plan moves nothing for this long stops, naming what it waits "
-        "for (0: wait forever)")
+        600,
+        ge=0,
+        description="a stage whose plan moves nothing for this long stops, naming what it waits "
+        "for (0: wait forever)",
+    )
     demo_media: DemoMediaConfig | None = None
-    storage: StorageSettings = Field(default_factory=StorageSettings,
-                                     description="object-store endpoint, region, retries (no credentials)")
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings, description="object-store endpoint, region, retries (no credentials)"
+    )
 
     @field_validator("stages")
     @classmethod

@@ -23,8 +23,12 @@ def run(cmd: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="training steps of the demo model (default: optim.max_steps of configs/train/demo.yaml)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="training steps of the demo model (default: optim.max_steps of configs/train/demo.yaml)",
+    )
     p.add_argument("--skip-train", action="store_true", help="stop after the pipeline and the report")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -33,9 +37,28 @@ def main(argv: list[str] | None = None) -> int:
         trained = False
         if not args.skip_train and importlib.util.find_spec("model.train"):
             steps = [] if args.max_steps is None else ["--max-steps", str(args.max_steps)]
-            run([sys.executable, "-m", "model.train", "--config", "configs/train/demo.yaml", "--fresh", *steps])
-            run([sys.executable, "-m", "model.eval", "--checkpoint", "runs/train/demo",
-                 "--classes", "moving left,moving right,moving up,moving down"])
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "model.train",
+                    "--config",
+                    "configs/train/demo.yaml",
+                    "--fresh",
+                    *steps,
+                ]
+            )
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "model.eval",
+                    "--checkpoint",
+                    "runs/train/demo",
+                    "--classes",
+                    "moving left,moving right,moving up,moving down",
+                ]
+            )
             trained = True
         from pipeline.report import write_report
 

@@ -38,7 +38,7 @@ def _flat(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     ids = pc.fill_null(ids, "") if ids.null_count else ids
     ids = ids.cast(pa.large_string())
     _, offsets_buf, data_buf = ids.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int64)[ids.offset: ids.offset + len(ids) + 1]
+    offsets = np.frombuffer(offsets_buf, np.int64)[ids.offset : ids.offset + len(ids) + 1]
     data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     return offsets, data
 
@@ -89,7 +89,9 @@ class DoneIds:
         return self.hashes.nbytes + self.offsets.nbytes + self.data.nbytes
 
     def _ids_at(self, positions: np.ndarray) -> pa.Array:
-        done = pa.LargeStringArray.from_buffers(len(self.hashes), pa.py_buffer(self.offsets), pa.py_buffer(self.data))
+        done = pa.LargeStringArray.from_buffers(
+            len(self.hashes), pa.py_buffer(self.offsets), pa.py_buffer(self.data)
+        )
         return done.take(pa.array(positions, pa.int64()))
 
     def is_done(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -105,7 +107,9 @@ class DoneIds:
         if not len(hit):
             return done
         queried = ids.take(pa.array(hit)).cast(pa.large_string())
-        done[hit] = pc.fill_null(pc.equal(queried, self._ids_at(pos[hit])), False).to_numpy(zero_copy_only=False)
+        done[hit] = pc.fill_null(pc.equal(queried, self._ids_at(pos[hit])), False).to_numpy(
+            zero_copy_only=False
+        )
         # A hash hit whose first candidate differs may match a later done id with the same hash.
         for i in hit[~done[hit]]:
             j, want = int(pos[i]) + 1, ids[int(i)].as_py()

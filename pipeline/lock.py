@@ -59,9 +59,16 @@ def _process_start(pid: int) -> float | None:
 
 def _record(token: str) -> dict[str, Any]:
     now = time.time()
-    return {"token": token, "owner": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
-            "pid_started_at": _process_start(os.getpid()), "started_at": now, "heartbeat_at": now,
-            "command": " ".join(sys.argv)[:300]}
+    return {
+        "token": token,
+        "owner": getpass.getuser(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_started_at": _process_start(os.getpid()),
+        "started_at": now,
+        "heartbeat_at": now,
+        "command": " ".join(sys.argv)[:300],
+    }
 
 
 def read_lock(root: str) -> dict[str, Any] | None:
@@ -106,8 +113,10 @@ def is_stale(record: dict[str, Any], stale_after_s: float = STALE_AFTER_S) -> bo
 def describe(record: dict[str, Any]) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(record.get("started_at") or 0)))
     beat = time.time() - float(record.get("heartbeat_at") or 0)
-    return (f"{record.get('owner')} on {record.get('host')} (pid {record.get('pid')}), running since {started}, "
-            f"last heartbeat {beat:.0f}s ago")
+    return (
+        f"{record.get('owner')} on {record.get('host')} (pid {record.get('pid')}), running since {started}, "
+        f"last heartbeat {beat:.0f}s ago"
+    )
 
 
 def acquire(root: str, stale_after_s: float = STALE_AFTER_S, settle_s: float = SETTLE_S) -> str:
@@ -115,8 +124,10 @@ def acquire(root: str, stale_after_s: float = STALE_AFTER_S, settle_s: float = S
     uri = lock_uri(root)
     held = read_lock(root)
     if held and not is_stale(held, stale_after_s):
-        raise RootLocked(f"run root {store.normalize(root)} is in use by another driver: {describe(held)}; "
-                         f"wait for it to finish or stop it (a killed driver's lock is taken over automatically)")
+        raise RootLocked(
+            f"run root {store.normalize(root)} is in use by another driver: {describe(held)}; "
+            f"wait for it to finish or stop it (a killed driver's lock is taken over automatically)"
+        )
     token = uuid.uuid4().hex
     if held is None and not store.is_remote(uri):
         if _create_exclusive(uri, _record(token)):
@@ -127,14 +138,18 @@ def acquire(root: str, stale_after_s: float = STALE_AFTER_S, settle_s: float = S
                 break
             time.sleep(0.05)
         if held is None or not is_stale(held, stale_after_s):
-            raise RootLocked(f"run root {store.normalize(root)} was taken at the same moment by another driver: "
-                             f"{describe(held) if held else 'unknown'}")
+            raise RootLocked(
+                f"run root {store.normalize(root)} was taken at the same moment by another driver: "
+                f"{describe(held) if held else 'unknown'}"
+            )
     store.write_json(uri, _record(token))
     time.sleep(settle_s)
     now = read_lock(root)
     if not now or now.get("token") != token:
-        raise RootLocked(f"run root {store.normalize(root)} was taken at the same moment by another driver: "
-                         f"{describe(now) if now else 'unknown'}")
+        raise RootLocked(
+            f"run root {store.normalize(root)} was taken at the same moment by another driver: "
+            f"{describe(now) if now else 'unknown'}"
+        )
     _HELD[store.normalize(root)] = token
     return token
 
@@ -164,8 +179,10 @@ def _heartbeat(root: str, token: str, stop: threading.Event, interval_s: float) 
         record = read_lock(root)
         if not record or record.get("token") != token:
             _HELD.pop(store.normalize(root), None)
-            print(f"warning: the lock on {root} was taken over by another driver; this run stops publishing",
-                  file=sys.stderr)
+            print(
+                f"warning: the lock on {root} was taken over by another driver; this run stops publishing",
+                file=sys.stderr,
+            )
             return
         record["heartbeat_at"] = time.time()
         with contextlib.suppress(OSError):
@@ -173,12 +190,15 @@ def _heartbeat(root: str, token: str, stop: threading.Event, interval_s: float) 
 
 
 @contextlib.contextmanager
-def root_lock(root: str, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S) -> Iterator[str]:
+def root_lock(
+    root: str, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S
+) -> Iterator[str]:
     """Hold ``root``'s lock for the block, with a heartbeat; yields the run token."""
     token = acquire(root, stale_after_s)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(root, token, stop, heartbeat_s), daemon=True,
-                            name="vidal-root-lock")
+    beat = threading.Thread(
+        target=_heartbeat, args=(root, token, stop, heartbeat_s), daemon=True, name="vidal-root-lock"
+    )
     beat.start()
     try:
         yield token

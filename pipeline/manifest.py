@@ -41,7 +41,8 @@ class ManifestPartError(StageInputError):
         super().__init__(
             f"manifest part {uri} cannot be read ({type(cause).__name__}: {reason}); it was probably cut short "
             f"by a full disk or an interrupted copy. --retry-failed cannot help: remove that file and rerun "
-            f"the same command; the stage redoes the rows it held")
+            f"the same command; the stage redoes the rows it held"
+        )
 
 
 def _read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -123,8 +124,12 @@ def status_counts(root: str, stage: str) -> dict[str, int]:
     return {s: counts.get(s, 0) for s in ("ok", "failed", "filtered")}
 
 
-def drop_rows(root: str, stage: str, drop: Callable[[pa.Table], pa.Array],
-              columns: tuple[str, ...] = ("video_id", "status", "error")) -> int:
+def drop_rows(
+    root: str,
+    stage: str,
+    drop: Callable[[pa.Table], pa.Array],
+    columns: tuple[str, ...] = ("video_id", "status", "error"),
+) -> int:
     """Rewrite each part without the rows where ``drop(table of columns)`` is true (atomically per
     part; only parts with such rows are read whole); returns rows dropped."""
     dropped = 0
@@ -149,8 +154,9 @@ def drop_status(root: str, stage: str, status: str) -> int:
 
 def drop_transient_failures(root: str, stage: str) -> int:
     """Drop failed rows whose reason is transient, so that this run retries them; returns how many."""
-    return drop_rows(root, stage, lambda t: pc.and_(pc.equal(t["status"], "failed"),
-                                                    pc.starts_with(t["error"], TRANSIENT)))
+    return drop_rows(
+        root, stage, lambda t: pc.and_(pc.equal(t["status"], "failed"), pc.starts_with(t["error"], TRANSIENT))
+    )
 
 
 def read_success(root: str, stage: str) -> dict[str, Any] | None:

@@ -55,8 +55,10 @@ def check_root(root: str) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise UserError(f"run root {path} is not writable ({e.strerror} in {existing}); "
-                        f"fix its permissions or choose another --root") from None
+        raise UserError(
+            f"run root {path} is not writable ({e.strerror} in {existing}); "
+            f"fix its permissions or choose another --root"
+        ) from None
 
 
 def _check_bucket(root: str) -> None:
@@ -66,10 +68,13 @@ def _check_bucket(root: str) -> None:
     try:
         info = fs.get_file_info(bucket)
     except OSError as e:
-        raise UserError(f"run root {root}: cannot reach the bucket {scheme}://{bucket} "
-                        f"({' '.join(str(e).split())[:200]})") from None
+        raise UserError(
+            f"run root {root}: cannot reach the bucket {scheme}://{bucket} ({' '.join(str(e).split())[:200]})"
+        ) from None
     if info.type == pafs.FileType.NotFound:
-        raise UserError(f"run root {root}: the bucket {scheme}://{bucket} does not exist; create it or fix --root")
+        raise UserError(
+            f"run root {root}: the bucket {scheme}://{bucket} does not exist; create it or fix --root"
+        )
 
 
 def check_list(uri: str, label: str, columns: dict[str, str] | None = None) -> None:
@@ -103,7 +108,9 @@ def check_list(uri: str, label: str, columns: dict[str, str] | None = None) -> N
     lines = [line for line in head.splitlines() if line.strip()]
     need = 1 if kind == "jsonl" else 2  # a CSV's first line is its header
     if len(lines) < need and len(head) < HEAD_BYTES:
-        raise UserError(f"{label} {uri} has no rows" + (" (only a header line)" if lines else " (only blank lines)"))
+        raise UserError(
+            f"{label} {uri} has no rows" + (" (only a header line)" if lines else " (only blank lines)")
+        )
     if kind in ("csv", "tsv"):
         header = lines[0].decode("utf-8-sig", "replace")
         names = next(csv.reader([header], delimiter="\t" if kind == "tsv" else ","), [])
@@ -114,8 +121,10 @@ def _check_columns(names: list[str], uri: str, label: str, columns: dict[str, st
     wanted = {(columns or {}).get(c, c) for c in ("url", "path")}
     if not wanted & set(names):
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-        raise UserError(f"{label} {uri} has neither a 'url' nor a 'path' column (its columns: {shown}); "
-                        f"name yours with --set discover.columns.url=<column>")
+        raise UserError(
+            f"{label} {uri} has neither a 'url' nor a 'path' column (its columns: {shown}); "
+            f"name yours with --set discover.columns.url=<column>"
+        )
 
 
 def check_vidal10m(uri: str) -> None:
@@ -127,9 +136,13 @@ def check_vidal10m(uri: str) -> None:
         with fs.open_input_stream(path, compression="detect") as f:
             head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     except OSError as e:
-        raise UserError(f"discover.vidal10m: {uri}: cannot be read ({' '.join(str(e).split())[:200]})") from None
+        raise UserError(
+            f"discover.vidal10m: {uri}: cannot be read ({' '.join(str(e).split())[:200]})"
+        ) from None
     if not head.startswith(b"{"):
-        raise UserError(f"discover.vidal10m: {uri} is not a VIDAL-10M JSON object (it does not start with '{{')")
+        raise UserError(
+            f"discover.vidal10m: {uri} is not a VIDAL-10M JSON object (it does not start with '{{')"
+        )
 
 
 def check_inputs(discover: Any, from_cli: bool) -> None:

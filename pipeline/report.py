@@ -71,7 +71,7 @@ def reservoir_from_tar(uri: str, k: int, rng: random.Random) -> list[dict[str, b
                     current = None
                     if slot < k:
                         current = (key, [])
-                        reservoir[slot:slot + 1] = [current]
+                        reservoir[slot : slot + 1] = [current]
                 if current is not None:
                     current[1].append((suffix, member.offset_data, member.size))
         samples = []
@@ -84,7 +84,9 @@ def reservoir_from_tar(uri: str, k: int, rng: random.Random) -> list[dict[str, b
     return samples
 
 
-def sample_shards(root: str, n: int, seed: int, tars: list[str] | None = None) -> tuple[list[dict[str, bytes]], list[str]]:
+def sample_shards(
+    root: str, n: int, seed: int, tars: list[str] | None = None
+) -> tuple[list[dict[str, bytes]], list[str]]:
     """``n`` random samples from randomly chosen shards (about ``n`` of them), and the tars that were read."""
     tars = list(shard_tars(root) if tars is None else tars)
     rng = random.Random(seed)
@@ -150,7 +152,9 @@ def render_sample(index: int, raw: dict[str, Any], out: Path) -> SampleView:
     if len(valid):
         view.depth_range = (float(valid.min()) / 1000.0, float(valid.max()) / 1000.0)
     for i, mm in enumerate(depth):
-        (out / rel / f"depth{i}.png").write_bytes(png_bytes(colourize_depth(mm, *(view.depth_range or (0.0, 1.0)))))
+        (out / rel / f"depth{i}.png").write_bytes(
+            png_bytes(colourize_depth(mm, *(view.depth_range or (0.0, 1.0))))
+        )
         view.depth.append((rel / f"depth{i}.png").as_posix())
     if raw.get(fmt.AUDIO_KEY):
         view.audio_seconds = _audio_seconds(raw[fmt.AUDIO_KEY])
@@ -181,14 +185,18 @@ def prepare_out(out: Path) -> None:
         elif p.exists():
             p.unlink()
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by python -m pipeline.report; rerunning it replaces this directory's report\n")
+    (out / MARKER).write_text(
+        "written by python -m pipeline.report; rerunning it replaces this directory's report\n"
+    )
 
 
 def write_plots(stats: RunStats, out: Path) -> dict[str, str]:
     """One PNG per statistic with a plot, plus the funnel; returns key -> path relative to ``out``."""
     plots = {}
     if stats.funnel:
-        plot_funnel([f.stage for f in stats.funnel], [f.counts for f in stats.funnel], out / "plots" / "funnel.png")
+        plot_funnel(
+            [f.stage for f in stats.funnel], [f.counts for f in stats.funnel], out / "plots" / "funnel.png"
+        )
         plots["funnel"] = "plots/funnel.png"
     for st in stats.stats:
         if st.plot and (st.plot.get("values") or st.plot.get("series")):
@@ -197,7 +205,9 @@ def write_plots(stats: RunStats, out: Path) -> dict[str, str]:
     return plots
 
 
-def write_report(root: str | Path, out_dir: str | Path | None = None, samples: int = 12, seed: int = 0) -> Path:
+def write_report(
+    root: str | Path, out_dir: str | Path | None = None, samples: int = 12, seed: int = 0
+) -> Path:
     """Write the report of the run at ``root`` into ``out_dir`` (default ``{root}/report``); returns index.html."""
     root = store.normalize(str(root))
     if not store.exists(root):
@@ -205,7 +215,9 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, samples: i
     out = Path(out_dir) if out_dir is not None else default_out(root)
     stats = collect(root, seed=seed)
     if not stats.funnel:
-        raise ReportError(f"{root} has no stage output yet (no {{stage}}/part-*.parquet): run the pipeline first")
+        raise ReportError(
+            f"{root} has no stage output yet (no {{stage}}/part-*.parquet): run the pipeline first"
+        )
     prepare_out(out)
     plots = write_plots(stats, out)
     tars = shard_tars(root)
@@ -217,8 +229,10 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, samples: i
     if not tars:
         note = "No shards yet: the shard stage has not run, so there are no samples to show."
     else:
-        note = (f"{len(views)} random samples (seed {seed}) from {len(read)} of {len(tars)} shards; "
-                "each sample as the trainer reads it. Depth is colour-mapped per sample, near to far.")
+        note = (
+            f"{len(views)} random samples (seed {seed}) from {len(read)} of {len(tars)} shards; "
+            "each sample as the trainer reads it. Depth is colour-mapped per sample, near to far."
+        )
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     index = out / "index.html"
     index.write_text(render_page(stats, plots, views, scale, note, generated), encoding="utf-8")
@@ -232,12 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
         "as plots and tables, and random samples from the shards. Opens from disk, no server.",
     )
     p.add_argument("--root", required=True, help="run root: a local directory or s3:// / gs:// URI")
-    p.add_argument("--out", help="directory for index.html and its files (default: ROOT/report; "
-                   "required for a remote root)")
+    p.add_argument(
+        "--out",
+        help="directory for index.html and its files (default: ROOT/report; required for a remote root)",
+    )
     p.add_argument("--samples", type=int, default=12, help="random samples to show (default 12)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choices (default 0)")
-    p.add_argument("--config", help="a pipeline config whose run.storage (endpoint, region, ...) reaches a "
-                   "remote root (default: $VIDAL_STORAGE, else the provider's defaults)")
+    p.add_argument(
+        "--config",
+        help="a pipeline config whose run.storage (endpoint, region, ...) reaches a "
+        "remote root (default: $VIDAL_STORAGE, else the provider's defaults)",
+    )
     return p
 
 
@@ -247,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --samples must be >= 0", file=sys.stderr)
         return 2
     if store.is_remote(args.root) and not args.out:  # before anything reads the run
-        print(f"error: the run root {args.root} is remote: give --out, a local directory for the report",
-              file=sys.stderr)
+        print(
+            f"error: the run root {args.root} is remote: give --out, a local directory for the report",
+            file=sys.stderr,
+        )
         return 2
     try:
         if args.config:

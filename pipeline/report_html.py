@@ -108,25 +108,61 @@ def funnel_section(funnel: list[StageFunnel], plot: str | None) -> str:
     rows = []
     for f in funnel:
         s = f.success or {}
-        rows.append([f.stage, f.rows, f.counts.get(OK, 0), f.counts.get(FAILED, 0), f.counts.get(FILTERED, 0),
-                     f.counts.get(OK, 0) / f.rows if f.rows else None, "yes" if f.success else "no (running or stopped)",
-                     s.get("rows_in"), s.get("wall_s"), s.get("rows_per_s"),
-                     ", ".join(f"{k}={v}" for k, v in sorted((s.get("models") or {}).items())) or None])
-    headers = ["stage", "rows", OK, FAILED, FILTERED, "share", "complete", "last run: rows in", "wall s", "rows/s",
-               "models"]
-    out = ['<section id="funnel"><h2>Funnel</h2>',
-           '<p class="source">Rows: the whole manifest of each stage by status. The last run columns come from the '
-           "stage's _SUCCESS.json (written when a stage completes).</p>",
-           '<div class="pair">', table(headers, rows, 'data-stat="funnel"')]
+        rows.append(
+            [
+                f.stage,
+                f.rows,
+                f.counts.get(OK, 0),
+                f.counts.get(FAILED, 0),
+                f.counts.get(FILTERED, 0),
+                f.counts.get(OK, 0) / f.rows if f.rows else None,
+                "yes" if f.success else "no (running or stopped)",
+                s.get("rows_in"),
+                s.get("wall_s"),
+                s.get("rows_per_s"),
+                ", ".join(f"{k}={v}" for k, v in sorted((s.get("models") or {}).items())) or None,
+            ]
+        )
+    headers = [
+        "stage",
+        "rows",
+        OK,
+        FAILED,
+        FILTERED,
+        "share",
+        "complete",
+        "last run: rows in",
+        "wall s",
+        "rows/s",
+        "models",
+    ]
+    out = [
+        '<section id="funnel"><h2>Funnel</h2>',
+        '<p class="source">Rows: the whole manifest of each stage by status. The last run columns come from the '
+        "stage's _SUCCESS.json (written when a stage completes).</p>",
+        '<div class="pair">',
+        table(headers, rows, 'data-stat="funnel"'),
+    ]
     if plot:
         out.append(f'<img class="plot" src="{esc(plot)}" alt="rows per stage by status">')
     out.append("</div><h3>Top failure and filter reasons</h3>")
-    reasons = [[f.stage, r.status, r.pattern, r.count, r.example_id, r.example_error] for f in funnel for r in f.reasons]
+    reasons = [
+        [f.stage, r.status, r.pattern, r.count, r.example_id, r.example_error]
+        for f in funnel
+        for r in f.reasons
+    ]
     if reasons:
-        out.append('<p class="source">Reasons that differ only in paths, ids and numbers (shown as &lt;path&gt;, '
-                   "&lt;id&gt;, #) are counted together; each has one example row.</p>")
-        out.append(table(["stage", "status", "reason", "rows", "example video_id", "example error"], reasons,
-                         'data-stat="reasons"'))
+        out.append(
+            '<p class="source">Reasons that differ only in paths, ids and numbers (shown as &lt;path&gt;, '
+            "&lt;id&gt;, #) are counted together; each has one example row.</p>"
+        )
+        out.append(
+            table(
+                ["stage", "status", "reason", "rows", "example video_id", "example error"],
+                reasons,
+                'data-stat="reasons"',
+            )
+        )
     else:
         out.append('<p class="empty">No failed or filtered rows.</p>')
     return "\n".join(out) + "</section>"
@@ -137,8 +173,10 @@ def stats_section(stats: RunStats, plots: dict[str, str]) -> str:
     if not stats.stats:
         out.append('<p class="empty">No statistics yet: no stage with these columns has run.</p>')
     for st in stats.stats:
-        out.append(f'<div class="stat" id="stat-{esc(st.key)}"><h3>{esc(st.title)}</h3>'
-                   f'<p class="source">from {esc(st.source)}</p><div class="pair">')
+        out.append(
+            f'<div class="stat" id="stat-{esc(st.key)}"><h3>{esc(st.title)}</h3>'
+            f'<p class="source">from {esc(st.source)}</p><div class="pair">'
+        )
         out.append(table(st.headers, st.rows, f'data-stat="{esc(st.key)}"'))
         if st.key in plots:
             out.append(f'<img class="plot" src="{esc(plots[st.key])}" alt="{esc(st.title)}">')
@@ -185,9 +223,11 @@ def sample_card(s: SampleView, depth_scale: str | None) -> str:
         facts.append(f"{esc(fmt(fps))} fps")
     if m.get("license"):
         facts.append(f"license {esc(m['license'])}")
-    out = [f'<article class="sample" id="sample-{s.index}" data-key="{esc(s.key)}">',
-           f'<h3 class="title">{esc(m.get("title") or "(no title)")}</h3>',
-           f'<div class="facts">{" · ".join(facts)}</div>']
+    out = [
+        f'<article class="sample" id="sample-{s.index}" data-key="{esc(s.key)}">',
+        f'<h3 class="title">{esc(m.get("title") or "(no title)")}</h3>',
+        f'<div class="facts">{" · ".join(facts)}</div>',
+    ]
     if m.get("url"):
         out.append(f'<div class="facts">url {_link(m["url"])}</div>')
     out.append('<div class="sample-body"><div class="media">')
@@ -197,30 +237,41 @@ def sample_card(s: SampleView, depth_scale: str | None) -> str:
         if s.depth_range and depth_scale:
             near, far = s.depth_range
             unit = "m" if m.get("depth_kind") != "relative" else "(relative, not metres)"
-            out.append(f'<div class="scale" data-near="{near!r}" data-far="{far!r}"><span>near {near:.2f} {esc(unit)}'
-                       f'</span><img src="{esc(depth_scale)}" alt="depth colour scale"><span>far {far:.2f} {esc(unit)}'
-                       '</span><span class="missing">grey: no depth</span></div>')
+            out.append(
+                f'<div class="scale" data-near="{near!r}" data-far="{far!r}"><span>near {near:.2f} {esc(unit)}'
+                f'</span><img src="{esc(depth_scale)}" alt="depth colour scale"><span>far {far:.2f} {esc(unit)}'
+                '</span><span class="missing">grey: no depth</span></div>'
+            )
     if s.ir:
         out.append(_strip("IR", s.ir, "ir"))
     if len(s.rgb) < NUM_FRAMES or not s.depth or not s.ir:
         have = [n for n, v in (("RGB", s.rgb), ("depth", s.depth), ("IR", s.ir)) if v]
-        out.append(f'<p class="missing">frames in this sample: {esc(", ".join(have) or "none")}'
-                   f" ({len(s.rgb)} RGB, {len(s.depth)} depth, {len(s.ir)} IR)</p>")
+        out.append(
+            f'<p class="missing">frames in this sample: {esc(", ".join(have) or "none")}'
+            f" ({len(s.rgb)} RGB, {len(s.depth)} depth, {len(s.ir)} IR)</p>"
+        )
     if s.audio:
         secs = f" {s.audio_seconds:.1f} s" if s.audio_seconds is not None else ""
-        out.append(f'<div class="strip"><span class="label">Audio</span><audio controls preload="metadata" '
-                   f'src="{esc(s.audio)}"></audio><span class="missing">FLAC{esc(secs)}</span></div>')
+        out.append(
+            f'<div class="strip"><span class="label">Audio</span><audio controls preload="metadata" '
+            f'src="{esc(s.audio)}"></audio><span class="missing">FLAC{esc(secs)}</span></div>'
+        )
     else:
         out.append('<p class="missing">no audio</p>')
     out.append('</div><div class="texts">')
     tags = m.get("hashtags") if isinstance(m.get("hashtags"), list) else []
     texts = [("title", m.get("title")), ("hashtags", " ".join(f"#{t}" for t in tags) or None)]
     texts += [(k, m.get(k)) for k in SAMPLE_TEXT_FIELDS]
-    out.append("<dl>" + "".join(f'<dt>{esc(k)}</dt><dd data-field="{esc(k)}">{_text_value(v)}</dd>'
-                                for k, v in texts) + "</dl>")
+    out.append(
+        "<dl>"
+        + "".join(f'<dt>{esc(k)}</dt><dd data-field="{esc(k)}">{_text_value(v)}</dd>' for k, v in texts)
+        + "</dl>"
+    )
     models = m.get("models") or {}
     if isinstance(models, dict) and models:
-        out.append(table(["stage", "model"], [[k, str(v)] for k, v in sorted(models.items())], 'class="models"'))
+        out.append(
+            table(["stage", "model"], [[k, str(v)] for k, v in sorted(models.items())], 'class="models"')
+        )
     out += [f'<p class="problem">{esc(p)}</p>' for p in s.problems]
     return "\n".join(out) + "</div></div></article>"
 
@@ -231,15 +282,29 @@ def samples_section(samples: list[SampleView], depth_scale: str | None, note: st
     return "\n".join(out) + "</section>"
 
 
-def render_page(stats: RunStats, plots: dict[str, str], samples: list[SampleView], depth_scale: str | None,
-                samples_note: str, generated: str) -> str:
+def render_page(
+    stats: RunStats,
+    plots: dict[str, str],
+    samples: list[SampleView],
+    depth_scale: str | None,
+    samples_note: str,
+    generated: str,
+) -> str:
     """The whole page; ``plots`` maps a statistic's key (and ``funnel``) to its image path."""
     cards = [(len(stats.funnel), "stages in this run")]
     if stats.shards:
         sh = stats.shards
-        cards += [(sh["samples"], "samples in shards"), (sh["shards"], "shards"), (human_bytes(sh["bytes"]), "in tars"),
-                  (sh["has_audio"], "with audio"), (sh["has_depth"], "with depth"), (sh["has_ir"], "with infrared")]
-    card_html = "".join(f'<div class="card"><b>{esc(fmt(v))}</b><span>{esc(t)}</span></div>' for v, t in cards)
+        cards += [
+            (sh["samples"], "samples in shards"),
+            (sh["shards"], "shards"),
+            (human_bytes(sh["bytes"]), "in tars"),
+            (sh["has_audio"], "with audio"),
+            (sh["has_depth"], "with depth"),
+            (sh["has_ir"], "with infrared"),
+        ]
+    card_html = "".join(
+        f'<div class="card"><b>{esc(fmt(v))}</b><span>{esc(t)}</span></div>' for v, t in cards
+    )
     stages = ", ".join(f.stage for f in stats.funnel) or "none"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -23,10 +23,23 @@ from stages.shard_format import DEPTH_MAX_MM
 COUNTER_CAP = 20_000  # distinct keys a counter keeps before pruning its rarer half
 TOP = 12  # rows shown by a table of values
 # VIDAL's duration grades, by whole seconds: a 7.9 s clip is in 1–7 s.
-DURATION_GRADES = (("under 1 s", 0, 1), ("1–7 s", 1, 8), ("8–14 s", 8, 15), ("15–20 s", 15, 21),
-                   ("21 s and over", 21, None))
-NAMED_RATIOS = (("16:9", 16 / 9), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4), ("1:1", 1.0),
-                ("3:2", 3 / 2), ("2:3", 2 / 3), ("21:9", 21 / 9))
+DURATION_GRADES = (
+    ("under 1 s", 0, 1),
+    ("1–7 s", 1, 8),
+    ("8–14 s", 8, 15),
+    ("15–20 s", 15, 21),
+    ("21 s and over", 21, None),
+)
+NAMED_RATIOS = (
+    ("16:9", 16 / 9),
+    ("9:16", 9 / 16),
+    ("4:3", 4 / 3),
+    ("3:4", 3 / 4),
+    ("1:1", 1.0),
+    ("3:2", 3 / 2),
+    ("2:3", 2 / 3),
+    ("21:9", 21 / 9),
+)
 TEXT_FIELDS = ("title", "raw", "ofa", "mplug", "polish_mplug", "sound_mplug", "asr")
 
 
@@ -88,8 +101,11 @@ class Histogram:
         self.hist += np.histogram(np.clip(v, self.edges[0], self.edges[-1]), self.edges)[0]
 
     def summary_rows(self, unit: str) -> list[list[Any]]:
-        return [[f"mean ({unit})", self.sum / self.n, None], [f"min ({unit})", self.lo, None],
-                [f"max ({unit})", self.hi, None]]
+        return [
+            [f"mean ({unit})", self.sum / self.n, None],
+            [f"min ({unit})", self.lo, None],
+            [f"max ({unit})", self.hi, None],
+        ]
 
 
 def duration_grade(seconds: float) -> str:
@@ -143,16 +159,27 @@ class DurationAcc(Acc):
             return None
         rows = [[g, self.grades[g], self.grades[g] / self.h.n] for g, _, _ in DURATION_GRADES]
         rows += [["videos", self.h.n, None], *self.h.summary_rows("s")]
-        plot = {"kind": "hist", "edges": self.h.edges.tolist(), "series": {"videos": self.h.hist.tolist()},
-                "xlabel": "duration (s); last bar: 30 s and over", "bands": [1, 8, 15, 21]}
+        plot = {
+            "kind": "hist",
+            "edges": self.h.edges.tolist(),
+            "series": {"videos": self.h.hist.tolist()},
+            "xlabel": "duration (s); last bar: 30 s and over",
+            "bands": [1, 8, 15, 21],
+        }
         return Stat("duration", "Duration", source, ["grade", "videos", "share"], rows, plot)
 
 
 class CountAcc(Acc):
     """A table of the values of a key computed per row from a few columns (``None`` when a column is null)."""
 
-    def __init__(self, key: str, title: str, columns: tuple[str, ...], header: str,
-                 key_of: Callable[..., Any] | None = None):
+    def __init__(
+        self,
+        key: str,
+        title: str,
+        columns: tuple[str, ...],
+        header: str,
+        key_of: Callable[..., Any] | None = None,
+    ):
         self.key, self.title, self.columns, self.header = key, title, columns, header
         self.key_of = key_of
         self.counter = BoundedCounter()
@@ -171,8 +198,17 @@ class CountAcc(Acc):
             return None
         rows = [["(none)" if r[0] is None else str(r[0]), *r[1:]] for r in self.counter.table()]
         shown = [r for r in rows if r[0] != "other"]
-        plot = {"kind": "bar", "labels": [r[0] for r in shown], "values": [r[1] for r in shown], "xlabel": "videos"}
-        notes = ["distinct values beyond the counter's cap were pruned: counts are lower bounds"] if self.counter.pruned else []
+        plot = {
+            "kind": "bar",
+            "labels": [r[0] for r in shown],
+            "values": [r[1] for r in shown],
+            "xlabel": "videos",
+        }
+        notes = (
+            ["distinct values beyond the counter's cap were pruned: counts are lower bounds"]
+            if self.counter.pruned
+            else []
+        )
         return Stat(self.key, self.title, source, [self.header, "videos", "share"], rows, plot, notes)
 
 
@@ -191,7 +227,11 @@ class SearchAcc(CountAcc):
 
     def result(self, source: str) -> Stat | None:
         if not self.counter.total:
-            self.counter, self.header, self.title = self.tags, "hashtag", "Hashtags (no search terms recorded)"
+            self.counter, self.header, self.title = (
+                self.tags,
+                "hashtag",
+                "Hashtags (no search terms recorded)",
+            )
         return super().result(source)
 
 
@@ -208,7 +248,10 @@ class TextAcc(Acc):
         if self.name == "raw":
             from stages.shard import raw_text  # the shard writer's definition of raw
 
-            return [raw_text(r) for r in batch.select([c for c in self.columns if c in batch.schema.names]).to_pylist()]
+            return [
+                raw_text(r)
+                for r in batch.select([c for c in self.columns if c in batch.schema.names]).to_pylist()
+            ]
         col = batch[self.name]
         return pc.list_flatten(col).to_pylist() if pa.types.is_list(col.type) else col.to_pylist()
 
@@ -232,11 +275,21 @@ def text_lengths(accs: list[tuple[TextAcc, str]]) -> Stat | None:
             rows.append([acc.name, 0, acc.empty, None, None, None, None, source])
     if not rows:
         return None
-    plot = {"kind": "lines", "edges": accs[0][0].words.edges.tolist(), "series": series,
-            "xlabel": "words per text (bins of 2; last: 80+)"}
-    return Stat("text", "Text lengths", "the stage that writes each field (see 'from')",
-                ["field", "texts", "empty", "mean words", "min words", "max words", "mean chars", "from"], rows, plot,
-                ["ofa counts each per-frame caption as one text; empty: null or blank"])
+    plot = {
+        "kind": "lines",
+        "edges": accs[0][0].words.edges.tolist(),
+        "series": series,
+        "xlabel": "words per text (bins of 2; last: 80+)",
+    }
+    return Stat(
+        "text",
+        "Text lengths",
+        "the stage that writes each field (see 'from')",
+        ["field", "texts", "empty", "mean words", "min words", "max words", "mean chars", "from"],
+        rows,
+        plot,
+        ["ofa counts each per-frame caption as one text; empty: null or blank"],
+    )
 
 
 class DepthAcc(Acc):
@@ -267,13 +320,21 @@ class DepthAcc(Acc):
         if not h.n:
             return None
         pixels = h.n + self.invalid
-        rows = [["rows sampled", self.rows, None], ["frames", self.frames, None],
-                ["unreadable frames", self.unreadable, None], ["valid pixels", h.n, h.n / pixels],
-                ["pixels without depth (0)", self.invalid, self.invalid / pixels],
-                [f"valid pixels at the {DEPTH_MAX_MM / 1000:g} m clip", self.clipped, self.clipped / h.n],
-                *h.summary_rows("m")]
-        plot = {"kind": "hist", "edges": h.edges.tolist(), "series": {"pixels": h.hist.tolist()},
-                "xlabel": "depth of valid pixels (m)"}
+        rows = [
+            ["rows sampled", self.rows, None],
+            ["frames", self.frames, None],
+            ["unreadable frames", self.unreadable, None],
+            ["valid pixels", h.n, h.n / pixels],
+            ["pixels without depth (0)", self.invalid, self.invalid / pixels],
+            [f"valid pixels at the {DEPTH_MAX_MM / 1000:g} m clip", self.clipped, self.clipped / h.n],
+            *h.summary_rows("m"),
+        ]
+        plot = {
+            "kind": "hist",
+            "edges": h.edges.tolist(),
+            "series": {"pixels": h.hist.tolist()},
+            "xlabel": "depth of valid pixels (m)",
+        }
         return Stat("depth", "Depth range", source, ["", "value", "share"], rows, plot)
 
 

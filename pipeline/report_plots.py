@@ -59,8 +59,16 @@ def plot_stat(plot: dict[str, Any], path: Path) -> Path:
         bands = plot.get("bands", [])
         for i, (lo, hi) in enumerate(zip(bands[:-1], bands[1:])):
             ax.axvspan(lo, min(hi, edges[-1]), color=BAND_COLOURS[i + 1], zorder=0)
-            ax.text((lo + min(hi, edges[-1])) / 2, 0.97, f"{lo}–{hi - 1} s", transform=ax.get_xaxis_transform(),
-                    ha="center", va="top", fontsize=7, color="#34414d")
+            ax.text(
+                (lo + min(hi, edges[-1])) / 2,
+                0.97,
+                f"{lo}–{hi - 1} s",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=7,
+                color="#34414d",
+            )
         for name, counts in plot["series"].items():
             if kind == "hist":
                 ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c78a8", zorder=2)

@@ -41,8 +41,19 @@ BATCH_ROWS = 4096
 TOP_REASONS = 5
 DEPTH_ROWS = 64  # rows whose depth maps are decoded for the depth statistics
 SHARD_FLAGS = ("has_audio", "has_depth", "has_ir")
-STAT_ORDER = ("duration", "resolution", "aspect", "fps", "audio", "asr_language", "text", "search", "depth", "depth_kind",
-              "models")
+STAT_ORDER = (
+    "duration",
+    "resolution",
+    "aspect",
+    "fps",
+    "audio",
+    "asr_language",
+    "text",
+    "search",
+    "depth",
+    "depth_kind",
+    "models",
+)
 
 
 @dataclass
@@ -119,7 +130,9 @@ def owner(schemas: dict[str, list[str]], column: str) -> str | None:
     return having[-1] if having else None
 
 
-def scan_stage(root: str, stage: str, accs: list[Acc], batch_rows: int = BATCH_ROWS) -> tuple[StageFunnel, Counter]:
+def scan_stage(
+    root: str, stage: str, accs: list[Acc], batch_rows: int = BATCH_ROWS
+) -> tuple[StageFunnel, Counter]:
     """One pass over a stage's manifest: statuses and reasons of all rows, ``accs`` fed its ok rows.
 
     Also returns the rows per model of the stage's ``{stage}_model`` columns.
@@ -215,7 +228,14 @@ def collect(root: str, seed: int = 0, depth_rows: int = DEPTH_ROWS, batch_rows: 
             stats.append(st)
     if models:
         rows = [[stage, model, n] for (stage, model), n in sorted(models.items())]
-        stats.append(Stat("models", "Models", "the {stage}_model column of each model stage's ok rows",
-                          ["stage", "model", "rows"], rows))
+        stats.append(
+            Stat(
+                "models",
+                "Models",
+                "the {stage}_model column of each model stage's ok rows",
+                ["stage", "model", "rows"],
+                rows,
+            )
+        )
     stats.sort(key=lambda st: STAT_ORDER.index(st.key) if st.key in STAT_ORDER else len(STAT_ORDER))
     return RunStats(root, funnel, stats, shard_totals(root) if "shard" in present else None)

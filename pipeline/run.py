@@ -38,32 +38,54 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="pipeline config YAML (configs/demo.yaml, configs/vidal.yaml); "
-                   "without it, built-in defaults")
+    p.add_argument(
+        "--config",
+        help="pipeline config YAML (configs/demo.yaml, configs/vidal.yaml); without it, built-in defaults",
+    )
     given = p.add_mutually_exclusive_group()
-    given.add_argument("--input", metavar="LIST", help="run on your own videos: a CSV/Parquet/JSONL list with "
-                       "a 'path' or 'url' column and optional title, hashtags, description columns "
-                       "(replaces discover.inputs)")
-    given.add_argument("--add-input", metavar="LIST", action="append", default=[],
-                       help="add this list to a root built from other inputs (repeatable; a root remembers "
-                       "its inputs and refuses others without this flag)")
+    given.add_argument(
+        "--input",
+        metavar="LIST",
+        help="run on your own videos: a CSV/Parquet/JSONL list with "
+        "a 'path' or 'url' column and optional title, hashtags, description columns "
+        "(replaces discover.inputs)",
+    )
+    given.add_argument(
+        "--add-input",
+        metavar="LIST",
+        action="append",
+        default=[],
+        help="add this list to a root built from other inputs (repeatable; a root remembers "
+        "its inputs and refuses others without this flag)",
+    )
     p.add_argument("--root", help="run root: a local directory or s3:// / gs:// URI (sets run.root)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stage", metavar="NAME", help="run only this stage (its upstream output must exist)")
     which.add_argument("--until", metavar="NAME", help="run the configured stages up to and including NAME")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--force", action="store_true", help="discard the selected stages' output and redo them")
+    mode.add_argument(
+        "--force", action="store_true", help="discard the selected stages' output and redo them"
+    )
     mode.add_argument("--retry-failed", action="store_true", help="redo only the rows that failed before")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set depth.batch_size=32 (repeatable; values are YAML)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set depth.batch_size=32 (repeatable; values are YAML)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the final summary")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         config, stages = prepare_run(args)
     except (UserError, ConfigError, ValueError, KeyError) as e:
@@ -91,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in reports:
         if r.stage == "shard":
             info = store.read_json(store.join(root, "shard", "_SUCCESS.json"))
-            print(f"shards: {info.get('shards', 0)} tars, {info.get('samples', 0)} samples in {info.get('dir')}")
+            print(
+                f"shards: {info.get('shards', 0)} tars, {info.get('samples', 0)} samples in {info.get('dir')}"
+            )
     return 0
 
 
@@ -121,21 +145,31 @@ def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
     if not given and not config.discover.has_inputs():
         use_demo = root_inputs.apply(config.discover, remembered) if remembered else demo is not None
         if use_demo and demo is None:
-            raise UserError(f"run root {config.run.root} was built from the demo media, but this config has "
-                            f"no run.demo_media; run it with the demo config or give --input")
+            raise UserError(
+                f"run root {config.run.root} was built from the demo media, but this config has "
+                f"no run.demo_media; run it with the demo config or give --input"
+            )
     current = root_inputs.describe(config.discover, demo.dir if use_demo else None)
     added = [c for c in current if remembered and c not in remembered]
     if added and not args.add_input:
-        raise UserError(f"run root {store.normalize(config.run.root)} was built from "
-                        f"{root_inputs.shown(remembered)}; this run would add {root_inputs.shown(added)}: "
-                        f"pass them with --add-input to add them to this root, or choose another --root")
+        raise UserError(
+            f"run root {store.normalize(config.run.root)} was built from "
+            f"{root_inputs.shown(remembered)}; this run would add {root_inputs.shown(added)}: "
+            f"pass them with --add-input to add them to this root, or choose another --root"
+        )
     preflight.check_inputs(config.discover, from_cli=bool(given))
     if use_demo:
         from pipeline.synthetic import make_demo_media
 
         # file:// URLs, so that the demo runs the real yt-dlp path (download.allow_file_urls)
-        demo_list = make_demo_media(demo.dir, per_concept=demo.per_concept, seconds=demo.seconds, fps=demo.fps,
-                                    size=tuple(demo.size), as_urls=True)
+        demo_list = make_demo_media(
+            demo.dir,
+            per_concept=demo.per_concept,
+            seconds=demo.seconds,
+            fps=demo.fps,
+            size=tuple(demo.size),
+            as_urls=True,
+        )
         config.discover.inputs = [*config.discover.inputs, str(demo_list)]  # beside any list added to it
     if current and (remembered is None or added):
         root_inputs.write(config.run.root, [*remembered, *added] if remembered else current)

@@ -87,8 +87,12 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                 ray.init(address="auto", runtime_env=env)
                 log.info("attached to the running Ray cluster")
             except (ConnectionError, RuntimeError, ValueError):
-                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                         runtime_env=env)
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus or os.cpu_count(),
+                    include_dashboard=False,
+                    runtime_env=env,
+                )
                 log.info("started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
     ctx = ray.data.DataContext.get_current()
     # On a terminal Ray Data draws live bars; elsewhere our periodic progress line is the progress.
@@ -135,7 +139,9 @@ class _StageActor:
         return _checked(self.stage, self.stage.process(batch))
 
 
-def _read_source(items: pa.Table, name: str, config_json: dict[str, Any], context: RunContext) -> Iterator[pa.Table]:
+def _read_source(
+    items: pa.Table, name: str, config_json: dict[str, Any], context: RunContext
+) -> Iterator[pa.Table]:
     cls = get_stage_class(name)
     stage = cls(cls.Config.model_validate(config_json), context)
     for item in items.to_pylist():
@@ -167,11 +173,20 @@ def _write_part(batch: pa.Table, root: str, stage: str, token: str | None = None
             reasons[k] += 1
             example.setdefault(k, vid)
     c = collections.Counter(statuses)
-    return pa.table({
-        "rows": [len(batch)], OK: [c[OK]], FAILED: [c[FAILED]], FILTERED: [c[FILTERED]],
-        "reasons": [[{"status": s, "reason": r, "count": n, "example": example[(s, r)]}
-                     for (s, r), n in reasons.most_common(TOP_REASONS * 4)]],
-    })
+    return pa.table(
+        {
+            "rows": [len(batch)],
+            OK: [c[OK]],
+            FAILED: [c[FAILED]],
+            FILTERED: [c[FILTERED]],
+            "reasons": [
+                [
+                    {"status": s, "reason": r, "count": n, "example": example[(s, r)]}
+                    for (s, r), n in reasons.most_common(TOP_REASONS * 4)
+                ]
+            ],
+        }
+    )
 
 
 # -- plans -----------------------------------------------------------------------------------------
@@ -195,8 +210,12 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
         ds = ray.data.from_items(items) if items else None
         expected = 0
         if ds is not None:
-            ds = ds.map_batches(_read_source, batch_size=1, batch_format="pyarrow",
-                                fn_kwargs={"name": name, "config_json": config_json, "context": context})
+            ds = ds.map_batches(
+                _read_source,
+                batch_size=1,
+                batch_format="pyarrow",
+                fn_kwargs={"name": name, "config_json": config_json, "context": context},
+            )
             ds = ds.map_batches(_dedupe_batch, batch_format="pyarrow", batch_size=None)
     stage.check()  # a model that cannot load fails here, before --force deletes anything
     if mode == "force":
@@ -205,7 +224,7 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
     manifest.clear_success(root, name)
     if mode == "retry_failed":
         log.info("[%s] retrying %d failed rows", name, manifest.drop_status(root, name, FAILED))
-    elif (n := manifest.drop_transient_failures(root, name)):
+    elif n := manifest.drop_transient_failures(root, name):
         log.info("[%s] retrying %d rows that failed for a transient reason", name, n)
     _log_repairs(name, stage.reconcile())
     done = DoneIds.build(manifest.done_ids(root, name))
@@ -213,7 +232,11 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
     if ds is not None and upstream_ids is not None and len(done) and not len(done.pending(upstream_ids)):
         # A rerun with everything done: no plan, no workers, no actors (their model loads), only the
         # bookkeeping below.
-        log.info("[%s] all %d upstream rows are already done; not starting the stage's plan", name, len(upstream_ids))
+        log.info(
+            "[%s] all %d upstream rows are already done; not starting the stage's plan",
+            name,
+            len(upstream_ids),
+        )
         ds = None
     if ds is not None and len(done):
         ds = ds.map_batches(_drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(done)]})
@@ -231,29 +254,36 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
         log.warning("[%s] removed %d duplicate rows left by an earlier, killed run", name, removed)
     report.totals = manifest.status_counts(root, name)
     report.wall_s = round(time.time() - started, 3)
-    manifest.write_success(root, name, {
-        "stage": name,
-        "rows_in": report.rows_in,
-        "skipped_already_done": report.skipped,
-        "this_run": report.counts,
-        "totals": report.totals,
-        "top_reasons": report.reasons,
-        "wall_s": report.wall_s,
-        "rows_per_s": round(report.rows_in / report.wall_s, 3) if report.wall_s else None,
-        "config_hash": context.stage_config_hash,
-        "config": config_json,
-        "models": stage.models(),
-        **stage.summary(),
-        "vidal_version": pipeline.__version__,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    manifest.write_success(
+        root,
+        name,
+        {
+            "stage": name,
+            "rows_in": report.rows_in,
+            "skipped_already_done": report.skipped,
+            "this_run": report.counts,
+            "totals": report.totals,
+            "top_reasons": report.reasons,
+            "wall_s": report.wall_s,
+            "rows_per_s": round(report.rows_in / report.wall_s, 3) if report.wall_s else None,
+            "config_hash": context.stage_config_hash,
+            "config": config_json,
+            "models": stage.models(),
+            **stage.summary(),
+            "vidal_version": pipeline.__version__,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
     return report
 
 
 def _log_repairs(name: str, repairs: dict[str, int]) -> None:
     if any(repairs.values()):
-        log.warning("[%s] repaired what an earlier, interrupted run left: %s", name,
-                    ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in repairs.items() if v))
+        log.warning(
+            "[%s] repaired what an earlier, interrupted run left: %s",
+            name,
+            ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in repairs.items() if v),
+        )
 
 
 def fit_actor_pool(res: Resources, cluster: dict[str, float], stage: str) -> Resources:
@@ -266,32 +296,57 @@ def fit_actor_pool(res: Resources, cluster: dict[str, float], stage: str) -> Res
     cpus = res.num_cpus
     if cpus * lo > room:
         cpus = max(0.0, room / lo)
-        log.warning("[%s] the cluster has %g CPUs: each of its %d actors reserves %g CPUs instead of %g, so "
-                    "that reads and writes can run beside them", stage, cluster.get("CPU", 0.0), lo, cpus,
-                    res.num_cpus)
+        log.warning(
+            "[%s] the cluster has %g CPUs: each of its %d actors reserves %g CPUs instead of %g, so "
+            "that reads and writes can run beside them",
+            stage,
+            cluster.get("CPU", 0.0),
+            lo,
+            cpus,
+            res.num_cpus,
+        )
     # the upper bound stays: Ray Data adds actors only as resources free up (or the cluster scales up)
     return Resources(res.batch_size, cpus, res.num_gpus, (lo, hi))
 
 
-def _execute(ds: ray.data.Dataset, stage: Stage, config: BaseModel, report: StageReport,
-             config_json: dict[str, Any], context: RunContext, expected: int) -> None:
+def _execute(
+    ds: ray.data.Dataset,
+    stage: Stage,
+    config: BaseModel,
+    report: StageReport,
+    config_json: dict[str, Any],
+    context: RunContext,
+    expected: int,
+) -> None:
     """Add the stage and the manifest writer to the plan and drive it."""
     res = fit_actor_pool(stage.resources(), ray.cluster_resources(), stage.name)
     # Blocks of at most rows_per_part rows: a task's output reaches the manifest when the task ends,
     # so this bounds what a killed run loses, and it spreads small runs over all workers.
     ds = ds.repartition(target_num_rows_per_block=config.run.rows_per_part)
     kwargs = {"name": stage.name, "config_json": config_json, "context": context}
-    common: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "pyarrow", "num_cpus": res.num_cpus}
+    common: dict[str, Any] = {
+        "batch_size": res.batch_size,
+        "batch_format": "pyarrow",
+        "num_cpus": res.num_cpus,
+    }
     waits_for = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
     if res.num_gpus:
         common["num_gpus"] = res.num_gpus
     if res.actors:
-        ds = ds.map_batches(_StageActor, fn_constructor_kwargs=kwargs, **common,
-                            compute=ray.data.ActorPoolStrategy(min_size=res.actors[0], max_size=res.actors[1]))
+        ds = ds.map_batches(
+            _StageActor,
+            fn_constructor_kwargs=kwargs,
+            **common,
+            compute=ray.data.ActorPoolStrategy(min_size=res.actors[0], max_size=res.actors[1]),
+        )
     else:
         ds = ds.map_batches(_run_task, fn_kwargs=kwargs, **common)
-    ds = ds.map_batches(_write_part, batch_size=config.run.rows_per_part, batch_format="pyarrow",
-                        fn_kwargs={"root": context.root, "stage": stage.name, "token": context.run_token})
+    ds = ds.map_batches(
+        _write_part,
+        batch_size=config.run.rows_per_part,
+        batch_format="pyarrow",
+        fn_kwargs={"root": context.root, "stage": stage.name, "token": context.run_token},
+    )
     per = "actor" if res.actors else "task"
     batches = iterate_watched(ds, config.run.stall_timeout_s, stage.name, waits_for, per)
     _collect(batches, report, expected, config.run.progress_interval_s)
@@ -316,10 +371,20 @@ def _collect(batches: Iterator[pa.Table], report: StageReport, expected: int, in
             last = time.time()
             rate = report.rows_in / max(last - t0, 1e-9)
             of = f"/{expected}" if expected > 0 else ""
-            log.info("[%s] %d%s rows (ok %d, failed %d, filtered %d) %.1f rows/s", report.stage,
-                     report.rows_in, of, report.counts[OK], report.counts[FAILED], report.counts[FILTERED], rate)
-    report.reasons = [{"status": s, "reason": r, "count": n, "example": examples[(s, r)]}
-                      for (s, r), n in reasons.most_common(TOP_REASONS)]
+            log.info(
+                "[%s] %d%s rows (ok %d, failed %d, filtered %d) %.1f rows/s",
+                report.stage,
+                report.rows_in,
+                of,
+                report.counts[OK],
+                report.counts[FAILED],
+                report.counts[FILTERED],
+                rate,
+            )
+    report.reasons = [
+        {"status": s, "reason": r, "count": n, "example": examples[(s, r)]}
+        for (s, r), n in reasons.most_common(TOP_REASONS)
+    ]
 
 
 def select_stages(config: BaseModel, stage: str | None, until: str | None) -> list[str]:
@@ -360,22 +425,33 @@ def run_pipeline(config: BaseModel, stages: list[str], mode: Mode = "resume") ->
                     f"stage {name!r} stopped: {cause.strerror or cause} writing under {config.run.root}; what it "
                     f"finished is committed: free space (or restore write permission) and rerun the same command"
                 ) from None
-            log.info("[%s] done: %d rows in %.1fs (ok %d, failed %d, filtered %d; %d already done)", name,
-                     report.rows_in, report.wall_s, report.counts[OK], report.counts[FAILED],
-                     report.counts[FILTERED], report.skipped)
+            log.info(
+                "[%s] done: %d rows in %.1fs (ok %d, failed %d, filtered %d; %d already done)",
+                name,
+                report.rows_in,
+                report.wall_s,
+                report.counts[OK],
+                report.counts[FAILED],
+                report.counts[FILTERED],
+                report.skipped,
+            )
             reports.append(report)
     return reports
 
 
 def summary_table(reports: list[StageReport]) -> str:
     """The final per-stage table printed at the end of a run: this run's rows, then the whole manifest's."""
-    head = (f"{'stage':<10} {'in':>7} {'ok':>7} {'failed':>7} {'filtered':>8} {'skipped':>8} {'total ok':>8} "
-            f"{'total failed':>12} {'wall s':>8}")
+    head = (
+        f"{'stage':<10} {'in':>7} {'ok':>7} {'failed':>7} {'filtered':>8} {'skipped':>8} {'total ok':>8} "
+        f"{'total failed':>12} {'wall s':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in reports:
-        lines.append(f"{r.stage:<10} {r.rows_in:>7} {r.counts[OK]:>7} {r.counts[FAILED]:>7} "
-                     f"{r.counts[FILTERED]:>8} {r.skipped:>8} {r.totals.get(OK, 0):>8} "
-                     f"{r.totals.get(FAILED, 0):>12} {r.wall_s:>8.1f}")
+        lines.append(
+            f"{r.stage:<10} {r.rows_in:>7} {r.counts[OK]:>7} {r.counts[FAILED]:>7} "
+            f"{r.counts[FILTERED]:>8} {r.skipped:>8} {r.totals.get(OK, 0):>8} "
+            f"{r.totals.get(FAILED, 0):>12} {r.wall_s:>8.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -386,8 +462,8 @@ def failure_note(reports: list[StageReport], root: str) -> str | None:
         return None
     total = sum(n for _, n in where)
     stages = ", ".join(f"{s} {n}" for s, n in where)
-    return (f"{total} rows failed ({stages}); their reasons are in {root}/<stage>/part-*.parquet (status='failed', "
-            f"error) and each _SUCCESS.json's top_reasons; rows failed for a transient reason are retried by a "
-            f"plain rerun, --retry-failed redoes all of them")
-
-
+    return (
+        f"{total} rows failed ({stages}); their reasons are in {root}/<stage>/part-*.parquet (status='failed', "
+        f"error) and each _SUCCESS.json's top_reasons; rows failed for a transient reason are retried by a "
+        f"plain rerun, --retry-failed redoes all of them"
+    )

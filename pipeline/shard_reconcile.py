@@ -55,10 +55,18 @@ def reconcile(root: str, stage: str = "shard") -> dict[str, int]:
         store.remove(store.join(shard_dir, f"{name}.tar"))
     counts["leftovers_removed"] += len(indexes ^ tars)
 
-    rows = manifest.read_columns(root, stage, ["video_id", "status", "shard"]) if manifest.part_files(
-        root, stage) else pa.table({"video_id": [], "status": [], "shard": []})
-    named = {v: s for v, st, s in zip(rows["video_id"].to_pylist(), rows["status"].to_pylist(),
-                                      rows["shard"].to_pylist()) if st == OK}
+    rows = (
+        manifest.read_columns(root, stage, ["video_id", "status", "shard"])
+        if manifest.part_files(root, stage)
+        else pa.table({"video_id": [], "status": [], "shard": []})
+    )
+    named = {
+        v: s
+        for v, st, s in zip(
+            rows["video_id"].to_pylist(), rows["status"].to_pylist(), rows["shard"].to_pylist()
+        )
+        if st == OK
+    }
     holders: dict[str, list[str]] = defaultdict(list)
     for name in sorted(tars & indexes):
         for key in read_index(shard_dir, name, ["key"])["key"].to_pylist():
@@ -81,15 +89,25 @@ def reconcile(root: str, stage: str = "shard") -> dict[str, int]:
             held[key] = (name, nbytes)
 
     def stale(t: pa.Table) -> pa.Array:
-        return pa.array([(vid in held and (st != OK or held[vid][0] != sh)) or (st == OK and vid not in held)
-                         for vid, st, sh in zip(t["video_id"].to_pylist(), t["status"].to_pylist(),
-                                                t["shard"].to_pylist())], pa.bool_())
+        return pa.array(
+            [
+                (vid in held and (st != OK or held[vid][0] != sh)) or (st == OK and vid not in held)
+                for vid, st, sh in zip(
+                    t["video_id"].to_pylist(), t["status"].to_pylist(), t["shard"].to_pylist()
+                )
+            ],
+            pa.bool_(),
+        )
 
     counts["manifest_rows_dropped"] = manifest.drop_rows(root, stage, stale, ("video_id", "status", "shard"))
     listed = {v for v, s in named.items() if held.get(v, (None,))[0] == s}
     missing = sorted(set(held) - listed)
     if missing:
-        store.write_parquet(manifest.new_part_uri(root, stage), ShardStage.rows_to_table(
-            {"video_id": v, "status": OK, "shard": held[v][0], "bytes": held[v][1]} for v in missing))
+        store.write_parquet(
+            manifest.new_part_uri(root, stage),
+            ShardStage.rows_to_table(
+                {"video_id": v, "status": OK, "shard": held[v][0], "bytes": held[v][1]} for v in missing
+            ),
+        )
     counts["reindexed"] = len(missing)
     return counts

@@ -70,13 +70,18 @@ def stall_message(stage: str, timeout_s: float, waits_for: dict[str, float], per
         total, free = {}, {}
     want = _fmt(waits_for)
     short = [k for k, v in waits_for.items() if v and total.get(k, 0.0) < v]
-    hint = (f"the cluster has no node with {', '.join(short)} left: add such nodes (or lower "
-            f"{stage}.num_gpus / {stage}.num_cpus)" if short else
-            "the cluster is busy or a worker hangs: check `ray status`, or raise run.stall_timeout_s if "
-            "one batch of this stage legitimately takes longer")
-    return (f"stage {stage!r} made no progress for {timeout_s:g}s: each {per} asks for {want}; the cluster has "
-            f"{_fmt(total)} in total, {_fmt(free)} free. {hint[0].upper()}{hint[1:]}; then rerun the same command: "
-            f"the rows finished so far are committed and are not redone")
+    hint = (
+        f"the cluster has no node with {', '.join(short)} left: add such nodes (or lower "
+        f"{stage}.num_gpus / {stage}.num_cpus)"
+        if short
+        else "the cluster is busy or a worker hangs: check `ray status`, or raise run.stall_timeout_s if "
+        "one batch of this stage legitimately takes longer"
+    )
+    return (
+        f"stage {stage!r} made no progress for {timeout_s:g}s: each {per} asks for {want}; the cluster has "
+        f"{_fmt(total)} in total, {_fmt(free)} free. {hint[0].upper()}{hint[1:]}; then rerun the same command: "
+        f"the rows finished so far are committed and are not redone"
+    )
 
 
 def _stop(ds: ray.data.Dataset) -> None:
@@ -90,8 +95,9 @@ def _stop(ds: ray.data.Dataset) -> None:
             pass
 
 
-def _watched_by_ray_data(ds: ray.data.Dataset, timeout_s: float, stage: str, waits_for: dict[str, float],
-                         per: str) -> Iterator[pa.Table]:
+def _watched_by_ray_data(
+    ds: ray.data.Dataset, timeout_s: float, stage: str, waits_for: dict[str, float], per: str
+) -> Iterator[pa.Table]:
     """Ray Data's own guard: progress is any block moving through any operator's queues, finer than our
     parts (it skips plans with a hash shuffle, whose long read phase moves nothing out)."""
     ds.context.execution_no_progress_timeout_s = timeout_s or -1
@@ -111,8 +117,9 @@ def _is_no_progress(error: BaseException | None) -> bool:
     return False
 
 
-def iterate_watched(ds: ray.data.Dataset, timeout_s: float, stage: str, waits_for: dict[str, float],
-                    per: str) -> Iterator[pa.Table]:
+def iterate_watched(
+    ds: ray.data.Dataset, timeout_s: float, stage: str, waits_for: dict[str, float], per: str
+) -> Iterator[pa.Table]:
     """The plan's output blocks; ``StageStalled`` when none arrives for ``timeout_s`` (0: never)."""
     if hasattr(ds.context, "execution_no_progress_timeout_s"):  # Ray Data >= 2.60 watches its own plan
         yield from _watched_by_ray_data(ds, timeout_s, stage, waits_for, per)

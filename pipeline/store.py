@@ -45,26 +45,50 @@ TMP_PREFIX = ".tmp-"
 ENV_VAR = "VIDAL_STORAGE"  # the settings as JSON, for processes that did not read the config
 COPY_CHUNK = 8 << 20
 COPY_WAIT_S = 300.0  # how long a slow server-side copy may take after the client gave up on it
-CREDENTIAL_KEYS = ("access_key", "secret_key", "access_key_id", "secret_access_key", "session_token", "token",
-                   "password", "credentials", "key", "secret")
+CREDENTIAL_KEYS = (
+    "access_key",
+    "secret_key",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "token",
+    "password",
+    "credentials",
+    "key",
+    "secret",
+)
 
 
 class StorageSettings(BaseModel):
     """How to reach the object store of ``s3://`` / ``gs://`` roots (``run.storage``); no credentials."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    endpoint: str | None = Field(None, description="S3-compatible or GCS endpoint, e.g. http://127.0.0.1:9000 "
-                                 "(MinIO); null: the provider's own (AWS_ENDPOINT_URL is honoured too)")
-    region: str | None = Field(None, description="S3 region (null: AWS_REGION, ~/.aws/config or the SDK's "
-                               "default); for GCS the location of buckets it creates")
-    scheme: Literal["https", "http"] | None = Field(None, description="transport when the endpoint has none "
-                                                    "(default https; http only for a local test server)")
+    endpoint: str | None = Field(
+        None,
+        description="S3-compatible or GCS endpoint, e.g. http://127.0.0.1:9000 "
+        "(MinIO); null: the provider's own (AWS_ENDPOINT_URL is honoured too)",
+    )
+    region: str | None = Field(
+        None,
+        description="S3 region (null: AWS_REGION, ~/.aws/config or the SDK's "
+        "default); for GCS the location of buckets it creates",
+    )
+    scheme: Literal["https", "http"] | None = Field(
+        None,
+        description="transport when the endpoint has none (default https; http only for a local test server)",
+    )
     anonymous: bool = Field(False, description="no credentials at all (public buckets)")
     retries: int = Field(3, ge=0, le=20, description="S3: attempts of a failed request (AWS standard retry)")
-    retry_time_limit_s: float | None = Field(None, gt=0, description="GCS: how long to retry transient errors")
+    retry_time_limit_s: float | None = Field(
+        None, gt=0, description="GCS: how long to retry transient errors"
+    )
     connect_timeout_s: float | None = Field(None, gt=0)
-    request_timeout_s: float | None = Field(30.0, gt=0, description="a request silent this long is dropped "
-                                            "(the SDK's default, 3 s, is short for server-side copies)")
+    request_timeout_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="a request silent this long is dropped "
+        "(the SDK's default, 3 s, is short for server-side copies)",
+    )
     ca_file: str | None = Field(None, description="CA bundle for TLS to a private endpoint")
     virtual_addressing: bool = Field(False, description="S3: bucket.host URLs instead of host/bucket")
 
@@ -77,7 +101,8 @@ class StorageSettings(BaseModel):
                 raise ValueError(
                     f"{', '.join(secret)}: credentials are never read from a config file; set AWS_ACCESS_KEY_ID "
                     "and AWS_SECRET_ACCESS_KEY (or GOOGLE_APPLICATION_CREDENTIALS) in the environment, "
-                    "or use the platform's chain (~/.aws, an instance role)")
+                    "or use the platform's chain (~/.aws, an instance role)"
+                )
         return data
 
     @model_validator(mode="after")
@@ -139,16 +164,27 @@ def _filesystem(scheme: str, config_json: str, env_endpoint: str | None) -> pafs
     transport, host = s.transport()
     if scheme == "s3":
         kw: dict[str, Any] = {
-            "region": s.region, "anonymous": s.anonymous, "endpoint_override": host, "scheme": transport,
-            "connect_timeout": s.connect_timeout_s, "request_timeout": s.request_timeout_s,
+            "region": s.region,
+            "anonymous": s.anonymous,
+            "endpoint_override": host,
+            "scheme": transport,
+            "connect_timeout": s.connect_timeout_s,
+            "request_timeout": s.request_timeout_s,
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s.retries),
-            "force_virtual_addressing": s.virtual_addressing, "tls_ca_file_path": s.ca_file,
+            "force_virtual_addressing": s.virtual_addressing,
+            "tls_ca_file_path": s.ca_file,
             "background_writes": False,  # bounded memory: a part is sent before the next is buffered
         }
         return pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
-    kw = {"anonymous": s.anonymous, "endpoint_override": host, "scheme": transport,
-          "default_bucket_location": s.region,
-          "retry_time_limit": datetime.timedelta(seconds=s.retry_time_limit_s) if s.retry_time_limit_s else None}
+    kw = {
+        "anonymous": s.anonymous,
+        "endpoint_override": host,
+        "scheme": transport,
+        "default_bucket_location": s.region,
+        "retry_time_limit": datetime.timedelta(seconds=s.retry_time_limit_s)
+        if s.retry_time_limit_s
+        else None,
+    }
     return pafs.GcsFileSystem(**{k: v for k, v in kw.items() if v is not None})
 
 
@@ -164,12 +200,18 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), os.path.abspath(local)
     scheme, rest = uri.split("://", 1)
     if "?" in rest:
-        raise ValueError(f"{uri}: options in the URI are not supported; set them in run.storage "
-                         "(endpoint, region, scheme, anonymous)")
+        raise ValueError(
+            f"{uri}: options in the URI are not supported; set them in run.storage "
+            "(endpoint, region, scheme, anonymous)"
+        )
     if scheme not in ("s3", "gs", "gcs"):  # hdfs://, abfs://: pyarrow's own URI options, untested
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path
-    env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") if scheme == "s3" else None
+    env_endpoint = (
+        os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if scheme == "s3"
+        else None
+    )
     fs = _filesystem(scheme, settings().model_dump_json(), env_endpoint)
     return fs, rest.strip("/")
 
@@ -208,7 +250,8 @@ def list_files(dir_uri: str, prefix: str = "", suffix: str = "") -> list[str]:
     except FileNotFoundError:
         return []
     names = sorted(
-        i.base_name for i in infos
+        i.base_name
+        for i in infos
         if i.type == pafs.FileType.File and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)
     )
     return [join(dir_uri, n) for n in names]

@@ -19,8 +19,12 @@ import av
 import numpy as np
 
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230),
-    "yellow": (235, 220, 40), "purple": (160, 60, 200), "white": (240, 240, 240),
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 220, 40),
+    "purple": (160, 60, 200),
+    "white": (240, 240, 240),
 }
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -116,7 +120,9 @@ def encode_video(
         if audio is not None:
             a_s = out.add_stream("aac", rate=audio_rate, layout="mono")
         for f in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: vs.height, : vs.width]), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(f[: vs.height, : vs.width]), format="rgb24"
+            )
             for packet in vs.encode(frame):
                 out.mux(packet)
         for packet in vs.encode():
@@ -136,8 +142,15 @@ def encode_video(
 
 
 def make_clip(
-    path: str | Path, concept: Concept, *, seconds: float = 2.0, fps: int = 15,
-    size: tuple[int, int] = (320, 240), audio: bool = True, seed: int = 0, gop: int | None = None,
+    path: str | Path,
+    concept: Concept,
+    *,
+    seconds: float = 2.0,
+    fps: int = 15,
+    size: tuple[int, int] = (320, 240),
+    audio: bool = True,
+    seed: int = 0,
+    gop: int | None = None,
 ) -> None:
     """Render and encode one concept clip."""
     frames = render_frames(concept, n_frames=max(1, round(seconds * fps)), size=size, seed=seed)
@@ -146,8 +159,13 @@ def make_clip(
 
 
 def make_demo_media(
-    out_dir: str | Path, *, per_concept: int = 1, seconds: float = 2.0, fps: int = 15,
-    size: tuple[int, int] = (320, 240), as_urls: bool = False,
+    out_dir: str | Path,
+    *,
+    per_concept: int = 1,
+    seconds: float = 2.0,
+    fps: int = 15,
+    size: tuple[int, int] = (320, 240),
+    as_urls: bool = False,
 ) -> Path:
     """Generate the demo clips once and a CSV list of them; returns the list's path.
 
@@ -168,12 +186,14 @@ def make_demo_media(
             clip = out / f"{concept.slug}-{k}.mp4"
             if not clip.exists() or not stamp.exists() or json.loads(stamp.read_text()) != params:
                 make_clip(clip, concept, seconds=seconds, fps=fps, size=size, seed=1000 * k + i)
-            rows.append({
-                ("url" if as_urls else "path"): clip.as_uri() if as_urls else str(clip),
-                "title": concept.title,
-                "hashtags": " ".join(f"#{t}" for t in concept.hashtags),
-                "description": f"Synthetic clip {k} of {concept.title}.",
-            })
+            rows.append(
+                {
+                    ("url" if as_urls else "path"): clip.as_uri() if as_urls else str(clip),
+                    "title": concept.title,
+                    "hashtags": " ".join(f"#{t}" for t in concept.hashtags),
+                    "description": f"Synthetic clip {k} of {concept.title}.",
+                }
+            )
     stamp.write_text(json.dumps(params))
     with open(list_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -94,8 +94,13 @@ def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> UpstreamIn
     ds = None
     for up, cols, how in plan:
         part = _read_ok(root, up, cols)
-        ds = part if ds is None else ds.join(part, join_type=how, on=("video_id",),
-                                             num_partitions=max(1, min(16, n_rows // 5000 + 1)))
+        ds = (
+            part
+            if ds is None
+            else ds.join(
+                part, join_type=how, on=("video_id",), num_partitions=max(1, min(16, n_rows // 5000 + 1))
+            )
+        )
     return UpstreamInput(ds, n_rows, first_ids)
 
 
@@ -118,8 +123,9 @@ def _estimated_bytes(root: str, stage: str, columns: list[str], rows: int) -> fl
     return sampled_bytes / max(1, sampled_rows) * rows
 
 
-def _broadcast_join(root: str, plan: list[tuple[str, list[str], str]],
-                    limit_bytes: float) -> UpstreamInput | None:
+def _broadcast_join(
+    root: str, plan: list[tuple[str, list[str], str]], limit_bytes: float
+) -> UpstreamInput | None:
     """Stream the upstream with the heaviest columns and look the others up in tables held in the object
     store; no shuffle, so the first rows reach the stage at once. None when the others are too big."""
     oks = {up: manifest.read_columns(root, up, ["video_id"], status=OK)["video_id"] for up, _, _ in plan}
@@ -134,8 +140,10 @@ def _broadcast_join(root: str, plan: list[tuple[str, list[str], str]],
             ids &= set(oks[up].to_pylist())
     if not ids:
         return _NO_INPUT
-    lookups = [(ray.put(manifest.read_columns(root, up, ["video_id", *cols], status=OK)), how)
-               for up, cols, how in side]
+    lookups = [
+        (ray.put(manifest.read_columns(root, up, ["video_id", *cols], status=OK)), how)
+        for up, cols, how in side
+    ]
     ds = _read_ok(root, stream, stream_cols)
     ds = ds.map_batches(_lookup_join, batch_format="pyarrow", batch_size=None, fn_kwargs={"lookups": lookups})
     return UpstreamInput(ds, len(ids), pa.array(list(ids), pa.string()))
@@ -147,8 +155,9 @@ def _read_ok(root: str, stage: str, columns: list[str]) -> ray.data.Dataset:
     peak of a 10,000-video run; the manifest's parts are already the right unit of work.)"""
     parts = [{"uri": uri} for uri in manifest.part_files(root, stage)]
     ds = ray.data.from_items(parts, override_num_blocks=len(parts))
-    return ds.map_batches(_read_ok_rows, batch_size=1, batch_format="pyarrow",
-                          fn_kwargs={"columns": ["video_id", *columns]})
+    return ds.map_batches(
+        _read_ok_rows, batch_size=1, batch_format="pyarrow", fn_kwargs={"columns": ["video_id", *columns]}
+    )
 
 
 def _read_ok_rows(items: pa.Table, columns: list[str]) -> Iterator[pa.Table]:

@@ -26,8 +26,11 @@ WINDOW_S = 30.0  # whisper's input window
 class AsrConfig(StageConfig):
     batch_size: int = 8
     model: str = Field("whisper:small", description="whisper:<size or .pt path>, or tiny")
-    download_root: str | None = Field(None, description="where whisper's .pt files are cached "
-                                      "(default ~/.cache/whisper); a filled cache works offline")
+    download_root: str | None = Field(
+        None,
+        description="where whisper's .pt files are cached "
+        "(default ~/.cache/whisper); a filled cache works offline",
+    )
     language: str | None = Field(None, description="language code, or None to detect it per clip")
     task: str = Field("transcribe", pattern="^(transcribe|translate)$")
     max_new_tokens: int | None = Field(None, ge=1, le=224, description="tokens per 30 s window (None: 224)")
@@ -49,20 +52,29 @@ class AsrStage(Stage):
     reads = ("video_id", "audio")
     uses_model = True
     Config = AsrConfig
-    schema = pa.schema([
-        ("asr", pa.string()),
-        ("asr_language", pa.string()),
-        ("asr_no_speech_prob", pa.float32()),
-        ("asr_model", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("asr", pa.string()),
+            ("asr_language", pa.string()),
+            ("asr_no_speech_prob", pa.float32()),
+            ("asr_model", pa.string()),
+        ]
+    )
     config: AsrConfig
 
     def setup(self) -> None:
         c = self.config
         model, model_id = load_whisper(c.model, pick_device(c.device), c.download_root)
-        self.asr = WhisperASR(model, model_id, language=c.language, task=c.task, max_new_tokens=c.max_new_tokens,
-                              beam_size=c.beam_size, no_speech_threshold=c.no_speech_threshold,
-                              logprob_threshold=c.logprob_threshold)
+        self.asr = WhisperASR(
+            model,
+            model_id,
+            language=c.language,
+            task=c.task,
+            max_new_tokens=c.max_new_tokens,
+            beam_size=c.beam_size,
+            no_speech_threshold=c.no_speech_threshold,
+            logprob_threshold=c.logprob_threshold,
+        )
         self.runner = BatchRunner(c.decode_batch_size, self.asr.device, what="whisper")
 
     def models(self) -> dict[str, str]:
@@ -78,14 +90,18 @@ class AsrStage(Stage):
             try:
                 samples, rate = decode_flac(r["audio"])
             except Exception as e:  # PyAV raises its own error types for broken data
-                out[i].update(status=FAILED, error=one_line(f"audio does not decode: {type(e).__name__}: {e}"))
+                out[i].update(
+                    status=FAILED, error=one_line(f"audio does not decode: {type(e).__name__}: {e}")
+                )
                 continue
             if rate != SAMPLE_RATE:
                 out[i].update(status=FAILED, error=f"audio is {rate} Hz; whisper needs {SAMPLE_RATE} Hz")
                 continue
             clips[i] = samples
         short = [i for i, a in clips.items() if len(a) <= WINDOW_S * SAMPLE_RATE]
-        results: dict[int, Any] = dict(zip(short, self.runner.run([clips[i] for i in short], self.asr.transcribe_short)))
+        results: dict[int, Any] = dict(
+            zip(short, self.runner.run([clips[i] for i in short], self.asr.transcribe_short))
+        )
         for i in (i for i in clips if i not in results):
             try:
                 results[i] = self.asr.transcribe_long(clips[i])
@@ -95,6 +111,10 @@ class AsrStage(Stage):
             if isinstance(res, ItemError):
                 out[i].update(status=FAILED, error=one_line(res.reason))
             else:
-                out[i].update(asr=res.text, asr_language=res.language, asr_no_speech_prob=res.no_speech_prob,
-                              asr_model=self.asr.model_id)
+                out[i].update(
+                    asr=res.text,
+                    asr_language=res.language,
+                    asr_no_speech_prob=res.no_speech_prob,
+                    asr_model=self.asr.model_id,
+                )
         return self.rows_to_table(out)

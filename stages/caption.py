@@ -33,14 +33,21 @@ IMPORTED = "imported"
 
 class CaptionConfig(StageConfig):
     batch_size: int = 8
-    frame_model: str = Field("hf:Salesforce/blip-image-captioning-large",
-                             description="image captioner: hf:<id or dir> or tiny (tiny:git)")
-    frame_prompt: str | None = Field(None, description="text prompt for conditional captioners "
-                                     "(BLIP: 'a picture of'; Florence-2: '<MORE_DETAILED_CAPTION>')")
+    frame_model: str = Field(
+        "hf:Salesforce/blip-image-captioning-large",
+        description="image captioner: hf:<id or dir> or tiny (tiny:git)",
+    )
+    frame_prompt: str | None = Field(
+        None,
+        description="text prompt for conditional captioners "
+        "(BLIP: 'a picture of'; Florence-2: '<MORE_DETAILED_CAPTION>')",
+    )
     frame_batch_size: int = Field(32, ge=1, description="frames per generate call")
     frame_max_new_tokens: int = Field(30, ge=1)
-    video_model: str = Field("hf:Qwen/Qwen2.5-VL-3B-Instruct",
-                             description="vision-language model for the video caption: hf:<id or dir>, tiny or none")
+    video_model: str = Field(
+        "hf:Qwen/Qwen2.5-VL-3B-Instruct",
+        description="vision-language model for the video caption: hf:<id or dir>, tiny or none",
+    )
     video_prompt: str = Field("video_caption.v1", description="repo prompt name or a path to a .txt prompt")
     video_frames: int = Field(4, ge=1, le=64, description="frames (evenly spaced) given to the video model")
     video_frame_side: int = Field(224, ge=16, description="short side of the frames given to the video model")
@@ -88,7 +95,11 @@ def spread(items: list[Any], n: int) -> list[Any]:
     """``n`` evenly spaced items (all of them when there are no more than ``n``)."""
     if len(items) <= n:
         return list(items)
-    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else [items[len(items) // 2]]
+    return (
+        [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+        if n > 1
+        else [items[len(items) // 2]]
+    )
 
 
 def shrink(image: Image.Image, short_side: int) -> Image.Image:
@@ -107,25 +118,34 @@ class CaptionStage(Stage):
     reads = ("video_id", "frames", "title", "hashtags", "ofa", "mplug")
     uses_model = True
     Config = CaptionConfig
-    schema = pa.schema([
-        ("ofa", pa.list_(pa.string())),
-        ("mplug", pa.string()),
-        ("caption_model", pa.string()),
-        ("caption_prompt_version", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("ofa", pa.list_(pa.string())),
+            ("mplug", pa.string()),
+            ("caption_model", pa.string()),
+            ("caption_prompt_version", pa.string()),
+        ]
+    )
     config: CaptionConfig
 
     def setup(self) -> None:
         c = self.config
         device = pick_device(c.device)
         dtype = pick_dtype(device, c.precision)
-        self.frames = FrameCaptioner(load_image_text_model(c.frame_model, device, dtype, "blip"),
-                                     c.frame_prompt, c.frame_max_new_tokens, c.num_beams)
+        self.frames = FrameCaptioner(
+            load_image_text_model(c.frame_model, device, dtype, "blip"),
+            c.frame_prompt,
+            c.frame_max_new_tokens,
+            c.num_beams,
+        )
         self.frame_runner = BatchRunner(c.frame_batch_size, device, what="frame captioning")
         self.video: VideoCaptioner | None = None
         if c.video_model != "none":
-            self.video = VideoCaptioner(load_image_text_model(c.video_model, device, dtype, "llava"),
-                                        c.video_max_new_tokens, c.num_beams)
+            self.video = VideoCaptioner(
+                load_image_text_model(c.video_model, device, dtype, "llava"),
+                c.video_max_new_tokens,
+                c.num_beams,
+            )
             self.video_runner = BatchRunner(c.video_batch_size, device, what="video captioning")
         self.prompt = load_prompt(c.video_prompt)
 
@@ -173,7 +193,9 @@ class CaptionStage(Stage):
         imported_mplug = {i for i, r in enumerate(rows) if c.keep_imported and r.get("mplug")}
         todo = [i for i in images if i not in imported_mplug and out[i]["status"] == OK]
         if self.video is not None and todo:
-            results = self.video_runner.run([self.video_request(rows[i], images[i]) for i in todo], self.video)
+            results = self.video_runner.run(
+                [self.video_request(rows[i], images[i]) for i in todo], self.video
+            )
             for i, cap in zip(todo, results):
                 if isinstance(cap, ItemError):
                     fail(i, "video captioning failed", cap)

@@ -52,15 +52,23 @@ class ClipConfig(StageConfig):
     jpeg_quality: int = Field(90, ge=10, le=100)
     audio_rate: int = Field(SAMPLE_RATE, ge=8000)
     min_content: float = Field(15.0, gt=0, description="HSV difference (0-255) a cut reaches at least")
-    adaptive_ratio: float = Field(3.0, ge=1, description="a cut is this many times the recent mean difference")
-    motion: bool = Field(True, description="measure motion (also decodes the short videos, at low resolution)")
-    min_motion: float | None = Field(None, ge=0, description="grey levels per 0.1 s; stiller clips are filtered")
+    adaptive_ratio: float = Field(
+        3.0, ge=1, description="a cut is this many times the recent mean difference"
+    )
+    motion: bool = Field(
+        True, description="measure motion (also decodes the short videos, at low resolution)"
+    )
+    min_motion: float | None = Field(
+        None, ge=0, description="grey levels per 0.1 s; stiller clips are filtered"
+    )
     decode_threads: int = Field(1, ge=0, description="decoder threads per video (0: FFmpeg's choice)")
 
     @model_validator(mode="after")
     def _durations_ordered(self) -> ClipConfig:
         if self.min_duration >= self.max_duration:
-            raise ValueError(f"min_duration ({self.min_duration}) must be below max_duration ({self.max_duration})")
+            raise ValueError(
+                f"min_duration ({self.min_duration}) must be below max_duration ({self.max_duration})"
+            )
         if self.min_motion is not None and not self.motion:
             raise ValueError("min_motion needs motion: true")
         return self
@@ -103,7 +111,9 @@ class _Segmenter:
         cut = self.detector.push(small)
         if self.start is None:
             self.start = t
-        elif cut or t + (t - self.last_t) - self.start > self.max_duration + 1e-6:  # frame t would end past max
+        elif (
+            cut or t + (t - self.last_t) - self.start > self.max_duration + 1e-6
+        ):  # frame t would end past max
             self.close(t)
             self.start = t
         self.motion.push(t, small)
@@ -126,8 +136,9 @@ class _Segmenter:
         self.clips.append(Clip(round(start, 4), round(end, 4), frames, times, motion))
 
 
-def scan_video(source: Any, seg: _Segmenter, *, short_side: int, audio_rate: int, threads: int = 1
-               ) -> tuple[list[Clip], np.ndarray | None, float]:
+def scan_video(
+    source: Any, seg: _Segmenter, *, short_side: int, audio_rate: int, threads: int = 1
+) -> tuple[list[Clip], np.ndarray | None, float]:
     """Decode once: clips from ``seg``, the whole audio track (int16 mono; ``audio_rate=0``: none) and its start."""
     with _open(source) as container:
         if not container.streams.video:
@@ -136,10 +147,16 @@ def scan_video(source: Any, seg: _Segmenter, *, short_side: int, audio_rate: int
         vs.thread_count = threads
         a_s = container.streams.audio[0] if container.streams.audio and audio_rate else None
         fps = float(vs.average_rate or vs.guessed_rate or 25)
-        tb = float(vs.time_base or 0) or 1.0 / fps  # frames drained at the end carry no time base of their own
+        tb = (
+            float(vs.time_base or 0) or 1.0 / fps
+        )  # frames drained at the end carry no time base of their own
         every = max(1, int(fps // GRID_HZ))
         small_of, full_of = _FrameConverter(ANALYSIS_SHORT_SIDE), _FrameConverter(short_side)
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=audio_rate, frame_size=audio_rate) if a_s else None
+        resampler = (
+            av.AudioResampler(format="s16", layout="mono", rate=audio_rate, frame_size=audio_rate)
+            if a_s
+            else None
+        )
         audio: list[np.ndarray] = []
         audio_start: float | None = None
         n = 0
@@ -166,13 +183,20 @@ def scan_video(source: Any, seg: _Segmenter, *, short_side: int, audio_rate: int
 
 def detect_cuts(source: Any, *, min_content: float = 15.0, adaptive_ratio: float = 3.0) -> list[float]:
     """Times (seconds) of the frames that start a new scene: the detector alone, for tests and benchmarks."""
-    seg = _Segmenter(0.0, float("inf"), 0, CutDetector(min_content=min_content, adaptive_ratio=adaptive_ratio),
-                     keep_frames=False)
+    seg = _Segmenter(
+        0.0,
+        float("inf"),
+        0,
+        CutDetector(min_content=min_content, adaptive_ratio=adaptive_ratio),
+        keep_frames=False,
+    )
     clips, _, _ = scan_video(source, seg, short_side=ANALYSIS_SHORT_SIDE, audio_rate=0)
     return [c.start for c in clips[1:]]
 
 
-def audio_span(samples: np.ndarray | None, audio_start: float, start: float, end: float, rate: int) -> bytes | None:
+def audio_span(
+    samples: np.ndarray | None, audio_start: float, start: float, end: float, rate: int
+) -> bytes | None:
     """FLAC of the samples between two stream times; None without audio there."""
     if samples is None:
         return None
@@ -186,9 +210,16 @@ class ClipStage(Stage):
     upstream = ("probe", "download")
     reads = ("video_id", "media", *ProbeStage.schema.names)
     Config = ClipConfig
-    schema = pa.schema([*ProbeStage.schema, ("parent_id", pa.string()), ("start", pa.float64()),
-                        ("end", pa.float64()), ("motion", pa.float64()),
-                        ("clips", pa.int32())])  # on a split parent's own row: how many clips it has
+    schema = pa.schema(
+        [
+            *ProbeStage.schema,
+            ("parent_id", pa.string()),
+            ("start", pa.float64()),
+            ("end", pa.float64()),
+            ("motion", pa.float64()),
+            ("clips", pa.int32()),
+        ]
+    )  # on a split parent's own row: how many clips it has
     config: ClipConfig
 
     @classmethod
@@ -200,7 +231,8 @@ class ClipStage(Stage):
             raise StageInputError(  # a config mistake: nothing long reaches this stage to be split
                 f"probe.max_duration={probe_max} filters every video the clip stage would split "
                 f"(clip.max_duration={config.clip.max_duration}); set probe.max_duration to null (or the "
-                f"longest video to split) and rerun probe with --force")
+                f"longest video to split) and rerun probe with --force"
+            )
         return super().plan_upstream(config, present)
 
     def reconcile(self) -> dict[str, int]:
@@ -212,13 +244,18 @@ class ClipStage(Stage):
         if not manifest.part_files(root, self.name):
             return {}
         t = manifest.read_columns(root, self.name, ["video_id", "parent_id", "clips"])
-        have = Counter(p for v, p in zip(t["video_id"].to_pylist(), t["parent_id"].to_pylist()) if p and p != v)
+        have = Counter(
+            p for v, p in zip(t["video_id"].to_pylist(), t["parent_id"].to_pylist()) if p and p != v
+        )
         short = [v for v, n in zip(t["video_id"].to_pylist(), t["clips"].to_pylist()) if n and have[v] < n]
         if not short:
             return {}
         drop = pa.array(short, pa.string())
-        return {"split_videos_redone": manifest.drop_rows(root, self.name, lambda x: pc.is_in(x["video_id"], drop),
-                                                          columns=("video_id",))}
+        return {
+            "split_videos_redone": manifest.drop_rows(
+                root, self.name, lambda x: pc.is_in(x["video_id"], drop), columns=("video_id",)
+            )
+        }
 
     def process(self, batch: pa.Table) -> pa.Table:
         out: list[dict[str, Any]] = []
@@ -236,13 +273,18 @@ class ClipStage(Stage):
         media = row.get("media")
         if not media:
             raise RowError("no media file recorded by the download stage")
-        seg = _Segmenter(c.min_duration if long else 0.0, c.max_duration if long else float("inf"),
-                         c.num_frames, CutDetector(min_content=c.min_content, adaptive_ratio=c.adaptive_ratio),
-                         keep_frames=long)
+        seg = _Segmenter(
+            c.min_duration if long else 0.0,
+            c.max_duration if long else float("inf"),
+            c.num_frames,
+            CutDetector(min_content=c.min_content, adaptive_ratio=c.adaptive_ratio),
+            keep_frames=long,
+        )
         try:
             source = media if not store.is_remote(media) else store.open_input(media)
-            clips, samples, a0 = scan_video(source, seg, short_side=c.short_side, audio_rate=c.audio_rate,
-                                            threads=c.decode_threads)
+            clips, samples, a0 = scan_video(
+                source, seg, short_side=c.short_side, audio_rate=c.audio_rate, threads=c.decode_threads
+            )
         except FileNotFoundError:
             raise RowError(f"media file not found: {media}") from None
         except MediaError as e:
@@ -251,15 +293,27 @@ class ClipStage(Stage):
             spans = [(cl.motion or 0.0, cl.end - cl.start) for cl in clips]
             total = sum(d for _, d in spans)
             return [self._passed(row, round(sum(m * d for m, d in spans) / total, 4) if total > 0 else 0.0)]
-        rows = [self._clip_row(row, k, clip, audio_span(samples, a0, clip.start, clip.end, c.audio_rate))
-                for k, clip in enumerate(clips)]
+        rows = [
+            self._clip_row(row, k, clip, audio_span(samples, a0, clip.start, clip.end, c.audio_rate))
+            for k, clip in enumerate(clips)
+        ]
         if not rows:
-            raise RowFiltered(f"duration {row['duration']:.2f}s above clip.max_duration {c.max_duration}s "
-                              f"and no piece of it lasts clip.min_duration {c.min_duration}s")
+            raise RowFiltered(
+                f"duration {row['duration']:.2f}s above clip.max_duration {c.max_duration}s "
+                f"and no piece of it lasts clip.min_duration {c.min_duration}s"
+            )
         ids = f"{rows[0]['video_id']}..{rows[-1]['video_id']}" if len(rows) > 1 else rows[0]["video_id"]
-        rows.append({"video_id": vid, "status": FILTERED, "clips": len(rows), "error": (
-            f"split into {len(rows)} clips ({ids}): duration {row['duration']:.2f}s above clip.max_duration "
-            f"{c.max_duration}s")})
+        rows.append(
+            {
+                "video_id": vid,
+                "status": FILTERED,
+                "clips": len(rows),
+                "error": (
+                    f"split into {len(rows)} clips ({ids}): duration {row['duration']:.2f}s above clip.max_duration "
+                    f"{c.max_duration}s"
+                ),
+            }
+        )
         return rows
 
     def _motion_status(self, motion: float | None) -> dict[str, Any]:
@@ -270,17 +324,31 @@ class ClipStage(Stage):
 
     def _passed(self, row: dict[str, Any], motion: float | None) -> dict[str, Any]:
         facts = {key: row.get(key) for key in ProbeStage.schema.names}
-        return {**facts, "video_id": row["video_id"], "parent_id": row["video_id"], "start": 0.0,
-                "end": row["duration"], "motion": motion, **self._motion_status(motion)}
+        return {
+            **facts,
+            "video_id": row["video_id"],
+            "parent_id": row["video_id"],
+            "start": 0.0,
+            "end": row["duration"],
+            "motion": motion,
+            **self._motion_status(motion),
+        }
 
     def _clip_row(self, row: dict[str, Any], k: int, clip: Clip, audio: bytes | None) -> dict[str, Any]:
         c = self.config
         facts = {key: row.get(key) for key in ("fps", "width", "height", "vcodec", "acodec", "rotation")}
         return {
-            **facts, "video_id": clip_id(row["video_id"], k), "parent_id": row["video_id"],
-            "start": clip.start, "end": clip.end, "duration": round(clip.end - clip.start, 4),
-            "frames": [encode_jpeg(f, c.jpeg_quality) for f in clip.frames], "frame_times": clip.frame_times,
-            "has_audio": audio is not None, "audio": audio, "motion": clip.motion,
+            **facts,
+            "video_id": clip_id(row["video_id"], k),
+            "parent_id": row["video_id"],
+            "start": clip.start,
+            "end": clip.end,
+            "duration": round(clip.end - clip.start, 4),
+            "frames": [encode_jpeg(f, c.jpeg_quality) for f in clip.frames],
+            "frame_times": clip.frame_times,
+            "has_audio": audio is not None,
+            "audio": audio,
+            "motion": clip.motion,
             **self._motion_status(clip.motion),
         }
 

@@ -48,32 +48,35 @@ from stages.text_rules import clean_tags, guess_language, load_stopwords, title_
 from stages.vidal10m import read_vidal10m
 from stages.video_ids import sha1_id, url_problem, video_id_for_path, video_id_for_url
 
-CANDIDATE_SCHEMA = pa.schema([
-    ("url", pa.string()),
-    ("path", pa.string()),
-    ("title", pa.string()),
-    ("description", pa.string()),
-    ("hashtags", pa.list_(pa.string())),
-    ("duration", pa.float64()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("uploader", pa.string()),
-    ("upload_date", pa.string()),
-    ("license", pa.string()),
-    ("query", pa.string()),
-    ("source", pa.string()),  # files | urls | search | vidal10m
-    ("language", pa.string()),
-    # VIDAL-10M's released text, carried so that a rebuild can skip the caption stages
-    ("raw", pa.string()),
-    ("mplug", pa.string()),
-    ("polish_mplug", pa.string()),
-    ("ofa", pa.list_(pa.string())),
-    ("sound_mplug", pa.string()),
-    ("folder", pa.string()),
-])
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("url", pa.string()),
+        ("path", pa.string()),
+        ("title", pa.string()),
+        ("description", pa.string()),
+        ("hashtags", pa.list_(pa.string())),
+        ("duration", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("uploader", pa.string()),
+        ("upload_date", pa.string()),
+        ("license", pa.string()),
+        ("query", pa.string()),
+        ("source", pa.string()),  # files | urls | search | vidal10m
+        ("language", pa.string()),
+        # VIDAL-10M's released text, carried so that a rebuild can skip the caption stages
+        ("raw", pa.string()),
+        ("mplug", pa.string()),
+        ("polish_mplug", pa.string()),
+        ("ofa", pa.list_(pa.string())),
+        ("sound_mplug", pa.string()),
+        ("folder", pa.string()),
+    ]
+)
 # What read_inputs yields: the candidate columns plus why a row must fail or be filtered.
-INPUT_SCHEMA = pa.schema([("video_id", pa.string()), ("row_error", pa.string()), ("row_filter", pa.string()),
-                          *CANDIDATE_SCHEMA])
+INPUT_SCHEMA = pa.schema(
+    [("video_id", pa.string()), ("row_error", pa.string()), ("row_filter", pa.string()), *CANDIDATE_SCHEMA]
+)
 READ_BATCH = 2048
 
 
@@ -97,8 +100,9 @@ class DiscoverConfig(StageConfig):
     stopwords: str | None = Field("manifests/stopwords.txt", description="platform-noise words and tags")
     languages: list[str] = Field(default_factory=list, description="ISO 639-1 codes to keep; [] keeps all")
     allow_unknown_language: bool = True
-    filter_sources: list[str] = Field(default_factory=lambda: ["search"],
-                                      description="sources the text/language rules apply to")
+    filter_sources: list[str] = Field(
+        default_factory=lambda: ["search"], description="sources the text/language rules apply to"
+    )
     dedup: bool = Field(True, description="drop repeats across terms, lists and batches in a run")
     dedup_shards: int = Field(1, ge=1, description="dedup actors (about 120 MB per 10 M ids in all)")
     socket_timeout_s: float = Field(20.0, gt=0)
@@ -131,8 +135,11 @@ def candidate_from_list_row(row: dict[str, Any], base: str, list_uri: str) -> di
     """A candidate with its id from one list row; a row without url/path, or a line that could not be
     read (``BAD_ROW``: its id comes from the list and the line), carries ``row_error``."""
     if BAD_ROW in row:
-        return {"video_id": sha1_id("row", f"{list_uri}|{row[BAD_ROW]}"), "source": "files",
-                "row_error": row[BAD_ROW]}
+        return {
+            "video_id": sha1_id("row", f"{list_uri}|{row[BAD_ROW]}"),
+            "source": "files",
+            "row_error": row[BAD_ROW],
+        }
     out = list_row_fields(row, base)
     if out["path"]:
         return {**out, "url": None, "video_id": video_id_for_path(out["path"]), "source": "files"}
@@ -140,10 +147,18 @@ def candidate_from_list_row(row: dict[str, Any], base: str, list_uri: str) -> di
         try:
             return {**out, "video_id": video_id_for_url(out["url"]), "source": "urls"}
         except ValueError as e:
-            return {**out, "video_id": sha1_id("url", out["url"]), "source": "urls",
-                    "row_error": f"malformed URL: {e}"}
-    return {**out, "video_id": sha1_id("row", json.dumps(row, sort_keys=True, default=str)), "source": "files",
-            "row_error": f"list row has neither 'path' nor 'url' ({list_uri})"}
+            return {
+                **out,
+                "video_id": sha1_id("url", out["url"]),
+                "source": "urls",
+                "row_error": f"malformed URL: {e}",
+            }
+    return {
+        **out,
+        "video_id": sha1_id("row", json.dumps(row, sort_keys=True, default=str)),
+        "source": "files",
+        "row_error": f"list row has neither 'path' nor 'url' ({list_uri})",
+    }
 
 
 class QueryFilter:
@@ -203,7 +218,7 @@ class DiscoverStage(Stage):
         queries = self.configured_queries()
         self._query_filter = self._actor_name(f"discover-queries-{uuid.uuid4().hex[:8]}") if queries else None
         for i in range(0, len(queries), c.terms_per_task):
-            spec = {"queries": queries[i: i + c.terms_per_task], "filter": self._query_filter}
+            spec = {"queries": queries[i : i + c.terms_per_task], "filter": self._query_filter}
             items.append({"kind": "search", "spec": json.dumps(spec)})
         for i, item in enumerate(items):
             item["owner"] = f"{item['kind']}:{i}"
@@ -252,14 +267,21 @@ class DiscoverStage(Stage):
 
     def summary(self) -> dict[str, Any]:
         stats = getattr(self, "_dedup_stats", {})
-        return {"duplicates_dropped": stats.get("duplicates", 0), "search_queries": getattr(self, "_terms_total", 0),
-                "search_queries_already_done": getattr(self, "_terms_skipped", 0)}
+        return {
+            "duplicates_dropped": stats.get("duplicates", 0),
+            "search_queries": getattr(self, "_terms_total", 0),
+            "search_queries_already_done": getattr(self, "_terms_skipped", 0),
+        }
 
     # -- read tasks ----------------------------------------------------------------------------
     def read_inputs(self, item: dict[str, Any]) -> Iterator[pa.Table]:
         spec = json.loads(item["spec"])
         readers = {"list": self._list_rows, "vidal10m": self._vidal_rows, "search": self._search_rows}
-        dedup = RunDedup(self._actor_name("discover-dedup"), self.config.dedup_shards) if self.config.dedup else None
+        dedup = (
+            RunDedup(self._actor_name("discover-dedup"), self.config.dedup_shards)
+            if self.config.dedup
+            else None
+        )
         for n, rows in enumerate(readers[item["kind"]](spec)):
             if dedup is not None and rows:
                 keep = dedup.claim([r["video_id"] for r in rows], owner=f"{item['owner']}#{n}")
@@ -278,14 +300,21 @@ class DiscoverStage(Stage):
 
     def _search_rows(self, spec: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
         c = self.config
-        params = search_options(socket_timeout=c.socket_timeout_s, retries=c.extractor_retries,
-                                cookies_file=c.cookies_file, user_agent=c.user_agent, extra=c.ytdlp_options)
+        params = search_options(
+            socket_timeout=c.socket_timeout_s,
+            retries=c.extractor_retries,
+            cookies_file=c.cookies_file,
+            user_agent=c.user_agent,
+            extra=c.ytdlp_options,
+        )
         rate = RateLimit(c.search_rate_limit, self._actor_name("discover-rate"))
         queries = QueryFilter.kept(spec.get("filter"), spec["queries"])
         with ThreadPoolExecutor(max_workers=c.search_threads) as pool:
             yield from pool.map(lambda q: self.search_one(q, params, rate), queries)
 
-    def search_one(self, query: str, params: dict[str, Any], rate: RateLimit | None = None) -> list[dict[str, Any]]:
+    def search_one(
+        self, query: str, params: dict[str, Any], rate: RateLimit | None = None
+    ) -> list[dict[str, Any]]:
         """Candidate rows of one search; a failed or empty search becomes one marker row with a reason."""
         from stages.ytdlp_fetch import describe_error
 
@@ -324,7 +353,9 @@ class DiscoverStage(Stage):
         if row.get("url") and (problem := url_problem(row["url"], allow_file_urls=True)):
             raise RowError(problem)  # file:// is the download stage's call (download.allow_file_urls)
         if not row.get("language"):
-            row["language"] = guess_language(" ".join(filter(None, [row.get("title"), row.get("description")])))
+            row["language"] = guess_language(
+                " ".join(filter(None, [row.get("title"), row.get("description")]))
+            )
         duration = row.get("duration")
         if duration is not None and c.max_duration is not None and duration > c.max_duration:
             raise RowFiltered(f"duration {duration:g} s over the cap of {c.max_duration:g} s")
@@ -341,8 +372,10 @@ class DiscoverStage(Stage):
         row["hashtags"] = tags
         words = title_words(row.get("title"), self.stopwords)
         if len(words) < c.min_title_words and not tags:
-            raise RowFiltered(f"title has {len(words)} meaningful word(s) (< {c.min_title_words}) and no hashtags "
-                              f"beyond stop words")
+            raise RowFiltered(
+                f"title has {len(words)} meaningful word(s) (< {c.min_title_words}) and no hashtags "
+                f"beyond stop words"
+            )
         if c.languages:
             lang = row.get("language")
             if lang is None and not c.allow_unknown_language:

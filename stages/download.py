@@ -54,12 +54,30 @@ from stages.ytdlp_fetch import YtdlpDownloader, info_subset
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Short videos: an MP4 between 360p and 720p with audio, merged from separate streams if need be.
-DEFAULT_FORMAT = ("b[ext=mp4][height>=360][height<=720][vcodec!=none][acodec!=none]"
-                  "/bv*[ext=mp4][height>=360][height<=720]+ba[ext=m4a]"
-                  "/b[height<=720][vcodec!=none][acodec!=none]/bv*[height<=720]+ba/b/bv*+ba")
-EXTRACTOR_HOSTS = ["youtube.com", "youtu.be", "youtube-nocookie.com", "vimeo.com", "dailymotion.com",
-                   "tiktok.com", "instagram.com", "facebook.com", "twitter.com", "x.com", "reddit.com",
-                   "bilibili.com", "twitch.tv", "streamable.com", "imgur.com", "tumblr.com", "pinterest.com"]
+DEFAULT_FORMAT = (
+    "b[ext=mp4][height>=360][height<=720][vcodec!=none][acodec!=none]"
+    "/bv*[ext=mp4][height>=360][height<=720]+ba[ext=m4a]"
+    "/b[height<=720][vcodec!=none][acodec!=none]/bv*[height<=720]+ba/b/bv*+ba"
+)
+EXTRACTOR_HOSTS = [
+    "youtube.com",
+    "youtu.be",
+    "youtube-nocookie.com",
+    "vimeo.com",
+    "dailymotion.com",
+    "tiktok.com",
+    "instagram.com",
+    "facebook.com",
+    "twitter.com",
+    "x.com",
+    "reddit.com",
+    "bilibili.com",
+    "twitch.tv",
+    "streamable.com",
+    "imgur.com",
+    "tumblr.com",
+    "pinterest.com",
+]
 
 
 class DownloadConfig(StageConfig):
@@ -68,17 +86,27 @@ class DownloadConfig(StageConfig):
     num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per download task (two tasks per core)")
     threads: int = Field(32, ge=1, description="concurrent downloads inside one task (I/O bound)")
     per_host_connections: int = Field(4, ge=1, description="concurrent downloads per host in one worker")
-    rate_limit_per_host: float | None = Field(None, gt=0, description="downloads started per second per "
-                                              "host, over all workers of the run (None: no limit)")
-    route: Literal["auto", "http", "yt-dlp"] = Field("auto", description="auto: HTTP for direct media, "
-                                                     "yt-dlp for pages; or force one path")
-    extractor_hosts: list[str] = Field(default_factory=lambda: list(EXTRACTOR_HOSTS),
-                                       description="hosts (and their subdomains) always fetched by yt-dlp")
+    rate_limit_per_host: float | None = Field(
+        None,
+        gt=0,
+        description="downloads started per second per host, over all workers of the run (None: no limit)",
+    )
+    route: Literal["auto", "http", "yt-dlp"] = Field(
+        "auto", description="auto: HTTP for direct media, yt-dlp for pages; or force one path"
+    )
+    extractor_hosts: list[str] = Field(
+        default_factory=lambda: list(EXTRACTOR_HOSTS),
+        description="hosts (and their subdomains) always fetched by yt-dlp",
+    )
     format: str = Field(DEFAULT_FORMAT, description="yt-dlp format selector")
     merge_output_format: str = "mp4"
     max_filesize_mb: float = Field(200.0, gt=0, description="size cap; larger files are filtered")
-    max_duration: float | None = Field(20.0, gt=0, description="seconds (VIDAL: 20); longer videos are "
-                                       "filtered, before download when the metadata says, else after")
+    max_duration: float | None = Field(
+        20.0,
+        gt=0,
+        description="seconds (VIDAL: 20); longer videos are "
+        "filtered, before download when the metadata says, else after",
+    )
     socket_timeout_s: float = Field(20.0, gt=0, description="no byte for this long fails the attempt")
     max_download_s: float = Field(300.0, gt=0, description="wall-clock cap per download (slow-drip servers)")
     retries: int = Field(3, ge=0, description="retries of transient failures (timeouts, 5xx, 429)")
@@ -86,21 +114,32 @@ class DownloadConfig(StageConfig):
     retry_backoff_s: float = Field(1.0, ge=0, description="first retry wait, doubled each retry")
     max_redirects: int = Field(10, ge=0)
     sleep_interval_s: float = Field(0.0, ge=0, description="sleep before each download, on both paths")
-    max_sleep_interval_s: float | None = Field(None, ge=0, description="random sleep up to this (with the above)")
+    max_sleep_interval_s: float | None = Field(
+        None, ge=0, description="random sleep up to this (with the above)"
+    )
     sleep_requests_s: float = Field(0.0, ge=0, description="sleep between yt-dlp's extraction requests")
     cookies_file: str | None = Field(None, description="Netscape cookies.txt for sites that demand sign-in")
-    user_agent: str | None = Field(None, description="User-Agent; None: yt-dlp's default, and "
-                                   "'vidal-crawler/<version>' on the direct path")
+    user_agent: str | None = Field(
+        None,
+        description="User-Agent; None: yt-dlp's default, and 'vidal-crawler/<version>' on the direct path",
+    )
     robots_agent: str = Field("vidal", description="our name in robots directives ('vidal: noai' applies)")
-    opt_out_directives: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUTS),
-                                          description="X-Robots-Tag / robots <meta> values that skip a video")
-    allow_file_urls: bool = Field(False, description="accept file:// URLs (through yt-dlp's enable_file_urls)")
+    opt_out_directives: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_OPT_OUTS),
+        description="X-Robots-Tag / robots <meta> values that skip a video",
+    )
+    allow_file_urls: bool = Field(
+        False, description="accept file:// URLs (through yt-dlp's enable_file_urls)"
+    )
     allow_private_addresses: bool | list[str] = Field(
-        False, description="fetch from loopback, private, link-local (169.254/16: cloud metadata) and other "
-        "non-public addresses: true for all (tests, on-premise), or a list of networks, e.g. [10.1.0.0/16]")
-    ytdlp_options: dict[str, Any] = Field(default_factory=dict, description="extra YoutubeDL parameters, "
-                                          "e.g. {js_runtimes: {deno: {}}, proxy: ...}")
-
+        False,
+        description="fetch from loopback, private, link-local (169.254/16: cloud metadata) and other "
+        "non-public addresses: true for all (tests, on-premise), or a list of networks, e.g. [10.1.0.0/16]",
+    )
+    ytdlp_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra YoutubeDL parameters, e.g. {js_runtimes: {deno: {}}, proxy: ...}",
+    )
 
     @field_validator("allow_private_addresses")
     @classmethod
@@ -115,19 +154,21 @@ class DownloadStage(Stage):
     upstream = ("discover",)
     reads = ("video_id", "url", "path")
     Config = DownloadConfig
-    schema = pa.schema([
-        ("media", pa.string()),  # URI of the file (probe reads it)
-        ("sha256", pa.string()),
-        ("bytes", pa.int64()),
-        ("ext", pa.string()),
-        ("downloader", pa.string()),  # http | yt-dlp | local | existing
-        ("format_id", pa.string()),
-        ("format", pa.string()),
-        ("content_type", pa.string()),
-        ("final_url", pa.string()),
-        ("info_json", pa.string()),  # yt-dlp's info fields (or the HTTP response's) as JSON
-        ("download_s", pa.float64()),
-    ])
+    schema = pa.schema(
+        [
+            ("media", pa.string()),  # URI of the file (probe reads it)
+            ("sha256", pa.string()),
+            ("bytes", pa.int64()),
+            ("ext", pa.string()),
+            ("downloader", pa.string()),  # http | yt-dlp | local | existing
+            ("format_id", pa.string()),
+            ("format", pa.string()),
+            ("content_type", pa.string()),
+            ("final_url", pa.string()),
+            ("info_json", pa.string()),  # yt-dlp's info fields (or the HTTP response's) as JSON
+            ("download_s", pa.float64()),
+        ]
+    )
     config: DownloadConfig
 
     # -- driver --------------------------------------------------------------------------------
@@ -157,15 +198,29 @@ class DownloadStage(Stage):
         max_bytes = int(c.max_filesize_mb * 1e6)
         self.guard = AddressGuard.from_setting(c.allow_private_addresses)
         self.policy = HttpPolicy(
-            socket_timeout=c.socket_timeout_s, max_bytes=max_bytes, max_seconds=c.max_download_s,
-            max_redirects=c.max_redirects, retries=c.retries, backoff_s=c.retry_backoff_s,
-            user_agent=c.user_agent or f"vidal-crawler/{pipeline.__version__}", robots_agent=c.robots_agent,
-            opt_outs=tuple(c.opt_out_directives), guard=self.guard,
+            socket_timeout=c.socket_timeout_s,
+            max_bytes=max_bytes,
+            max_seconds=c.max_download_s,
+            max_redirects=c.max_redirects,
+            retries=c.retries,
+            backoff_s=c.retry_backoff_s,
+            user_agent=c.user_agent or f"vidal-crawler/{pipeline.__version__}",
+            robots_agent=c.robots_agent,
+            opt_outs=tuple(c.opt_out_directives),
+            guard=self.guard,
         )
-        self.ytdlp = YtdlpDownloader(self.ytdlp_params(), max_bytes=max_bytes, max_duration=c.max_duration,
-                                     max_seconds=c.max_download_s, retries=c.retries, backoff_s=c.retry_backoff_s,
-                                     guard=self.guard, redirects_problem=None if self.guard.allow_all
-                                     else lambda url: redirects_problem(url, self.policy))
+        self.ytdlp = YtdlpDownloader(
+            self.ytdlp_params(),
+            max_bytes=max_bytes,
+            max_duration=c.max_duration,
+            max_seconds=c.max_download_s,
+            retries=c.retries,
+            backoff_s=c.retry_backoff_s,
+            guard=self.guard,
+            redirects_problem=None
+            if self.guard.allow_all
+            else lambda url: redirects_problem(url, self.policy),
+        )
 
     def ytdlp_params(self) -> dict[str, Any]:
         """YoutubeDL parameters from the config (one place, so that tests and docs can read them)."""
@@ -177,14 +232,27 @@ class DownloadStage(Stage):
             return c.retry_backoff_s * 2**n
 
         params: dict[str, Any] = {
-            "quiet": True, "noprogress": True, "noplaylist": True, "extract_flat": "in_playlist",
-            "format": c.format, "merge_output_format": c.merge_output_format,
-            "max_filesize": int(c.max_filesize_mb * 1e6), "socket_timeout": c.socket_timeout_s,
-            "retries": c.retries, "fragment_retries": c.retries, "extractor_retries": c.extractor_retries,
-            "file_access_retries": 1, "retry_sleep_functions": {"http": backoff, "fragment": backoff},
-            "ffmpeg_location": imageio_ffmpeg.get_ffmpeg_exe(), "enable_file_urls": c.allow_file_urls,
-            "overwrites": True, "continuedl": False, "updatetime": False, "allow_playlist_files": False,
-            "check_formats": False, "color": {"stdout": "no_color", "stderr": "no_color"},
+            "quiet": True,
+            "noprogress": True,
+            "noplaylist": True,
+            "extract_flat": "in_playlist",
+            "format": c.format,
+            "merge_output_format": c.merge_output_format,
+            "max_filesize": int(c.max_filesize_mb * 1e6),
+            "socket_timeout": c.socket_timeout_s,
+            "retries": c.retries,
+            "fragment_retries": c.retries,
+            "extractor_retries": c.extractor_retries,
+            "file_access_retries": 1,
+            "retry_sleep_functions": {"http": backoff, "fragment": backoff},
+            "ffmpeg_location": imageio_ffmpeg.get_ffmpeg_exe(),
+            "enable_file_urls": c.allow_file_urls,
+            "overwrites": True,
+            "continuedl": False,
+            "updatetime": False,
+            "allow_playlist_files": False,
+            "check_formats": False,
+            "color": {"stdout": "no_color", "stderr": "no_color"},
         }
         # (sleep_interval is not passed: the stage sleeps before every download, on both paths)
         if c.sleep_requests_s:
@@ -200,7 +268,9 @@ class DownloadStage(Stage):
         if not hasattr(self, "pool"):
             self.setup()
         rows = batch.to_pylist()
-        futures = [self.pool.submit(run_isolated, r["video_id"], lambda r=r: self.process_row(r)) for r in rows]
+        futures = [
+            self.pool.submit(run_isolated, r["video_id"], lambda r=r: self.process_row(r)) for r in rows
+        ]
         return self.rows_to_table(f.result() for f in futures)
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -225,8 +295,13 @@ class DownloadStage(Stage):
             raise RowError(f"video_id {vid[:80]!r} is not safe as a file name")
         if found := self.media_dir.existing(vid):  # a killed run downloaded it but wrote no manifest
             digest, size = sha256_of(found)
-            return {"media": found, "sha256": digest, "bytes": size, "ext": found.rsplit(".", 1)[-1],
-                    "downloader": "existing"}
+            return {
+                "media": found,
+                "sha256": digest,
+                "bytes": size,
+                "ext": found.rsplit(".", 1)[-1],
+                "downloader": "existing",
+            }
         host = host_of(url)
         started = time.monotonic()
         with self.slots.slot(host):  # slot first, then the rate: starts stay spaced as booked
@@ -239,7 +314,9 @@ class DownloadStage(Stage):
     def _polite_sleep(self) -> None:
         c = self.config
         if c.sleep_interval_s:
-            time.sleep(random.uniform(c.sleep_interval_s, max(c.max_sleep_interval_s or 0, c.sleep_interval_s)))
+            time.sleep(
+                random.uniform(c.sleep_interval_s, max(c.max_sleep_interval_s or 0, c.sleep_interval_s))
+            )
 
     def route(self, url: str) -> tuple[str, bool]:
         """("http" | "yt-dlp", whether a page may be handed on to yt-dlp) for a URL."""
@@ -262,10 +339,17 @@ class DownloadStage(Stage):
             try:
                 got = fetch_media(url, tmp, self.policy, page_ok=page_ok)
                 self._check_duration(tmp)
-                return {"media": self.media_dir.publish(tmp, vid, got.ext), "sha256": got.sha256,
-                        "bytes": got.bytes, "ext": got.ext, "downloader": "http", "format": got.content_type,
-                        "content_type": got.content_type, "final_url": got.final_url,
-                        "info_json": json.dumps({"http_status": got.http_status, "headers": got.headers})}
+                return {
+                    "media": self.media_dir.publish(tmp, vid, got.ext),
+                    "sha256": got.sha256,
+                    "bytes": got.bytes,
+                    "ext": got.ext,
+                    "downloader": "http",
+                    "format": got.content_type,
+                    "content_type": got.content_type,
+                    "final_url": got.final_url,
+                    "info_json": json.dumps({"http_status": got.http_status, "headers": got.headers}),
+                }
             except FetchFailed as e:
                 raise RowError(e.reason, status=e.status) from None
             except PageNotMedia:
@@ -286,10 +370,17 @@ class DownloadStage(Stage):
             if size == 0:
                 raise RowError("yt-dlp wrote an empty file")
             info = result.info
-            return {"media": self.media_dir.publish(result.path, vid, ext), "sha256": digest, "bytes": size,
-                    "ext": ext, "downloader": "yt-dlp", "format_id": info.get("format_id"),
-                    "format": info.get("format"), "final_url": info.get("webpage_url"),
-                    "info_json": json.dumps(info_subset(info))}
+            return {
+                "media": self.media_dir.publish(result.path, vid, ext),
+                "sha256": digest,
+                "bytes": size,
+                "ext": ext,
+                "downloader": "yt-dlp",
+                "format_id": info.get("format_id"),
+                "format": info.get("format"),
+                "final_url": info.get("webpage_url"),
+                "info_json": json.dumps(info_subset(info)),
+            }
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

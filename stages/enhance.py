@@ -40,9 +40,13 @@ IMPORTED = "imported"
 
 class EnhanceConfig(StageConfig):
     batch_size: int = 16
-    model: str = Field("none", description="openai:<model>, hf:<id or dir>, tiny, or none (copy captions through)")
+    model: str = Field(
+        "none", description="openai:<model>, hf:<id or dir>, tiny, or none (copy captions through)"
+    )
     response_format: Literal["json", "text"] = Field(
-        "json", description="json: one request per video for both fields; text: one plain-text request per field")
+        "json",
+        description="json: one request per video for both fields; text: one plain-text request per field",
+    )
     prompt: str = Field("enhance.v1", description="prompt for response_format json (repo name or .txt path)")
     polish_prompt: str = Field("polish.v1", description="prompt for polish_mplug with response_format text")
     sound_prompt: str = Field("sound.v1", description="prompt for sound_mplug with response_format text")
@@ -58,10 +62,14 @@ class EnhanceConfig(StageConfig):
     keep_imported: bool = Field(True, description="keep polish_mplug / sound_mplug a source already carries")
     require_caption: bool = Field(True, description="when the caption stage ran, enhance only its ok rows")
     # openai:
-    base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint (vLLM: http://host:8000/v1)")
+    base_url: str = Field(
+        "https://api.openai.com/v1", description="OpenAI-compatible endpoint (vLLM: http://host:8000/v1)"
+    )
     api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     concurrency: int = Field(8, ge=1, description="requests in flight per actor")
-    timeout_s: float = Field(60.0, gt=0, description="wall-clock limit per request (a dripping reply included)")
+    timeout_s: float = Field(
+        60.0, gt=0, description="wall-clock limit per request (a dripping reply included)"
+    )
     max_retries: int = Field(5, ge=0, description="retries on 429, 5xx, timeouts and malformed replies")
     backoff_s: float = Field(1.0, ge=0)
     max_backoff_s: float = Field(60.0, ge=0)
@@ -98,8 +106,11 @@ class Job:
 def unenhanced(row: dict[str, Any], max_chars: int) -> tuple[str | None, str]:
     """The best caption available without an LLM, and where it came from."""
     ofa = [c for c in (row.get("ofa") or []) if c]
-    for source, text in (("mplug", row.get("mplug")), ("ofa", ofa[len(ofa) // 2] if ofa else None),
-                         ("title", row.get("title") or row.get("raw"))):
+    for source, text in (
+        ("mplug", row.get("mplug")),
+        ("ofa", ofa[len(ofa) // 2] if ofa else None),
+        ("title", row.get("title") or row.get("raw")),
+    ):
         if clean := clean_text(text, max_chars):
             return clean, source
     return None, "nothing"
@@ -112,16 +123,18 @@ class EnhanceStage(Stage):
     reads = ("video_id", "title", "raw", "description", "hashtags", "ofa", "mplug", "asr", POLISH, SOUND)
     uses_model = True
     Config = EnhanceConfig
-    schema = pa.schema([
-        (POLISH, pa.string()),
-        (SOUND, pa.string()),
-        ("enhance_model", pa.string()),
-        ("enhance_prompt_version", pa.string()),
-        ("enhance_note", pa.string()),
-        ("enhance_prompt_tokens", pa.int64()),
-        ("enhance_completion_tokens", pa.int64()),
-        ("enhance_requests", pa.int32()),
-    ])
+    schema = pa.schema(
+        [
+            (POLISH, pa.string()),
+            (SOUND, pa.string()),
+            ("enhance_model", pa.string()),
+            ("enhance_prompt_version", pa.string()),
+            ("enhance_note", pa.string()),
+            ("enhance_prompt_tokens", pa.int64()),
+            ("enhance_completion_tokens", pa.int64()),
+            ("enhance_requests", pa.int32()),
+        ]
+    )
     config: EnhanceConfig
 
     @classmethod
@@ -145,14 +158,29 @@ class EnhanceStage(Stage):
             from stages.backends.openai_client import OpenAIChatClient
 
             self.backend = OpenAIChatClient(
-                c.base_url, name, api_key_env=c.api_key_env, concurrency=c.concurrency, timeout_s=c.timeout_s,
-                max_retries=c.max_retries, backoff_s=c.backoff_s, max_backoff_s=c.max_backoff_s,
-                max_tokens=c.max_new_tokens, temperature=c.temperature, timeout_name="enhance.timeout_s",
-                json_mode=c.response_format == "json" and c.json_response_format)
+                c.base_url,
+                name,
+                api_key_env=c.api_key_env,
+                concurrency=c.concurrency,
+                timeout_s=c.timeout_s,
+                max_retries=c.max_retries,
+                backoff_s=c.backoff_s,
+                max_backoff_s=c.max_backoff_s,
+                max_tokens=c.max_new_tokens,
+                temperature=c.temperature,
+                timeout_name="enhance.timeout_s",
+                json_mode=c.response_format == "json" and c.json_response_format,
+            )
         else:
             device = pick_device(c.device)
-            self.backend = load_chat_lm(c.model, device, pick_dtype(device, c.precision), max_new_tokens=c.max_new_tokens,
-                                        temperature=c.temperature, batch_size=c.generate_batch_size)
+            self.backend = load_chat_lm(
+                c.model,
+                device,
+                pick_dtype(device, c.precision),
+                max_new_tokens=c.max_new_tokens,
+                temperature=c.temperature,
+                batch_size=c.generate_batch_size,
+            )
 
     def models(self) -> dict[str, str]:
         c = self.config
@@ -165,7 +193,9 @@ class EnhanceStage(Stage):
         return {
             "title": clean_text(row.get("title") or row.get("raw"), c.max_title_chars),
             "description": clean_text(row.get("description"), c.max_description_chars),
-            "hashtags": [t for t in (clean_text(h, 40) for h in (row.get("hashtags") or [])[: c.max_hashtags]) if t],
+            "hashtags": [
+                t for t in (clean_text(h, 40) for h in (row.get("hashtags") or [])[: c.max_hashtags]) if t
+            ],
             "frame_captions": list(dict.fromkeys(ofa)),  # repeated captions add tokens, not facts
             "video_caption": clean_text(row.get("mplug"), c.max_caption_chars),
             "transcript": clean_text(row.get("asr"), c.max_transcript_chars),
@@ -177,7 +207,9 @@ class EnhanceStage(Stage):
         jobs = []
         for fields, prompt in self.prompts.items():
             system, user = prompt.render(block)
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": user}
+            ]
             jobs.append(Job(i, fields, messages, self.echo[fields]))
         return jobs
 
@@ -190,9 +222,17 @@ class EnhanceStage(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         c = self.config
         rows = batch.to_pylist()
-        out: list[dict[str, Any]] = [{"video_id": r["video_id"], "status": OK, "error": None,
-                                      "enhance_prompt_tokens": 0, "enhance_completion_tokens": 0,
-                                      "enhance_requests": 0} for r in rows]
+        out: list[dict[str, Any]] = [
+            {
+                "video_id": r["video_id"],
+                "status": OK,
+                "error": None,
+                "enhance_prompt_tokens": 0,
+                "enhance_completion_tokens": 0,
+                "enhance_requests": 0,
+            }
+            for r in rows
+        ]
         todo = []
         for i, r in enumerate(rows):
             if c.keep_imported and r.get(POLISH) and r.get(SOUND):
@@ -207,24 +247,36 @@ class EnhanceStage(Stage):
         notes: dict[int, list[str]] = {i: [] for i in todo}
         for job, res in zip(jobs, self.backend.complete([j.messages for j in jobs]) if jobs else []):
             if (reason := self._take(out, job, res)) and out[job.row]["status"] == OK:
-                correction = [{"role": "assistant", "content": res.text[:4000]},
-                              {"role": "user", "content": f"That reply was not usable ({reason}). Reply again, "
-                               "following the instructions exactly."}]
+                correction = [
+                    {"role": "assistant", "content": res.text[:4000]},
+                    {
+                        "role": "user",
+                        "content": f"That reply was not usable ({reason}). Reply again, "
+                        "following the instructions exactly.",
+                    },
+                ]
                 retry.append((job, job.messages + correction, reason))
         for (job, _, _), res in zip(retry, self.backend.complete([m for _, m, _ in retry]) if retry else []):
             if reason := self._take(out, job, res):
                 for f in job.fields:  # keep what we had without the LLM, and say why
-                    out[job.row][f] = unenhanced(rows[job.row], c.max_output_chars)[0] if f == POLISH else None
+                    out[job.row][f] = (
+                        unenhanced(rows[job.row], c.max_output_chars)[0] if f == POLISH else None
+                    )
                 source = unenhanced(rows[job.row], c.max_output_chars)[1]
-                notes[job.row].append(f"fallback for {'+'.join(job.fields)} after a retry: {reason}"
-                                      + (f"; {POLISH} copied from {source}" if POLISH in job.fields else ""))
+                notes[job.row].append(
+                    f"fallback for {'+'.join(job.fields)} after a retry: {reason}"
+                    + (f"; {POLISH} copied from {source}" if POLISH in job.fields else "")
+                )
         for i in todo:
             o = out[i]
             if o["status"] != OK:  # a failed row carries no partial texts
                 o[POLISH] = o[SOUND] = None
                 continue
-            o.update(enhance_model=self.backend.model_id, enhance_prompt_version=self.prompt_version,
-                     enhance_note="; ".join(notes[i]) or None)
+            o.update(
+                enhance_model=self.backend.model_id,
+                enhance_prompt_version=self.prompt_version,
+                enhance_note="; ".join(notes[i]) or None,
+            )
         return self.rows_to_table(out)
 
     def _take(self, out: list[dict[str, Any]], job: Job, res: Completion | ItemError) -> str | None:
@@ -246,22 +298,44 @@ class EnhanceStage(Stage):
     def summary(self) -> dict[str, Any]:
         """LLM usage over the stage's whole manifest: requests, tokens, estimated cost, fallbacks."""
         c = self.config
-        parts = [u for u in store.list_files(store.join(self.context.root, self.name), suffix=".parquet")
-                 if u.rsplit("/", 1)[-1].startswith("part-")]
-        totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "fallbacks": 0, "rows_enhanced": 0}
+        parts = [
+            u
+            for u in store.list_files(store.join(self.context.root, self.name), suffix=".parquet")
+            if u.rsplit("/", 1)[-1].startswith("part-")
+        ]
+        totals = {
+            "requests": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "fallbacks": 0,
+            "rows_enhanced": 0,
+        }
         for uri in parts:
             fs, path = store.resolve(uri)
-            t = pq.read_table(path, filesystem=fs, columns=["status", "enhance_note", "enhance_requests",
-                                                            "enhance_prompt_tokens", "enhance_completion_tokens"])
+            t = pq.read_table(
+                path,
+                filesystem=fs,
+                columns=[
+                    "status",
+                    "enhance_note",
+                    "enhance_requests",
+                    "enhance_prompt_tokens",
+                    "enhance_completion_tokens",
+                ],
+            )
             for r in t.to_pylist():
                 totals["requests"] += r["enhance_requests"] or 0
                 totals["prompt_tokens"] += r["enhance_prompt_tokens"] or 0
                 totals["completion_tokens"] += r["enhance_completion_tokens"] or 0
                 totals["fallbacks"] += bool(r["enhance_note"] and r["enhance_note"].startswith("fallback"))
                 totals["rows_enhanced"] += bool(r["status"] == OK and r["enhance_requests"])
-        cost = (totals["prompt_tokens"] * c.price_per_million_input_tokens
-                + totals["completion_tokens"] * c.price_per_million_output_tokens) / 1e6
-        return {"llm_usage": {**totals, "estimated_cost_usd": round(cost, 4), "prompt_version": self._version()}}
+        cost = (
+            totals["prompt_tokens"] * c.price_per_million_input_tokens
+            + totals["completion_tokens"] * c.price_per_million_output_tokens
+        ) / 1e6
+        return {
+            "llm_usage": {**totals, "estimated_cost_usd": round(cost, 4), "prompt_version": self._version()}
+        }
 
     def _version(self) -> str:
         c = self.config

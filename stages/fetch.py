@@ -31,12 +31,22 @@ from stages.transient import machine_reason, transient
 CHUNK = 1 << 16
 HEAD_BYTES = 1 << 16  # what is sniffed (and searched for robots <meta>) before deciding
 MAX_RETRY_AFTER_S = 60.0
-MEDIA_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "webm", "mkv", "avi", "ogv", "3gp", "flv", "ts", "mpg",
-                              "mpeg", "wmv"})
+MEDIA_EXTENSIONS = frozenset(
+    {"mp4", "m4v", "mov", "webm", "mkv", "avi", "ogv", "3gp", "flv", "ts", "mpg", "mpeg", "wmv"}
+)
 CONTENT_TYPE_EXT = {
-    "video/mp4": "mp4", "video/webm": "webm", "video/quicktime": "mov", "video/x-matroska": "mkv",
-    "video/x-msvideo": "avi", "video/ogg": "ogv", "video/3gpp": "3gp", "video/x-flv": "flv",
-    "video/mp2t": "ts", "video/mpeg": "mpg", "video/x-ms-wmv": "wmv", "application/mp4": "mp4",
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+    "video/quicktime": "mov",
+    "video/x-matroska": "mkv",
+    "video/x-msvideo": "avi",
+    "video/ogg": "ogv",
+    "video/3gpp": "3gp",
+    "video/x-flv": "flv",
+    "video/mp2t": "ts",
+    "video/mpeg": "mpg",
+    "video/x-ms-wmv": "wmv",
+    "application/mp4": "mp4",
 }
 PAGE_TYPES = ("text/html", "application/xhtml+xml")
 # ISO-BMFF / QuickTime top-level boxes that may open an MP4 or MOV file.
@@ -46,7 +56,9 @@ MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
 class FetchFailed(Exception):
     """A direct download that did not produce a video; ``reason`` is meant for the manifest."""
 
-    def __init__(self, reason: str, *, status: str = "failed", retryable: bool = False, retry_after: float = 0.0):
+    def __init__(
+        self, reason: str, *, status: str = "failed", retryable: bool = False, retry_after: float = 0.0
+    ):
         super().__init__(reason)
         self.reason, self.status, self.retryable, self.retry_after = reason, status, retryable, retry_after
 
@@ -172,7 +184,9 @@ def redirects_problem(url: str, policy: HttpPolicy) -> str | None:
     to the download itself). A streamed GET whose body is never read: servers answer GET more
     reliably than HEAD."""
     try:
-        with session_for(policy).get(url, stream=True, timeout=(policy.socket_timeout, policy.socket_timeout)):
+        with session_for(policy).get(
+            url, stream=True, timeout=(policy.socket_timeout, policy.socket_timeout)
+        ):
             return None
     except FetchFailed as e:
         return e.reason
@@ -199,15 +213,21 @@ def _fetch_once(session: requests.Session, url: str, dest: str, policy: HttpPoli
             ctype = r.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
             if r.status_code >= 400:
                 code = r.status_code
-                raise FetchFailed(f"HTTP {code} {r.reason or ''}".strip(), retryable=code in (408, 429) or code >= 500,
-                                  retry_after=_retry_after(r.headers.get("Retry-After")))
+                raise FetchFailed(
+                    f"HTTP {code} {r.reason or ''}".strip(),
+                    retryable=code in (408, 429) or code >= 500,
+                    retry_after=_retry_after(r.headers.get("Retry-After")),
+                )
             header_list = list(r.raw.headers.items())
             if reason := opt_out_reason(header_list, policy.robots_agent, policy.opt_outs):
                 raise FetchFailed(reason, status="filtered")
             length = r.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > policy.max_bytes:
-                raise FetchFailed(f"file larger than the size cap ({int(length) / 1e6:.1f} MB > "
-                                  f"{policy.max_bytes / 1e6:.1f} MB, from Content-Length)", status="filtered")
+                raise FetchFailed(
+                    f"file larger than the size cap ({int(length) / 1e6:.1f} MB > "
+                    f"{policy.max_bytes / 1e6:.1f} MB, from Content-Length)",
+                    status="filtered",
+                )
             chunks = _body(r, started, policy)
             head = b""
             for chunk in chunks:  # read until the sniff has enough bytes (or the body ends)
@@ -217,29 +237,44 @@ def _fetch_once(session: requests.Session, url: str, dest: str, policy: HttpPoli
             kind = sniff(head)
             if kind == "html" or ctype in PAGE_TYPES or (kind is None and ctype.startswith("text/")):
                 if page_ok:
-                    if reason := opt_out_reason([], policy.robots_agent, policy.opt_outs, page_head=head[:HEAD_BYTES]):
+                    if reason := opt_out_reason(
+                        [], policy.robots_agent, policy.opt_outs, page_head=head[:HEAD_BYTES]
+                    ):
                         raise FetchFailed(reason, status="filtered")
                     raise PageNotMedia(ctype)
-                raise FetchFailed(f"not a video: the server sent a page ({ctype or 'no content type'}) "
-                                  f"instead of a video")
+                raise FetchFailed(
+                    f"not a video: the server sent a page ({ctype or 'no content type'}) instead of a video"
+                )
             if not head:
                 raise FetchFailed(f"empty response body (HTTP {r.status_code}, {ctype or 'no content type'})")
             if kind is None:
-                raise FetchFailed(f"not a video: the first bytes match no known video container "
-                                  f"(content type {ctype or 'none'})")
+                raise FetchFailed(
+                    f"not a video: the first bytes match no known video container "
+                    f"(content type {ctype or 'none'})"
+                )
             digest = hashlib.sha256()
             with open(dest, "wb") as f:
                 for chunk in _prepend(head, chunks):
                     received += len(chunk)
                     if received > policy.max_bytes:
-                        raise FetchFailed(f"file larger than the size cap (over {policy.max_bytes / 1e6:.1f} MB "
-                                          f"while streaming)", status="filtered")
+                        raise FetchFailed(
+                            f"file larger than the size cap (over {policy.max_bytes / 1e6:.1f} MB "
+                            f"while streaming)",
+                            status="filtered",
+                        )
                     digest.update(chunk)
                     f.write(chunk)
             ext = media_extension(r.url) or CONTENT_TYPE_EXT.get(ctype) or kind
             keep = ("Content-Type", "Content-Length", "ETag", "Last-Modified", "Server")
-            return Fetched(received, digest.hexdigest(), ext, ctype, r.url, r.status_code,
-                           {k: r.headers[k] for k in keep if k in r.headers})
+            return Fetched(
+                received,
+                digest.hexdigest(),
+                ext,
+                ctype,
+                r.url,
+                r.status_code,
+                {k: r.headers[k] for k in keep if k in r.headers},
+            )
     except (FetchFailed, PageNotMedia):
         raise
     except requests.TooManyRedirects:
@@ -250,13 +285,22 @@ def _fetch_once(session: requests.Session, url: str, dest: str, policy: HttpPoli
         raise FetchFailed(f"malformed URL: {e}") from None
     except requests.exceptions.ConnectTimeout:
         raise FetchFailed(f"connection timed out after {policy.socket_timeout:g} s", retryable=True) from None
-    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError,
-            requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError) as e:
-        raise FetchFailed(describe_transport_error(e, received, policy.socket_timeout), retryable=True) from None
+    except (
+        requests.exceptions.ReadTimeout,
+        requests.exceptions.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.HTTPError,
+    ) as e:
+        raise FetchFailed(
+            describe_transport_error(e, received, policy.socket_timeout), retryable=True
+        ) from None
     except OSError as e:  # writing dest: a full disk or a permission is the machine's, retried on a rerun
         words = machine_reason(e)
-        raise FetchFailed(transient(f"{words} while writing the download") if words
-                          else f"could not write the download: {e.strerror or type(e).__name__}") from None
+        raise FetchFailed(
+            transient(f"{words} while writing the download")
+            if words
+            else f"could not write the download: {e.strerror or type(e).__name__}"
+        ) from None
 
 
 def _body(r: requests.Response, started: float, policy: HttpPolicy) -> Iterator[bytes]:
@@ -297,7 +341,11 @@ def _chain(e: BaseException) -> list[BaseException]:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         out.append(e)
-        e = e.__cause__ or e.__context__ or (e.args[0] if e.args and isinstance(e.args[0], BaseException) else None)
+        e = (
+            e.__cause__
+            or e.__context__
+            or (e.args[0] if e.args and isinstance(e.args[0], BaseException) else None)
+        )
     return out
 
 

@@ -21,9 +21,13 @@ from pipeline import store
 from stages.base import RowError, RowFiltered
 
 CHUNK = 1 << 20
-NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-               (stat.S_ISSOCK, "a socket"))
+NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def local_size(path: str) -> int:
@@ -57,8 +61,12 @@ def hash_local_input(path: str, max_bytes: int, max_seconds: float) -> tuple[str
         while chunk := f.read(CHUNK):
             n += len(chunk)
             if n > max_bytes:  # it grew while we read it
-                raise RowFiltered(f"file larger than the size cap (over {max_bytes / 1e6:.1f} MB while reading)")
+                raise RowFiltered(
+                    f"file larger than the size cap (over {max_bytes / 1e6:.1f} MB while reading)"
+                )
             if time.monotonic() - started > max_seconds:
-                raise RowError(f"reading the file took over {max_seconds:g} s (download.max_download_s): {path}")
+                raise RowError(
+                    f"reading the file took over {max_seconds:g} s (download.max_download_s): {path}"
+                )
             h.update(chunk)
     return h.hexdigest(), n

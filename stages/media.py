@@ -107,7 +107,9 @@ class _GopSampler:
         """Target index -> pts of its frame (the first at or after the target) for targets in this GOP."""
         pts_sorted = sorted(p.pts for p in gop)
         chosen: dict[int, int] = {}
-        while self.next_target < len(self.targets) and (self.targets[self.next_target] <= pts_sorted[-1] or last):
+        while self.next_target < len(self.targets) and (
+            self.targets[self.next_target] <= pts_sorted[-1] or last
+        ):
             idx = int(np.searchsorted(pts_sorted, self.targets[self.next_target]))
             chosen[self.next_target] = pts_sorted[min(idx, len(pts_sorted) - 1)]
             self.next_target += 1
@@ -206,7 +208,11 @@ def probe_file(
         all_frames: list[tuple[float, av.VideoFrame]] = []
         audio_chunks: list[np.ndarray] = []
         # one-second output frames: the same samples as one frame per input frame, 30x fewer arrays
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=audio_rate, frame_size=audio_rate) if a_s else None
+        resampler = (
+            av.AudioResampler(format="s16", layout="mono", rate=audio_rate, frame_size=audio_rate)
+            if a_s
+            else None
+        )
         try:
             for packet in container.demux([vs, a_s] if a_s else [vs]):
                 if not packet.size:
@@ -231,7 +237,9 @@ def probe_file(
 
         if sampler is not None:
             if len(sampler.kept) < len(targets):
-                raise MediaError(f"truncated: only {len(sampler.kept)} of {len(targets)} sample points decoded")
+                raise MediaError(
+                    f"truncated: only {len(sampler.kept)} of {len(targets)} sample points decoded"
+                )
             frames = [sampler.kept[i] for i in range(len(targets))]
             frame_times = [round(_pts_seconds(sampler.kept_pts[i], tb), 4) for i in range(len(targets))]
             rotation, decoded = sampler.rotation, sampler.decoded
@@ -270,7 +278,9 @@ def encode_flac(samples: np.ndarray, rate: int) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format="flac") as out:
         st = out.add_stream("flac", rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1).astype(np.int16), format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            samples.reshape(1, -1).astype(np.int16), format="s16", layout="mono"
+        )
         frame.sample_rate = rate
         for p in st.encode(frame):
             out.mux(p)
@@ -283,8 +293,10 @@ def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
     """FLAC bytes -> (mono float32 samples in [-1, 1], sample rate)."""
     with av.open(io.BytesIO(data)) as c:
         st = c.streams.audio[0]
-        chunks = [f.to_ndarray().reshape(f.layout.nb_channels if hasattr(f.layout, "nb_channels") else 1, -1)[0]
-                  for f in c.decode(st)]
+        chunks = [
+            f.to_ndarray().reshape(f.layout.nb_channels if hasattr(f.layout, "nb_channels") else 1, -1)[0]
+            for f in c.decode(st)
+        ]
         rate = st.codec_context.sample_rate
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     return (pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)), rate

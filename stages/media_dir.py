@@ -55,7 +55,7 @@ def mp4_duration(path: str) -> float | None:
                     if ckind == b"mvhd":
                         body = f.read(32)
                         fmt, at = (">IQ", 20) if body[0] == 1 else (">II", 12)
-                        timescale, duration = struct.unpack(fmt, body[at: at + struct.calcsize(fmt)])
+                        timescale, duration = struct.unpack(fmt, body[at : at + struct.calcsize(fmt)])
                         unknown = duration in (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
                         return duration / timescale if timescale and not unknown else None
                     if child < 8:
@@ -108,7 +108,11 @@ class MediaDir:
 
     def existing(self, video_id: str) -> str | None:
         """The published file of this id, if a run already downloaded it (common extensions first)."""
-        exts = COMMON_EXTS + tuple(sorted(MEDIA_EXTENSIONS - set(COMMON_EXTS))) if not self.remote else COMMON_EXTS
+        exts = (
+            COMMON_EXTS + tuple(sorted(MEDIA_EXTENSIONS - set(COMMON_EXTS)))
+            if not self.remote
+            else COMMON_EXTS
+        )
         for ext in exts:
             uri = store.join(self.uri, f"{video_id}.{ext}")
             if os.path.exists(uri) if not self.remote else store.exists(uri):

@@ -133,8 +133,12 @@ def _directives(value: str, agent: str) -> Iterator[str]:
             yield part
 
 
-def opt_out_reason(headers: Mapping[str, str] | Iterable[tuple[str, str]], agent: str,
-                   directives: Iterable[str] = DEFAULT_OPT_OUTS, page_head: bytes = b"") -> str | None:
+def opt_out_reason(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    agent: str,
+    directives: Iterable[str] = DEFAULT_OPT_OUTS,
+    page_head: bytes = b"",
+) -> str | None:
     """Why a response opts out of our crawl (its ``X-Robots-Tag`` or robots ``<meta>``), or None."""
     wanted = {d.lower() for d in directives}
     if not wanted:

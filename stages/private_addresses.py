@@ -30,9 +30,13 @@ def address_kind(ip: Address) -> str | None:
     """What makes an address off-limits ("loopback", "link-local", ...), or None for a public one."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for kind, hit in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
-                      ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-                      ("private", ip.is_private)):
+    for kind, hit in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+    ):
         if hit:
             return kind
     return None if ip.is_global else "non-public"

@@ -45,19 +45,21 @@ class ProbeStage(Stage):
     upstream = ("download",)
     reads = ("video_id", "media")
     Config = ProbeConfig
-    schema = pa.schema([
-        ("duration", pa.float64()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("vcodec", pa.string()),
-        ("acodec", pa.string()),
-        ("rotation", pa.int32()),
-        ("frames", pa.list_(pa.binary())),  # JPEG, NUM_FRAMES of them
-        ("frame_times", pa.list_(pa.float64())),
-        ("has_audio", pa.bool_()),
-        ("audio", pa.binary()),  # FLAC, 16 kHz mono; null without audio
-    ])
+    schema = pa.schema(
+        [
+            ("duration", pa.float64()),
+            ("fps", pa.float64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("vcodec", pa.string()),
+            ("acodec", pa.string()),
+            ("rotation", pa.int32()),
+            ("frames", pa.list_(pa.binary())),  # JPEG, NUM_FRAMES of them
+            ("frame_times", pa.list_(pa.float64())),
+            ("has_audio", pa.bool_()),
+            ("audio", pa.binary()),  # FLAC, 16 kHz mono; null without audio
+        ]
+    )
     config: ProbeConfig
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -67,8 +69,14 @@ class ProbeStage(Stage):
             raise RowError("no media file recorded by the download stage")
         try:
             source = media if not store.is_remote(media) else store.open_input(media)
-            p = probe_file(source, num_frames=c.num_frames, short_side=c.short_side,
-                           audio_rate=c.audio_rate, plan=c.planned_decode, threads=c.decode_threads)
+            p = probe_file(
+                source,
+                num_frames=c.num_frames,
+                short_side=c.short_side,
+                audio_rate=c.audio_rate,
+                plan=c.planned_decode,
+                threads=c.decode_threads,
+            )
         except FileNotFoundError:
             raise RowError(f"media file not found: {media}") from None
         except MediaError as e:
@@ -83,8 +91,13 @@ class ProbeStage(Stage):
             raise RowFiltered(f"resolution {p.width}x{p.height} above max_long_side {c.max_long_side}")
         audio = encode_flac(p.audio, c.audio_rate) if p.audio is not None and len(p.audio) else None
         return {
-            "duration": p.duration, "fps": p.fps, "width": p.width, "height": p.height,
-            "vcodec": p.vcodec, "acodec": p.acodec, "rotation": p.rotation,
+            "duration": p.duration,
+            "fps": p.fps,
+            "width": p.width,
+            "height": p.height,
+            "vcodec": p.vcodec,
+            "acodec": p.acodec,
+            "rotation": p.rotation,
             "frames": [encode_jpeg(f, c.jpeg_quality) for f in p.frames],
             "frame_times": p.frame_times,
             "has_audio": audio is not None,

@@ -41,8 +41,15 @@ class CutDetector:
     cut); ``black_level``: mean value (0-255) below which a frame counts as black (fade handling).
     """
 
-    def __init__(self, *, min_content: float = 15.0, adaptive_ratio: float = 3.0, window: int = 15,
-                 min_gap: int = 4, black_level: float = 18.0):
+    def __init__(
+        self,
+        *,
+        min_content: float = 15.0,
+        adaptive_ratio: float = 3.0,
+        window: int = 15,
+        min_gap: int = 4,
+        black_level: float = 18.0,
+    ):
         self.min_content = min_content
         self.adaptive_ratio = adaptive_ratio
         self.min_gap = min_gap

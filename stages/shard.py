@@ -35,11 +35,22 @@ from stages.base import FAILED, OK, Stage, StageConfig, run_isolated
 from stages.transient import transient
 
 SHARD_RE = re.compile(rf"^({fmt.SHARD_NAME_PATTERN})\.tar$")
-INDEX_SCHEMA = pa.schema([
-    ("key", pa.string()), ("title", pa.string()), ("raw", pa.string()), ("ofa", pa.list_(pa.string())),
-    ("mplug", pa.string()), ("polish_mplug", pa.string()), ("sound_mplug", pa.string()), ("asr", pa.string()),
-    ("has_audio", pa.bool_()), ("has_depth", pa.bool_()), ("has_ir", pa.bool_()), ("bytes", pa.int64()),
-])
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("title", pa.string()),
+        ("raw", pa.string()),
+        ("ofa", pa.list_(pa.string())),
+        ("mplug", pa.string()),
+        ("polish_mplug", pa.string()),
+        ("sound_mplug", pa.string()),
+        ("asr", pa.string()),
+        ("has_audio", pa.bool_()),
+        ("has_depth", pa.bool_()),
+        ("has_ir", pa.bool_()),
+        ("bytes", pa.int64()),
+    ]
+)
 # Local reasons a tar could not be written that a plain rerun should retry (see stages.transient).
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO}
 
@@ -92,10 +103,17 @@ def sample_files(row: dict[str, Any], include_video: bool) -> dict[str, bytes]:
         files[fmt.AUDIO_KEY] = row["audio"]
     if include_video and row.get("media"):
         files[fmt.VIDEO_KEY] = store.read_bytes(row["media"])
-    models = {k[: -len(fmt.MODEL_COLUMN_SUFFIX)]: v for k, v in row.items()
-              if k.endswith(fmt.MODEL_COLUMN_SUFFIX) and v}
-    meta = {**row, "raw": raw_text(row), "models": models,
-            "url": row.get("url") or (f"file://{row['path']}" if row.get("path") else None)}
+    models = {
+        k[: -len(fmt.MODEL_COLUMN_SUFFIX)]: v
+        for k, v in row.items()
+        if k.endswith(fmt.MODEL_COLUMN_SUFFIX) and v
+    }
+    meta = {
+        **row,
+        "raw": raw_text(row),
+        "models": models,
+        "url": row.get("url") or (f"file://{row['path']}" if row.get("path") else None),
+    }
     files[fmt.JSON_KEY] = fmt.encode_json(meta)
     return files
 
@@ -127,16 +145,24 @@ def read_tar_samples(uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 def index_row(key: str, row: dict[str, Any], files: dict[str, bytes], nbytes: int) -> dict[str, Any]:
     return {
-        "key": key, "title": row.get("title"), "raw": raw_text(row), "ofa": row.get("ofa"),
-        "mplug": row.get("mplug"), "polish_mplug": row.get("polish_mplug"), "sound_mplug": row.get("sound_mplug"),
-        "asr": row.get("asr"), "has_audio": fmt.AUDIO_KEY in files,
-        "has_depth": fmt.frame_key("depth", 0) in files, "has_ir": fmt.frame_key("ir", 0) in files,
+        "key": key,
+        "title": row.get("title"),
+        "raw": raw_text(row),
+        "ofa": row.get("ofa"),
+        "mplug": row.get("mplug"),
+        "polish_mplug": row.get("polish_mplug"),
+        "sound_mplug": row.get("sound_mplug"),
+        "asr": row.get("asr"),
+        "has_audio": fmt.AUDIO_KEY in files,
+        "has_depth": fmt.frame_key("depth", 0) in files,
+        "has_ir": fmt.frame_key("ir", 0) in files,
         "bytes": nbytes,
     }
 
 
-def commit_shard(shard_dir: str, samples: list[tuple[str, dict[str, bytes]]], index: pa.Table,
-                 root: str, token: str | None) -> str:
+def commit_shard(
+    shard_dir: str, samples: list[tuple[str, dict[str, bytes]]], index: pa.Table, root: str, token: str | None
+) -> str:
     """Publish one tar and its index under the name of its keys; returns the name. Safe to repeat."""
     name = fmt.shard_name_for([k for k, _ in samples])
     tar_uri, index_uri = store.join(shard_dir, f"{name}.tar"), store.join(shard_dir, f"{name}.parquet")
@@ -210,19 +236,27 @@ class ShardStage(Stage):
         return self.rows_to_table(out)
 
     def _flush(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        index = pa.Table.from_pylist([index_row(b["video_id"], b["row"], b["files"], b["bytes"]) for b in items],
-                                     schema=INDEX_SCHEMA)
+        index = pa.Table.from_pylist(
+            [index_row(b["video_id"], b["row"], b["files"], b["bytes"]) for b in items], schema=INDEX_SCHEMA
+        )
         try:
-            name = commit_shard(self.dir, [(b["video_id"], b["files"]) for b in items], index,
-                                self.context.root, self.context.run_token)
+            name = commit_shard(
+                self.dir,
+                [(b["video_id"], b["files"]) for b in items],
+                index,
+                self.context.root,
+                self.context.run_token,
+            )
         except OSError as e:
             if e.errno not in TRANSIENT_ERRNOS:
                 raise
             # a full disk or a lost permission: failed rows that a plain rerun retries
             reason = transient(f"writing the shard failed: {e.strerror or e}")
             return [{"video_id": b["video_id"], "status": FAILED, "error": reason} for b in items]
-        return [{"video_id": b["video_id"], "status": OK, "error": None, "shard": name, "bytes": b["bytes"]}
-                for b in items]
+        return [
+            {"video_id": b["video_id"], "status": OK, "error": None, "shard": name, "bytes": b["bytes"]}
+            for b in items
+        ]
 
     def summary(self) -> dict[str, Any]:
         shard_dir = store.join(self.context.root, self.name)

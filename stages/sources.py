@@ -31,8 +31,14 @@ CAPTION_COLUMNS = ("raw", "mplug", "polish_mplug", "sound_mplug")
 # So lists are parsed here line by line (Python's csv / json) rather than by pyarrow's block readers,
 # which stop the whole file at the first bad byte.
 BAD_ROW = "_bad_row"  # key of a row that could not be read: its value is the reason
-LIST_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
-                ".ndjson": "jsonl"}
+LIST_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+}
 MAX_RECORD_LINES = 64  # a quoted value may span lines; an open quote longer than this is unbalanced
 
 
@@ -59,7 +65,11 @@ def read_list(uri: str, columns: dict[str, str] | None = None) -> Iterator[list[
                 first += batch.num_rows
         return
     with fs.open_input_stream(path) as stream:
-        rows = _jsonl_rows(stream, uri) if kind == "jsonl" else _csv_rows(stream, uri, "\t" if kind == "tsv" else ",")
+        rows = (
+            _jsonl_rows(stream, uri)
+            if kind == "jsonl"
+            else _csv_rows(stream, uri, "\t" if kind == "tsv" else ",")
+        )
         batch: list[dict[str, Any]] = []
         for row in rows:
             batch.append(row)
@@ -125,8 +135,11 @@ def _csv_rows(stream: Any, uri: str, delimiter: str) -> Iterator[dict[str, Any]]
             elif not why and len(fields) != len(header):
                 # a quoted value that closed lines later into a record of the wrong shape: the quote
                 # on the first line was the mistake
-                why = ("unbalanced quote" if used > 1
-                       else f"{len(fields)} columns, expected {len(header)} (as in the header)")
+                why = (
+                    "unbalanced quote"
+                    if used > 1
+                    else f"{len(fields)} columns, expected {len(header)} (as in the header)"
+                )
             if why:
                 yield _bad(uri, first, why)
                 del lines[0]  # the lines after a bad one are read again as records of their own
@@ -248,13 +261,25 @@ def search_query(term: str, prefix: str = "ytsearch", n: int = 20) -> str:
     return f"{prefix}{n}:{term}"
 
 
-def search_options(*, socket_timeout: float, retries: int, cookies_file: str | None = None,
-                   user_agent: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def search_options(
+    *,
+    socket_timeout: float,
+    retries: int,
+    cookies_file: str | None = None,
+    user_agent: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """YoutubeDL parameters for flat search: metadata only, nothing downloaded, entries unresolved."""
     params: dict[str, Any] = {
-        "quiet": True, "no_warnings": True, "noprogress": True, "skip_download": True,
-        "extract_flat": True, "socket_timeout": socket_timeout, "extractor_retries": retries,
-        "retries": retries, "ignoreerrors": False,
+        "quiet": True,
+        "no_warnings": True,
+        "noprogress": True,
+        "skip_download": True,
+        "extract_flat": True,
+        "socket_timeout": socket_timeout,
+        "extractor_retries": retries,
+        "retries": retries,
+        "ignoreerrors": False,
     }
     if cookies_file:
         params["cookiefile"] = cookies_file

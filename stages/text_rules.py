@@ -88,7 +88,7 @@ def title_words(title: str | None, stopwords: frozenset[str]) -> list[str]:
         if w.lower() in stopwords:
             continue
         if len(w) > 2 and UNSPACED.search(w):
-            words += [w[i: i + 2] for i in range(0, len(w), 2)]
+            words += [w[i : i + 2] for i in range(0, len(w), 2)]
         else:
             words.append(w)
     return words
@@ -97,8 +97,18 @@ def title_words(title: str | None, stopwords: frozenset[str]) -> list[str]:
 # -- language ------------------------------------------------------------------------------------
 # Scripts that name one language well enough for filtering; Latin needs the word lists below.
 SCRIPT_LANGUAGE = {
-    "HIRAGANA": "ja", "KATAKANA": "ja", "HANGUL": "ko", "CJK": "zh", "CYRILLIC": "ru", "ARABIC": "ar",
-    "DEVANAGARI": "hi", "THAI": "th", "GREEK": "el", "HEBREW": "he", "BENGALI": "bn", "TAMIL": "ta",
+    "HIRAGANA": "ja",
+    "KATAKANA": "ja",
+    "HANGUL": "ko",
+    "CJK": "zh",
+    "CYRILLIC": "ru",
+    "ARABIC": "ar",
+    "DEVANAGARI": "hi",
+    "THAI": "th",
+    "GREEK": "el",
+    "HEBREW": "he",
+    "BENGALI": "bn",
+    "TAMIL": "ta",
 }
 # Frequent short function words per language, chosen to overlap little between the languages.
 FUNCTION_WORDS = {
@@ -112,8 +122,18 @@ FUNCTION_WORDS = {
     "tr": "ve bir bu için ile çok nasıl ne değil gibi da de".split(),
 }
 # Letters that only one of the languages above uses.
-LETTER_LANGUAGE = {"ñ": "es", "¿": "es", "¡": "es", "ã": "pt", "õ": "pt", "ß": "de", "œ": "fr", "ğ": "tr",
-                   "ş": "tr", "ı": "tr"}
+LETTER_LANGUAGE = {
+    "ñ": "es",
+    "¿": "es",
+    "¡": "es",
+    "ã": "pt",
+    "õ": "pt",
+    "ß": "de",
+    "œ": "fr",
+    "ğ": "tr",
+    "ş": "tr",
+    "ı": "tr",
+}
 WORD_LANGUAGES: dict[str, list[str]] = {}
 for _lang, _words in FUNCTION_WORDS.items():
     for _w in _words:

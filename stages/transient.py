@@ -25,7 +25,9 @@ MACHINE_ERRNOS = {
 }
 # how the same errors read once a library has turned them into text (yt-dlp, ffmpeg)
 MACHINE_PHRASES = {f"[errno {code}]": words for code, words in MACHINE_ERRNOS.items()}
-MACHINE_PHRASES.update({w: w for w in ("no space left on device", "disk quota exceeded", "read-only file system")})
+MACHINE_PHRASES.update(
+    {w: w for w in ("no space left on device", "disk quota exceeded", "read-only file system")}
+)
 
 
 def machine_reason(error: BaseException) -> str | None:

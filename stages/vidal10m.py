@@ -66,7 +66,9 @@ def iter_object_items(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Itera
             except json.JSONDecodeError as e:
                 # The value may simply run past the buffer: read more, unless the file has ended.
                 if not fill():
-                    raise StreamingJSONError(f"invalid JSON near character {consumed + e.pos}: {e.msg}") from None
+                    raise StreamingJSONError(
+                        f"invalid JSON near character {consumed + e.pos}: {e.msg}"
+                    ) from None
                 continue
             pos = end
             return value
@@ -75,8 +77,10 @@ def iter_object_items(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Itera
         nonlocal pos
         ch = skip_ws()
         if not ch or ch not in chars:
-            raise StreamingJSONError(f"expected {' or '.join(map(repr, chars))} at character "
-                                     f"{consumed + pos}, found {ch or 'end of file'!r}")
+            raise StreamingJSONError(
+                f"expected {' or '.join(map(repr, chars))} at character "
+                f"{consumed + pos}, found {ch or 'end of file'!r}"
+            )
         pos += 1
         return ch
 
@@ -97,11 +101,17 @@ def iter_object_items(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Itera
 def entry_row(key: str, value: Any) -> dict[str, Any]:
     """A candidate row for one VIDAL-10M entry, carrying the released captions."""
     if not isinstance(value, dict):
-        return {"video_id": sha1_id("vidal10m", str(key)), "source": "vidal10m",
-                "row_error": f"VIDAL-10M entry {str(key)[:40]!r} is not an object"}
+        return {
+            "video_id": sha1_id("vidal10m", str(key)),
+            "source": "vidal10m",
+            "row_error": f"VIDAL-10M entry {str(key)[:40]!r} is not an object",
+        }
     if not YOUTUBE_ID.match(str(key)):
-        return {"video_id": sha1_id("vidal10m", str(key)), "source": "vidal10m",
-                "row_error": f"VIDAL-10M key {str(key)[:40]!r} is not a YouTube id"}
+        return {
+            "video_id": sha1_id("vidal10m", str(key)),
+            "source": "vidal10m",
+            "row_error": f"VIDAL-10M key {str(key)[:40]!r} is not a YouTube id",
+        }
     raw = value.get("raw")
     raw = str(raw) if raw is not None else None
     ofa = value.get("ofa")
@@ -124,7 +134,9 @@ def _text(v: Any) -> str | None:
     return str(v).strip() if v is not None else None
 
 
-def read_vidal10m(uri: str, batch_size: int = 2048, limit: int | None = None) -> Iterator[list[dict[str, Any]]]:
+def read_vidal10m(
+    uri: str, batch_size: int = 2048, limit: int | None = None
+) -> Iterator[list[dict[str, Any]]]:
     """Candidate rows of a VIDAL-10M JSON file (``.gz``/``.bz2``/``.zst`` too), in batches."""
     fs, path = store.resolve(uri)
     batch: list[dict[str, Any]] = []
@@ -143,8 +155,13 @@ def read_vidal10m(uri: str, batch_size: int = 2048, limit: int | None = None) ->
             # A damaged file: the entries before the damage are kept, and the damage is a failed row
             # (one object cannot be resynchronised safely, so the entries after it are not read).
             why = str(e) if isinstance(e, StreamingJSONError) else f"invalid UTF-8 ({e.reason})"
-            batch.append({"video_id": sha1_id("vidal10m", f"{uri}|{why}"), "source": "vidal10m",
-                          "row_error": f"{uri}: {why}; the {n} entries before it were read, the rest "
-                                       f"of the file was not"})
+            batch.append(
+                {
+                    "video_id": sha1_id("vidal10m", f"{uri}|{why}"),
+                    "source": "vidal10m",
+                    "row_error": f"{uri}: {why}; the {n} entries before it were read, the rest "
+                    f"of the file was not",
+                }
+            )
     if batch:
         yield batch

@@ -20,10 +20,16 @@ import os
 import re
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-YOUTUBE_HOSTS = frozenset({
-    "youtube.com", "www.youtube.com", "m.youtube.com", "music.youtube.com",
-    "youtube-nocookie.com", "www.youtube-nocookie.com",
-})
+YOUTUBE_HOSTS = frozenset(
+    {
+        "youtube.com",
+        "www.youtube.com",
+        "m.youtube.com",
+        "music.youtube.com",
+        "youtube-nocookie.com",
+        "www.youtube-nocookie.com",
+    }
+)
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 YOUTUBE_PATH_ID = re.compile(r"^/(?:shorts|embed|live|v|e)/([A-Za-z0-9_-]{11})(?:[/?#]|$)")
 # Query parameters that only track where a link was shared from; they never select the content.
@@ -83,8 +89,11 @@ def canonical_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     if parts.username:
         host = f"{parts.username}{':' + parts.password if parts.password else ''}@{host}"
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if k not in TRACKING_PARAMS and not k.startswith("utm_")]
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k not in TRACKING_PARAMS and not k.startswith("utm_")
+    ]
     return urlunsplit((scheme, host, parts.path or "/", urlencode(query, doseq=True), ""))
 
 
@@ -100,7 +109,7 @@ def video_id_for_url(url: str) -> str:
         return f"youtube-{vid}"
     canon = canonical_url(url)
     if canon.startswith("file://"):
-        return video_id_for_path(canon[len("file://"):])
+        return video_id_for_path(canon[len("file://") :])
     return sha1_id("url", canon)
 
 

@@ -29,20 +29,58 @@ from stages.private_addresses import AddressGuard
 from stages.transient import machine_reason, transient
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-INFO_FIELDS = ("id", "extractor", "extractor_key", "webpage_url", "original_url", "title", "duration", "width",
-               "height", "fps", "vcodec", "acodec", "tbr", "vbr", "abr", "format_note", "resolution", "filesize",
-               "filesize_approx", "uploader", "uploader_id", "channel", "channel_id", "upload_date", "timestamp",
-               "license", "tags", "categories", "view_count", "like_count", "comment_count", "age_limit",
-               "availability", "live_status", "language", "aspect_ratio")
+INFO_FIELDS = (
+    "id",
+    "extractor",
+    "extractor_key",
+    "webpage_url",
+    "original_url",
+    "title",
+    "duration",
+    "width",
+    "height",
+    "fps",
+    "vcodec",
+    "acodec",
+    "tbr",
+    "vbr",
+    "abr",
+    "format_note",
+    "resolution",
+    "filesize",
+    "filesize_approx",
+    "uploader",
+    "uploader_id",
+    "channel",
+    "channel_id",
+    "upload_date",
+    "timestamp",
+    "license",
+    "tags",
+    "categories",
+    "view_count",
+    "like_count",
+    "comment_count",
+    "age_limit",
+    "availability",
+    "live_status",
+    "language",
+    "aspect_ratio",
+)
 MAX_DESCRIPTION = 5000
 GENERIC_EXTRACTORS = frozenset({"Generic", "HTML5MediaEmbed"})  # media URLs named by an arbitrary page
 MAX_PROBED_URLS = 4
-TRANSIENT = re.compile(r"^(HTTP (5\d\d|429|408)|timed out|stalled|connection refused|connection reset|network error)")
+TRANSIENT = re.compile(
+    r"^(HTTP (5\d\d|429|408)|timed out|stalled|connection refused|connection reset|network error)"
+)
 # Phrases in yt-dlp's messages, and what a user should read instead.
 KNOWN_MESSAGES = (
     ("sign in to confirm your age", "age-restricted: needs a signed-in session (download.cookies_file)"),
-    ("sign in to confirm you", "the site asks to sign in (bot check); set download.cookies_file "
-                               "(see docs/crawl.md) or lower the request rate"),
+    (
+        "sign in to confirm you",
+        "the site asks to sign in (bot check); set download.cookies_file "
+        "(see docs/crawl.md) or lower the request rate",
+    ),
     ("private video", "private video"),
     ("members-only", "members-only video"),
     ("video unavailable", "video unavailable (removed or blocked)"),
@@ -125,7 +163,9 @@ def describe_error(e: BaseException) -> str:
     if "redirect" in low and ("loop" in low or "too many" in low):
         return "redirect loop: too many redirects"
     if "timed out" in low:
-        return "stalled: no data within socket_timeout" + (" (retries exhausted)" if "giving up" in low else "")
+        return "stalled: no data within socket_timeout" + (
+            " (retries exhausted)" if "giving up" in low else ""
+        )
     message = ANSI.sub("", str(e)).removeprefix("ERROR: ").strip() or type(e).__name__
     return f"yt-dlp: {message}"
 
@@ -133,10 +173,24 @@ def describe_error(e: BaseException) -> str:
 class YtdlpDownloader:
     """Downloads through yt-dlp with one ``YoutubeDL`` per thread, kept for the process's life."""
 
-    def __init__(self, params: dict[str, Any], *, max_bytes: int, max_duration: float | None,
-                 max_seconds: float = 300.0, retries: int = 0, backoff_s: float = 1.0,
-                 guard: AddressGuard | None = None, redirects_problem: Callable[[str], str | None] | None = None):
-        self.params, self.max_bytes, self.max_duration, self.max_seconds = params, max_bytes, max_duration, max_seconds
+    def __init__(
+        self,
+        params: dict[str, Any],
+        *,
+        max_bytes: int,
+        max_duration: float | None,
+        max_seconds: float = 300.0,
+        retries: int = 0,
+        backoff_s: float = 1.0,
+        guard: AddressGuard | None = None,
+        redirects_problem: Callable[[str], str | None] | None = None,
+    ):
+        self.params, self.max_bytes, self.max_duration, self.max_seconds = (
+            params,
+            max_bytes,
+            max_duration,
+            max_seconds,
+        )
         self.retries, self.backoff_s = retries, backoff_s
         self.guard = guard or AddressGuard(allow_all=True)
         self.redirects_problem = redirects_problem  # url -> why its redirects are refused, or None
@@ -157,7 +211,9 @@ class YtdlpDownloader:
         if d.get("status") != "downloading":
             return
         if (d.get("downloaded_bytes") or 0) > self.max_bytes:
-            raise SizeCapExceeded(f"file larger than the size cap (over {self.max_bytes / 1e6:.1f} MB while streaming)")
+            raise SizeCapExceeded(
+                f"file larger than the size cap (over {self.max_bytes / 1e6:.1f} MB while streaming)"
+            )
         if (d.get("elapsed") or 0) > self.max_seconds:
             raise RowError(f"download too slow: over {self.max_seconds:g} s (max_download_s)")
 
@@ -177,11 +233,15 @@ class YtdlpDownloader:
             raise
         except Exception as e:  # yt-dlp raises many types; each becomes words, never a crash
             raise RowError(describe_error(e)) from None
-        path = next((d.get("filepath") for d in info.get("requested_downloads") or [] if d.get("filepath")), None)
+        path = next(
+            (d.get("filepath") for d in info.get("requested_downloads") or [] if d.get("filepath")), None
+        )
         if not path or not os.path.exists(path):
             last = self._last(logger)
             if "larger than max-filesize" in last.lower():
-                raise RowFiltered(f"file larger than the size cap ({self.max_bytes / 1e6:.1f} MB, from Content-Length)")
+                raise RowFiltered(
+                    f"file larger than the size cap ({self.max_bytes / 1e6:.1f} MB, from Content-Length)"
+                )
             raise RowError(f"yt-dlp wrote no file: {last or 'no message'}")
         return YtdlpResult(path, info)
 
@@ -208,11 +268,15 @@ class YtdlpDownloader:
             raise RowFiltered(f"live stream ({info.get('live_status') or 'is_live'}): not a finished video")
         duration = info.get("duration")
         if self.max_duration is not None and duration and duration > self.max_duration:
-            raise RowFiltered(f"duration {duration:.1f} s over the cap of {self.max_duration:g} s (from metadata)")
+            raise RowFiltered(
+                f"duration {duration:.1f} s over the cap of {self.max_duration:g} s (from metadata)"
+            )
         size = info.get("filesize") or info.get("filesize_approx")
         if size and size > self.max_bytes:
-            raise RowFiltered(f"file larger than the size cap ({size / 1e6:.1f} MB > {self.max_bytes / 1e6:.1f} MB, "
-                              f"from metadata)")
+            raise RowFiltered(
+                f"file larger than the size cap ({size / 1e6:.1f} MB > {self.max_bytes / 1e6:.1f} MB, "
+                f"from metadata)"
+            )
 
     def _check_addresses(self, info: dict[str, Any]) -> None:
         # A public page may point its <video> (or its manifest) at a private address: every URL the

@@ -23,8 +23,13 @@ def ray_local():
 
     if not ray.is_initialized():
         # address="local": a fresh instance, never another process's cluster on the same machine
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+        )
     yield ray
     ray.shutdown()
 

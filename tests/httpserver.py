@@ -100,8 +100,14 @@ class Handler(BaseHTTPRequestHandler):
                 hit.end = time.time()
 
     # -- responses -----------------------------------------------------------------------------
-    def send(self, code: int, body: bytes, ctype: str = "video/mp4", headers: dict | None = None,
-             length: bool = True) -> None:
+    def send(
+        self,
+        code: int,
+        body: bytes,
+        ctype: str = "video/mp4",
+        headers: dict | None = None,
+        length: bool = True,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         for k, v in (headers or {}).items():
@@ -161,7 +167,7 @@ class Handler(BaseHTTPRequestHandler):
             for i in range(0, len(data), 32):
                 if s.stopping.wait(0.1):
                     break
-                self.wfile.write(data[i: i + 32])
+                self.wfile.write(data[i : i + 32])
                 self.wfile.flush()
             self.close_connection = True
         elif head == "slow":
@@ -182,7 +188,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for i in range(0, len(data), 5000):
-                piece = data[i: i + 5000]
+                piece = data[i : i + 5000]
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
         elif head == "robots" and (data := self.file(rest[1])) is not None:

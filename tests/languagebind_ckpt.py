@@ -26,23 +26,66 @@ import torch.nn.functional as F
 # Variant -> (model_type, vision_config overrides)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "video": ("LanguageBindVideo", {"add_time_attn": True, "num_frames": 4, "lora_r": 0}),
-    "video_v15": ("LanguageBindVideo", {"add_time_attn": True, "num_frames": 4, "lora_r": 0, "clip_type": "vl_new"}),
-    "video_lora": ("LanguageBindVideo", {"add_time_attn": True, "num_frames": 4, "lora_r": 4, "lora_alpha": 16}),
-    "audio": ("LanguageBindAudio", {"patch_size": 14, "num_mel_bins": 112, "target_length": 1036, "lora_r": 0,
-                                    "audio_mean": -4.2677393, "audio_std": 4.5689974, "audio_sample_rate": 16000}),
-    "audio_126": ("LanguageBindAudio", {"patch_size": 14, "num_mel_bins": 126, "target_length": 1036, "lora_r": 0,
-                                        "audio_mean": -4.2677393, "audio_std": 4.5689974}),
-    "audio_lora": ("LanguageBindAudio", {"patch_size": 14, "num_mel_bins": 126, "target_length": 1036, "lora_r": 2,
-                                         "lora_alpha": 16, "audio_mean": -4.2677393, "audio_std": 4.5689974}),
+    "video_v15": (
+        "LanguageBindVideo",
+        {"add_time_attn": True, "num_frames": 4, "lora_r": 0, "clip_type": "vl_new"},
+    ),
+    "video_lora": (
+        "LanguageBindVideo",
+        {"add_time_attn": True, "num_frames": 4, "lora_r": 4, "lora_alpha": 16},
+    ),
+    "audio": (
+        "LanguageBindAudio",
+        {
+            "patch_size": 14,
+            "num_mel_bins": 112,
+            "target_length": 1036,
+            "lora_r": 0,
+            "audio_mean": -4.2677393,
+            "audio_std": 4.5689974,
+            "audio_sample_rate": 16000,
+        },
+    ),
+    "audio_126": (
+        "LanguageBindAudio",
+        {
+            "patch_size": 14,
+            "num_mel_bins": 126,
+            "target_length": 1036,
+            "lora_r": 0,
+            "audio_mean": -4.2677393,
+            "audio_std": 4.5689974,
+        },
+    ),
+    "audio_lora": (
+        "LanguageBindAudio",
+        {
+            "patch_size": 14,
+            "num_mel_bins": 126,
+            "target_length": 1036,
+            "lora_r": 2,
+            "lora_alpha": 16,
+            "audio_mean": -4.2677393,
+            "audio_std": 4.5689974,
+        },
+    ),
     "depth": ("LanguageBindDepth", {"lora_r": 0, "max_depth": 10}),
     "thermal": ("LanguageBindThermal", {"lora_r": 0}),
     "image": ("LanguageBindImage", {"lora_r": 0}),
 }
 # The released repos (LanguageBind/<name> on the hub) and the variant that has their structure.
-RELEASED = {"LanguageBind_Video_FT": "video", "LanguageBind_Video": "video_lora",
-            "LanguageBind_Video_V1.5_FT": "video_v15", "LanguageBind_Video_Huge_V1.5_FT": "video_v15",
-            "LanguageBind_Video_merge": "video", "LanguageBind_Audio_FT": "audio", "LanguageBind_Audio": "audio_lora",
-            "LanguageBind_Depth": "depth", "LanguageBind_Thermal": "thermal", "LanguageBind_Image": "image"}
+RELEASED = {
+    "LanguageBind_Video_FT": "video",
+    "LanguageBind_Video": "video_lora",
+    "LanguageBind_Video_V1.5_FT": "video_v15",
+    "LanguageBind_Video_Huge_V1.5_FT": "video_v15",
+    "LanguageBind_Video_merge": "video",
+    "LanguageBind_Audio_FT": "audio",
+    "LanguageBind_Audio": "audio_lora",
+    "LanguageBind_Depth": "depth",
+    "LanguageBind_Thermal": "thermal",
+    "LanguageBind_Image": "image",
+}
 WIDTH, LAYERS, HEADS, MLP, PROJ = 32, 2, 2, 64, 16
 TEXT_WIDTH = 24
 VOCAB_MERGES = ["t h", "th e</w>", "d o", "do g</w>", "c a", "ca t</w>", "b a", "ba r", "bar k</w>"]
@@ -70,12 +113,17 @@ def write_tokenizer(path: Path, model_type: str = "LanguageBindVideo") -> int:
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(VOCAB_MERGES) + "\n")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     (path / "special_tokens_map.json").write_text(json.dumps(special))
     tokenizer_class = model_type + "Tokenizer"  # as the released repos name it
-    (path / "tokenizer_config.json").write_text(json.dumps({**special, "tokenizer_class": tokenizer_class,
-                                                           "model_max_length": 77}))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({**special, "tokenizer_class": tokenizer_class, "model_max_length": 77})
+    )
     return len(vocab)
 
 
@@ -87,8 +135,14 @@ def _layer_shapes(prefix: str, d: int, mlp: int) -> dict[str, tuple[int, ...]]:
         shapes[f"{prefix}self_attn.{proj}.bias"] = (d,)
     for norm in ("layer_norm1", "layer_norm2"):
         shapes[f"{prefix}{norm}.weight"] = shapes[f"{prefix}{norm}.bias"] = (d,)
-    shapes.update({f"{prefix}mlp.fc1.weight": (mlp, d), f"{prefix}mlp.fc1.bias": (mlp,),
-                   f"{prefix}mlp.fc2.weight": (d, mlp), f"{prefix}mlp.fc2.bias": (d,)})
+    shapes.update(
+        {
+            f"{prefix}mlp.fc1.weight": (mlp, d),
+            f"{prefix}mlp.fc1.bias": (mlp,),
+            f"{prefix}mlp.fc2.weight": (d, mlp),
+            f"{prefix}mlp.fc2.bias": (d,),
+        }
+    )
     return shapes
 
 
@@ -106,7 +160,9 @@ def official_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         "logit_scale": (),
     }
     for i in range(t["num_hidden_layers"]):
-        shapes.update(_layer_shapes(f"text_model.encoder.layers.{i}.", t["hidden_size"], t["intermediate_size"]))
+        shapes.update(
+            _layer_shapes(f"text_model.encoder.layers.{i}.", t["hidden_size"], t["intermediate_size"])
+        )
     d, p, frames = v["hidden_size"], v["patch_size"], v.get("num_frames", 1)
     vl_new = v.get("clip_type") == "vl_new"
     if v.get("num_mel_bins") and v.get("target_length"):
@@ -126,7 +182,9 @@ def official_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
                 shapes[f"{prefix}temporal_attn.{proj}.weight"] = (d, d)
                 shapes[f"{prefix}temporal_attn.{proj}.bias"] = (d,)
-            shapes[prefix + "temporal_layer_norm1.weight"] = shapes[prefix + "temporal_layer_norm1.bias"] = (d,)
+            shapes[prefix + "temporal_layer_norm1.weight"] = shapes[prefix + "temporal_layer_norm1.bias"] = (
+                d,
+            )
     return shapes
 
 
@@ -143,8 +201,12 @@ def _random(shape: tuple[int, ...], key: str, g: torch.Generator) -> torch.Tenso
     return torch.randn(shape, generator=g) / math.sqrt(fan_in)
 
 
-def make_config(variant: str, vocab_size: int, vision_sizes: dict[str, Any] | None = None,
-                text_sizes: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_config(
+    variant: str,
+    vocab_size: int,
+    vision_sizes: dict[str, Any] | None = None,
+    text_sizes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The config.json of a variant; ``*_sizes`` override the tiny sizes (e.g. ViT-L's for benchmarks)."""
     model_type, vision = VARIANTS[variant]
     config = {
@@ -156,17 +218,40 @@ def make_config(variant: str, vocab_size: int, vision_sizes: dict[str, Any] | No
         "torch_dtype": "float32",
         "transformers_version": "4.31.0",
         "text_config": {
-            "model_type": "clip_text_model", "vocab_size": vocab_size, "hidden_size": TEXT_WIDTH,
-            "intermediate_size": 2 * TEXT_WIDTH, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-            "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-            "projection_dim": PROJ, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+            "model_type": "clip_text_model",
+            "vocab_size": vocab_size,
+            "hidden_size": TEXT_WIDTH,
+            "intermediate_size": 2 * TEXT_WIDTH,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+            "projection_dim": PROJ,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "pad_token_id": 1,
         },
         "vision_config": {
-            "model_type": "clip_vision_model", "hidden_size": WIDTH, "intermediate_size": MLP,
-            "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_channels": 3, "image_size": 32,
-            "patch_size": 8, "hidden_act": "gelu", "layer_norm_eps": 1e-5, "projection_dim": PROJ,
-            "add_time_attn": False, "num_frames": 1, "force_patch_dropout": 0.0, "lora_alpha": 16,
-            "lora_dropout": 0.0, "num_mel_bins": 0, "target_length": 0, "video_decode_backend": "decord",
+            "model_type": "clip_vision_model",
+            "hidden_size": WIDTH,
+            "intermediate_size": MLP,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "num_channels": 3,
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+            "projection_dim": PROJ,
+            "add_time_attn": False,
+            "num_frames": 1,
+            "force_patch_dropout": 0.0,
+            "lora_alpha": 16,
+            "lora_dropout": 0.0,
+            "num_mel_bins": 0,
+            "target_length": 0,
+            "video_decode_backend": "decord",
             **vision,
         },
     }
@@ -184,9 +269,17 @@ def _lora_targets(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
 
 
-def write_checkpoint(path: str | Path, variant: str = "video", seed: int = 0, *, base_layer: bool = False,
-                     position_ids: bool = False, text_seed: int = 1234, vision_sizes: dict[str, Any] | None = None,
-                     text_sizes: dict[str, Any] | None = None) -> Path:
+def write_checkpoint(
+    path: str | Path,
+    variant: str = "video",
+    seed: int = 0,
+    *,
+    base_layer: bool = False,
+    position_ids: bool = False,
+    text_seed: int = 1234,
+    vision_sizes: dict[str, Any] | None = None,
+    text_sizes: dict[str, Any] | None = None,
+) -> Path:
     """A released-layout checkpoint directory for ``variant``; text weights come from ``text_seed`` (the
     same in every variant unless changed, as the released towers share one text encoder).
 
@@ -199,8 +292,10 @@ def write_checkpoint(path: str | Path, variant: str = "video", seed: int = 0, *,
     config = make_config(variant, write_tokenizer(path, model_type), vision_sizes, text_sizes)
     shapes = official_shapes(config)
     g, text_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(text_seed)
-    state = {k: _random(s, k, text_g if k.startswith(("text_model.", "text_projection")) else g)
-             for k, s in sorted(shapes.items())}
+    state = {
+        k: _random(s, k, text_g if k.startswith(("text_model.", "text_projection")) else g)
+        for k, s in sorted(shapes.items())
+    }
     if position_ids:
         n = shapes["vision_model.embeddings.position_embedding.weight"][0]
         state["vision_model.embeddings.position_ids"] = torch.arange(n)[None]
@@ -224,14 +319,15 @@ def write_hub_cache(cache: str | Path, repo_id: str, variant: str, **kwargs: Any
     return snapshot
 
 
-def _peft_layout(state: dict[str, torch.Tensor], targets: tuple[str, ...], r: int, g: torch.Generator,
-                 base_layer: bool) -> dict[str, torch.Tensor]:
+def _peft_layout(
+    state: dict[str, torch.Tensor], targets: tuple[str, ...], r: int, g: torch.Generator, base_layer: bool
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not key.startswith("vision_model.encoder."):
             out[key] = value
             continue
-        key = "vision_model.encoder.base_model.model." + key[len("vision_model.encoder."):]
+        key = "vision_model.encoder.base_model.model." + key[len("vision_model.encoder.") :]
         module, leaf = key.rsplit(".", 1)
         if module.endswith(targets):
             out[f"{module}.base_layer.{leaf}" if base_layer else key] = value
@@ -247,7 +343,9 @@ def _peft_layout(state: dict[str, torch.Tensor], targets: tuple[str, ...], r: in
 def load_reference(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The raw state dict and config of a checkpoint directory (no renaming, no merging)."""
     path = Path(path)
-    return torch.load(path / "pytorch_model.bin", weights_only=True), json.loads((path / "config.json").read_text())
+    return torch.load(path / "pytorch_model.bin", weights_only=True), json.loads(
+        (path / "config.json").read_text()
+    )
 
 
 class _Weights:
@@ -259,7 +357,7 @@ class _Weights:
     def _find(self, name: str) -> str:
         candidates = [name]
         if name.startswith("vision_model.encoder."):
-            rest = name[len("vision_model.encoder."):]
+            rest = name[len("vision_model.encoder.") :]
             candidates.append("vision_model.encoder.base_model.model." + rest)
         for c in list(candidates):
             module, leaf = c.rsplit(".", 1)
@@ -293,11 +391,15 @@ def _act(x: torch.Tensor, name: str) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def _attention(w: _Weights, x: torch.Tensor, module: str, heads: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+def _attention(
+    w: _Weights, x: torch.Tensor, module: str, heads: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     b, n, d = x.shape
     hd = d // heads
+
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.view(b, n, heads, hd).transpose(1, 2)
+
     q = split(w.linear(x, f"{module}.q_proj")) * hd**-0.5
     k, v = split(w.linear(x, f"{module}.k_proj")), split(w.linear(x, f"{module}.v_proj"))
     scores = q @ k.transpose(-1, -2)
@@ -307,15 +409,21 @@ def _attention(w: _Weights, x: torch.Tensor, module: str, heads: int, mask: torc
     return w.linear(out, f"{module}.out_proj")
 
 
-def _block(w: _Weights, x: torch.Tensor, prefix: str, cfg: dict[str, Any], mask: torch.Tensor | None = None) -> torch.Tensor:
+def _block(
+    w: _Weights, x: torch.Tensor, prefix: str, cfg: dict[str, Any], mask: torch.Tensor | None = None
+) -> torch.Tensor:
     eps = cfg["layer_norm_eps"]
-    x = x + _attention(w, w.norm(x, prefix + "layer_norm1", eps), prefix + "self_attn", cfg["num_attention_heads"], mask)
+    x = x + _attention(
+        w, w.norm(x, prefix + "layer_norm1", eps), prefix + "self_attn", cfg["num_attention_heads"], mask
+    )
     h = _act(w.linear(w.norm(x, prefix + "layer_norm2", eps), prefix + "mlp.fc1"), cfg["hidden_act"])
     return x + w.linear(h, prefix + "mlp.fc2")
 
 
 @torch.no_grad()
-def reference_vision(sd: dict[str, torch.Tensor], config: dict[str, Any], pixels: torch.Tensor) -> torch.Tensor:
+def reference_vision(
+    sd: dict[str, torch.Tensor], config: dict[str, Any], pixels: torch.Tensor
+) -> torch.Tensor:
     """The official ``get_image_features`` (unnormalised ``[B, projection_dim]``), eval mode."""
     v = config["vision_config"]
     w = _Weights(sd, v.get("lora_alpha", 16))
@@ -344,8 +452,12 @@ def reference_vision(sd: dict[str, torch.Tensor], config: dict[str, Any], pixels
             tt = v["num_frames"]
             x = (x.view(-1, tt, n, d) + w[prefix + "temporal_embedding"][0][None, :, None]).view(-1, n, d)
             seq = x.view(-1, tt, n, d).transpose(1, 2).reshape(-1, tt, d)  # (b n) t d
-            mixed = _attention(w, w.norm(seq, prefix + "temporal_layer_norm1", eps), prefix + "temporal_attn",
-                               v["num_attention_heads"])
+            mixed = _attention(
+                w,
+                w.norm(seq, prefix + "temporal_layer_norm1", eps),
+                prefix + "temporal_attn",
+                v["num_attention_heads"],
+            )
             x = x + mixed.view(-1, n, tt, d).transpose(1, 2).reshape(-1, n, d)
         x = _block(w, x, prefix, v)
     pooled = w.norm(x[:, 0], "vision_model.post_layernorm", eps).view(b, t, d).mean(1)
@@ -353,13 +465,17 @@ def reference_vision(sd: dict[str, torch.Tensor], config: dict[str, Any], pixels
 
 
 @torch.no_grad()
-def reference_text(sd: dict[str, torch.Tensor], config: dict[str, Any], input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor) -> torch.Tensor:
+def reference_text(
+    sd: dict[str, torch.Tensor], config: dict[str, Any], input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """The official ``get_text_features``: causal + padding mask, the EOT token found by argmax of the ids."""
     t = config["text_config"]
     w = _Weights(sd, 16)
     n = input_ids.shape[1]
-    x = w["text_model.embeddings.token_embedding.weight"][input_ids] + w["text_model.embeddings.position_embedding.weight"][:n]
+    x = (
+        w["text_model.embeddings.token_embedding.weight"][input_ids]
+        + w["text_model.embeddings.position_embedding.weight"][:n]
+    )
     big = torch.finfo(torch.float32).min
     causal = torch.triu(torch.full((n, n), big), diagonal=1)
     padding = (1.0 - attention_mask[:, None, None, :].float()) * big

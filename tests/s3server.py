@@ -19,8 +19,11 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1"}
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -44,7 +47,9 @@ class S3Server:
         self.port = self.port or free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         atexit.register(self.stop)  # a script that dies early leaves no server behind
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -69,8 +74,13 @@ class S3Server:
 
     def storage(self) -> dict[str, object]:
         """The ``run.storage`` settings for this server (credentials stay in the environment)."""
-        return {"endpoint": self.endpoint, "region": "us-east-1", "retries": 2,
-                "connect_timeout_s": 5, "request_timeout_s": 30}
+        return {
+            "endpoint": self.endpoint,
+            "region": "us-east-1",
+            "retries": 2,
+            "connect_timeout_s": 5,
+            "request_timeout_s": 30,
+        }
 
     def make_bucket(self, name: str) -> str:
         """Create a bucket (idempotent); returns ``s3://name``."""
@@ -97,8 +107,9 @@ class StallingProxy:
     With ``delay_s`` it stalls nothing but holds back the answers to every matching request that
     long (a server slow to answer, e.g. a long server-side copy)."""
 
-    def __init__(self, target_port: int, pattern: bytes = rb"PUT /\S*\.tar[ ?]", nth: int = 1,
-                 delay_s: float = 0.0):
+    def __init__(
+        self, target_port: int, pattern: bytes = rb"PUT /\S*\.tar[ ?]", nth: int = 1, delay_s: float = 0.0
+    ):
         import re
         import threading
 

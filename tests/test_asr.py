@@ -28,8 +28,10 @@ def flac(samples: np.ndarray, rate: int = RATE) -> bytes:
 
 def audio_rows() -> list[dict]:
     """Tones of different pitch and rhythm, silence, and a video without audio."""
-    rows = [{"video_id": f"tone{i}", "audio": flac(tone(CONCEPTS[i * 5], 2.0, RATE)), "has_audio": True}
-            for i in range(3)]
+    rows = [
+        {"video_id": f"tone{i}", "audio": flac(tone(CONCEPTS[i * 5], 2.0, RATE)), "has_audio": True}
+        for i in range(3)
+    ]
     rows.append({"video_id": "silence", "audio": flac(np.zeros(RATE * 2)), "has_audio": True})
     rows.append({"video_id": "mute", "audio": None, "has_audio": False})
     return rows
@@ -38,6 +40,7 @@ def audio_rows() -> list[dict]:
 @pytest.fixture(autouse=True)
 def no_ffmpeg(monkeypatch):
     """whisper.load_audio runs an ffmpeg binary; the stage must never get there."""
+
     def refuse(*a, **k):
         raise AssertionError("whisper tried to run ffmpeg")
 
@@ -46,8 +49,10 @@ def no_ffmpeg(monkeypatch):
 
 
 def make(tmp_path, **kw) -> AsrStage:
-    s = AsrStage(AsrConfig(**{"model": "tiny", "max_new_tokens": 8, "decode_batch_size": 2, **kw}),
-                 RunContext(root=str(tmp_path)))
+    s = AsrStage(
+        AsrConfig(**{"model": "tiny", "max_new_tokens": 8, "decode_batch_size": 2, **kw}),
+        RunContext(root=str(tmp_path)),
+    )
     s.setup()
     return s
 
@@ -89,7 +94,9 @@ def test_bad_audio_fails_only_its_row(tiny):
         {"video_id": "8khz", "audio": flac(np.zeros(8000), 8000), "has_audio": True},
     ]
     out = run(tiny, rows)
-    assert out["garbage"]["status"] == "failed" and out["garbage"]["error"].startswith("audio does not decode")
+    assert out["garbage"]["status"] == "failed" and out["garbage"]["error"].startswith(
+        "audio does not decode"
+    )
     assert out["8khz"]["status"] == "failed" and "8000 Hz" in out["8khz"]["error"]
     assert out["tone0"]["status"] == out["tone1"]["status"] == "ok"
     assert out["tone0"]["asr"] == run(tiny, rows[:1])["tone0"]["asr"]

@@ -33,33 +33,56 @@ def tiny(tmp_path_factory):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "model.eval", *args, "--no-progress", "--workers", "1",
-                           "--batch-size", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+    return subprocess.run(
+        [sys.executable, "-m", "model.eval", *args, "--no-progress", "--workers", "1", "--batch-size", "4"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
 
 
 def run_family(tmp_path: Path, checkpoint: Path, roots: dict[str, Path]) -> dict[str, dict]:
     cfg = tmp_path / "roots.yaml"
     cfg.write_text("roots:\n" + "".join(f"  {k}: {v}\n" for k, v in roots.items()))
     out = tmp_path / "results.json"
-    proc = run_cli("--checkpoint", str(checkpoint), "--benchmark", "all", "--benchmark-config", str(cfg),
-                   "--json", str(out))
+    proc = run_cli(
+        "--checkpoint",
+        str(checkpoint),
+        "--benchmark",
+        "all",
+        "--benchmark-config",
+        str(cfg),
+        "--json",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = {r["benchmark"]: r for r in json.loads(out.read_text())}
     assert list(records) == [registry.get(k).name for k in roots]
     for r in records.values():
-        assert {"schema", "protocol_version", "model", "benchmark", "split", "metrics", "n", "layout"} <= set(r)
+        assert {"schema", "protocol_version", "model", "benchmark", "split", "metrics", "n", "layout"} <= set(
+            r
+        )
         assert r["benchmark"] in proc.stdout  # the table
     return records
 
 
 def test_video_benchmarks_end_to_end(tmp_path, tiny):
     model, ckpt = tiny
-    roots = {"msrvtt": data.build_msrvtt(tmp_path / "msrvtt"), "msvd": data.build_msvd(tmp_path / "msvd", True),
-             "didemo": data.build_didemo(tmp_path / "didemo"),
-             "activitynet": data.build_activitynet(tmp_path / "anet", True)}
+    roots = {
+        "msrvtt": data.build_msrvtt(tmp_path / "msrvtt"),
+        "msvd": data.build_msvd(tmp_path / "msvd", True),
+        "didemo": data.build_didemo(tmp_path / "didemo"),
+        "activitynet": data.build_activitynet(tmp_path / "anet", True),
+    }
     rec = run_family(tmp_path, ckpt, roots)
     assert [(rec[k]["layout"], rec[k]["n"], rec[k]["captions"]) for k in roots] == [
-        ("languagebind", 4, 4), ("public", 3, 6), ("languagebind", 2, 2), ("public", 2, 2)]
+        ("languagebind", 4, 4),
+        ("public", 3, 6),
+        ("languagebind", 2, 2),
+        ("public", 2, 2),
+    ]
     # the checkpoint is named after the FT tower: its README figure is the one printed beside ours
     assert rec["msrvtt"]["paper"]["text_to_video.R@1"]["value"] == 42.7
     # the same figures from the model's own API on the same files (captions paired by video id)
@@ -72,15 +95,19 @@ def test_video_benchmarks_end_to_end(tmp_path, tiny):
             assert rec[name]["metrics"]["text_to_video"][key] == pytest.approx(direct["text_to_item"][key])
             assert rec[name]["metrics"]["video_to_text"][key] == pytest.approx(direct["item_to_text"][key])
     msr = registry.get("msrvtt").read(roots["msrvtt"])
-    assert [p.stem for p in msr.items] == [f"video{7010 + i}" for i in range(4)] and msr.captions == data.SENTENCES
+    assert [p.stem for p in msr.items] == [
+        f"video{7010 + i}" for i in range(4)
+    ] and msr.captions == data.SENTENCES
 
 
 def test_audio_benchmarks_end_to_end(tmp_path, tiny):
     model, ckpt = tiny
-    roots = {"esc50": data.build_esc50(tmp_path / "esc", public=False),
-             "clotho": data.build_clotho(tmp_path / "clotho"),
-             "audiocaps": data.build_audiocaps(tmp_path / "ac", public=False),
-             "audioset": data.build_audioset(tmp_path / "as", public=False)}
+    roots = {
+        "esc50": data.build_esc50(tmp_path / "esc", public=False),
+        "clotho": data.build_clotho(tmp_path / "clotho"),
+        "audiocaps": data.build_audiocaps(tmp_path / "ac", public=False),
+        "audioset": data.build_audioset(tmp_path / "as", public=False),
+    }
     rec = run_family(tmp_path, ckpt, roots)
     esc = rec["esc50"]["metrics"]
     assert rec["esc50"]["n"] == 5 and esc["classes"] == 50 and esc["chance_top1"] == 2.0
@@ -100,9 +127,13 @@ def test_audio_benchmarks_end_to_end(tmp_path, tiny):
 @pytest.mark.slow
 def test_depth_and_infrared_benchmarks_end_to_end(tmp_path, tiny):
     _, ckpt = tiny
-    roots = {"nyud": data.build_nyud(tmp_path / "nyu", public=True), "sund": data.build_sund(tmp_path / "sun"),
-             "llvip": data.build_llvip(tmp_path / "llvip", public=True), "flir_v1": data.build_flir(tmp_path / "f1"),
-             "flir_v2": data.build_flir_v2(tmp_path / "f2")}
+    roots = {
+        "nyud": data.build_nyud(tmp_path / "nyu", public=True),
+        "sund": data.build_sund(tmp_path / "sun"),
+        "llvip": data.build_llvip(tmp_path / "llvip", public=True),
+        "flir_v1": data.build_flir(tmp_path / "f1"),
+        "flir_v2": data.build_flir_v2(tmp_path / "f2"),
+    }
     rec = run_family(tmp_path, ckpt, roots)
     assert [rec[k]["n"] for k in roots] == [4, 4, 4, 4, 4]
     assert rec["nyud"]["metrics"]["classes"] == 10 and rec["sund"]["metrics"]["classes"] == 19
@@ -112,8 +143,17 @@ def test_depth_and_infrared_benchmarks_end_to_end(tmp_path, tiny):
 
 def test_image_benchmark_needs_an_image_tower(tmp_path, tiny, capsys):
     _, ckpt = tiny
-    rc = main(["--checkpoint", str(ckpt), "--benchmark", "imagenet", "--no-progress",
-               "--benchmark-root", str(data.build_imagenet(tmp_path / "in"))])
+    rc = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--benchmark",
+            "imagenet",
+            "--no-progress",
+            "--benchmark-root",
+            str(data.build_imagenet(tmp_path / "in")),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "needs a 'image' tower" in err and len(err.strip().splitlines()) == 1
 
@@ -139,15 +179,33 @@ def test_user_errors_exit_2_before_the_model_loads(tmp_path, tiny, capsys):
     assert "video7011" in capsys.readouterr().err
     assert main(["--benchmark", "list"]) == 0
     assert "msrvtt       MSR-VTT" in capsys.readouterr().out
-    proc = run_cli("--checkpoint", bogus, "--benchmark", "msrvtt", "--benchmark-root", str(root))  # as a user runs it
+    proc = run_cli(
+        "--checkpoint", bogus, "--benchmark", "msrvtt", "--benchmark-root", str(root)
+    )  # as a user runs it
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: 1 of 2 video files missing")
     # an unreadable clip fails its benchmark with one line naming it (exit 1: bad data, not a usage
     # error); the other benchmarks still run and are written
     (root / "MSRVTT" / "MSRVTT_Videos" / "video7011.mp4").write_bytes(b"not a video" * 100)
     cfg = tmp_path / "roots.yaml"
     cfg.write_text(f"roots:\n  msrvtt: {root}\n  llvip: {data.build_llvip(tmp_path / 'llvip')}\n")
-    rc = main(["--checkpoint", str(tiny[1]), "--benchmark", "all", "--benchmark-config", str(cfg), "--no-progress",
-               "--json", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "--checkpoint",
+            str(tiny[1]),
+            "--benchmark",
+            "all",
+            "--benchmark-config",
+            str(cfg),
+            "--no-progress",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
-    assert rc == 1 and len(err) == 1 and err[0].startswith("error: msrvtt: cannot read") and "video7011.mp4" in err[0]
+    assert (
+        rc == 1
+        and len(err) == 1
+        and err[0].startswith("error: msrvtt: cannot read")
+        and "video7011.mp4" in err[0]
+    )
     assert [r["benchmark"] for r in json.loads((tmp_path / "r.json").read_text())] == ["llvip"]

@@ -15,8 +15,12 @@ from PIL import Image
 from model.benchmarks.prompts import FLIR_V1_CLASSES
 from pipeline.synthetic import CONCEPTS, encode_video, render_frames
 
-SENTENCES = ["a red circle moving left", "a blue square moving up", "a green triangle moving down",
-             "a red square moving right"]
+SENTENCES = [
+    "a red circle moving left",
+    "a blue square moving up",
+    "a green triangle moving down",
+    "a red square moving right",
+]
 
 
 def _video(path: Path, k: int, codec: str = "libx264") -> Path:
@@ -68,8 +72,11 @@ def build_msrvtt(root: Path, n: int = 4) -> Path:
 def build_msrvtt_public(root: Path) -> Path:
     """The official release: test_videodatainfo.json + TestVideo/videoNNNN.mp4 (full test split)."""
     videos = [{"video_id": f"video{7010 + i}", "split": "test", "category": 1} for i in range(3)]
-    sentences = [{"video_id": f"video{7010 + i}", "caption": f"{SENTENCES[i]} {j}", "sen_id": 3 * i + j}
-                 for i in range(3) for j in range(2)]
+    sentences = [
+        {"video_id": f"video{7010 + i}", "caption": f"{SENTENCES[i]} {j}", "sen_id": 3 * i + j}
+        for i in range(3)
+        for j in range(2)
+    ]
     root.mkdir(parents=True, exist_ok=True)
     (root / "test_videodatainfo.json").write_text(json.dumps({"videos": videos, "sentences": sentences}))
     for i in range(3):
@@ -99,8 +106,11 @@ def build_msvd(root: Path, public: bool = False) -> Path:
 def build_didemo(root: Path, public: bool = False) -> Path:
     """LocalizingMoments' test_data.json (+ CLIP4Clip's test_list.txt) and videos/."""
     vids = ["10015567@N08_3655084291_d8b58466fa.mov", "10034316@N04_5374082049_2e3c37da74.mp4"]
-    rows = [{"video": v, "description": f"{SENTENCES[i]} part {j}", "times": [[0, 1]], "annotation_id": 2 * i + j}
-            for i, v in enumerate(vids) for j in range(2)]
+    rows = [
+        {"video": v, "description": f"{SENTENCES[i]} part {j}", "times": [[0, 1]], "annotation_id": 2 * i + j}
+        for i, v in enumerate(vids)
+        for j in range(2)
+    ]
     root.mkdir(parents=True, exist_ok=True)
     (root / "test_data.json").write_text(json.dumps(rows))
     if not public:
@@ -113,8 +123,10 @@ def build_didemo(root: Path, public: bool = False) -> Path:
 def build_activitynet(root: Path, public: bool = False) -> Path:
     """val_1.json ({"v_<id>": {duration, timestamps, sentences}}) + videos v_<id>.mp4."""
     ids = ["v_QOlSCBRmfWY", "v_ehGHCYKzyZ8"]
-    ann = {v: {"duration": 2.0, "timestamps": [[0, 1], [1, 2]], "sentences": [f" {SENTENCES[i]}.", " It stops."]}
-           for i, v in enumerate(ids)}
+    ann = {
+        v: {"duration": 2.0, "timestamps": [[0, 1], [1, 2]], "sentences": [f" {SENTENCES[i]}.", " It stops."]}
+        for i, v in enumerate(ids)
+    }
     base = root / "captions" if public else root
     base.mkdir(parents=True, exist_ok=True)
     (base / "val_1.json").write_text(json.dumps(ann))
@@ -136,8 +148,17 @@ def build_esc50(root: Path, public: bool = True) -> Path:
     rows = []
     for k, (cat, fold, target) in enumerate(ESC_PICK):
         name = f"{fold}-{100032 + k}-A-{target}.wav"
-        rows.append({"filename": name, "fold": fold, "target": target, "category": cat, "esc10": "True",
-                     "src_file": 100032 + k, "take": "A"})
+        rows.append(
+            {
+                "filename": name,
+                "fold": fold,
+                "target": target,
+                "category": cat,
+                "esc10": "True",
+                "src_file": 100032 + k,
+                "take": "A",
+            }
+        )
         _wav(root / "audio" / name if public else root / "test" / cat / name, k)
     if public:
         (root / "meta").mkdir(exist_ok=True)
@@ -189,8 +210,11 @@ def build_audiocaps(root: Path, public: bool = True) -> Path:
     return root
 
 
-AUDIOSET_LABELS = [("0", "/m/09x0r", "Speech"), ("1", "/m/05zppz", "Male speech, man speaking"),
-                   ("2", "/m/0jbk", "Animal")]
+AUDIOSET_LABELS = [
+    ("0", "/m/09x0r", "Speech"),
+    ("1", "/m/05zppz", "Male speech, man speaking"),
+    ("2", "/m/0jbk", "Animal"),
+]
 
 
 def build_audioset(root: Path, public: bool = True) -> Path:
@@ -200,11 +224,17 @@ def build_audioset(root: Path, public: bool = True) -> Path:
         w = csv.writer(f)
         w.writerow(["index", "mid", "display_name"])
         w.writerows(AUDIOSET_LABELS)
-    segs = [("--4gqARaEJE", "0.000", "/m/09x0r,/m/05zppz"), ("--BfvyPmVMo", "20.000", "/m/0jbk"),
-            ("--U7joUcTCo", "0.000", "/m/09x0r")]
+    segs = [
+        ("--4gqARaEJE", "0.000", "/m/09x0r,/m/05zppz"),
+        ("--BfvyPmVMo", "20.000", "/m/0jbk"),
+        ("--U7joUcTCo", "0.000", "/m/09x0r"),
+    ]
     if public:
-        lines = ["# Segments csv created Sun Mar  5 10:54:25 2017", "# num_ytids=3, num_segs=3",
-                 "# YTID, start_seconds, end_seconds, positive_labels"]
+        lines = [
+            "# Segments csv created Sun Mar  5 10:54:25 2017",
+            "# num_ytids=3, num_segs=3",
+            "# YTID, start_seconds, end_seconds, positive_labels",
+        ]
         lines += [f'{y}, {s}, {float(s) + 10:.3f}, "{labels}"' for y, s, labels in segs]
         (root / "eval_segments.csv").write_text("\n".join(lines) + "\n")
     else:
@@ -250,8 +280,10 @@ def build_sund(root: Path, split: bool = False) -> Path:
 
         tt = root / "SUNRGBDtoolbox" / "traintestSUNRGBD"
         tt.mkdir(parents=True)
-        savemat(tt / "allsplit.mat", {"alltest": np.array(keys[:3], dtype=object),
-                                      "alltrain": np.array(keys[3:], dtype=object)})
+        savemat(
+            tt / "allsplit.mat",
+            {"alltest": np.array(keys[:3], dtype=object), "alltrain": np.array(keys[3:], dtype=object)},
+        )
     return root
 
 
@@ -268,7 +300,8 @@ def build_llvip(root: Path, public: bool = False) -> Path:
         (root / "Annotations" / f"19000{k}.xml").write_text(
             f"<annotation><filename>19000{k}.jpg</filename><size><width>160</width><height>128</height>"
             f"<depth>3</depth></size><object><name>person</name><bndbox><xmin>{box[0]}</xmin>"
-            f"<ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox></object></annotation>")
+            f"<ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox></object></annotation>"
+        )
     return root
 
 
@@ -278,16 +311,25 @@ def build_flir(root: Path, public: bool = False) -> Path:
         for k, c in enumerate(FLIR_V1_CLASSES):
             _jpg(root / "val" / c / f"FLIR_0886{k}.jpeg", k)
         return root
-    images = [{"id": k, "file_name": f"thermal_8_bit/FLIR_0886{k}.jpeg", "width": 160, "height": 128}
-              for k in range(2)]
-    anns = [{"id": 1, "image_id": 0, "category_id": 3, "bbox": [10, 10, 60, 40]},
-            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [30, 20, 24, 80]},
-            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}]  # too small: dropped
-    cats = [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 3, "name": "car"},
-            {"id": 18, "name": "dog"}]
+    images = [
+        {"id": k, "file_name": f"thermal_8_bit/FLIR_0886{k}.jpeg", "width": 160, "height": 128}
+        for k in range(2)
+    ]
+    anns = [
+        {"id": 1, "image_id": 0, "category_id": 3, "bbox": [10, 10, 60, 40]},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [30, 20, 24, 80]},
+        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]},
+    ]  # too small: dropped
+    cats = [
+        {"id": 1, "name": "person"},
+        {"id": 2, "name": "bicycle"},
+        {"id": 3, "name": "car"},
+        {"id": 18, "name": "dog"},
+    ]
     (root / "val").mkdir(parents=True, exist_ok=True)
-    (root / "val" / "thermal_annotations.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": cats}))
+    (root / "val" / "thermal_annotations.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     for k in range(2):
         _jpg(root / "val" / "thermal_8_bit" / f"FLIR_0886{k}.jpeg", k, size=(160, 128))
     return root
@@ -296,7 +338,9 @@ def build_flir(root: Path, public: bool = False) -> Path:
 def build_imagenet(root: Path) -> Path:
     """val/<wnid>/*.JPEG + LOC_synset_mapping.txt."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "LOC_synset_mapping.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    (root / "LOC_synset_mapping.txt").write_text(
+        "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
+    )
     for k, w in enumerate(["n01440764", "n01443537"]):
         _jpg(root / "val" / w / f"ILSVRC2012_val_0000000{k}.JPEG", k)
     return root

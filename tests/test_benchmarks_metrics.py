@@ -27,9 +27,7 @@ def test_ties_count_against_the_query():
 
 def test_multi_caption_protocol_by_hand():
     # captions 0 and 1 describe item 0, caption 2 describes item 1; rows are captions, columns items
-    sim = torch.tensor([[0.9, 0.7],
-                        [0.1, 0.65],
-                        [0.4, 0.6]])
+    sim = torch.tensor([[0.9, 0.7], [0.1, 0.65], [0.4, 0.6]])
     t2i, i2t = multi_caption_ranks(sim, [0, 0, 1])
     assert t2i.tolist() == [1, 2, 1]
     # item 1 ranks the groups: item 0's group scores max(0.7, 0.65) = 0.7 > its own 0.6 -> rank 2

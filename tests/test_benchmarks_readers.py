@@ -33,16 +33,27 @@ from tests.test_benchmarks_data import (
 
 def test_video_readers_follow_each_protocol(tmp_path):
     d = registry.get("MSR-VTT").read(build_msrvtt(tmp_path / "msrvtt"))
-    assert isinstance(d, RetrievalSet) and (d.layout, d.split, len(d), len(d.captions)) == \
-        ("languagebind", "test-1k-A", 4, 4)
+    assert isinstance(d, RetrievalSet) and (d.layout, d.split, len(d), len(d.captions)) == (
+        "languagebind",
+        "test-1k-A",
+        4,
+        4,
+    )
     full = registry.get("msrvtt").read(build_msrvtt_public(tmp_path / "msrvtt_pub"))
-    assert (full.split, len(full), len(full.captions), full.caption_item) == ("test-full", 3, 6, [0, 0, 1, 1, 2, 2])
+    assert (full.split, len(full), len(full.captions), full.caption_item) == (
+        "test-full",
+        3,
+        6,
+        [0, 0, 1, 1, 2, 2],
+    )
     for public in (False, True):
         m = registry.get("msvd").read(build_msvd(tmp_path / f"msvd{public}", public))
         assert (m.layout, len(m), len(m.captions)) == ("public" if public else "languagebind", 3, 6)
         assert m.captions[0] == SENTENCES[0] and m.items[0].suffix == ".avi"
         dd = registry.get("didemo").read(build_didemo(tmp_path / f"didemo{public}", public))
-        assert len(dd) == 2 and dd.captions[0] == f"{SENTENCES[0]} part 0 {SENTENCES[0]} part 1"  # a paragraph
+        assert (
+            len(dd) == 2 and dd.captions[0] == f"{SENTENCES[0]} part 0 {SENTENCES[0]} part 1"
+        )  # a paragraph
         a = registry.get("activitynet").read(build_activitynet(tmp_path / f"anet{public}", public))
         assert len(a) == 2 and a.captions[1] == f"{SENTENCES[1]}. It stops."
 
@@ -56,7 +67,10 @@ def test_didemo_reads_the_first_31_seconds(tmp_path):
     encode_video(path, frames, 2)
     picked = VideoWindow(path, 31.0).load(8)
     assert len(picked) == 8 and max(float(f.mean()) for f in picked) < 60
-    assert len(VideoWindow(path, 100.0).load(8)) == 8 and float(VideoWindow(path, 100.0).load(8)[-1].mean()) > 200
+    assert (
+        len(VideoWindow(path, 100.0).load(8)) == 8
+        and float(VideoWindow(path, 100.0).load(8)[-1].mean()) > 200
+    )
     d = registry.get("didemo").read(build_didemo(tmp_path / "didemo"))
     assert isinstance(d.items[0], VideoWindow) and len(d.items[0].load(4)) == 4
 
@@ -78,8 +92,12 @@ def test_depth_infrared_image_readers(tmp_path):
     n = registry.get("NYU-D").read(build_nyud(tmp_path / "nyu"))
     assert [NYU_CLASSES[k] for k in n.labels] == ["bedroom", "kitchen", "living room"]
     p = registry.get("nyud").read(build_nyud(tmp_path / "nyu_pub", public=True))
-    assert p.layout == "public" and [NYU_CLASSES[k] for k in p.labels] == ["bedroom", "kitchen", "living room",
-                                                                          "others"]
+    assert p.layout == "public" and [NYU_CLASSES[k] for k in p.labels] == [
+        "bedroom",
+        "kitchen",
+        "living room",
+        "others",
+    ]
     mm = p.items[0].load()
     assert mm.min() == 500 and mm.dtype == np.float32  # the 3-bit rotation undone: millimetres again
     s = registry.get("sun-d").read(build_sund(tmp_path / "sun"))
@@ -121,10 +139,13 @@ def test_missing_files_are_named(tmp_path):
         registry.get("kinetics")
 
 
-
 def test_flir_v2_folders_map_to_the_official_names(tmp_path):
     from model.benchmarks.prompts import FLIR_V2_CLASSES
 
     d = registry.get("flirv2").read(build_flir_v2(tmp_path / "flir2"))
-    assert [FLIR_V2_CLASSES[k] for k in d.labels] == ["bike", "traffic light", "construction equipment or trailers",
-                                                      "semi truck or freight truck"]
+    assert [FLIR_V2_CLASSES[k] for k in d.labels] == [
+        "bike",
+        "traffic light",
+        "construction equipment or trailers",
+        "semi truck or freight truck",
+    ]

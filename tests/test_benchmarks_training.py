@@ -16,10 +16,16 @@ from tests.test_train import shards, write_config  # noqa: F401  (the module's s
 
 def test_benchmarks_during_training_reach_tensorboard(tmp_path, shards):  # noqa: F811
     root = build_msrvtt(tmp_path / "msrvtt", n=3)
-    cfg = write_config(tmp_path, shards, train={"log_every": 1, "save_every": 100, "tensorboard": True},
-                       optim={"lr": 1e-3, "max_steps": 4},
-                       eval={"final": False, "benchmarks": {"every": 2, "roots": {"MSR-VTT": str(root)},
-                                                            "workers": 0, "batch_size": 2}})
+    cfg = write_config(
+        tmp_path,
+        shards,
+        train={"log_every": 1, "save_every": 100, "tensorboard": True},
+        optim={"lr": 1e-3, "max_steps": 4},
+        eval={
+            "final": False,
+            "benchmarks": {"every": 2, "roots": {"MSR-VTT": str(root)}, "workers": 0, "batch_size": 2},
+        },
+    )
     assert main(["--config", str(cfg)]) == 0
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "eval" / "benchmarks.jsonl").read_text().splitlines()]

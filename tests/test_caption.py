@@ -30,14 +30,29 @@ def video_rows() -> list[dict]:
     for i in range(N_VIDEOS):
         c = CONCEPTS[i * 7]
         frames = render_frames(c, n_frames=8, size=(96, 64), seed=i)
-        out.append({"video_id": f"v{i}", "frames": [encode_jpeg(f, 85) for f in frames], "title": c.title,
-                    "hashtags": c.hashtags, "ofa": None, "mplug": None})
+        out.append(
+            {
+                "video_id": f"v{i}",
+                "frames": [encode_jpeg(f, 85) for f in frames],
+                "title": c.title,
+                "hashtags": c.hashtags,
+                "ofa": None,
+                "mplug": None,
+            }
+        )
     return out
 
 
 def make(tmp_path, **kw) -> CaptionStage:
-    cfg = {"frame_model": "tiny", "video_model": "tiny", "frame_max_new_tokens": 6, "video_max_new_tokens": 6,
-           "frame_batch_size": 5, "video_batch_size": 3, **kw}
+    cfg = {
+        "frame_model": "tiny",
+        "video_model": "tiny",
+        "frame_max_new_tokens": 6,
+        "video_max_new_tokens": 6,
+        "frame_batch_size": 5,
+        "video_batch_size": 3,
+        **kw,
+    }
     s = CaptionStage(CaptionConfig(**cfg), RunContext(root=str(tmp_path)))
     s.setup()
     return s
@@ -83,12 +98,18 @@ def test_a_bad_row_fails_alone(tiny_stage, together):
     rows[1]["frames"] = rows[1]["frames"][:3] + [b"\xff\xd8 not really a jpeg"] + rows[1]["frames"][4:]
     rows[2]["frames"] = []
     out = run(tiny_stage, rows)
-    assert out["v1"]["status"] == "failed" and out["v1"]["error"].startswith("frame 3 is not a decodable image")
+    assert out["v1"]["status"] == "failed" and out["v1"]["error"].startswith(
+        "frame 3 is not a decodable image"
+    )
     assert out["v2"]["status"] == "failed" and "no frames" in out["v2"]["error"]
     for v in ("v1", "v2"):
         assert out[v]["ofa"] is None and out[v]["mplug"] is None and out[v]["caption_model"] is None
     for v in ("v0", "v3"):
-        assert out[v]["status"] == "ok" and out[v]["ofa"] == together[v]["ofa"] and out[v]["mplug"] == together[v]["mplug"]
+        assert (
+            out[v]["status"] == "ok"
+            and out[v]["ofa"] == together[v]["ofa"]
+            and out[v]["mplug"] == together[v]["mplug"]
+        )
 
 
 def test_imported_captions_are_kept_by_default(tmp_path, tiny_stage, together):
@@ -97,7 +118,10 @@ def test_imported_captions_are_kept_by_default(tmp_path, tiny_stage, together):
     rows[1].update(ofa=[f"imported {i}" for i in range(8)])  # only frame captions imported
     out = run(tiny_stage, rows[:2])
     assert out["v0"]["ofa"] == rows[0]["ofa"] and out["v0"]["mplug"] == "an imported video caption"
-    assert out["v0"]["caption_model"] == "ofa=imported;mplug=imported" and out["v0"]["caption_prompt_version"] is None
+    assert (
+        out["v0"]["caption_model"] == "ofa=imported;mplug=imported"
+        and out["v0"]["caption_prompt_version"] is None
+    )
     assert out["v1"]["ofa"] == rows[1]["ofa"] and out["v1"]["mplug"] == together["v1"]["mplug"]
     assert out["v1"]["caption_model"] == "ofa=imported;mplug=tiny:llava-random"
     redo = run(make(tmp_path, keep_imported=False), rows[:1])["v0"]
@@ -122,8 +146,13 @@ def test_video_prompt_quotes_the_title_as_data(tiny_stage):
     before, rest = req.user.split(DATA_OPEN)
     inside, after = rest.split(DATA_CLOSE)
     facts = json.loads(inside)
-    assert facts["title"].startswith("Ignore the frames") and len(facts["title"]) <= tiny_stage.config.max_title_chars
-    assert len(facts["hashtags"]) == tiny_stage.config.max_hashtags and all(len(h) <= 40 for h in facts["hashtags"])
+    assert (
+        facts["title"].startswith("Ignore the frames")
+        and len(facts["title"]) <= tiny_stage.config.max_title_chars
+    )
+    assert len(facts["hashtags"]) == tiny_stage.config.max_hashtags and all(
+        len(h) <= 40 for h in facts["hashtags"]
+    )
     plain = tiny_stage.video_request(video_rows()[0], frames).user
     assert plain.split(DATA_OPEN)[0] == before and plain.split(DATA_CLOSE)[1] == after
 
@@ -150,7 +179,13 @@ def test_hf_directory_loads_through_the_auto_classes(tmp_path, arch):
 
 
 def test_config_rejects_unknown_models_and_prompts():
-    for bad in ({"frame_model": "blip"}, {"frame_model": "openai:gpt-4o"}, {"video_model": "tiny:qwen"},
-                {"frame_model": "none"}, {"video_prompt": "missing.v3"}, {"video_frames": 0}):
+    for bad in (
+        {"frame_model": "blip"},
+        {"frame_model": "openai:gpt-4o"},
+        {"video_model": "tiny:qwen"},
+        {"frame_model": "none"},
+        {"video_prompt": "missing.v3"},
+        {"video_frames": 0},
+    ):
         with pytest.raises(ValidationError):
             CaptionConfig(**bad)

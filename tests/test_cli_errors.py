@@ -15,9 +15,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipeline.run", "--config", "configs/demo.yaml", "--quiet",
-           "--set", f"run.demo_media.dir={tmp / 'demo-media'}", "--set", "run.demo_media.per_concept=1",
-           "--set", "run.demo_media.seconds=0.5", "--set", "run.demo_media.size=[32, 24]", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--config",
+        "configs/demo.yaml",
+        "--quiet",
+        "--set",
+        f"run.demo_media.dir={tmp / 'demo-media'}",
+        "--set",
+        "run.demo_media.per_concept=1",
+        "--set",
+        "run.demo_media.seconds=0.5",
+        "--set",
+        "run.demo_media.size=[32, 24]",
+        *args,
+    ]
     full_env = {**os.environ, "RAY_TMPDIR": str(tmp / "ray"), "HF_HUB_OFFLINE": "1", **(env or {})}
     full_env.pop("RAY_ADDRESS", None)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=full_env)
@@ -70,8 +84,19 @@ def list_case(tmp: Path, name: str) -> tuple[list[str], str]:
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", ["empty", "header_only", "blank_jsonl", "directory", "unknown_format", "missing",
-                                  "no_url_column", "empty_parquet"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "empty",
+        "header_only",
+        "blank_jsonl",
+        "directory",
+        "unknown_format",
+        "missing",
+        "no_url_column",
+        "empty_parquet",
+    ],
+)
 def test_a_bad_input_list_is_one_line_and_exit_2(tmp_path, name):
     args, words = list_case(tmp_path, name)
     res = run_cli(tmp_path, "--root", str(tmp_path / "root"), *args)
@@ -86,7 +111,9 @@ def test_a_file_that_is_not_vidal10m_is_one_line_and_exit_2(tmp_path):
 
 
 def test_an_unknown_stage_is_one_line_and_exit_2(tmp_path):
-    res = run_cli(tmp_path, "--root", str(tmp_path / "root"), "--input", str(good_list(tmp_path)), "--stage", "captoin")
+    res = run_cli(
+        tmp_path, "--root", str(tmp_path / "root"), "--input", str(good_list(tmp_path)), "--stage", "captoin"
+    )
     assert_user_error(res, tmp_path, "--stage 'captoin': unknown stage; available: discover, download")
     assert not (tmp_path / "root").exists()
 
@@ -102,8 +129,12 @@ def test_an_unwritable_root_is_one_line_and_exit_2(tmp_path):
     ro = tmp_path / "readonly"
     ro.mkdir()
     if os.geteuid() == 0:  # root writes through permissions: only a read-only mount refuses it
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
-                          capture_output=True).returncode != 0:
+        if (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True
+            ).returncode
+            != 0
+        ):
             pytest.skip("cannot mount a read-only tmpfs here")
     else:
         ro.chmod(0o500)
@@ -120,6 +151,13 @@ def test_an_unwritable_root_is_one_line_and_exit_2(tmp_path):
 
 def test_a_missing_bucket_is_one_line_and_exit_2(tmp_path, s3_server):
     storage = s3_server.storage()
-    res = run_cli(tmp_path, "--root", "s3://no-such-bucket-vidal/run", "--input", str(good_list(tmp_path)),
-                  "--set", f"run.storage={json.dumps(storage)}")
+    res = run_cli(
+        tmp_path,
+        "--root",
+        "s3://no-such-bucket-vidal/run",
+        "--input",
+        str(good_list(tmp_path)),
+        "--set",
+        f"run.storage={json.dumps(storage)}",
+    )
     assert_user_error(res, tmp_path, "the bucket s3://no-such-bucket-vidal does not exist")

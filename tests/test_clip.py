@@ -51,7 +51,9 @@ def dominant_hz(samples: np.ndarray, rate: int) -> float:
 
 
 def probe_row(path: Path, vid: str) -> dict:
-    row = ProbeStage(ProbeConfig(short_side=64), RunContext(root="")).process_row({"video_id": vid, "media": str(path)})
+    row = ProbeStage(ProbeConfig(short_side=64), RunContext(root="")).process_row(
+        {"video_id": vid, "media": str(path)}
+    )
     return {"video_id": vid, "media": str(path), **row}
 
 
@@ -68,7 +70,9 @@ def cut_videos(tmp_path_factory) -> list[tuple[Path, list[int]]]:
     for v in range(2):
         rng = np.random.default_rng(v)
         lengths = rng.integers(9, 45, size=12).tolist()
-        frames = np.concatenate([scene(12 * v + i, n, "right" if i == 3 else None) for i, n in enumerate(lengths)])
+        frames = np.concatenate(
+            [scene(12 * v + i, n, "right" if i == 3 else None) for i, n in enumerate(lengths)]
+        )
         path = d / f"cuts{v}.mp4"
         encode_video(path, frames, FPS)
         out.append((path, np.cumsum(lengths)[:-1].tolist()))
@@ -90,8 +94,15 @@ def test_hard_cuts_found_with_precision_and_recall_095_within_2_frames(cut_video
 def test_fade_through_black_is_a_cut_and_a_still_long_shot_has_none(tmp_path):
     a, b = scene(40, 40), scene(41, 40)
     ramp = np.linspace(1, 0, 10)[:, None, None, None]
-    frames = np.concatenate([a[:30], (a[30:] * ramp).astype(np.uint8), np.zeros((4, *a.shape[1:]), np.uint8),
-                             (b[:10] * ramp[::-1]).astype(np.uint8), b[10:]])
+    frames = np.concatenate(
+        [
+            a[:30],
+            (a[30:] * ramp).astype(np.uint8),
+            np.zeros((4, *a.shape[1:]), np.uint8),
+            (b[:10] * ramp[::-1]).astype(np.uint8),
+            b[10:],
+        ]
+    )
     encode_video(tmp_path / "fade.mp4", frames, FPS)
     cuts = [round(t * FPS) for t in detect_cuts(str(tmp_path / "fade.mp4"))]
     assert len(cuts) == 1 and 40 <= cuts[0] <= 54, cuts  # inside the fade (frames 30-54)
@@ -113,7 +124,11 @@ def test_long_video_split_at_cuts_and_stride_with_own_frames_and_audio(long_vide
     path, lengths, freqs = long_video
     rows = run_clip([probe_row(path, "long")], max_duration=8, min_duration=2)
     *clips, parent = rows
-    assert parent["video_id"] == "long" and parent["status"] == FILTERED and "split into 4 clips" in parent["error"]
+    assert (
+        parent["video_id"] == "long"
+        and parent["status"] == FILTERED
+        and "split into 4 clips" in parent["error"]
+    )
     assert [r["video_id"] for r in clips] == [f"long-c{k}" for k in range(4)]
     assert all(r["status"] == OK and r["parent_id"] == "long" for r in clips)
     # cuts at 5 s and 16 s; the 11 s scene is split at the 8 s stride: 5-13, 13-16
@@ -125,7 +140,9 @@ def test_long_video_split_at_cuts_and_stride_with_own_frames_and_audio(long_vide
         assert len(r["frames"]) == 8 and all(r["start"] <= t < r["end"] for t in r["frame_times"])
         assert r["frame_times"] == sorted(r["frame_times"])
         segment = (r["end"] - r["start"]) / 8
-        assert all(abs(t - (r["start"] + (i + 0.5) * segment)) <= 1.01 / FPS for i, t in enumerate(r["frame_times"]))
+        assert all(
+            abs(t - (r["start"] + (i + 0.5) * segment)) <= 1.01 / FPS for i, t in enumerate(r["frame_times"])
+        )
         # each frame is the source frame at its time (scaled to the clip's short side)
         src = np.concatenate([scene(50 + i, n) for i, n in enumerate(lengths)])
         for jpeg, t in zip(r["frames"], r["frame_times"]):
@@ -142,7 +159,9 @@ def test_long_video_without_cuts_split_at_fixed_stride(tmp_path):
     encode_video(tmp_path / "one.mp4", scene(60, 25 * FPS), FPS)
     *clips, parent = run_clip([probe_row(tmp_path / "one.mp4", "one")], max_duration=10, min_duration=2)
     assert [(round(r["start"], 1), round(r["end"], 1)) for r in clips] == [(0, 10), (10, 20), (20, 25)]
-    assert parent["status"] == FILTERED and not any(r["has_audio"] or r["audio"] for r in clips)  # no audio track
+    assert parent["status"] == FILTERED and not any(
+        r["has_audio"] or r["audio"] for r in clips
+    )  # no audio track
     # a tail shorter than min_duration is dropped
     *clips, _ = run_clip([probe_row(tmp_path / "one.mp4", "one")], max_duration=12, min_duration=2)
     assert [(round(r["start"], 1), round(r["end"], 1)) for r in clips] == [(0, 12), (12, 24)]
@@ -204,20 +223,36 @@ def test_clip_ids_stay_valid_for_long_parents_and_config_is_checked():
 def test_clip_runs_only_when_listed():
     assert "clip" not in load_config(None).run.stages  # VIDAL's recipe stays the default
     assert "clip" not in load_config(REPO / "configs" / "vidal.yaml").run.stages
-    assert load_config(None, ["run.stages=[probe, clip, download]"]).run.stages == ["download", "probe", "clip"]
+    assert load_config(None, ["run.stages=[probe, clip, download]"]).run.stages == [
+        "download",
+        "probe",
+        "clip",
+    ]
 
 
 @pytest.mark.slow
 def test_clip_through_the_runner_is_resumable(tmp_path, ray_local, long_video, good_videos):
     from pipeline.runner import run_pipeline, run_stage
 
-    inputs = write_list(tmp_path / "videos.csv", [{"path": str(long_video[0]), "title": "long"},
-                                                  {"path": str(good_videos[1]), "title": "short"}])
-    cfg = load_config(REPO / "configs" / "demo.yaml", [
-        f"run.root={tmp_path / 'root'}", "run.stages=[discover, download, probe, clip]",
-        f"discover.inputs=[{inputs}]", "run.demo_media=", "probe.max_duration=null", "clip.max_duration=8"])
+    inputs = write_list(
+        tmp_path / "videos.csv",
+        [{"path": str(long_video[0]), "title": "long"}, {"path": str(good_videos[1]), "title": "short"}],
+    )
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml",
+        [
+            f"run.root={tmp_path / 'root'}",
+            "run.stages=[discover, download, probe, clip]",
+            f"discover.inputs=[{inputs}]",
+            "run.demo_media=",
+            "probe.max_duration=null",
+            "clip.max_duration=8",
+        ],
+    )
     first = run_pipeline(cfg, ["discover", "download", "probe", "clip"])[-1]
-    rows = [r for p in manifest.part_files(str(tmp_path / "root"), "clip") for r in pq.read_table(p).to_pylist()]
+    rows = [
+        r for p in manifest.part_files(str(tmp_path / "root"), "clip") for r in pq.read_table(p).to_pylist()
+    ]
     ok = [r for r in rows if r["status"] == OK]
     assert first.counts == {OK: 5, FAILED: 0, FILTERED: 1}, first.counts
     assert sorted(r["parent_id"] != r["video_id"] for r in ok) == [False, True, True, True, True]
@@ -227,11 +262,19 @@ def test_clip_through_the_runner_is_resumable(tmp_path, ray_local, long_video, g
     parent = next(r for r in rows if r["clips"])
     assert parent["clips"] == 4 and parent["status"] == FILTERED
     lost = f"{parent['video_id']}-c2"
-    manifest.drop_rows(str(tmp_path / "root"), "clip", lambda t: pc.equal(t["video_id"], lost), columns=("video_id",))
+    manifest.drop_rows(
+        str(tmp_path / "root"), "clip", lambda t: pc.equal(t["video_id"], lost), columns=("video_id",)
+    )
     redo = run_stage(cfg, "clip")
     assert redo.rows_in == 5 and redo.totals == {OK: 5, FAILED: 0, FILTERED: 1}, redo
-    ids = [r["video_id"] for p in manifest.part_files(str(tmp_path / "root"), "clip") for r in pq.read_table(p).to_pylist()]
+    ids = [
+        r["video_id"]
+        for p in manifest.part_files(str(tmp_path / "root"), "clip")
+        for r in pq.read_table(p).to_pylist()
+    ]
     assert sorted(ids) == sorted(r["video_id"] for r in rows) and len(set(ids)) == len(ids)
-    wrong = load_config(REPO / "configs" / "demo.yaml", [f"run.root={tmp_path / 'root'}", "probe.max_duration=20"])
+    wrong = load_config(
+        REPO / "configs" / "demo.yaml", [f"run.root={tmp_path / 'root'}", "probe.max_duration=20"]
+    )
     with pytest.raises(Exception, match="probe.max_duration"):
         run_stage(wrong, "clip")

@@ -63,16 +63,26 @@ def test_bad_yaml_file_is_a_config_error(tmp_path):
 def test_cli_config_error_exits_nonzero_before_any_work(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"run": {"root": str(tmp_path / "run")}, "probe": {"jpeg_qualty": 80}}))
-    r = subprocess.run([sys.executable, "-m", "pipeline.run", "--config", str(cfg)],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "probe.jpeg_qualty" in r.stderr and "unknown key" in r.stderr
     assert not (tmp_path / "run").exists()  # nothing was started or written
 
 
 def test_cli_help_documents_every_option():
-    r = subprocess.run([sys.executable, "-m", "pipeline.run", "--help"], capture_output=True, text=True,
-                       cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 0
     for opt in ("--config", "--input", "--root", "--stage", "--until", "--force", "--retry-failed", "--set"):
         assert opt in r.stdout

@@ -27,8 +27,12 @@ from pipeline.synthetic import CONCEPTS, render_frames, tone
 from stages import shard_format as fmt
 from stages.shard import write_tar
 
-SIZES = {"video": {"image_size": 32, "num_frames": 8}, "depth": {"image_size": 32, "num_frames": 8},
-         "infrared": {"image_size": 32, "num_frames": 8}, "audio": {"image_size": (126, 1036), "num_frames": 8}}
+SIZES = {
+    "video": {"image_size": 32, "num_frames": 8},
+    "depth": {"image_size": 32, "num_frames": 8},
+    "infrared": {"image_size": 32, "num_frames": 8},
+    "audio": {"image_size": (126, 1036), "num_frames": 8},
+}
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -43,8 +47,9 @@ def _png16(mm: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def concept_sample(concept, k: int, *, short_side: int = 64, depth: bool = False, ir: bool = False,
-                   ofa: bool = False) -> tuple[str, dict[str, bytes]]:
+def concept_sample(
+    concept, k: int, *, short_side: int = 64, depth: bool = False, ir: bool = False, ofa: bool = False
+) -> tuple[str, dict[str, bytes]]:
     """One shard sample of a synthetic clip: 8 frames sampled uniformly from 30, resized as the probe does."""
     frames = render_frames(concept, n_frames=30, size=(160, 120), seed=1000 * k + CONCEPTS.index(concept))
     picked = frames[np.linspace(0, 29, fmt.NUM_FRAMES).round().astype(int)]
@@ -53,12 +58,20 @@ def concept_sample(concept, k: int, *, short_side: int = 64, depth: bool = False
     key = f"syn-{concept.slug}-{k}"
     files = {fmt.frame_key("rgb", i): _jpeg(f) for i, f in enumerate(rgb)}
     if depth:  # frame i is a flat plane at (i + 1) metres: the frame a depth sample used is visible
-        files.update({fmt.frame_key("depth", i): _png16(np.full((short_side, w), 1000 * (i + 1))) for i in range(8)})
+        files.update(
+            {fmt.frame_key("depth", i): _png16(np.full((short_side, w), 1000 * (i + 1))) for i in range(8)}
+        )
     if ir:
-        files.update({fmt.frame_key("ir", i): _jpeg(f.mean(axis=2).astype(np.uint8)) for i, f in enumerate(rgb)})
-    meta = {"video_id": key, "title": concept.title, "hashtags": concept.hashtags,
-            "raw": f"{concept.title} " + " ".join(f"#{t}" for t in concept.hashtags),
-            "ofa": [f"frame {i} of {concept.title}" for i in range(8)] if ofa else None}
+        files.update(
+            {fmt.frame_key("ir", i): _jpeg(f.mean(axis=2).astype(np.uint8)) for i, f in enumerate(rgb)}
+        )
+    meta = {
+        "video_id": key,
+        "title": concept.title,
+        "hashtags": concept.hashtags,
+        "raw": f"{concept.title} " + " ".join(f"#{t}" for t in concept.hashtags),
+        "ofa": [f"frame {i} of {concept.title}" for i in range(8)] if ofa else None,
+    }
     files[fmt.JSON_KEY] = fmt.encode_json(meta)
     return key, files
 
@@ -69,8 +82,9 @@ def _flac(samples: np.ndarray, rate: int = fmt.SAMPLE_RATE) -> bytes:
     return encode_flac(samples, rate)
 
 
-def write_concept_shards(out: Path, concepts=CONCEPTS, per_concept: int = 1, per_shard: int = 8,
-                         **kwargs) -> list[Path]:
+def write_concept_shards(
+    out: Path, concepts=CONCEPTS, per_concept: int = 1, per_shard: int = 8, **kwargs
+) -> list[Path]:
     """Shards ``00000.tar …`` (with their Parquet indexes) of ``per_concept`` clips of each concept."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -83,8 +97,16 @@ def write_concept_shards(out: Path, concepts=CONCEPTS, per_concept: int = 1, per
         chunk = samples[start : start + per_shard]
         path = out / f"{fmt.shard_name(n)}.tar"
         write_tar(str(path), chunk)
-        index = [{"key": k, "title": None, "has_audio": fmt.AUDIO_KEY in f, "has_depth": "depth.0.png" in f,
-                  "has_ir": "ir.0.jpg" in f} for k, f in chunk]
+        index = [
+            {
+                "key": k,
+                "title": None,
+                "has_audio": fmt.AUDIO_KEY in f,
+                "has_depth": "depth.0.png" in f,
+                "has_ir": "ir.0.jpg" in f,
+            }
+            for k, f in chunk
+        ]
         pq.write_table(pa.Table.from_pylist(index), out / f"{fmt.shard_name(n)}.parquet")
         paths.append(path)
     return paths
@@ -180,8 +202,14 @@ def _members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
 
 
 def test_mix_sampler_frequencies_and_fallback():
-    meta = {"video_id": "v", "raw": "R", "mplug": "M", "polish_mplug": "P", "sound_mplug": "S",
-            "ofa": [f"O{i}" for i in range(8)]}
+    meta = {
+        "video_id": "v",
+        "raw": "R",
+        "mplug": "M",
+        "polish_mplug": "P",
+        "sound_mplug": "S",
+        "ofa": [f"O{i}" for i in range(8)],
+    }
     rng = random.Random(0)
     n = 40_000
     counts = Counter(choose_text(meta, "mix", rng)[0] for _ in range(n))
@@ -203,8 +231,15 @@ def test_depth_frame_follows_the_ofa_caption(tmp_path):
     from model.preprocess import depth_input
 
     by_frame = {i: depth_input(_png16(np.full((64, 85), 1000 * (i + 1))), 32) for i in range(8)}
-    cfg = DataConfig(shards=str(tmp_path), modalities=["depth"], text_field="mix", batch_size=8, workers=0,
-                     shuffle_buffer=0, mix={"ofa": 1.0})
+    cfg = DataConfig(
+        shards=str(tmp_path),
+        modalities=["depth"],
+        text_field="mix",
+        batch_size=8,
+        workers=0,
+        shuffle_buffer=0,
+        mix={"ofa": 1.0},
+    )
     seen = set()
     for epoch in range(3):
         s = ShardStream(cfg, SIZES, batches_per_epoch=1)
@@ -220,9 +255,13 @@ def test_depth_frame_follows_the_ofa_caption(tmp_path):
 def test_resampled_sources_follow_their_weights(tmp_path):
     a = write_concept_shards(tmp_path / "a", CONCEPTS[:8], per_shard=4)
     b = write_concept_shards(tmp_path / "b", CONCEPTS[8:16], per_shard=4)
-    cfg = DataConfig(resampled=True, sources=[{"shards": str(a[0].parent), "weight": 3.0},
-                                              {"shards": str(b[0].parent), "weight": 1.0}],
-                     batch_size=4, workers=2, shuffle_buffer=0)
+    cfg = DataConfig(
+        resampled=True,
+        sources=[{"shards": str(a[0].parent), "weight": 3.0}, {"shards": str(b[0].parent), "weight": 1.0}],
+        batch_size=4,
+        workers=2,
+        shuffle_buffer=0,
+    )
     keys = _keys(ShardStream(cfg, SIZES, batches_per_epoch=100, seed=3))
     from_a = sum(k in {f"syn-{c.slug}-0" for c in CONCEPTS[:8]} for k in keys)
     assert len(keys) == 400 and abs(from_a / len(keys) - 0.75) < 0.08
@@ -257,8 +296,13 @@ def test_data_position_resumes_the_exact_batch_sequence(shards, workers):
 def test_several_modalities_carry_validity_masks(tmp_path):
     write_concept_shards(tmp_path / "a", CONCEPTS[:4], per_shard=8, audio=True)
     write_concept_shards(tmp_path / "b", CONCEPTS[4:8], per_shard=8)
-    cfg = DataConfig(shards=[str(tmp_path / "a" / "00000.tar"), str(tmp_path / "b" / "00000.tar")],
-                     modalities=["video", "audio"], batch_size=8, workers=0, shuffle_buffer=0)
+    cfg = DataConfig(
+        shards=[str(tmp_path / "a" / "00000.tar"), str(tmp_path / "b" / "00000.tar")],
+        modalities=["video", "audio"],
+        batch_size=8,
+        workers=0,
+        shuffle_buffer=0,
+    )
     (batch,) = list(make_loader(ShardStream(cfg, SIZES, train=False)))
     has_audio = {f"syn-{c.slug}-0" for c in CONCEPTS[:4]}
     assert batch["valid"]["audio"].tolist() == [k in has_audio for k in batch["key"]]
@@ -273,7 +317,9 @@ def test_shards_over_http(shards):
         url = f"http://127.0.0.1:{server.server_address[1]}/{{00000..00003}}.tar"
         cfg = DataConfig(shards=url, batch_size=4, workers=0)
         remote = _keys(ShardStream(cfg, SIZES, train=False))
-        local = _keys(ShardStream(cfg.model_copy(update={"shards": [str(s) for s in shards[:4]]}), SIZES, train=False))
+        local = _keys(
+            ShardStream(cfg.model_copy(update={"shards": [str(s) for s in shards[:4]]}), SIZES, train=False)
+        )
         assert remote == local and len(remote) == 16
     finally:
         server.shutdown()
@@ -294,7 +340,9 @@ def test_prefixes_and_missing_indexes(shards, tmp_path):
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "00000.tar").write_bytes(shards[0].read_bytes())  # a tar without its index
-    with pytest.raises(FileNotFoundError, match=r"00000.tar has no Parquet index beside it .*data.epoch_samples"):
+    with pytest.raises(
+        FileNotFoundError, match=r"00000.tar has no Parquet index beside it .*data.epoch_samples"
+    ):
         count_samples([str(lone / "00000.tar")], ["video"], "all", 0.0, 0)
     assert count_samples(["http://127.0.0.1:1/a.tar"], ["video"], "all", 0.0, 0) is None
 
@@ -313,8 +361,9 @@ def test_shards_are_dealt_to_readers_balanced_by_samples():
 def test_stream_split_uses_the_index_counts(tmp_path):
     big = write_concept_shards(tmp_path / "a", CONCEPTS[:24], per_concept=1, per_shard=12)  # 2 shards of 12
     small = write_concept_shards(tmp_path / "b", CONCEPTS[24:32], per_concept=1, per_shard=2)  # 4 shards of 2
-    cfg = DataConfig(shards=[str(p) for p in big + small], batch_size=2, workers=2, shuffle_buffer=0,
-                     shard_shuffle=False)
+    cfg = DataConfig(
+        shards=[str(p) for p in big + small], batch_size=2, workers=2, shuffle_buffer=0, shard_shuffle=False
+    )
     loads, dealt = [], []
     for rank in (0, 1):
         s = ShardStream(cfg, SIZES, rank=rank, world_size=2, batches_per_epoch=1, seed=0)

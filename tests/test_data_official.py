@@ -39,7 +39,12 @@ def _members(tar_path) -> dict[str, dict[str, bytes]]:
 
 
 def _frames(files: dict[str, bytes], prefix: str) -> list[bytes]:
-    return [files[f"{prefix}.{i}.{ext}"] for i in range(8) for ext in ("jpg", "png") if f"{prefix}.{i}.{ext}" in files]
+    return [
+        files[f"{prefix}.{i}.{ext}"]
+        for i in range(8)
+        for ext in ("jpg", "png")
+        if f"{prefix}.{i}.{ext}" in files
+    ]
 
 
 def test_loader_runs_the_official_processors_when_the_model_asks(shard_dir):
@@ -48,8 +53,9 @@ def test_loader_runs_the_official_processors_when_the_model_asks(shard_dir):
     assert all(s["mode"] == "languagebind" for s in sizes.values())
     assert "mode" not in tower_sizes(tiny_config(("video",)))["video"]  # vidal's own mode stays the default
 
-    data = DataConfig(shards=str(shard_dir), modalities=["video", "depth", "audio"], batch_size=4,
-                      augment=False)
+    data = DataConfig(
+        shards=str(shard_dir), modalities=["video", "depth", "audio"], batch_size=4, augment=False
+    )
     batch = next(iter(make_loader(ShardStream(data, sizes, train=False))))
     raw = _members(next(shard_dir.glob("*.tar")))
     for i, key in enumerate(batch["key"]):
@@ -57,9 +63,15 @@ def test_loader_runs_the_official_processors_when_the_model_asks(shard_dir):
         video = official_preprocess("video", _frames(files, "rgb"), official.modalities["video"])
         assert torch.allclose(batch["video"][i], video, atol=1e-6)
         # and it is not what vidal's own transform gives for the same frames
-        own = preprocess("video", _frames(files, "rgb"), image_size=32, num_frames=official.modalities["video"].num_frames)
+        own = preprocess(
+            "video", _frames(files, "rgb"), image_size=32, num_frames=official.modalities["video"].num_frames
+        )
         assert not torch.allclose(batch["video"][i], own, atol=1e-3)
         audio = official_preprocess("audio", files[fmt.AUDIO_KEY], official.modalities["audio"])
         assert torch.allclose(batch["audio"][i], audio, atol=1e-5)
-        assert batch["depth"][i].shape == official_preprocess(
-            "depth", io.BytesIO(_frames(files, "depth")[0]).getvalue(), official.modalities["depth"]).shape
+        assert (
+            batch["depth"][i].shape
+            == official_preprocess(
+                "depth", io.BytesIO(_frames(files, "depth")[0]).getvalue(), official.modalities["depth"]
+            ).shape
+        )

@@ -250,7 +250,9 @@ def to_transformers(state: dict[str, torch.Tensor], width: int) -> dict[str, tor
             out["dpt.layernorm." + parts[-1]] = t
         elif key.startswith("pretrained.model."):
             rest = key[len("pretrained.model.") :]
-            rest = rest.replace("pos_embed", "position_embeddings").replace("patch_embed.proj", "patch_embeddings.projection")
+            rest = rest.replace("pos_embed", "position_embeddings").replace(
+                "patch_embed.proj", "patch_embeddings.projection"
+            )
             out["dpt.embeddings." + rest] = t
         elif key.startswith("pretrained.act_postprocess"):
             level = int(parts[1][-1]) - 1
@@ -318,7 +320,16 @@ def cli(root: Path, inputs: Path, model: str, *flags: str) -> subprocess.Complet
         "probe.num_frames=2", "probe.short_side=96", "depth.batch_size=2", "depth.model_batch=4",
         f"depth.model={model}",
     ]  # fmt: skip
-    args = [sys.executable, "-m", "pipeline.run", "--config", "configs/demo.yaml", "--root", str(root), "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--config",
+        "configs/demo.yaml",
+        "--root",
+        str(root),
+        "--quiet",
+    ]
     for s in sets:
         args += ["--set", s]
     return subprocess.run([*args, *flags], capture_output=True, text=True, cwd=REPO, timeout=540)

@@ -37,11 +37,17 @@ def run_filters(s: DiscoverStage, rows: list[dict]) -> dict[str, dict]:
 
 
 # -- identity ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("url", [
-    "https://www.youtube.com/watch?v=aB3dE5fG7hJ", "https://youtu.be/aB3dE5fG7hJ?t=4",
-    "https://m.youtube.com/watch?feature=share&v=aB3dE5fG7hJ", "https://www.youtube.com/shorts/aB3dE5fG7hJ",
-    "https://www.youtube.com/embed/aB3dE5fG7hJ?autoplay=1", "HTTPS://WWW.YOUTUBE.COM/watch?v=aB3dE5fG7hJ#t=3",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://www.youtube.com/watch?v=aB3dE5fG7hJ",
+        "https://youtu.be/aB3dE5fG7hJ?t=4",
+        "https://m.youtube.com/watch?feature=share&v=aB3dE5fG7hJ",
+        "https://www.youtube.com/shorts/aB3dE5fG7hJ",
+        "https://www.youtube.com/embed/aB3dE5fG7hJ?autoplay=1",
+        "HTTPS://WWW.YOUTUBE.COM/watch?v=aB3dE5fG7hJ#t=3",
+    ],
+)
 def test_every_youtube_url_form_gets_one_id(url):
     assert youtube_id(url) == "aB3dE5fG7hJ"
     assert video_id_for_url(url) == "youtube-aB3dE5fG7hJ"
@@ -60,12 +66,18 @@ def test_generic_urls_are_canonicalised_before_hashing(tmp_path):
         assert len(vid) <= 64 and vid.replace("-", "").replace("_", "").isalnum()
 
 
-@pytest.mark.parametrize("url, words", [
-    ("http//example.com/a.mp4", "no scheme"), ("http://exa mple.com/a.mp4", "whitespace"),
-    ("http:///a.mp4", "no host"), ("http://example.com:99999/a.mp4", "malformed"),
-    ("ftp://example.com/a.mp4", "unsupported URL scheme"), ("javascript:alert(1)", "unsupported URL scheme"),
-    ("file:///tmp/a.mp4", "allow_file_urls"),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("http//example.com/a.mp4", "no scheme"),
+        ("http://exa mple.com/a.mp4", "whitespace"),
+        ("http:///a.mp4", "no host"),
+        ("http://example.com:99999/a.mp4", "malformed"),
+        ("ftp://example.com/a.mp4", "unsupported URL scheme"),
+        ("javascript:alert(1)", "unsupported URL scheme"),
+        ("file:///tmp/a.mp4", "allow_file_urls"),
+    ],
+)
 def test_url_problems_are_named(url, words):
     assert words in url_problem(url, allow_file_urls=False)
 
@@ -102,8 +114,17 @@ def test_planned_queries_skip_terms_already_in_the_manifest(tmp_path):
     s = stage(tmp_path, terms=["cat jumping", "kettle boiling", "cat jumping"], results_per_term=5)
     assert s.planned_queries() == ["ytsearch5:cat jumping", "ytsearch5:kettle boiling"]
     part = manifest.new_part_uri(s.context.root, "discover")
-    store.write_parquet(part, pa.table({"video_id": ["youtube-aB3dE5fG7hJ"], "status": ["ok"], "error": [None],
-                                        "query": ["ytsearch5:cat jumping"]}))
+    store.write_parquet(
+        part,
+        pa.table(
+            {
+                "video_id": ["youtube-aB3dE5fG7hJ"],
+                "status": ["ok"],
+                "error": [None],
+                "query": ["ytsearch5:cat jumping"],
+            }
+        ),
+    )
     assert s.planned_queries() == ["ytsearch5:kettle boiling"]
     assert s.summary()["search_queries_already_done"] == 1
     again = stage(tmp_path, terms=["cat jumping"], results_per_term=5, research_done_terms=True)
@@ -117,8 +138,14 @@ def test_planned_queries_skip_terms_already_in_the_manifest(tmp_path):
 def test_flat_search_results_become_candidates():
     info = fixture("ytsearch_dog_catching_frisbee.json")
     rows = {r["video_id"]: r for r in search_result_rows(info, "ytsearch6:dog catching frisbee")}
-    assert list(rows) == ["youtube-aB3dE5fG7hJ", "youtube-Zx9_Yw8-Vu7", "youtube-Qw1eR2tY3uI",
-                          "youtube-Lk4jH5gF6dS", "youtube-Mn7bV8cX9zA", "youtube-Po0iU9yT8rE"]
+    assert list(rows) == [
+        "youtube-aB3dE5fG7hJ",
+        "youtube-Zx9_Yw8-Vu7",
+        "youtube-Qw1eR2tY3uI",
+        "youtube-Lk4jH5gF6dS",
+        "youtube-Mn7bV8cX9zA",
+        "youtube-Po0iU9yT8rE",
+    ]
     first = rows["youtube-aB3dE5fG7hJ"]
     assert first["url"] == "https://www.youtube.com/watch?v=aB3dE5fG7hJ"
     assert first["duration"] == 14.0 and first["uploader"] == "Example Channel"
@@ -132,7 +159,11 @@ def test_flat_search_results_become_candidates():
 
 def test_channels_and_playlists_in_results_are_not_videos():
     rows = search_result_rows(fixture("ytsearch_mixed_results.json"), "q")
-    assert [r["video_id"] for r in rows] == ["youtube-aB3dE5fG7hJ", "youtube-Ty5uI6oP7aS", "youtube-Gh8jK9lZ0xC"]
+    assert [r["video_id"] for r in rows] == [
+        "youtube-aB3dE5fG7hJ",
+        "youtube-Ty5uI6oP7aS",
+        "youtube-Gh8jK9lZ0xC",
+    ]
 
 
 def test_filters_record_their_rule(tmp_path):
@@ -141,10 +172,18 @@ def test_filters_record_their_rule(tmp_path):
     out = run_filters(s, rows)
     status = {v: (r["status"], r["error"]) for v, r in out.items()}
     assert status["youtube-aB3dE5fG7hJ"] == ("ok", None)
-    assert status["youtube-Zx9_Yw8-Vu7"][0] == "filtered" and "312 s over the cap of 20 s" in status["youtube-Zx9_Yw8-Vu7"][1]
+    assert (
+        status["youtube-Zx9_Yw8-Vu7"][0] == "filtered"
+        and "312 s over the cap of 20 s" in status["youtube-Zx9_Yw8-Vu7"][1]
+    )
     # "frisbee! #shorts #fyp #viral": one word, and its tags are all platform noise
-    assert status["youtube-Qw1eR2tY3uI"][0] == "filtered" and "no hashtags" in status["youtube-Qw1eR2tY3uI"][1]
-    assert status["youtube-Lk4jH5gF6dS"][0] == "filtered" and "1 meaningful word" in status["youtube-Lk4jH5gF6dS"][1]
+    assert (
+        status["youtube-Qw1eR2tY3uI"][0] == "filtered" and "no hashtags" in status["youtube-Qw1eR2tY3uI"][1]
+    )
+    assert (
+        status["youtube-Lk4jH5gF6dS"][0] == "filtered"
+        and "1 meaningful word" in status["youtube-Lk4jH5gF6dS"][1]
+    )
     assert status["youtube-Mn7bV8cX9zA"] == ("ok", None)
     assert out["youtube-Mn7bV8cX9zA"]["hashtags"] == ["dog", "puppy"]  # "shorts" removed as noise
     assert status["youtube-Po0iU9yT8rE"][0] == "filtered"
@@ -167,7 +206,10 @@ def test_language_filter(tmp_path):
     rows = search_result_rows(fixture("ytsearch_mixed_results.json"), "q")
     out = run_filters(stage(tmp_path, languages=["en", "es"]), rows)
     assert out["youtube-Gh8jK9lZ0xC"]["language"] == "es" and out["youtube-Gh8jK9lZ0xC"]["status"] == "ok"
-    assert out["youtube-Ty5uI6oP7aS"]["status"] == "filtered" and "language ja" in out["youtube-Ty5uI6oP7aS"]["error"]
+    assert (
+        out["youtube-Ty5uI6oP7aS"]["status"] == "filtered"
+        and "language ja" in out["youtube-Ty5uI6oP7aS"]["error"]
+    )
     assert out["youtube-aB3dE5fG7hJ"]["status"] == "ok"
 
 
@@ -231,16 +273,25 @@ def test_local_dedup_without_ray():
 
 def test_list_rows_with_captions_and_renamed_columns(tmp_path):
     lst = tmp_path / "webvid.csv"
-    lst.write_text('contentUrl,name,duration,ofa,mplug\n'
-                   'http://example.com/a.mp4,A dog runs on a beach,12.5,"[""a dog"", ""a beach""]",dog running\n'
-                   'not a url,2001,3,,\n')
+    lst.write_text(
+        "contentUrl,name,duration,ofa,mplug\n"
+        'http://example.com/a.mp4,A dog runs on a beach,12.5,"[""a dog"", ""a beach""]",dog running\n'
+        "not a url,2001,3,,\n"
+    )
     s = stage(tmp_path, inputs=[str(lst)], columns={"url": "contentUrl", "title": "name"})
     item = s.plan_inputs()[0]
     table = pa.concat_tables(list(s.read_inputs(item)))
     rows = table.to_pylist()
     assert rows[0]["url"] == "http://example.com/a.mp4" and rows[0]["title"] == "A dog runs on a beach"
-    assert rows[0]["duration"] == 12.5 and rows[0]["ofa"] == ["a dog", "a beach"] and rows[0]["mplug"] == "dog running"
+    assert (
+        rows[0]["duration"] == 12.5
+        and rows[0]["ofa"] == ["a dog", "a beach"]
+        and rows[0]["mplug"] == "dog running"
+    )
     assert rows[1]["title"] == "2001"  # a title that looks like a number stays text
     out = run_filters(s, rows)
     assert out[rows[0]["video_id"]]["status"] == "ok"
-    assert out[rows[1]["video_id"]]["status"] == "failed" and "malformed URL" in out[rows[1]["video_id"]]["error"]
+    assert (
+        out[rows[1]["video_id"]]["status"] == "failed"
+        and "malformed URL" in out[rows[1]["video_id"]]["error"]
+    )

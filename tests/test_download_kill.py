@@ -47,8 +47,13 @@ def written(media: Path) -> list[Path]:
 def test_a_download_killed_mid_write_leaves_nothing_trusted_and_redoes_cleanly(server, tmp_path, route):
     root = tmp_path / "root"
     media = root / "media"
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(root), server.url("/drip/a.mp4"), route],
-                            cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(root), server.url("/drip/a.mp4"), route],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not written(media) and proc.poll() is None:
         time.sleep(0.05)
@@ -59,8 +64,9 @@ def test_a_download_killed_mid_write_leaves_nothing_trusted_and_redoes_cleanly(s
     assert all(p.relative_to(media).parts[0].startswith(".tmp-") for p in partial), partial
     assert not (media / "killed.mp4").exists()
 
-    stage = DownloadStage(DownloadConfig(route=route, retries=0, allow_private_addresses=True),
-                          RunContext(root=str(root)))
+    stage = DownloadStage(
+        DownloadConfig(route=route, retries=0, allow_private_addresses=True), RunContext(root=str(root))
+    )
     stage.prepare()  # the driver's start: temp names of killed writers go
     stage.setup()
     row = pa.Table.from_pylist([{"video_id": "killed", "url": server.url("/v/a.mp4"), "path": None}])

@@ -21,12 +21,28 @@ def test_only_regular_files_are_read_and_within_the_caps(tmp_path, ray_local, go
     (folder := tmp_path / "folder.mp4").mkdir()
     with open(big := tmp_path / "big.mp4", "wb") as f:
         f.truncate(3_000_000)  # sparse: 3 MB over a 2 MB cap
-    paths = {"good": str(good_videos[0]), "zero": "/dev/zero", "urandom": "/dev/urandom", "fifo": str(fifo),
-             "folder": str(folder), "big": str(big), "good2": str(good_videos[1])}
+    paths = {
+        "good": str(good_videos[0]),
+        "zero": "/dev/zero",
+        "urandom": "/dev/urandom",
+        "fifo": str(fifo),
+        "folder": str(folder),
+        "big": str(big),
+        "good2": str(good_videos[1]),
+    }
     inputs = write_list(tmp_path / "paths.csv", [{"path": p, "title": name} for name, p in paths.items()])
     root = tmp_path / "root"
-    cfg = load_config(None, [f"run.root={root}", "run.stages=[discover, download]", f"discover.inputs=[{inputs}]",
-                             "download.batch_size=16", "download.max_filesize_mb=2", "download.max_download_s=20"])
+    cfg = load_config(
+        None,
+        [
+            f"run.root={root}",
+            "run.stages=[discover, download]",
+            f"discover.inputs=[{inputs}]",
+            "download.batch_size=16",
+            "download.max_filesize_mb=2",
+            "download.max_download_s=20",
+        ],
+    )
     run_pipeline(cfg, ["discover", "download"])
     titles = {r["video_id"]: r["title"] for r in pq.read_table(str(root / "discover")).to_pylist()}
     got = {titles[r["video_id"]]: r for r in pq.read_table(str(root / "download")).to_pylist()}
@@ -54,8 +70,14 @@ def test_a_local_read_is_bounded_by_the_download_time_cap(tmp_path):
 
     with open(slow := tmp_path / "slow.mp4", "wb") as f:
         f.truncate(8_000_000)
-    stage = DownloadStage(DownloadConfig(max_filesize_mb=10, max_download_s=1e-6), RunContext(root=str(tmp_path)))
+    stage = DownloadStage(
+        DownloadConfig(max_filesize_mb=10, max_download_s=1e-6), RunContext(root=str(tmp_path))
+    )
     stage.setup()
-    (out,) = stage.process(pa.Table.from_pylist([{"video_id": "file-slow", "url": None, "path": str(slow)}])).to_pylist()
-    assert (out["status"], out["error"]) == ("failed", f"reading the file took over 1e-06 s (download.max_download_s): "
-                                                       f"{slow}")
+    (out,) = stage.process(
+        pa.Table.from_pylist([{"video_id": "file-slow", "url": None, "path": str(slow)}])
+    ).to_pylist()
+    assert (out["status"], out["error"]) == (
+        "failed",
+        f"reading the file took over 1e-06 s (download.max_download_s): {slow}",
+    )

@@ -21,8 +21,10 @@ def server(tmp_path_factory):
 
 
 def make_stage(root, **cfg) -> DownloadStage:
-    s = DownloadStage(DownloadConfig(**{"threads": 8, "socket_timeout_s": 5.0, "allow_private_addresses": True, **cfg}),
-                      RunContext(root=str(root), stage_config_hash="politeness"))
+    s = DownloadStage(
+        DownloadConfig(**{"threads": 8, "socket_timeout_s": 5.0, "allow_private_addresses": True, **cfg}),
+        RunContext(root=str(root), stage_config_hash="politeness"),
+    )
     s.setup()
     return s
 
@@ -54,15 +56,21 @@ def test_rate_limit_spaces_request_starts_per_host(server, tmp_path):
 
 def test_rate_limit_holds_across_workers_through_the_ray_actor(server, tmp_path, ray_local):
     root = tmp_path / "g"
-    driver = DownloadStage(DownloadConfig(rate_limit_per_host=10.0), RunContext(root=str(root), stage_config_hash="g"))
+    driver = DownloadStage(
+        DownloadConfig(rate_limit_per_host=10.0), RunContext(root=str(root), stage_config_hash="g")
+    )
     driver.prepare()  # starts the run-wide limiter actor, as the runner does
     try:
         workers = [make_stage(root, rate_limit_per_host=10.0) for _ in range(2)]
         for w in workers:
             w.context = driver.context
             w.setup()
-        threads = [threading.Thread(target=fetch, args=(w, [server.url(f"/v/a.mp4?global={k}-{i}") for i in range(4)],
-                                                        f"g{k}")) for k, w in enumerate(workers)]
+        threads = [
+            threading.Thread(
+                target=fetch, args=(w, [server.url(f"/v/a.mp4?global={k}-{i}") for i in range(4)], f"g{k}")
+            )
+            for k, w in enumerate(workers)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -76,7 +84,9 @@ def test_rate_limit_holds_across_workers_through_the_ray_actor(server, tmp_path,
 def test_per_host_connection_limit(server, tmp_path):
     server.reset_stats()
     stage = make_stage(tmp_path / "c", threads=12, per_host_connections=2)
-    urls = [server.url(f"/slow/0.3/a.mp4?c={i}", host=h) for i in range(6) for h in ("127.0.0.1", "localhost")]
+    urls = [
+        server.url(f"/slow/0.3/a.mp4?c={i}", host=h) for i in range(6) for h in ("127.0.0.1", "localhost")
+    ]
     fetch(stage, urls, "conc")
     assert server.max_in_flight["127.0.0.1"] == 2 and server.max_in_flight["localhost"] == 2
     # the two hosts were served at the same time: the limit is per host, not global
@@ -92,17 +102,22 @@ def test_rate_limiter_books_slots():
     assert lim.reserve("other") == 0
 
 
-@pytest.mark.parametrize("headers, page, reason", [
-    ([("X-Robots-Tag", "noai")], b"", "X-Robots-Tag: noai"),
-    ([("X-Robots-Tag", "noindex, nofollow")], b"", "X-Robots-Tag: noindex"),
-    ([("x-robots-tag", "vidal: noimageai")], b"", "X-Robots-Tag: noimageai"),
-    ([("X-Robots-Tag", "otherbot: noai"), ("X-Robots-Tag", "nofollow")], b"", None),
-    ([("X-Robots-Tag", "unavailable_after: 25 Jun 2030 15:00:00 PST")], b"", None),
-    ([], b'<html><head><meta name="robots" content="noai, noimageai"></head>', '<meta name="robots"'),
-    ([], b"<meta content='noindex' name='vidal'>", '<meta name="vidal"'),
-    ([], b'<meta name="googlebot" content="noindex">', None),
-])
+@pytest.mark.parametrize(
+    "headers, page, reason",
+    [
+        ([("X-Robots-Tag", "noai")], b"", "X-Robots-Tag: noai"),
+        ([("X-Robots-Tag", "noindex, nofollow")], b"", "X-Robots-Tag: noindex"),
+        ([("x-robots-tag", "vidal: noimageai")], b"", "X-Robots-Tag: noimageai"),
+        ([("X-Robots-Tag", "otherbot: noai"), ("X-Robots-Tag", "nofollow")], b"", None),
+        ([("X-Robots-Tag", "unavailable_after: 25 Jun 2030 15:00:00 PST")], b"", None),
+        ([], b'<html><head><meta name="robots" content="noai, noimageai"></head>', '<meta name="robots"'),
+        ([], b"<meta content='noindex' name='vidal'>", '<meta name="vidal"'),
+        ([], b'<meta name="googlebot" content="noindex">', None),
+    ],
+)
 def test_robots_directives(headers, page, reason):
     got = opt_out_reason(headers, "vidal", page_head=page)
     assert (got is None) if reason is None else (reason in got), got
-    assert opt_out_reason(headers, "vidal", directives=[], page_head=page) is None  # opt-outs can be turned off
+    assert (
+        opt_out_reason(headers, "vidal", directives=[], page_head=page) is None
+    )  # opt-outs can be turned off

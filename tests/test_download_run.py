@@ -33,18 +33,30 @@ def crawl(tmp_path_factory, ray_local):
             ("direct", server.url("/v/a.mp4")),
             ("page", server.url("/page/b")),  # yt-dlp's generic extractor finds the <video>
             ("file", local.as_uri()),
-            ("flaky", server.url("/flaky/1/a.mp4?x=1")),  # fails once; retries are off: --retry-failed fixes it
+            (
+                "flaky",
+                server.url("/flaky/1/a.mp4?x=1"),
+            ),  # fails once; retries are off: --retry-failed fixes it
             ("missing", server.url("/status/404/gone.mp4")),
             ("long", server.url("/v/long.mp4")),
             ("duplicate", server.url("/v/a.mp4#again")),  # the direct URL again, spelled differently
         ]
         inputs = write_list(d / "urls.csv", [{"url": u, "title": name} for name, u in listed])
         root = d / "root"
-        cfg = load_config(REPO / "configs" / "demo.yaml", [
-            f"run.root={root}", f"run.stages=[{', '.join(STAGES)}]", "run.demo_media=", f"discover.inputs=[{inputs}]",
-            "download.allow_file_urls=true", "download.retries=0", "download.socket_timeout_s=5",
-            "download.batch_size=4", "download.allow_private_addresses=true",  # the server is on 127.0.0.1
-        ])
+        cfg = load_config(
+            REPO / "configs" / "demo.yaml",
+            [
+                f"run.root={root}",
+                f"run.stages=[{', '.join(STAGES)}]",
+                "run.demo_media=",
+                f"discover.inputs=[{inputs}]",
+                "download.allow_file_urls=true",
+                "download.retries=0",
+                "download.socket_timeout_s=5",
+                "download.batch_size=4",
+                "download.allow_private_addresses=true",  # the server is on 127.0.0.1
+            ],
+        )
         reports = run_pipeline(cfg, STAGES)
         yield root, cfg, reports, server
 
@@ -76,7 +88,9 @@ def test_probe_reads_the_downloaded_media(crawl):
     assert set(probe) == ok and all(r["status"] == "ok" for r in probe.values())
     assert all(len(r["frames"]) == 8 and r["duration"] == pytest.approx(1.0, abs=0.2) for r in probe.values())
     for v in ok:
-        assert download[v]["media"] == str(root / "media" / f"{v}.mp4") and os.path.exists(download[v]["media"])
+        assert download[v]["media"] == str(root / "media" / f"{v}.mp4") and os.path.exists(
+            download[v]["media"]
+        )
     success = json.loads((root / "download" / "_SUCCESS.json").read_text())
     assert success["totals"] == {"ok": 3, "failed": 2, "filtered": 1}
 
@@ -101,11 +115,32 @@ def test_the_demo_goes_through_ytdlp_with_file_urls(tmp_path):
     import sys
 
     root, media = tmp_path / "root", tmp_path / "demo-media"
-    cmd = [sys.executable, "-m", "pipeline.run", "--config", "configs/demo.yaml", "--root", str(root),
-           "--until", "download", "--quiet", "--set", "download.allow_file_urls=true",
-           "--set", f"run.demo_media.dir={media}", "--set", "run.demo_media.seconds=0.5",
-           "--set", "run.demo_media.size=[64, 48]", "--set", "run.demo_media.per_concept=1",
-           "--set", "run.ray_address=local", "--set", "run.num_cpus=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--config",
+        "configs/demo.yaml",
+        "--root",
+        str(root),
+        "--until",
+        "download",
+        "--quiet",
+        "--set",
+        "download.allow_file_urls=true",
+        "--set",
+        f"run.demo_media.dir={media}",
+        "--set",
+        "run.demo_media.seconds=0.5",
+        "--set",
+        "run.demo_media.size=[64, 48]",
+        "--set",
+        "run.demo_media.per_concept=1",
+        "--set",
+        "run.ray_address=local",
+        "--set",
+        "run.num_cpus=2",
+    ]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     discover, download = rows_of(root, "discover"), rows_of(root, "download")

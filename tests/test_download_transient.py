@@ -30,7 +30,9 @@ def small_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -51,8 +53,10 @@ def fill(disk) -> None:
 @pytest.mark.parametrize("route", ["auto", "yt-dlp"])
 def test_a_full_disk_is_transient_and_the_download_works_once_space_is_freed(server, small_disk, route):
     root = small_disk / "root"
-    stage = DownloadStage(DownloadConfig(route=route, retries=0, socket_timeout_s=5.0, allow_private_addresses=True),
-                          RunContext(root=str(root)))
+    stage = DownloadStage(
+        DownloadConfig(route=route, retries=0, socket_timeout_s=5.0, allow_private_addresses=True),
+        RunContext(root=str(root)),
+    )
     stage.setup()
     row = pa.Table.from_pylist([{"video_id": "full-disk", "url": server.url("/v/a.mp4"), "path": None}])
     fill(small_disk)
@@ -68,8 +72,10 @@ def test_a_full_disk_is_transient_and_the_download_works_once_space_is_freed(ser
 
 def test_a_read_only_media_disk_is_transient_too(server, small_disk):
     root = small_disk / "root"
-    stage = DownloadStage(DownloadConfig(retries=0, socket_timeout_s=5.0, allow_private_addresses=True),
-                          RunContext(root=str(root)))
+    stage = DownloadStage(
+        DownloadConfig(retries=0, socket_timeout_s=5.0, allow_private_addresses=True),
+        RunContext(root=str(root)),
+    )
     stage.setup()
     row = pa.Table.from_pylist([{"video_id": "read-only", "url": server.url("/v/b.mp4"), "path": None}])
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
@@ -77,7 +83,10 @@ def test_a_read_only_media_disk_is_transient_too(server, small_disk):
         (out,) = stage.process(row).to_pylist()
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
-    assert (out["status"], out["error"]) == ("failed", f"{TRANSIENT}read-only file system while writing the download")
+    assert (out["status"], out["error"]) == (
+        "failed",
+        f"{TRANSIENT}read-only file system while writing the download",
+    )
     (again,) = stage.process(row).to_pylist()
     assert again["status"] == "ok" and os.listdir(root / "media") == ["read-only.mp4"]
 
@@ -91,12 +100,22 @@ def test_a_plain_rerun_after_freeing_space_completes_the_row(small_disk, tmp_pat
     from pipeline.synthetic import CONCEPTS, make_clip
     from tests.conftest import write_list
 
-    make_clip(clip := tmp_path / "clip.mp4", CONCEPTS[3], seconds=4.0, fps=24, size=(640, 480), seed=4)  # ~85 kB
+    make_clip(
+        clip := tmp_path / "clip.mp4", CONCEPTS[3], seconds=4.0, fps=24, size=(640, 480), seed=4
+    )  # ~85 kB
     with serve({"clip.mp4": clip.read_bytes()}) as server:
         inputs = write_list(tmp_path / "urls.csv", [{"url": server.url("/v/clip.mp4"), "title": "a clip"}])
         root = small_disk / "root"
-        cfg = load_config(None, [f"run.root={root}", "run.stages=[discover, download]", f"discover.inputs=[{inputs}]",
-                                 "download.retries=0", "download.allow_private_addresses=true"])
+        cfg = load_config(
+            None,
+            [
+                f"run.root={root}",
+                "run.stages=[discover, download]",
+                f"discover.inputs=[{inputs}]",
+                "download.retries=0",
+                "download.allow_private_addresses=true",
+            ],
+        )
         run_stage(cfg, "discover")
         fill(small_disk)
         with open(small_disk / "filler", "r+b") as f:  # room for manifest parts, none for the clip

@@ -19,13 +19,27 @@ TITLES = ["a red circle moving left", "three dogs playing in snow", "a man cooki
 
 
 def rows() -> list[dict]:
-    return [{"video_id": f"v{i}", "title": t, "raw": None, "description": None, "hashtags": ["demo"],
-             "ofa": [f"{t} frame"] * 8, "mplug": f"video of {t}", "asr": "hello" if i % 2 else None,
-             "polish_mplug": None, "sound_mplug": None} for i, t in enumerate(TITLES)]
+    return [
+        {
+            "video_id": f"v{i}",
+            "title": t,
+            "raw": None,
+            "description": None,
+            "hashtags": ["demo"],
+            "ofa": [f"{t} frame"] * 8,
+            "mplug": f"video of {t}",
+            "asr": "hello" if i % 2 else None,
+            "polish_mplug": None,
+            "sound_mplug": None,
+        }
+        for i, t in enumerate(TITLES)
+    ]
 
 
 def stage(tmp_path, **kw) -> EnhanceStage:
-    s = EnhanceStage(EnhanceConfig(**{"model": "tiny", "max_new_tokens": 24, **kw}), RunContext(root=str(tmp_path)))
+    s = EnhanceStage(
+        EnhanceConfig(**{"model": "tiny", "max_new_tokens": 24, **kw}), RunContext(root=str(tmp_path))
+    )
     s.setup()
     return s
 
@@ -45,11 +59,20 @@ def test_none_copies_the_best_caption_and_says_so(tmp_path):
     rs[2].update(mplug=None, ofa=None)  # then to the title
     rs[3].update(mplug=None, ofa=None, title=None, raw=None)  # nothing at all
     out = run(stage(tmp_path, model="none"), rs)
-    assert out["v0"]["polish_mplug"] == "video of a red circle moving left" and out["v0"]["enhance_note"] == "copied mplug"
-    assert out["v1"]["polish_mplug"] == "three dogs playing in snow frame" and out["v1"]["enhance_note"] == "copied ofa"
+    assert (
+        out["v0"]["polish_mplug"] == "video of a red circle moving left"
+        and out["v0"]["enhance_note"] == "copied mplug"
+    )
+    assert (
+        out["v1"]["polish_mplug"] == "three dogs playing in snow frame"
+        and out["v1"]["enhance_note"] == "copied ofa"
+    )
     assert out["v2"]["polish_mplug"] == "a man cooking pasta" and out["v2"]["enhance_note"] == "copied title"
     assert out["v3"]["polish_mplug"] is None and out["v3"]["enhance_note"] == "copied nothing"
-    assert all(r["status"] == "ok" and r["enhance_model"] == "none" and r["sound_mplug"] is None for r in out.values())
+    assert all(
+        r["status"] == "ok" and r["enhance_model"] == "none" and r["sound_mplug"] is None
+        for r in out.values()
+    )
     assert all(r["enhance_requests"] == 0 and r["enhance_prompt_version"] is None for r in out.values())
 
 
@@ -57,8 +80,11 @@ def test_imported_texts_are_kept_unless_asked(tmp_path, text_stage):
     rs = rows()
     rs[0].update(polish_mplug="imported polish", sound_mplug="imported sound")
     out = run(text_stage, rs[:2])
-    assert (out["v0"]["polish_mplug"], out["v0"]["sound_mplug"], out["v0"]["enhance_model"]) == \
-        ("imported polish", "imported sound", "imported")
+    assert (out["v0"]["polish_mplug"], out["v0"]["sound_mplug"], out["v0"]["enhance_model"]) == (
+        "imported polish",
+        "imported sound",
+        "imported",
+    )
     assert out["v0"]["enhance_requests"] == 0 and out["v1"]["enhance_model"] == "tiny:llama-random"
     redo = run(stage(tmp_path, response_format="text", keep_imported=False), rs[:1])
     assert redo["v0"]["polish_mplug"] != "imported polish" and redo["v0"]["enhance_requests"] == 2
@@ -68,8 +94,14 @@ def test_text_mode_fills_both_fields_with_metadata(text_stage):
     out = run(text_stage, rows())
     for r in out.values():
         assert r["status"] == "ok" and r["error"] is None
-        assert r["enhance_model"] == "tiny:llama-random" and r["enhance_prompt_version"] == "polish.v1+sound.v1"
-        assert r["enhance_requests"] >= 2 and r["enhance_prompt_tokens"] > 100 and r["enhance_completion_tokens"] > 0
+        assert (
+            r["enhance_model"] == "tiny:llama-random" and r["enhance_prompt_version"] == "polish.v1+sound.v1"
+        )
+        assert (
+            r["enhance_requests"] >= 2
+            and r["enhance_prompt_tokens"] > 100
+            and r["enhance_completion_tokens"] > 0
+        )
         for f in ("polish_mplug", "sound_mplug"):  # gibberish, but kept only if it passed the checks
             assert r[f] is None or 8 <= len(r[f]) <= 600
         assert (r["enhance_note"] is None) == (r["polish_mplug"] is not None and r["sound_mplug"] is not None)
@@ -129,15 +161,24 @@ def test_plan_upstream_prefers_caption_rows():
         class enhance:
             require_caption = True
 
-    assert EnhanceStage.plan_upstream(Cfg, ["probe", "discover", "caption", "asr"]) == (["caption"], ["discover", "asr"])
+    assert EnhanceStage.plan_upstream(Cfg, ["probe", "discover", "caption", "asr"]) == (
+        ["caption"],
+        ["discover", "asr"],
+    )
     assert EnhanceStage.plan_upstream(Cfg, ["probe", "asr"]) == (["probe"], ["asr"])
     Cfg.enhance.require_caption = False
     assert EnhanceStage.plan_upstream(Cfg, ["probe", "caption"]) == (["probe"], ["caption"])
 
 
 def test_config_rejects_bad_models_and_prompts():
-    for bad in ({"model": "gpt-4o"}, {"model": "whisper:small"}, {"model": "tiny:gpt9"}, {"prompt": "nope.v1"},
-                {"response_format": "yaml"}, {"concurrency": 0}):
+    for bad in (
+        {"model": "gpt-4o"},
+        {"model": "whisper:small"},
+        {"model": "tiny:gpt9"},
+        {"prompt": "nope.v1"},
+        {"response_format": "yaml"},
+        {"concurrency": 0},
+    ):
         with pytest.raises(ValidationError):
             EnhanceConfig(**bad)
     assert EnhanceConfig(model="openai:gpt-4o-mini").model == "openai:gpt-4o-mini"

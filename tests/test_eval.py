@@ -14,10 +14,9 @@ from tests.test_data import write_concept_shards
 
 
 def test_retrieval_metrics_match_hand_computed_ranks():
-    sim = torch.tensor([[0.9, 0.1, 0.3, 0.0],
-                        [0.2, 0.5, 0.8, 0.9],
-                        [0.4, 0.6, 0.7, 0.1],
-                        [0.3, 0.2, 0.1, 0.0]])
+    sim = torch.tensor(
+        [[0.9, 0.1, 0.3, 0.0], [0.2, 0.5, 0.8, 0.9], [0.4, 0.6, 0.7, 0.1], [0.3, 0.2, 0.1, 0.0]]
+    )
     # positives on the diagonal: ranks 1, 3 (0.8 and 0.9 beat 0.5), 1, 4
     m = retrieval_metrics(sim, torch.eye(4, dtype=torch.bool))
     assert m["R@1"] == pytest.approx(0.5) and m["R@5"] == 1.0 and m["R@10"] == 1.0
@@ -66,9 +65,24 @@ def test_eval_cli_matches_direct_computation(tmp_path, tiny_export, capsys):
     model, path = tiny_export
     shards = write_concept_shards(tmp_path / "shards", CONCEPTS[:12], per_concept=1, per_shard=4)
     out = tmp_path / "eval.json"
-    rc = main(["--checkpoint", str(path), "--data", str(shards[0].parent), "--text-field", "title",
-               "--classes", "left,right,up,down", "--templates", "something moving {}", "--json", str(out),
-               "--workers", "0"])
+    rc = main(
+        [
+            "--checkpoint",
+            str(path),
+            "--data",
+            str(shards[0].parent),
+            "--text-field",
+            "title",
+            "--classes",
+            "left,right,up,down",
+            "--templates",
+            "something moving {}",
+            "--json",
+            str(out),
+            "--workers",
+            "0",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "text->video" in printed and "zero-shot video" in printed

@@ -39,17 +39,30 @@ def noise_jpeg(rng: np.random.Generator, size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-def make_probe_root(root: Path, n: int = N_VIDEOS, frame_bytes: int = 16_384,
-                    jpeg_size: tuple[int, int] | None = None) -> list[str]:
+def make_probe_root(
+    root: Path, n: int = N_VIDEOS, frame_bytes: int = 16_384, jpeg_size: tuple[int, int] | None = None
+) -> list[str]:
     """A run root whose probe stage is done: ``n`` ok rows with 8 frames each, incompressible bytes
     of ``frame_bytes`` (enough for the shard writer), or real JPEGs of ``jpeg_size`` (for model stages)."""
     rng = np.random.default_rng(0)
     ids = [f"file-{i:04d}" for i in range(n)]
-    rows = [{"video_id": v, "status": "ok", "duration": 2.0, "fps": 15.0, "width": 160, "height": 120,
-             "frames": [noise_jpeg(rng, jpeg_size) if jpeg_size else rng.bytes(frame_bytes) for _ in range(8)],
-             "has_audio": False} for v in ids]
+    rows = [
+        {
+            "video_id": v,
+            "status": "ok",
+            "duration": 2.0,
+            "fps": 15.0,
+            "width": 160,
+            "height": 120,
+            "frames": [noise_jpeg(rng, jpeg_size) if jpeg_size else rng.bytes(frame_bytes) for _ in range(8)],
+            "has_audio": False,
+        }
+        for v in ids
+    ]
     for start in range(0, n, 10):
-        store.write_parquet(manifest.new_part_uri(str(root), "probe"), ProbeStage.rows_to_table(rows[start:start + 10]))
+        store.write_parquet(
+            manifest.new_part_uri(str(root), "probe"), ProbeStage.rows_to_table(rows[start : start + 10])
+        )
     return ids
 
 
@@ -77,14 +90,32 @@ def assert_exactly_once(root: Path, ids: list[str]) -> None:
 
 
 def shard_config(root: Path, *extra: str):
-    return load_config(REPO / "configs" / "demo.yaml", [
-        f"run.root={root}", "run.demo_media=", "shard.batch_size=8", "shard.samples_per_shard=2", *extra])
+    return load_config(
+        REPO / "configs" / "demo.yaml",
+        [f"run.root={root}", "run.demo_media=", "shard.batch_size=8", "shard.samples_per_shard=2", *extra],
+    )
 
 
 def cli(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "pipeline/run.py", "--config", "configs/demo.yaml", "--root", str(root),
-            "--stage", "shard", "--set", "run.ray_address=local", "--set", "run.num_cpus=2",
-            "--set", "shard.batch_size=8", "--set", "shard.samples_per_shard=2", *extra]
+    return [
+        sys.executable,
+        "pipeline/run.py",
+        "--config",
+        "configs/demo.yaml",
+        "--root",
+        str(root),
+        "--stage",
+        "shard",
+        "--set",
+        "run.ray_address=local",
+        "--set",
+        "run.num_cpus=2",
+        "--set",
+        "shard.batch_size=8",
+        "--set",
+        "shard.samples_per_shard=2",
+        *extra,
+    ]
 
 
 def wait_for(predicate, timeout_s: float = 180, every_s: float = 0.01) -> None:
@@ -97,8 +128,10 @@ def wait_for(predicate, timeout_s: float = 180, every_s: float = 0.01) -> None:
 
 def settle(directory: Path, quiet_s: float = 3.0) -> None:
     """Wait until nothing in ``directory`` changes for ``quiet_s`` (orphaned workers finish or die)."""
+
     def state():
         return sorted((p.name, p.stat().st_size) for p in directory.iterdir()) if directory.exists() else []
+
     last, since = state(), time.time()
     while time.time() - since < quiet_s:
         time.sleep(0.2)
@@ -140,8 +173,9 @@ def test_writer_actor_killed_mid_batch_rewrites_the_same_tars(tmp_path, ray_loca
 def test_driver_killed_mid_shard_then_rerun(tmp_path):
     root = tmp_path / "root"
     ids = make_probe_root(root, frame_bytes=65_536)
-    proc = subprocess.Popen(cli(root), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli(root), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: any((root / "shard").glob("*.tar")))
         os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray workers are orphaned, not killed
@@ -159,8 +193,10 @@ def test_driver_killed_mid_shard_then_rerun(tmp_path):
 def test_two_drivers_at_once_on_one_root(tmp_path):
     root = tmp_path / "root"
     ids = make_probe_root(root)
-    procs = [subprocess.Popen(cli(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cli(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], [o[1][-2000:] for o in outs]
@@ -190,7 +226,6 @@ def test_disk_full_during_shard_then_rerun_after_freeing_space(tmp_path, ray_loc
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-
 def test_reconcile_repairs_what_interrupted_writers_leave_and_is_idempotent(tmp_path):
     """The states kills leave behind, made by hand: a video in two tars, a tar whose manifest rows were
     never written, an index without its tar, an older root's tar without its index."""
@@ -205,21 +240,39 @@ def test_reconcile_repairs_what_interrupted_writers_leave_and_is_idempotent(tmp_
 
     def publish(keys: list[str]) -> str:
         index = pa.Table.from_pylist([{"key": k, "bytes": 10} for k in keys], schema=INDEX_SCHEMA)
-        return commit_shard(shard_dir, [(k, {"json": f'{{"video_id": "{k}"}}'.encode()}) for k in keys], index, root, None)
+        return commit_shard(
+            shard_dir, [(k, {"json": f'{{"video_id": "{k}"}}'.encode()}) for k in keys], index, root, None
+        )
 
     first, second = publish(["a", "b"]), publish(["b", "c"])  # b twice; c's manifest row never written
-    store.write_parquet(manifest.new_part_uri(root, "shard"), ShardStage.rows_to_table(
-        [{"video_id": "a", "status": "ok", "shard": first, "bytes": 10},
-         {"video_id": "b", "status": "ok", "shard": second, "bytes": 10}]))
-    store.write_parquet(store.join(shard_dir, f"{fmt.shard_name_for(['z'])}.parquet"),
-                        pa.Table.from_pylist([{"key": "z", "bytes": 1}], schema=INDEX_SCHEMA))  # never committed
+    store.write_parquet(
+        manifest.new_part_uri(root, "shard"),
+        ShardStage.rows_to_table(
+            [
+                {"video_id": "a", "status": "ok", "shard": first, "bytes": 10},
+                {"video_id": "b", "status": "ok", "shard": second, "bytes": 10},
+            ]
+        ),
+    )
+    store.write_parquet(
+        store.join(shard_dir, f"{fmt.shard_name_for(['z'])}.parquet"),
+        pa.Table.from_pylist([{"key": "z", "bytes": 1}], schema=INDEX_SCHEMA),
+    )  # never committed
     write_tar(store.join(shard_dir, "00007.tar"), [("y", {"json": b"{}"})])  # an older root's tar, index lost
-    assert reconcile(root) == {"leftovers_removed": 2, "duplicates_removed": 1, "manifest_rows_dropped": 1,
-                               "reindexed": 2}
+    assert reconcile(root) == {
+        "leftovers_removed": 2,
+        "duplicates_removed": 1,
+        "manifest_rows_dropped": 1,
+        "reindexed": 2,
+    }
     keys = tar_keys(Path(root))
     assert keys == {"a": 1, "b": 1, "c": 1}
     assert not (Path(shard_dir) / f"{first}.tar").exists()  # rewritten under the name of what it keeps
     assert (Path(shard_dir) / f"{fmt.shard_name_for(['a'])}.tar").exists()
-    rows = {r["video_id"]: r["shard"] for p in manifest.part_files(root, "shard") for r in pq.read_table(p).to_pylist()}
+    rows = {
+        r["video_id"]: r["shard"]
+        for p in manifest.part_files(root, "shard")
+        for r in pq.read_table(p).to_pylist()
+    }
     assert rows == {"a": fmt.shard_name_for(["a"]), "b": second, "c": second}
     assert set(reconcile(root).values()) == {0}

@@ -36,8 +36,18 @@ def test_official_to_vidal_to_official_keeps_keys_shapes_and_values(tmp_path, va
         assert after[key].shape == value.shape, key
         assert torch.equal(after[key], value.float()), key
     assert config_after["model_type"] == config["model_type"]
-    for field in ("hidden_size", "num_hidden_layers", "patch_size", "add_time_attn", "num_frames",
-                  "num_mel_bins", "target_length", "clip_type", "audio_mean", "max_depth"):
+    for field in (
+        "hidden_size",
+        "num_hidden_layers",
+        "patch_size",
+        "add_time_attn",
+        "num_frames",
+        "num_mel_bins",
+        "target_length",
+        "clip_type",
+        "audio_mean",
+        "max_depth",
+    ):
         assert config_after["vision_config"].get(field) == config["vision_config"].get(field), field
     assert config_after["text_config"]["vocab_size"] == config["text_config"]["vocab_size"]
     back = tmp_path / "back"
@@ -76,14 +86,21 @@ def test_to_vidal_binds_several_towers_into_one_model(tmp_path):
     assert model.modalities == ("video", "infrared")
     sd, config = load_reference(thermal)
     x = official_input(config)
-    assert (model.encode("infrared", x) - F.normalize(reference_vision(sd, config, x), dim=-1)).abs().max() < 1e-4
+    assert (
+        model.encode("infrared", x) - F.normalize(reference_vision(sd, config, x), dim=-1)
+    ).abs().max() < 1e-4
     assert modality_of("thermal") == "infrared"
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path):
     run = [sys.executable, "-m", "model.convert"]
-    missing = subprocess.run(run + ["to-official", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        run + ["to-official", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
     tiny = LanguageBind.tiny(("depth",)).save(tmp_path / "tiny")  # a WordPiece text tokenizer: not CLIP's BPE
     assert main(["to-official", str(tiny), "--out", str(tmp_path / "o2")]) == 2
@@ -102,26 +119,61 @@ def test_a_tower_trained_from_a_clip_start_drops_into_the_official_layout(tmp_pa
     clip_dir.mkdir()
     vocab = write_tokenizer(clip_dir)
     CLIPTokenizer.from_pretrained(clip_dir).save_pretrained(clip_dir)
-    text = {"vocab_size": vocab, "hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "eos_token_id": vocab - 1, "bos_token_id": vocab - 2, "pad_token_id": vocab - 1}
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}
+    text = {
+        "vocab_size": vocab,
+        "hidden_size": 24,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "eos_token_id": vocab - 1,
+        "bos_token_id": vocab - 2,
+        "pad_token_id": vocab - 1,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(clip_dir)
-    model = LanguageBind.from_config({
-        "init_from": str(clip_dir), "text": {"name_or_path": str(clip_dir), "pooling": "clip"},
-        "modalities": {"video": {"image_size": 32, "patch_size": 8, "num_frames": 4, "lora": {"r": 2},
-                                 "frame_class_embedding": True},
-                       "depth": {"image_size": 32, "patch_size": 8, "lora": {"r": 0}}},
-    })
+    model = LanguageBind.from_config(
+        {
+            "init_from": str(clip_dir),
+            "text": {"name_or_path": str(clip_dir), "pooling": "clip"},
+            "modalities": {
+                "video": {
+                    "image_size": 32,
+                    "patch_size": 8,
+                    "num_frames": 4,
+                    "lora": {"r": 2},
+                    "frame_class_embedding": True,
+                },
+                "depth": {"image_size": 32, "patch_size": 8, "lora": {"r": 0}},
+            },
+        }
+    )
     with torch.no_grad():
         for name, p in model.towers["video"].named_parameters():
             if "lora_B" in name or "time_embedding" in name:
                 p.add_(0.1 * torch.randn_like(p))
     for modality in ("video", "depth"):
         out = tmp_path / f"official_{modality}"
-        assert main(["to-official", str(model.save(tmp_path / "vidal")), "--modality", modality,
-                     "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "to-official",
+                    str(model.save(tmp_path / "vidal")),
+                    "--modality",
+                    modality,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         sd, config = load_reference(out)
         x = official_input(config)
         expected = F.normalize(reference_vision(sd, config, x), dim=-1)
@@ -133,4 +185,6 @@ def test_a_tower_trained_from_a_clip_start_drops_into_the_official_layout(tmp_pa
     again = LanguageBind.load(tmp_path / "official_depth")
     assert (again.encode_text(TEXTS) - model.encode_text(TEXTS)).abs().max() < 1e-5
     with pytest.raises(ValueError, match="not"):
-        model.encode("video", torch.zeros(1, 3, 4, 32, 32))  # the official [B, C, T, H, W] layout, untransposed
+        model.encode(
+            "video", torch.zeros(1, 3, 4, 32, 32)
+        )  # the official [B, C, T, H, W] layout, untransposed

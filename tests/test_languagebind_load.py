@@ -48,8 +48,9 @@ def modality_of(variant: str) -> str:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_released_variant_gives_the_official_embeddings(tmp_path, variant):
-    path = write_checkpoint(tmp_path / variant, variant, seed=len(variant), position_ids=True,
-                            base_layer=variant == "audio_lora")
+    path = write_checkpoint(
+        tmp_path / variant, variant, seed=len(variant), position_ids=True, base_layer=variant == "audio_lora"
+    )
     model = LanguageBind.load(path)
     sd, config = load_reference(path)
     modality = modality_of(variant)
@@ -58,7 +59,9 @@ def test_every_released_variant_gives_the_official_embeddings(tmp_path, variant)
     expected = F.normalize(reference_vision(sd, config, x), dim=-1)
     got = model.encode(modality, to_vidal(x))
     assert (got - expected).abs().max() < 1e-4
-    tokens = model.text.tokenizer(TEXTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    tokens = model.text.tokenizer(
+        TEXTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    )
     text = F.normalize(reference_text(sd, config, tokens["input_ids"], tokens["attention_mask"]), dim=-1)
     assert (model.encode_text(TEXTS) - text).abs().max() < 1e-4
     assert model.logit_scale_of(modality).item() == pytest.approx(sd["logit_scale"].exp().item(), rel=1e-6)
@@ -84,7 +87,9 @@ def test_a_lora_checkpoint_is_merged_at_load(tmp_path):
 
 def test_several_checkpoints_share_one_text_tower(tmp_path):
     video = write_checkpoint(tmp_path / "video", "video", seed=1)
-    audio = write_checkpoint(tmp_path / "audio", "audio", seed=2, position_ids=True)  # buffers are no difference
+    audio = write_checkpoint(
+        tmp_path / "audio", "audio", seed=2, position_ids=True
+    )  # buffers are no difference
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # same text weights: no warning
         model = LanguageBind.load({"video": video, "audio": audio})
@@ -94,7 +99,9 @@ def test_several_checkpoints_share_one_text_tower(tmp_path):
         x = official_input(config)
         expected = F.normalize(reference_vision(sd, config, x), dim=-1)
         assert (model.encode(modality, to_vidal(x)) - expected).abs().max() < 1e-4
-        assert model.logit_scale_of(modality).item() == pytest.approx(sd["logit_scale"].exp().item(), rel=1e-6)
+        assert model.logit_scale_of(modality).item() == pytest.approx(
+            sd["logit_scale"].exp().item(), rel=1e-6
+        )
 
 
 def test_differing_text_towers_are_named_and_text_from_picks_one(tmp_path):
@@ -132,7 +139,9 @@ def test_a_hub_id_loads_through_the_hub_cache_offline(tmp_path, monkeypatch):
     model = LanguageBind.load("LanguageBind/LanguageBind_Image", cache_dir=tmp_path / "hub")
     sd, config = load_reference(snapshot)
     x = official_input(config)
-    assert (model.encode("image", x) - F.normalize(reference_vision(sd, config, x), dim=-1)).abs().max() < 1e-4
+    assert (
+        model.encode("image", x) - F.normalize(reference_vision(sd, config, x), dim=-1)
+    ).abs().max() < 1e-4
     with pytest.raises(FileNotFoundError, match="LanguageBind/LanguageBind_Audio"):
         LanguageBind.load("LanguageBind/LanguageBind_Audio", cache_dir=tmp_path / "hub")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
@@ -157,4 +166,6 @@ def test_evaluation_and_export_loaders_take_a_release(tmp_path):
     assert model.modalities == ("infrared",) and meta == {}
     sd, config = load_reference(path)
     x = official_input(config)
-    assert (model.encode("infrared", x) - F.normalize(reference_vision(sd, config, x), dim=-1)).abs().max() < 1e-4
+    assert (
+        model.encode("infrared", x) - F.normalize(reference_vision(sd, config, x), dim=-1)
+    ).abs().max() < 1e-4

@@ -42,19 +42,23 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 def image_transform(size: int = 224) -> transforms.Compose:
     """The official thermal/image transform; tensor Resize without antialias, as in torchvision 0.14."""
-    return transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=False),
-        transforms.CenterCrop(size),
-        transforms.Normalize(MEAN, STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.ToTensor(),
+            transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=False),
+            transforms.CenterCrop(size),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
 
 
 def reference_video(path, num_frames: int, size: int = 224, flip: bool = False) -> torch.Tensor:
     with av.open(str(path)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     index = np.linspace(0, len(frames) - 1, num_frames, dtype=int)
-    x = torch.from_numpy(np.stack([frames[i] for i in index])).permute(3, 0, 1, 2)  # decord: (T,H,W,C) -> C,T,H,W
+    x = torch.from_numpy(np.stack([frames[i] for i in index])).permute(
+        3, 0, 1, 2
+    )  # decord: (T,H,W,C) -> C,T,H,W
     x = NormalizeVideo(MEAN, STD)(x / 255.0)
     _, _, h, w = x.shape  # pytorchvideo ShortSideScale
     new = (int(math.floor(h / w * size)), size) if w < h else (size, int(math.floor(w / h * size)))
@@ -73,8 +77,9 @@ def reference_depth(path, max_depth: float = 10.0, size: int = 224) -> torch.Ten
     return transforms.Compose(image_transform(size).transforms[1:])(x)
 
 
-def reference_audio(path, num_mel_bins: int, target_length: int = 1036, mean: float = -4.2677393,
-                    std: float = 4.5689974) -> torch.Tensor:
+def reference_audio(
+    path, num_mel_bins: int, target_length: int = 1036, mean: float = -4.2677393, std: float = 4.5689974
+) -> torch.Tensor:
     data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
     wave = torch.from_numpy(data.T.copy())
     wave -= wave.mean()
@@ -82,7 +87,7 @@ def reference_audio(path, num_mel_bins: int, target_length: int = 1036, mean: fl
     if mel.shape[0] > target_length:
         ranges = np.array_split(list(range(0, mel.shape[0] - target_length + 1)), 3)
         starts = [r[0] if len(r) else 0 for r in ranges]  # the official code's "fixed" choice
-        fused = torch.stack([mel[s:s + target_length] for s in starts])
+        fused = torch.stack([mel[s : s + target_length] for s in starts])
     elif mel.shape[0] < target_length:
         repeat = int(target_length / mel.shape[0]) + 1
         fused = torch.stack([mel.repeat(repeat, 1)[:target_length]] * 3)
@@ -160,7 +165,9 @@ def test_a_released_model_encodes_files_with_the_official_processors(tmp_path, c
     millimetres = np.random.default_rng(3).integers(0, 12000, size=(64, 80), dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "d.png"), millimetres)
     sd, config = load_reference(depth)
-    expected = F.normalize(reference_vision(sd, config, reference_depth(tmp_path / "d.png", size=32)[None]), dim=-1)
+    expected = F.normalize(
+        reference_vision(sd, config, reference_depth(tmp_path / "d.png", size=32)[None]), dim=-1
+    )
     assert (model.encode("depth", [tmp_path / "d.png"]) - expected).abs().max() < 1e-4
 
 
@@ -171,9 +178,13 @@ def test_audio_and_thermal_towers_read_files_with_their_checkpoint_settings(tmp_
     wave = 0.2 * np.sin(np.arange(5 * 16000) * 0.05)
     soundfile.write(tmp_path / "s.wav", wave.astype(np.float32), 16000, subtype="PCM_16")
     sd, config = load_reference(audio)
-    expected = F.normalize(reference_vision(sd, config, reference_audio(tmp_path / "s.wav", 112)[None]), dim=-1)
+    expected = F.normalize(
+        reference_vision(sd, config, reference_audio(tmp_path / "s.wav", 112)[None]), dim=-1
+    )
     assert (model.encode("audio", [tmp_path / "s.wav"]) - expected).abs().max() < 1e-4
-    Image.fromarray(np.random.default_rng(4).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "t.jpg")
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(
+        tmp_path / "t.jpg"
+    )
     sd, config = load_reference(thermal)
     pixels = image_transform(32)(Image.open(tmp_path / "t.jpg"))[None]
     expected = F.normalize(reference_vision(sd, config, pixels), dim=-1)
@@ -184,7 +195,9 @@ def test_the_shared_preprocess_entry_switches_modes(tmp_path):
     from model.model_config import TowerConfig
     from model.preprocess import preprocess
 
-    cv2.imwrite(str(tmp_path / "d.png"), np.random.default_rng(5).integers(0, 12000, (60, 90), dtype=np.uint16))
+    cv2.imwrite(
+        str(tmp_path / "d.png"), np.random.default_rng(5).integers(0, 12000, (60, 90), dtype=np.uint16)
+    )
     tower = TowerConfig(image_size=224, languagebind={"max_depth": 10})
     official = preprocess("depth", tmp_path / "d.png", mode="languagebind", tower=tower)
     assert (official - reference_depth(tmp_path / "d.png")).abs().max() < 1e-4

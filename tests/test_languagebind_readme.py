@@ -27,15 +27,29 @@ from tests.test_data import write_concept_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 TITLE = "## Using the released LanguageBind weights"
-CPU = ["--max-steps", "2", "--set", "data.workers=0", "--set", "data.batch_size=4", "--set", "optim.accum_freq=1",
-       "--set", "eval.final=false", "--set", "eval.every=0", "--set", "data.shuffle_buffer=8"]
+CPU = [
+    "--max-steps",
+    "2",
+    "--set",
+    "data.workers=0",
+    "--set",
+    "data.batch_size=4",
+    "--set",
+    "optim.accum_freq=1",
+    "--set",
+    "eval.final=false",
+    "--set",
+    "eval.every=0",
+    "--set",
+    "data.shuffle_buffer=8",
+]
 
 
 def section() -> str:
     text = (ROOT / "README.md").read_text()
     start = text.index(TITLE)
     end = text.find("\n## ", start + len(TITLE))
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 def blocks(kind: str) -> list[str]:
@@ -56,8 +70,14 @@ def workdir(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(work / "photo.jpg")
     write_concept_shards(work / "shards", CONCEPTS[:12], per_concept=1, per_shard=4)
     (work / "configs").symlink_to(ROOT / "configs")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "HF_HUB_OFFLINE": "1",
-           "HF_HUB_CACHE": str(work / "hub"), "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(work),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(work / "hub"),
+        "PYTHONPATH": str(ROOT),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     return work, env
 
 
@@ -90,7 +110,9 @@ def test_the_commands_fine_tune_and_convert_both_ways(workdir):
     work, env = workdir
     (commands,) = blocks("bash")
     lines = [shlex.split(line) for line in commands.strip().splitlines()]
-    assert [line[:3] for line in lines] == [["python", "-m", "model.train"]] + [["python", "-m", "model.convert"]] * 2
+    assert [line[:3] for line in lines] == [["python", "-m", "model.train"]] + [
+        ["python", "-m", "model.convert"]
+    ] * 2
     for args in lines:
         args = [sys.executable, *args[1:]] + (CPU if args[2] == "model.train" else [])
         run(args, work, env)

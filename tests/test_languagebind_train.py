@@ -33,7 +33,11 @@ def test_fine_tuning_starts_from_the_release_and_resumes_and_exports(tmp_path, s
     path = write_config(tmp_path, shards, model=model, train={"stop_at": 2, "save_every": 1}, **common)
     cfg = load_train_config(path)
     tower = cfg.model_dict()["modalities"]["video"]
-    assert (tower["num_frames"], tower["image_size"], tower["lora"]["r"]) == (4, 32, 4)  # sizes from the release
+    assert (tower["num_frames"], tower["image_size"], tower["lora"]["r"]) == (
+        4,
+        32,
+        4,
+    )  # sizes from the release
     assert main(["--config", str(path)]) == 0
     base = LanguageBind.load(tmp_path / "run" / "base")  # step 0 is the release, LoRA (zero) on top
     sd, config = load_reference(release)
@@ -51,20 +55,26 @@ def test_fine_tuning_starts_from_the_release_and_resumes_and_exports(tmp_path, s
 
 def test_init_from_errors_are_config_errors(tmp_path, shards):
     release = write_checkpoint(tmp_path / "depth", "depth")
-    wrong = write_config(tmp_path / "a", shards, model={"init_from": f"languagebind:{release}",
-                                                         "modalities": {"video": {}}})
+    wrong = write_config(
+        tmp_path / "a", shards, model={"init_from": f"languagebind:{release}", "modalities": {"video": {}}}
+    )
     with pytest.raises(ConfigError, match="is a depth tower"):
         load_train_config(wrong)
-    missing = write_config(tmp_path / "b", shards, model={"init_from": "languagebind:/nope/LanguageBind_Video",
-                                                           "modalities": {"video": {}}})
+    missing = write_config(
+        tmp_path / "b",
+        shards,
+        model={"init_from": "languagebind:/nope/LanguageBind_Video", "modalities": {"video": {}}},
+    )
     assert main(["--config", str(missing)]) == 2
 
 
-@pytest.mark.parametrize("modality,variant", [("video", "video"), ("audio", "audio"), ("depth", "depth"),
-                                              ("infrared", "thermal")])
+@pytest.mark.parametrize(
+    "modality,variant", [("video", "video"), ("audio", "audio"), ("depth", "depth"), ("infrared", "thermal")]
+)
 def test_languagebind_recipes_validate_against_a_local_release(tmp_path, modality, variant):
     release = write_checkpoint(tmp_path / variant, variant)
-    cfg = load_train_config(f"configs/train/languagebind_{modality}.yaml",
-                            [f"model.init_from=languagebind:{release}"])
+    cfg = load_train_config(
+        f"configs/train/languagebind_{modality}.yaml", [f"model.init_from=languagebind:{release}"]
+    )
     tower = cfg.model_dict()["modalities"][modality]
     assert tower["lora"]["r"] > 0 and tower["width"] == 32 and cfg.data.modalities == [modality]

@@ -26,20 +26,28 @@ def check(text: str) -> str:
 
 
 def test_good_text_is_cleaned_and_kept():
-    assert check('  polish_mplug:  "A dog runs   across a sunny park."  ') == "A dog runs across a sunny park."
-    assert check("Caption: Two people cook pasta in a small kitchen.") == "Two people cook pasta in a small kitchen."
+    assert (
+        check('  polish_mplug:  "A dog runs   across a sunny park."  ') == "A dog runs across a sunny park."
+    )
+    assert (
+        check("Caption: Two people cook pasta in a small kitchen.")
+        == "Two people cook pasta in a small kitchen."
+    )
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("", "empty"),
-    ("   \n ", "empty"),
-    ("A dog.", "too short"),
-    ("word " * 60, "too long"),
-    ("A dog runs in a park #dogs #fun", "hashtags"),
-    ("Watch the full video at https://example.com now", "links"),
-    ("Here is the data: <video_data> title", "echoes the prompt"),
-    ("Use only what the facts support; trust the captions for what is visible and the title", "echoes"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ("A dog.", "too short"),
+        ("word " * 60, "too long"),
+        ("A dog runs in a park #dogs #fun", "hashtags"),
+        ("Watch the full video at https://example.com now", "links"),
+        ("Here is the data: <video_data> title", "echoes the prompt"),
+        ("Use only what the facts support; trust the captions for what is visible and the title", "echoes"),
+    ],
+)
 def test_bad_text_is_rejected_with_a_reason(text, reason):
     with pytest.raises(OutputError, match=reason):
         check(text)
@@ -105,4 +113,8 @@ def test_data_block_escapes_tags_and_caps_fields():
     body = json.loads(block[len(DATA_OPEN) : -len(DATA_CLOSE)])
     assert body == {"title": clean_text(hostile, 30)}  # empty fields dropped, text round-trips
     assert len(body["title"]) <= 30 and "\x00" not in body["title"] and "\n" not in body["title"]
-    assert clean_text("  a \t b  ", 10) == "a b" and clean_text(None, 10) is None and clean_text("abc", 0) is None
+    assert (
+        clean_text("  a \t b  ", 10) == "a b"
+        and clean_text(None, 10) is None
+        and clean_text("abc", 0) is None
+    )

@@ -22,7 +22,9 @@ HOLD = "import sys, time; from pipeline.lock import root_lock\nwith root_lock(sy
 
 
 def hold_in_subprocess(root: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(root)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -32,8 +34,22 @@ def test_second_driver_refuses_at_once_naming_the_holder(tmp_path):
     holder = hold_in_subprocess(root)
     try:
         t0 = time.time()
-        r = subprocess.run([sys.executable, "pipeline/run.py", "--config", "configs/demo.yaml", "--root", str(root),
-                            "--set", "run.ray_address=local"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "pipeline/run.py",
+                "--config",
+                "configs/demo.yaml",
+                "--root",
+                str(root),
+                "--set",
+                "run.ray_address=local",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2, r.stderr[-2000:]
         err = r.stderr.strip()
         assert len(err.splitlines()) == 1 and f"pid {holder.pid}" in err and socket.gethostname() in err, err
@@ -61,8 +77,14 @@ def test_lock_of_a_driver_killed_with_kill_9_is_taken_over(tmp_path):
 
 def test_lock_from_another_host_is_stale_only_after_its_heartbeat_timeout(tmp_path):
     root = str(tmp_path / "root")
-    record = {"token": "t-other", "owner": "someone", "host": "another-host.example", "pid": 1,
-              "started_at": time.time() - 3600, "heartbeat_at": time.time() - 5}
+    record = {
+        "token": "t-other",
+        "owner": "someone",
+        "host": "another-host.example",
+        "pid": 1,
+        "started_at": time.time() - 3600,
+        "heartbeat_at": time.time() - 5,
+    }
     store.write_json(lock.lock_uri(root), record)
     with pytest.raises(lock.RootLocked, match="another-host.example"):
         lock.acquire(root, stale_after_s=60, settle_s=0)

@@ -27,10 +27,18 @@ BAD = ("truncated", "zero_bytes", "not_video", "audio_only", "tiny_resolution", 
 
 
 def config_for(root: Path, inputs: Path, *extra: str):
-    return load_config(REPO / "configs" / "demo.yaml", [
-        f"run.root={root}", f"run.stages={STAGES}", f"discover.inputs=[{inputs}]", "run.demo_media=",
-        "shard.samples_per_shard=4", "run.rows_per_part=5", *extra,
-    ])
+    return load_config(
+        REPO / "configs" / "demo.yaml",
+        [
+            f"run.root={root}",
+            f"run.stages={STAGES}",
+            f"discover.inputs=[{inputs}]",
+            "run.demo_media=",
+            "shard.samples_per_shard=4",
+            "run.rows_per_part=5",
+            *extra,
+        ],
+    )
 
 
 def read_manifest(root: Path, stage: str) -> list[dict]:
@@ -111,8 +119,10 @@ def test_shards_read_back_with_webdataset_match_manifests(finished_run):
 
 def shard_samples(root: Path) -> dict[str, dict]:
     tars = [str(t) for t in sorted((root / "shard").glob("*.tar"))]
-    return {s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")}
-            for s in wds.WebDataset(tars, shardshuffle=False)}
+    return {
+        s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")}
+        for s in wds.WebDataset(tars, shardshuffle=False)
+    }
 
 
 def test_broadcast_and_shuffle_joins_shard_the_same_samples(finished_run, tmp_path):
@@ -200,12 +210,29 @@ def test_killed_run_resumes_without_duplicates_or_loss(tmp_path, good_videos):
         os.link(source, clips[-1])
     inputs = write_list(tmp_path / "list.csv", [{"path": str(p), "title": p.stem} for p in clips])
     root = tmp_path / "root"
-    args = [sys.executable, "pipeline/run.py", "--config", "configs/demo.yaml", "--root", str(root),
-            "--input", str(inputs), "--set", "run.stages=[discover, download, probe]",
-            "--set", "run.ray_address=local", "--set", "run.rows_per_part=1", "--set", "probe.batch_size=1",
-            "--set", "probe.planned_decode=false"]
-    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "pipeline/run.py",
+        "--config",
+        "configs/demo.yaml",
+        "--root",
+        str(root),
+        "--input",
+        str(inputs),
+        "--set",
+        "run.stages=[discover, download, probe]",
+        "--set",
+        "run.ray_address=local",
+        "--set",
+        "run.rows_per_part=1",
+        "--set",
+        "probe.batch_size=1",
+        "--set",
+        "probe.planned_decode=false",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 180
     while time.time() < deadline and len(manifest.part_files(str(root), "probe")) < 2:
         time.sleep(0.05)
@@ -238,14 +265,31 @@ def test_dedupe_keeps_one_row_per_video_preferring_ok(tmp_path):
 
     root = str(tmp_path)
     schema = pa.schema(BASE_FIELDS + [pa.field("x", pa.int64())])
-    store.write_parquet(manifest.new_part_uri(root, "s"), pa.Table.from_pylist(
-        [{"video_id": "a", "status": "failed", "error": "boom", "x": 1}, {"video_id": "b", "status": "ok", "x": 2}],
-        schema=schema))
-    store.write_parquet(manifest.new_part_uri(root, "s"), pa.Table.from_pylist(
-        [{"video_id": "a", "status": "ok", "x": 3}, {"video_id": "b", "status": "ok", "x": 4},
-         {"video_id": "c", "status": "ok", "x": 5}], schema=schema))
+    store.write_parquet(
+        manifest.new_part_uri(root, "s"),
+        pa.Table.from_pylist(
+            [
+                {"video_id": "a", "status": "failed", "error": "boom", "x": 1},
+                {"video_id": "b", "status": "ok", "x": 2},
+            ],
+            schema=schema,
+        ),
+    )
+    store.write_parquet(
+        manifest.new_part_uri(root, "s"),
+        pa.Table.from_pylist(
+            [
+                {"video_id": "a", "status": "ok", "x": 3},
+                {"video_id": "b", "status": "ok", "x": 4},
+                {"video_id": "c", "status": "ok", "x": 5},
+            ],
+            schema=schema,
+        ),
+    )
     assert manifest.dedupe(root, "s") == 2
-    rows = sorted((r for p in manifest.part_files(root, "s") for r in pq.read_table(p).to_pylist()),
-                  key=lambda r: r["video_id"])
+    rows = sorted(
+        (r for p in manifest.part_files(root, "s") for r in pq.read_table(p).to_pylist()),
+        key=lambda r: r["video_id"],
+    )
     assert [(r["video_id"], r["status"]) for r in rows] == [("a", "ok"), ("b", "ok"), ("c", "ok")]
     assert manifest.dedupe(root, "s") == 0

@@ -92,14 +92,44 @@ def test_rotation_is_applied_as_ffmpeg_displays_it(tmp_path):
     src, rotated = tmp_path / "plain.mp4", tmp_path / "rotated.mp4"
     encode_video(src, frames, 10)
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-display_rotation:v:0", "90", "-i", str(src),
-                    "-c", "copy", str(rotated)], check=True)
+    subprocess.run(
+        [
+            ffmpeg,
+            "-y",
+            "-loglevel",
+            "error",
+            "-display_rotation:v:0",
+            "90",
+            "-i",
+            str(src),
+            "-c",
+            "copy",
+            str(rotated),
+        ],
+        check=True,
+    )
     p = probe_file(str(rotated), short_side=96)
     assert p.rotation % 360 in (90, 270)
     assert (p.width, p.height) == (96, 160)
     # ffmpeg's own autorotated decode of the same file is the reference orientation
-    ref = subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(rotated), "-frames:v", "1", "-f", "rawvideo",
-                          "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    ref = subprocess.run(
+        [
+            ffmpeg,
+            "-loglevel",
+            "error",
+            "-i",
+            str(rotated),
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
     ref_img = np.frombuffer(ref, np.uint8).reshape(160, 96, 3)
     ours = p.frames[0]
     assert ours.shape == ref_img.shape
@@ -120,8 +150,9 @@ def test_rotation_is_applied_as_ffmpeg_displays_it(tmp_path):
 )
 def test_bad_inputs_become_rows_with_reasons(bad_inputs, name, status, reason):
     stage = make_stage()
-    out = stage.process(stage.rows_to_table([]).__class__.from_pylist(
-        [{"video_id": name, "media": str(bad_inputs[name])}]))
+    out = stage.process(
+        stage.rows_to_table([]).__class__.from_pylist([{"video_id": name, "media": str(bad_inputs[name])}])
+    )
     row = out.to_pylist()[0]
     assert row["status"] == status, row
     assert reason in row["error"] and "\n" not in row["error"]

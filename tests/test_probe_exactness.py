@@ -51,21 +51,27 @@ def reference_frames(path) -> tuple[list[float], list[np.ndarray], list[np.ndarr
 
     def jpeg(frame: av.VideoFrame) -> np.ndarray:
         scale = SHORT_SIDE / min(frame.width, frame.height)
-        rgb = frame.reformat(width=round(frame.width * scale), height=round(frame.height * scale),
-                             format="rgb24").to_ndarray()
+        rgb = frame.reformat(
+            width=round(frame.width * scale), height=round(frame.height * scale), format="rgb24"
+        ).to_ndarray()
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="JPEG", quality=QUALITY)
         return decode_jpeg(buf.getvalue())
 
-    return ([times[k] for k in picks], [jpeg(frames[k]) for k in picks],
-            [jpeg(frames[min(k + 2, len(frames) - 1)]) for k in picks])
+    return (
+        [times[k] for k in picks],
+        [jpeg(frames[k]) for k in picks],
+        [jpeg(frames[min(k + 2, len(frames) - 1)]) for k in picks],
+    )
 
 
 def reference_audio(path) -> np.ndarray:
     with av.open(str(path)) as c:
         a = c.streams.audio[0]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
-        chunks = [r.to_ndarray().reshape(-1) for p in c.demux(a) for f in p.decode() for r in resampler.resample(f)]
+        chunks = [
+            r.to_ndarray().reshape(-1) for p in c.demux(a) for f in p.decode() for r in resampler.resample(f)
+        ]
         chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
     return np.concatenate(chunks)
 
@@ -81,7 +87,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def probe_row(path, **overrides) -> dict:
     cfg = load_config(None, [f"probe.{k}={v}" for k, v in overrides.items()])
-    return ProbeStage(cfg.probe, RunContext(root="/tmp/unused")).process_row({"video_id": "v", "media": str(path)})
+    return ProbeStage(cfg.probe, RunContext(root="/tmp/unused")).process_row(
+        {"video_id": "v", "media": str(path)}
+    )
 
 
 @pytest.mark.parametrize("threads", [1, 2])

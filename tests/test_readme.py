@@ -16,8 +16,14 @@ def python_blocks() -> list[str]:
 
 def test_the_inference_example_runs_and_prints_what_it_says(tmp_path):
     block = python_blocks()[0]  # the LanguageBind blocks run in tests/test_languagebind_readme.py
-    done = subprocess.run([sys.executable, "-c", block], cwd=README.parent, capture_output=True, text=True,
-                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-c", block],
+        cwd=README.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     numbers = [float(x) for x in re.findall(r"-?\d+\.\d+(?:e[-+]?\d+)?", done.stdout)]
     assert len(numbers) == 4 + 2, done.stdout  # a 2 x 2 similarity matrix, then 1 x 2 class probabilities

@@ -101,15 +101,22 @@ def counts(table: dict, header: str = "videos") -> dict[str, int]:
 
 def check_funnel(tables: dict[str, dict], root: Path) -> None:
     """The funnel and reason tables, recomputed here from the manifests and _SUCCESS.json files."""
-    present = [s for s in ("discover", "download", "probe", "caption", "asr", "enhance", "depth", "infrared", "shard")
-               if manifest.has_output(str(root), s)]
+    present = [
+        s
+        for s in ("discover", "download", "probe", "caption", "asr", "enhance", "depth", "infrared", "shard")
+        if manifest.has_output(str(root), s)
+    ]
     funnel = by_label(tables["funnel"])
     assert list(funnel) == present
     for stage in present:
         c = Counter(r["status"] for r in rows_of(root, stage))
         row = funnel[stage]
-        assert [int(row[k]) for k in ("rows", "ok", "failed", "filtered")] == [sum(c.values()), c["ok"], c["failed"],
-                                                                                c["filtered"]]
+        assert [int(row[k]) for k in ("rows", "ok", "failed", "filtered")] == [
+            sum(c.values()),
+            c["ok"],
+            c["failed"],
+            c["filtered"],
+        ]
         success = manifest.read_success(str(root), stage)
         assert row["complete"].startswith("yes" if success else "no")
         assert (float(row["wall s"]) if row["wall s"] else None) == (success["wall_s"] if success else None)
@@ -119,7 +126,9 @@ def check_funnel(tables: dict[str, dict], root: Path) -> None:
         for status in ("failed", "filtered"):
             bad = {r["video_id"]: r["error"] for r in rows_of(root, stage) if r["status"] == status}
             shown = [v for label, v in reasons if label == stage and v["status"] == status]
-            assert sum(int(v["rows"]) for v in shown) == len(bad)  # the fixture has few enough groups to show all
+            assert sum(int(v["rows"]) for v in shown) == len(
+                bad
+            )  # the fixture has few enough groups to show all
             for v in shown:
                 assert bad[v["example video_id"]] == v["example error"]
 
@@ -131,28 +140,53 @@ def check_tables(tables: dict[str, dict], root: Path) -> None:
     grades = Counter()
     for r in probe:
         d = r["duration"]
-        grades["under 1 s" if d < 1 else "1–7 s" if d < 8 else "8–14 s" if d < 15 else "15–20 s" if d < 21
-               else "21 s and over"] += 1
+        grades[
+            "under 1 s"
+            if d < 1
+            else "1–7 s"
+            if d < 8
+            else "8–14 s"
+            if d < 15
+            else "15–20 s"
+            if d < 21
+            else "21 s and over"
+        ] += 1
     duration = by_label(tables["duration"])
     assert {g: int(duration[g]["videos"]) for g in grades} == dict(grades)
-    assert sum(int(duration[g]["videos"]) for g in ("under 1 s", "1–7 s", "8–14 s", "15–20 s", "21 s and over")) == len(probe)
+    assert sum(
+        int(duration[g]["videos"]) for g in ("under 1 s", "1–7 s", "8–14 s", "15–20 s", "21 s and over")
+    ) == len(probe)
     assert float(duration["mean (s)"]["videos"]) == pytest.approx(np.mean([r["duration"] for r in probe]))
     assert float(duration["max (s)"]["videos"]) == max(r["duration"] for r in probe)
     assert counts(tables["resolution"]) == Counter(f"{r['width']}×{r['height']}" for r in probe)
     assert counts(tables["aspect"]) == Counter(ASPECTS[(r["width"], r["height"])] for r in probe)
     assert counts(tables["fps"]) == Counter(f"{round(r['fps'], 2):g}" for r in probe)
-    assert counts(tables["audio"]) == Counter("with audio" if r["has_audio"] else "without audio" for r in probe)
-    assert counts(tables["asr_language"]) == Counter(r["asr_language"] or "(none)" for r in ok_rows(root, "asr"))
+    assert counts(tables["audio"]) == Counter(
+        "with audio" if r["has_audio"] else "without audio" for r in probe
+    )
+    assert counts(tables["asr_language"]) == Counter(
+        r["asr_language"] or "(none)" for r in ok_rows(root, "asr")
+    )
     assert counts(tables["search"]) == Counter(r["query"] for r in ok_rows(root, "discover") if r["query"])
 
-    sources = {"title": "discover", "raw": "discover", "ofa": "caption", "mplug": "caption",
-               "polish_mplug": "enhance", "sound_mplug": "enhance", "asr": "asr"}
+    sources = {
+        "title": "discover",
+        "raw": "discover",
+        "ofa": "caption",
+        "mplug": "caption",
+        "polish_mplug": "enhance",
+        "sound_mplug": "enhance",
+        "asr": "asr",
+    }
     text = by_label(tables["text"])
     assert set(text) == set(sources)
     for name, stage in sources.items():
         rows = ok_rows(root, stage)
-        texts = [raw_text(r) for r in rows] if name == "raw" else [
-            t for r in rows for t in (r[name] if isinstance(r[name], list) else [r[name]])]
+        texts = (
+            [raw_text(r) for r in rows]
+            if name == "raw"
+            else [t for r in rows for t in (r[name] if isinstance(r[name], list) else [r[name]])]
+        )
         kept = [t for t in texts if t and t.strip()]
         words = [len(t.split()) for t in kept]
         row = text[name]
@@ -161,8 +195,13 @@ def check_tables(tables: dict[str, dict], root: Path) -> None:
         assert (float(row["min words"]), float(row["max words"])) == (min(words), max(words)), name
         assert float(row["mean chars"]) == pytest.approx(np.mean([len(t) for t in kept])), name
 
-    mm = np.concatenate([np.asarray(Image.open(io.BytesIO(png))).ravel() for r in ok_rows(root, "depth")
-                         for png in r["depth"]]).astype(np.int64)
+    mm = np.concatenate(
+        [
+            np.asarray(Image.open(io.BytesIO(png))).ravel()
+            for r in ok_rows(root, "depth")
+            for png in r["depth"]
+        ]
+    ).astype(np.int64)
     valid = mm[mm > 0]
     depth = by_label(tables["depth"])
     assert int(depth["frames"]["value"]) == 8 * len(ok_rows(root, "depth"))
@@ -210,12 +249,20 @@ def test_samples_show_every_modality_and_text_of_random_shard_samples(report):
     page = index.read_text()
     out = index.parent
     shard_ids = [r["video_id"] for r in ok_rows(root, "shard")]
-    keys = [html.unescape(k) for k in re.findall(r'<article class="sample" id="sample-\d+" data-key="([^"]*)"', page)]
+    keys = [
+        html.unescape(k)
+        for k in re.findall(r'<article class="sample" id="sample-\d+" data-key="([^"]*)"', page)
+    ]
     assert sorted(keys) == sorted(shard_ids[:SAMPLES])  # fewer samples than asked: all of them, once
     depth = {r["video_id"]: r["depth"] for r in ok_rows(root, "depth")}
     for i, key in enumerate(keys):
         d = out / "samples" / f"{i:03d}"
-        assert len(list(d.glob("rgb*.jpg"))) == len(list(d.glob("depth*.png"))) == len(list(d.glob("ir*.jpg"))) == 8
+        assert (
+            len(list(d.glob("rgb*.jpg")))
+            == len(list(d.glob("depth*.png")))
+            == len(list(d.glob("ir*.jpg")))
+            == 8
+        )
         mm = np.concatenate([np.asarray(Image.open(io.BytesIO(p))).ravel() for p in depth[key]])
         near, far = float(mm[mm > 0].min()) / 1000, float(mm[mm > 0].max()) / 1000
         assert f'data-near="{near!r}" data-far="{far!r}"' in page
@@ -223,7 +270,9 @@ def test_samples_show_every_modality_and_text_of_random_shard_samples(report):
     with_audio = {r["video_id"] for r in ok_rows(root, "probe") if r["has_audio"]}
     assert page.count("<audio ") == len(with_audio & set(keys))
     for src in re.findall(r'src="([^"]+)"', page):
-        assert (out / html.unescape(src)).resolve().is_file() and (out / html.unescape(src)).resolve().is_relative_to(out)
+        assert (out / html.unescape(src)).resolve().is_file() and (
+            out / html.unescape(src)
+        ).resolve().is_relative_to(out)
 
 
 def test_batch_size_does_not_change_the_statistics(report):
@@ -233,8 +282,9 @@ def test_batch_size_does_not_change_the_statistics(report):
     assert [(f.counts, f.reasons) for f in small.funnel] == [(f.counts, f.reasons) for f in large.funnel]
 
 
-@pytest.mark.parametrize("upto, stages", [("download", ["discover", "download"]),
-                                         ("probe", ["discover", "download", "probe"])])
+@pytest.mark.parametrize(
+    "upto, stages", [("download", ["discover", "download"]), ("probe", ["discover", "download", "probe"])]
+)
 def test_partial_run_shows_only_the_stages_it_has(tmp_path, upto, stages):
     root = build_run(tmp_path / "run", upto=upto)
     page = write_report(root, tmp_path / "out", samples=4).read_text()
@@ -245,8 +295,9 @@ def test_partial_run_shows_only_the_stages_it_has(tmp_path, upto, stages):
     check_funnel(tables, root)
     assert counts(tables["search"]) == Counter(r["query"] for r in ok_rows(root, "discover") if r["query"])
     if upto == "probe":
-        assert counts(tables["audio"]) == Counter("with audio" if r["has_audio"] else "without audio"
-                                                  for r in ok_rows(root, "probe"))
+        assert counts(tables["audio"]) == Counter(
+            "with audio" if r["has_audio"] else "without audio" for r in ok_rows(root, "probe")
+        )
     else:
         assert "duration" not in tables and "audio" not in tables
 
@@ -264,14 +315,33 @@ def test_bounded_counter_keeps_totals_and_the_frequent_keys():
 
 def test_duration_grades_and_aspect_names():
     assert [duration_grade(x) for x in (0.4, 1.0, 7.99, 8.0, 14.9, 15.0, 20.9, 21.0)] == [
-        "under 1 s", "1–7 s", "1–7 s", "8–14 s", "8–14 s", "15–20 s", "15–20 s", "21 s and over"]
-    assert [aspect_name(w, h) for w, h in ((1920, 1080), (1080, 1920), (640, 480), (500, 500), (1000, 1234))] == [
-        "16:9", "9:16", "4:3", "1:1", "other portrait"]
+        "under 1 s",
+        "1–7 s",
+        "1–7 s",
+        "8–14 s",
+        "8–14 s",
+        "15–20 s",
+        "15–20 s",
+        "21 s and over",
+    ]
+    assert [
+        aspect_name(w, h) for w, h in ((1920, 1080), (1080, 1920), (640, 480), (500, 500), (1000, 1234))
+    ] == ["16:9", "9:16", "4:3", "1:1", "other portrait"]
 
 
 def test_cli_writes_the_report_and_refuses_a_foreign_directory(report, tmp_path):
     root, _ = report
-    cmd = [sys.executable, "-m", "pipeline.report", "--root", str(root), "--out", str(tmp_path / "r"), "--samples", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.report",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "r"),
+        "--samples",
+        "2",
+    ]
     for _ in range(2):  # a rerun replaces its own earlier report
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -289,10 +359,27 @@ def test_cli_writes_the_report_and_refuses_a_foreign_directory(report, tmp_path)
 
 def test_hashtags_stand_in_for_search_terms_and_older_parts_lack_columns(tmp_path):
     root = tmp_path / "run"
-    old = [{"video_id": f"a{i}", "status": "ok", "error": None, "title": f"t {i}", "hashtags": ["x", f"y{i % 2}"]}
-           for i in range(5)]
-    new = [{"video_id": f"b{i}", "status": "ok", "error": None, "title": "t", "hashtags": ["x"], "duration": 2.0 + i}
-           for i in range(3)]
+    old = [
+        {
+            "video_id": f"a{i}",
+            "status": "ok",
+            "error": None,
+            "title": f"t {i}",
+            "hashtags": ["x", f"y{i % 2}"],
+        }
+        for i in range(5)
+    ]
+    new = [
+        {
+            "video_id": f"b{i}",
+            "status": "ok",
+            "error": None,
+            "title": "t",
+            "hashtags": ["x"],
+            "duration": 2.0 + i,
+        }
+        for i in range(3)
+    ]
     for rows in (old, new):
         store.write_parquet(manifest.new_part_uri(str(root), "discover"), pa.Table.from_pylist(rows))
     tables = parse_tables(write_report(root, tmp_path / "out").read_text())
@@ -307,13 +394,27 @@ def test_report_of_a_real_pipeline_run(tmp_path, ray_local, good_videos, bad_inp
     from pipeline.runner import run_pipeline
     from tests.conftest import write_list
 
-    rows = [{"path": str(p), "title": f"clip <b>{p.stem}</b>", "hashtags": "#demo #shapes"} for p in good_videos[:4]]
-    rows += [{"path": str(bad_inputs[k]), "title": k} for k in ("truncated", "missing", "tiny_resolution", "no_audio")]
+    rows = [
+        {"path": str(p), "title": f"clip <b>{p.stem}</b>", "hashtags": "#demo #shapes"}
+        for p in good_videos[:4]
+    ]
+    rows += [
+        {"path": str(bad_inputs[k]), "title": k}
+        for k in ("truncated", "missing", "tiny_resolution", "no_audio")
+    ]
     inputs = write_list(tmp_path / "videos.csv", rows)
     root = tmp_path / "root"
-    config = load_config(REPO / "configs" / "demo.yaml", [
-        f"run.root={root}", "run.stages=[discover, download, probe, shard]", f"discover.inputs=[{inputs}]",
-        "run.demo_media=", "shard.samples_per_shard=2", "run.rows_per_part=3"])
+    config = load_config(
+        REPO / "configs" / "demo.yaml",
+        [
+            f"run.root={root}",
+            "run.stages=[discover, download, probe, shard]",
+            f"discover.inputs=[{inputs}]",
+            "run.demo_media=",
+            "shard.samples_per_shard=2",
+            "run.rows_per_part=3",
+        ],
+    )
     reports = {r.stage: r for r in run_pipeline(config, ["discover", "download", "probe", "shard"])}
     index = write_report(root, tmp_path / "out", samples=3)
     tables = parse_tables(index.read_text())
@@ -322,7 +423,9 @@ def test_report_of_a_real_pipeline_run(tmp_path, ray_local, good_videos, bad_inp
     for stage, r in reports.items():
         assert int(funnel[stage]["ok"]) == r.counts["ok"] and float(funnel[stage]["wall s"]) == r.wall_s
     probe = ok_rows(root, "probe")
-    assert counts(tables["audio"]) == Counter("with audio" if r["has_audio"] else "without audio" for r in probe)
+    assert counts(tables["audio"]) == Counter(
+        "with audio" if r["has_audio"] else "without audio" for r in probe
+    )
     assert counts(tables["resolution"]) == Counter(f"{r['width']}×{r['height']}" for r in probe)
     page = index.read_text()
     assert page.count('<article class="sample"') == 3 and "clip &lt;b&gt;" in page

@@ -17,8 +17,15 @@ from tests.test_report import check_tables
 from tests.test_report_fixture import HOSTILE_TAG, HOSTILE_TITLE, build_run
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright downloads no browser here
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TABLES_JS = """() => Object.fromEntries([...document.querySelectorAll('table[data-stat]')].map(t => [
   t.dataset.stat, {headers: [...t.tHead.rows[0].cells].map(c => c.textContent),
                    rows: [...t.tBodies[0].rows].map(r => [r.dataset.key, Object.fromEntries(
@@ -48,8 +55,9 @@ def loaded(browser, tmp_path_factory):
     page.on("request", lambda r: events["requests"].append(r.url))
     page.goto(index.resolve().as_uri(), wait_until="load")
     page.wait_for_function("[...document.images].every(i => i.complete)", timeout=15_000)
-    page.wait_for_function("[...document.querySelectorAll('audio')].every(a => a.readyState >= 1 || a.error)",
-                           timeout=15_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('audio')].every(a => a.readyState >= 1 || a.error)", timeout=15_000
+    )
     yield root, index, page, events
     page.close()
 
@@ -66,8 +74,12 @@ def test_every_image_decodes_and_every_audio_player_loads(loaded):
     _, _, page, _ = loaded
     widths = page.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.naturalWidth])")
     assert len(widths) > 50 and all(w > 0 for _, w in widths), [s for s, w in widths if not w]
-    durations = page.evaluate("[...document.querySelectorAll('audio')].map(a => [a.error && a.error.code, a.duration])")
-    assert durations and all(err is None and d == pytest.approx(1.0, abs=0.05) for err, d in durations), durations
+    durations = page.evaluate(
+        "[...document.querySelectorAll('audio')].map(a => [a.error && a.error.code, a.duration])"
+    )
+    assert durations and all(err is None and d == pytest.approx(1.0, abs=0.05) for err, d in durations), (
+        durations
+    )
 
 
 def test_hostile_title_is_text_and_runs_nothing(loaded):

@@ -26,29 +26,64 @@ from stages.media import encode_flac
 from stages.probe import ProbeStage
 from stages.shard import INDEX_SCHEMA, ShardStage, raw_text, sample_files, write_tar
 
-HOSTILE_TITLE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> Cats & "dogs" <b>bold</b>'
+HOSTILE_TITLE = (
+    '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> Cats & "dogs" <b>bold</b>'
+)
 HOSTILE_TAG = "<i>$money$</i>"
 # The columns each stage writes (the conventions every stage follows), used when its module is absent.
 SCHEMAS = {
     "discover": CANDIDATE_SCHEMA,
     "download": DownloadStage.schema,
     "probe": ProbeStage.schema,
-    "caption": pa.schema([("ofa", pa.list_(pa.string())), ("mplug", pa.string()), ("caption_model", pa.string()),
-                          ("caption_prompt_version", pa.string())]),
-    "asr": pa.schema([("asr", pa.string()), ("asr_language", pa.string()), ("asr_no_speech_prob", pa.float64()),
-                      ("asr_model", pa.string())]),
-    "enhance": pa.schema([("polish_mplug", pa.string()), ("sound_mplug", pa.string()), ("enhance_model", pa.string()),
-                          ("enhance_prompt_version", pa.string()), ("enhance_note", pa.string())]),
-    "depth": pa.schema([("depth", pa.list_(pa.binary())), ("depth_kind", pa.string()), ("depth_model", pa.string())]),
+    "caption": pa.schema(
+        [
+            ("ofa", pa.list_(pa.string())),
+            ("mplug", pa.string()),
+            ("caption_model", pa.string()),
+            ("caption_prompt_version", pa.string()),
+        ]
+    ),
+    "asr": pa.schema(
+        [
+            ("asr", pa.string()),
+            ("asr_language", pa.string()),
+            ("asr_no_speech_prob", pa.float64()),
+            ("asr_model", pa.string()),
+        ]
+    ),
+    "enhance": pa.schema(
+        [
+            ("polish_mplug", pa.string()),
+            ("sound_mplug", pa.string()),
+            ("enhance_model", pa.string()),
+            ("enhance_prompt_version", pa.string()),
+            ("enhance_note", pa.string()),
+        ]
+    ),
+    "depth": pa.schema(
+        [("depth", pa.list_(pa.binary())), ("depth_kind", pa.string()), ("depth_model", pa.string())]
+    ),
     "infrared": pa.schema([("ir", pa.list_(pa.binary())), ("infrared_model", pa.string())]),
     "shard": ShardStage.schema,
 }
 # (width, height, fps, duration, has_audio) of the videos that pass probe, and their aspect names
-PROBED = [(1280, 720, 30.0, 0.5, True), (720, 1280, 29.97, 3.2, True), (640, 480, 25.0, 7.9, False),
-          (1080, 1080, 30.0, 8.0, True), (1920, 1080, 60.0, 14.5, True), (1000, 1234, 24.0, 15.0, False),
-          (1280, 720, 30.0, 20.0, True)]
-ASPECTS = {(1280, 720): "16:9", (720, 1280): "9:16", (640, 480): "4:3", (1080, 1080): "1:1", (1920, 1080): "16:9",
-           (1000, 1234): "other portrait"}
+PROBED = [
+    (1280, 720, 30.0, 0.5, True),
+    (720, 1280, 29.97, 3.2, True),
+    (640, 480, 25.0, 7.9, False),
+    (1080, 1080, 30.0, 8.0, True),
+    (1920, 1080, 60.0, 14.5, True),
+    (1000, 1234, 24.0, 15.0, False),
+    (1280, 720, 30.0, 20.0, True),
+]
+ASPECTS = {
+    (1280, 720): "16:9",
+    (720, 1280): "9:16",
+    (640, 480): "4:3",
+    (1080, 1080): "1:1",
+    (1920, 1080): "16:9",
+    (1000, 1234): "other portrait",
+}
 
 
 def jpeg(rgb: np.ndarray) -> bytes:
@@ -71,20 +106,35 @@ def stage_schema(stage: str) -> pa.Schema:
         return SCHEMAS[stage]
 
 
-def write_stage(root: Path, stage: str, rows: list[dict[str, Any]], parts: int = 2, success: bool = True) -> None:
+def write_stage(
+    root: Path, stage: str, rows: list[dict[str, Any]], parts: int = 2, success: bool = True
+) -> None:
     """Write a stage's manifest in ``parts`` Parquet parts and, unless told not to, its ``_SUCCESS.json``."""
     schema = pa.schema(BASE_FIELDS + list(stage_schema(stage)))
     for i in range(parts):
         chunk = rows[i::parts]
         if chunk:
-            store.write_parquet(manifest.new_part_uri(str(root), stage), pa.Table.from_pylist(chunk, schema=schema))
+            store.write_parquet(
+                manifest.new_part_uri(str(root), stage), pa.Table.from_pylist(chunk, schema=schema)
+            )
     if success:
         totals = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "filtered")}
-        manifest.write_success(str(root), stage, {
-            "stage": stage, "rows_in": len(rows), "skipped_already_done": 0, "this_run": totals, "totals": totals,
-            "top_reasons": [], "wall_s": 1.5 + len(stage), "rows_per_s": round(len(rows) / (1.5 + len(stage)), 3),
-            "models": {stage: "tiny"} if stage in ("caption", "depth") else {}, "config": {},
-        })
+        manifest.write_success(
+            str(root),
+            stage,
+            {
+                "stage": stage,
+                "rows_in": len(rows),
+                "skipped_already_done": 0,
+                "this_run": totals,
+                "totals": totals,
+                "top_reasons": [],
+                "wall_s": 1.5 + len(stage),
+                "rows_per_s": round(len(rows) / (1.5 + len(stage)), 3),
+                "models": {stage: "tiny"} if stage in ("caption", "depth") else {},
+                "config": {},
+            },
+        )
 
 
 def ok(video_id: str, **cols: Any) -> dict[str, Any]:
@@ -100,40 +150,94 @@ def build_run(root: Path, upto: str = "shard", samples_per_shard: int = 3) -> Pa
     rng = np.random.default_rng(0)
     ids = [f"yt-vid{i:02d}" for i in range(14)]
     queries = ["cats", "dogs", "<b>rain</b> $sounds$", None]  # markup and TeX-like text in a plot label
-    discover = [ok(v, url=f"https://example.com/watch?v={v}", title=HOSTILE_TITLE if i == 0 else f"video {i} of a cat",
-                   description=None, hashtags=[HOSTILE_TAG, "cat"] if i == 0 else ["cat", f"tag{i % 3}"],
-                   query=queries[i % 4], source="youtube", license="cc-by")
-                for i, v in enumerate(ids[:12])]
-    discover += [bad(ids[12], "failed", "list row has neither 'path' nor 'url' (/data/list.csv)"),
-                 bad(ids[13], "filtered", "title matches stop word 'compilation'")]
+    discover = [
+        ok(
+            v,
+            url=f"https://example.com/watch?v={v}",
+            title=HOSTILE_TITLE if i == 0 else f"video {i} of a cat",
+            description=None,
+            hashtags=[HOSTILE_TAG, "cat"] if i == 0 else ["cat", f"tag{i % 3}"],
+            query=queries[i % 4],
+            source="youtube",
+            license="cc-by",
+        )
+        for i, v in enumerate(ids[:12])
+    ]
+    discover += [
+        bad(ids[12], "failed", "list row has neither 'path' nor 'url' (/data/list.csv)"),
+        bad(ids[13], "filtered", "title matches stop word 'compilation'"),
+    ]
     stages = {"discover": discover}
     down_ok = ids[:10]
-    stages["download"] = [ok(v, media=f"/media/{v}.mp4", sha256="0" * 64, bytes=1000 + i) for i, v in enumerate(down_ok)]
-    stages["download"] += [bad(ids[10], "failed", f"HTTP Error 404: Not Found (https://example.com/v/{ids[10]})"),
-                           bad(ids[11], "failed", f"HTTP Error 404: Not Found (https://example.com/v/{ids[11]})")]
+    stages["download"] = [
+        ok(v, media=f"/media/{v}.mp4", sha256="0" * 64, bytes=1000 + i) for i, v in enumerate(down_ok)
+    ]
+    stages["download"] += [
+        bad(ids[10], "failed", f"HTTP Error 404: Not Found (https://example.com/v/{ids[10]})"),
+        bad(ids[11], "failed", f"HTTP Error 404: Not Found (https://example.com/v/{ids[11]})"),
+    ]
     probed = down_ok[:7]
     probe = []
     for v, (w, h, fps, dur, has_audio) in zip(probed, PROBED):
         frames = [jpeg(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(fmt.NUM_FRAMES)]
         tone = (np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000) * 8000).astype(np.int16)
-        probe.append(ok(v, duration=dur, fps=fps, width=w, height=h, vcodec="h264", acodec="aac" if has_audio else None,
-                        rotation=0, frames=frames, frame_times=[i * dur / 8 for i in range(8)], has_audio=has_audio,
-                        audio=encode_flac(tone, 16000) if has_audio else None))
-    probe += [bad(down_ok[7], "filtered", "duration 25.30s above max_duration 20.0s"),
-              bad(down_ok[8], "filtered", "duration 31.00s above max_duration 20.0s"),
-              bad(down_ok[9], "failed", "MediaError: no video stream (at media.py:151)")]
+        probe.append(
+            ok(
+                v,
+                duration=dur,
+                fps=fps,
+                width=w,
+                height=h,
+                vcodec="h264",
+                acodec="aac" if has_audio else None,
+                rotation=0,
+                frames=frames,
+                frame_times=[i * dur / 8 for i in range(8)],
+                has_audio=has_audio,
+                audio=encode_flac(tone, 16000) if has_audio else None,
+            )
+        )
+    probe += [
+        bad(down_ok[7], "filtered", "duration 25.30s above max_duration 20.0s"),
+        bad(down_ok[8], "filtered", "duration 31.00s above max_duration 20.0s"),
+        bad(down_ok[9], "failed", "MediaError: no video stream (at media.py:151)"),
+    ]
     stages["probe"] = probe
-    stages["caption"] = [ok(v, ofa=[f"a cat on a mat frame {j}" + " very" * i for j in range(8)],
-                            mplug="" if i == 3 else ("<b>a bold cat</b> & friends" if i == 0 else f"a cat {' and' * i} a dog"),
-                            caption_model="tiny", caption_prompt_version="v1") for i, v in enumerate(probed[:6])]
+    stages["caption"] = [
+        ok(
+            v,
+            ofa=[f"a cat on a mat frame {j}" + " very" * i for j in range(8)],
+            mplug=""
+            if i == 3
+            else ("<b>a bold cat</b> & friends" if i == 0 else f"a cat {' and' * i} a dog"),
+            caption_model="tiny",
+            caption_prompt_version="v1",
+        )
+        for i, v in enumerate(probed[:6])
+    ]
     stages["caption"].append(bad(probed[6], "failed", "RuntimeError: CUDA out of memory (at caption.py:88)"))
     langs = ["en", "en", None, "zh", "en", None, "de"]
-    stages["asr"] = [ok(v, asr=None if langs[i] is None else ("你好世界" if langs[i] == "zh" else f"hello there number {i}"),
-                        asr_language=langs[i], asr_no_speech_prob=0.1, asr_model="whisper:tiny")
-                     for i, v in enumerate(probed)]
-    stages["enhance"] = [ok(v, polish_mplug=f"A cat and a dog play {i} times.", sound_mplug="purring" if i % 2 else None,
-                            enhance_model="openai:gpt-4o-mini", enhance_prompt_version="v1", enhance_note=None)
-                         for i, v in enumerate(probed[:6])]
+    stages["asr"] = [
+        ok(
+            v,
+            asr=None if langs[i] is None else ("你好世界" if langs[i] == "zh" else f"hello there number {i}"),
+            asr_language=langs[i],
+            asr_no_speech_prob=0.1,
+            asr_model="whisper:tiny",
+        )
+        for i, v in enumerate(probed)
+    ]
+    stages["enhance"] = [
+        ok(
+            v,
+            polish_mplug=f"A cat and a dog play {i} times.",
+            sound_mplug="purring" if i % 2 else None,
+            enhance_model="openai:gpt-4o-mini",
+            enhance_prompt_version="v1",
+            enhance_note=None,
+        )
+        for i, v in enumerate(probed[:6])
+    ]
     depth = []
     for i, v in enumerate(probed[:6]):
         maps = []
@@ -142,10 +246,18 @@ def build_run(root: Path, upto: str = "shard", samples_per_shard: int = 3) -> Pa
             mm[:4, :] = 0  # no depth
             mm[-2:, :] = fmt.DEPTH_MAX_MM  # at the clip
             maps.append(depth_png(mm))
-        depth.append(ok(v, depth=maps, depth_kind="relative" if i == 2 else "metric", depth_model="hf:/models/dpt"))
+        depth.append(
+            ok(v, depth=maps, depth_kind="relative" if i == 2 else "metric", depth_model="hf:/models/dpt")
+        )
     stages["depth"] = depth + [bad(probed[6], "failed", "depth model returned NaN")]
-    stages["infrared"] = [ok(v, ir=[jpeg(rng.integers(0, 255, (48, 64), dtype=np.uint8)) for _ in range(8)],
-                             infrared_model="munit:/w/tir.pt") for v in probed[:6]]
+    stages["infrared"] = [
+        ok(
+            v,
+            ir=[jpeg(rng.integers(0, 255, (48, 64), dtype=np.uint8)) for _ in range(8)],
+            infrared_model="munit:/w/tir.pt",
+        )
+        for v in probed[:6]
+    ]
     order = list(SCHEMAS)[: list(SCHEMAS).index(upto) + 1]
     for stage in order:
         if stage != "shard":
@@ -163,15 +275,29 @@ def write_shards(root: Path, order: list[str], stages: dict[str, list[dict]], pe
     shard_rows = []
     for n, start in enumerate(range(0, len(joined), per_shard)):
         name = fmt.shard_name(n)
-        batch = joined[start:start + per_shard]
+        batch = joined[start : start + per_shard]
         files = [(r["video_id"], sample_files(r, include_video=False)) for r in batch]
         write_tar(str(root / "shard" / f"{name}.tar"), files)
-        index = [{"key": r["video_id"], "title": r.get("title"), "raw": raw_text(r), "ofa": r.get("ofa"),
-                  "mplug": r.get("mplug"), "polish_mplug": r.get("polish_mplug"), "sound_mplug": r.get("sound_mplug"),
-                  "asr": r.get("asr"), "has_audio": fmt.AUDIO_KEY in f, "has_depth": fmt.frame_key("depth", 0) in f,
-                  "has_ir": fmt.frame_key("ir", 0) in f, "bytes": sum(len(b) for b in f.values())}
-                 for r, (_, f) in zip(batch, files)]
-        store.write_parquet(str(root / "shard" / f"{name}.parquet"), pa.Table.from_pylist(index, schema=INDEX_SCHEMA))
+        index = [
+            {
+                "key": r["video_id"],
+                "title": r.get("title"),
+                "raw": raw_text(r),
+                "ofa": r.get("ofa"),
+                "mplug": r.get("mplug"),
+                "polish_mplug": r.get("polish_mplug"),
+                "sound_mplug": r.get("sound_mplug"),
+                "asr": r.get("asr"),
+                "has_audio": fmt.AUDIO_KEY in f,
+                "has_depth": fmt.frame_key("depth", 0) in f,
+                "has_ir": fmt.frame_key("ir", 0) in f,
+                "bytes": sum(len(b) for b in f.values()),
+            }
+            for r, (_, f) in zip(batch, files)
+        ]
+        store.write_parquet(
+            str(root / "shard" / f"{name}.parquet"), pa.Table.from_pylist(index, schema=INDEX_SCHEMA)
+        )
         shard_rows += [ok(i["key"], shard=name, bytes=i["bytes"]) for i in index]
     stages["shard"] = shard_rows
     write_stage(root, "shard", shard_rows, parts=1)

@@ -24,8 +24,10 @@ def test_sampling_reads_a_few_shards_and_only_the_chosen_members(tmp_path, monke
     shard_dir = tmp_path / "shard"
     payload = 200_000
     for n in range(6):
-        write_tar(str(shard_dir / f"{fmt.shard_name(n)}.tar"),
-                  [(f"v{n}-{i}", {"json": b"{}", "rgb.0.jpg": bytes([i]) * payload}) for i in range(5)])
+        write_tar(
+            str(shard_dir / f"{fmt.shard_name(n)}.tar"),
+            [(f"v{n}-{i}", {"json": b"{}", "rgb.0.jpg": bytes([i]) * payload}) for i in range(5)],
+        )
     read_bytes = Counter()
     real_open = store.open_input
 
@@ -56,13 +58,17 @@ def test_sampling_reads_a_few_shards_and_only_the_chosen_members(tmp_path, monke
     again, _ = sample_shards(str(tmp_path), 2, seed=1)
     assert [s["__key__"] for s in again] == [s["__key__"] for s in samples]
     everything, read = sample_shards(str(tmp_path), 100, seed=1)
-    assert len(read) == 6 and sorted(s["__key__"] for s in everything) == sorted(f"v{n}-{i}" for n in range(6) for i in range(5))
+    assert len(read) == 6 and sorted(s["__key__"] for s in everything) == sorted(
+        f"v{n}-{i}" for n in range(6) for i in range(5)
+    )
 
 
 def test_reservoir_is_uniform_over_a_tar(tmp_path):
     uri = str(tmp_path / "00000.tar")
     write_tar(uri, [(f"k{i}", {"json": b"{}"}) for i in range(10)])
-    picks = Counter(s["__key__"] for seed in range(2000) for s in reservoir_from_tar(uri, 2, random.Random(seed)))
+    picks = Counter(
+        s["__key__"] for seed in range(2000) for s in reservoir_from_tar(uri, 2, random.Random(seed))
+    )
     assert set(picks) == {f"k{i}" for i in range(10)}
     assert all(300 < n < 500 for n in picks.values()), picks  # 400 expected each (2000 * 2 / 10)
     with tarfile.open(uri) as t:
@@ -79,17 +85,35 @@ def test_depth_colour_map_spans_near_to_far_and_greys_missing_depth():
 
 def test_a_broken_sample_is_listed_not_fatal(tmp_path):
     root = tmp_path / "run"
-    store.write_parquet(manifest.new_part_uri(str(root), "probe"),
-                        pa.Table.from_pylist([{"video_id": "bad", "status": "ok", "error": None, "duration": 1.0}]))
+    store.write_parquet(
+        manifest.new_part_uri(str(root), "probe"),
+        pa.Table.from_pylist([{"video_id": "bad", "status": "ok", "error": None, "duration": 1.0}]),
+    )
     good = io.BytesIO()
     Image.new("RGB", (8, 6), (200, 10, 10)).save(good, format="JPEG")
-    write_tar(str(root / "shard" / "00000.tar"), [
-        ("bad", {"json": b"not json", "rgb.0.jpg": b"garbage", "rgb.1.jpg": good.getvalue(), "depth.0.png": b"nope",
-                 "flac": b"not flac"})])
+    write_tar(
+        str(root / "shard" / "00000.tar"),
+        [
+            (
+                "bad",
+                {
+                    "json": b"not json",
+                    "rgb.0.jpg": b"garbage",
+                    "rgb.1.jpg": good.getvalue(),
+                    "depth.0.png": b"nope",
+                    "flac": b"not flac",
+                },
+            )
+        ],
+    )
     index = write_report(root, tmp_path / "out", samples=3)
     page = index.read_text()
-    for problem in ("rgb frame 0 could not be decoded", "depth frame 0 could not be decoded",
-                    "audio could not be decoded", "not valid JSON"):
+    for problem in (
+        "rgb frame 0 could not be decoded",
+        "depth frame 0 could not be decoded",
+        "audio could not be decoded",
+        "not valid JSON",
+    ):
         assert problem in page
     assert "<audio" not in page and "1 random samples (seed 0) from 1 of 1 shards" in page
     assert re.findall(r'src="(samples/[^"]+)"', page) == ["samples/000/rgb1.jpg"]

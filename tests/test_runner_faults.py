@@ -24,14 +24,31 @@ STAGES = "run.stages=[discover, download, probe, shard]"
 
 
 def cli(root: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "pipeline/run.py", "--config", "configs/demo.yaml", "--root", str(root),
-                           "--set", "run.ray_address=local", "--set", "run.num_cpus=2", *extra],
-                          cwd=REPO, capture_output=True, text=True, timeout=400)
+    return subprocess.run(
+        [
+            sys.executable,
+            "pipeline/run.py",
+            "--config",
+            "configs/demo.yaml",
+            "--root",
+            str(root),
+            "--set",
+            "run.ray_address=local",
+            "--set",
+            "run.num_cpus=2",
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
 
 
 def test_a_stage_with_zero_ok_rows_does_not_abort_the_run(tmp_path):
-    inputs = write_list(tmp_path / "list.csv", [{"path": str(tmp_path / f"gone-{i}.mp4"), "title": f"t{i}"}
-                                                for i in range(5)])
+    inputs = write_list(
+        tmp_path / "list.csv", [{"path": str(tmp_path / f"gone-{i}.mp4"), "title": f"t{i}"} for i in range(5)]
+    )
     root = tmp_path / "root"
     first = cli(root, "--input", str(inputs), "--set", STAGES)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -68,9 +85,15 @@ def test_a_truncated_manifest_part_is_one_clear_line(tmp_path):
 def test_transient_failures_are_retried_by_a_plain_rerun(tmp_path, ray_local, good_videos):
     inputs = write_list(tmp_path / "list.csv", [{"path": str(p), "title": p.stem} for p in good_videos[:3]])
     root = tmp_path / "root"
-    config = load_config(REPO / "configs" / "demo.yaml", [
-        f"run.root={root}", "run.demo_media=", f"discover.inputs=[{inputs}]",
-        "run.stages=[discover, download, probe]"])
+    config = load_config(
+        REPO / "configs" / "demo.yaml",
+        [
+            f"run.root={root}",
+            "run.demo_media=",
+            f"discover.inputs=[{inputs}]",
+            "run.stages=[discover, download, probe]",
+        ],
+    )
     run_pipeline(config, ["discover", "download", "probe"])
     (uri,) = manifest.part_files(str(root), "probe")
     table = pq.read_table(uri)
@@ -82,7 +105,11 @@ def test_transient_failures_are_retried_by_a_plain_rerun(tmp_path, ray_local, go
     store.write_parquet(uri, table)
     reports = run_pipeline(config, ["probe"])  # a plain rerun: no --retry-failed
     assert reports[0].rows_in == 1 and reports[0].counts["ok"] == 1
-    rows = {r["video_id"]: r for p in manifest.part_files(str(root), "probe") for r in pq.read_table(p).to_pylist()}
+    rows = {
+        r["video_id"]: r
+        for p in manifest.part_files(str(root), "probe")
+        for r in pq.read_table(p).to_pylist()
+    }
     assert len(rows) == 3 and rows[ids[0]]["status"] == "ok"
     assert rows[ids[1]]["status"] == "failed" and rows[ids[1]]["error"] == "not a readable media file"
     note = failure_note(reports, str(root))  # this run failed nothing; the manifest still holds one failure

@@ -69,11 +69,17 @@ def test_demo_pipeline_on_a_two_node_cluster_with_model_actors_on_the_gpu_node(s
     inputs = clip_list(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != store.ENV_VAR and not k.startswith("AWS_ENDPOINT")}
     env.update(HF_HUB_OFFLINE="1", RAY_ADDRESS="")
-    out = subprocess.run([sys.executable, "-c", DRIVER, s3_server.endpoint, root, str(inputs)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=580)
+    out = subprocess.run(
+        [sys.executable, "-c", DRIVER, s3_server.endpoint, root, str(inputs)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-6000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert result["ok"] == {s: CLIPS for s in STAGES}
     on_gpu = [a for a in result["actors"] if a["resources"].get("GPU")]
     assert len(on_gpu) >= len(MODEL_STAGES)  # one pool (of at least one actor) per model stage

@@ -30,8 +30,14 @@ STAGES = ("discover", "download", "probe", "caption", "asr", "enhance", "depth",
 
 
 def storage_args(endpoint: str) -> list[str]:
-    return ["--set", f"run.storage.endpoint={endpoint}", "--set", "run.storage.region=us-east-1",
-            "--set", "run.storage.retries=2"]
+    return [
+        "--set",
+        f"run.storage.endpoint={endpoint}",
+        "--set",
+        "run.storage.region=us-east-1",
+        "--set",
+        "run.storage.retries=2",
+    ]
 
 
 def driver_env() -> dict[str, str]:
@@ -42,14 +48,37 @@ def driver_env() -> dict[str, str]:
 
 
 def pipeline_cmd(root: str, inputs: Path, endpoint: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.run", "--config", "configs/demo.yaml", "--input", str(inputs),
-            "--root", root, "--quiet", "--set", "run.num_cpus=2", "--set", "run.demo_media=",
-            "--set", "shard.samples_per_shard=2", *storage_args(endpoint), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--config",
+        "configs/demo.yaml",
+        "--input",
+        str(inputs),
+        "--root",
+        root,
+        "--quiet",
+        "--set",
+        "run.num_cpus=2",
+        "--set",
+        "run.demo_media=",
+        "--set",
+        "shard.samples_per_shard=2",
+        *storage_args(endpoint),
+        *extra,
+    ]
 
 
 def run_pipeline_cli(root: str, inputs: Path, endpoint: str, *extra: str, timeout: int = 540) -> str:
-    out = subprocess.run(pipeline_cmd(root, inputs, endpoint, *extra), cwd=REPO, env=driver_env(),
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        pipeline_cmd(root, inputs, endpoint, *extra),
+        cwd=REPO,
+        env=driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out.stdout
 
@@ -74,7 +103,11 @@ def success(root: str, stage: str) -> dict:
 
 
 def tars(root: str) -> list[str]:
-    return [u for u in store.list_files(store.join(root, "shard"), suffix=".tar") if not u.rsplit("/", 1)[1].startswith(".")]
+    return [
+        u
+        for u in store.list_files(store.join(root, "shard"), suffix=".tar")
+        if not u.rsplit("/", 1)[1].startswith(".")
+    ]
 
 
 def tar_keys(root: str) -> list[str]:
@@ -175,10 +208,16 @@ def test_train_and_eval_on_the_remote_shards_by_prefix(s3_run, tmp_path):
     names = [u.rsplit("/", 1)[1] for u in tars(s3_run["root"])]
     brace = f"{shard_dir}/{{{','.join(names)}}}"
     prefix = f"{shard_dir}/{os.path.commonprefix(names)}"  # a name prefix, not a directory
-    for data, expected in ((shard_dir + "/", CLIPS), (brace, CLIPS), (prefix, CLIPS),
-                           (f"{shard_dir}/{names[0]}::{shard_dir}/{names[1]}", 4)):
+    for data, expected in (
+        (shard_dir + "/", CLIPS),
+        (brace, CLIPS),
+        (prefix, CLIPS),
+        (f"{shard_dir}/{names[0]}::{shard_dir}/{names[1]}", 4),
+    ):
         out = tmp_path / "eval.json"
-        assert eval_main(["--checkpoint", str(run), "--data", data, "--workers", "1", "--json", str(out)]) == 0
+        assert (
+            eval_main(["--checkpoint", str(run), "--data", data, "--workers", "1", "--json", str(out)]) == 0
+        )
         assert json.loads(out.read_text())["modalities"]["video"]["samples"] == expected, data
 
 
@@ -189,11 +228,17 @@ def test_report_of_a_remote_root(s3_run, tmp_path):
     assert report_main(["--root", s3_run["root"], "--out", str(out), "--samples", "3"]) == 0
     page = (out / "index.html").read_text()
     assert "infrared" in page and len(list((out / "samples").rglob("*.jpg"))) >= 3
-    refused = subprocess.run([sys.executable, "-m", "pipeline.report", "--root", s3_run["root"]], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", "--root", s3_run["root"]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip().splitlines() == [
-        f"error: the run root {s3_run['root']} is remote: give --out, a local directory for the report"]
+        f"error: the run root {s3_run['root']} is remote: give --out, a local directory for the report"
+    ]
 
 
 def kill_tree(pid: int) -> None:
@@ -215,8 +260,13 @@ def test_kill_during_a_tar_upload_then_rerun_keeps_one_copy_of_each_sample(s3_ru
 
     root, inputs = s3_run["root"], s3_run["inputs"]
     proxy = StallingProxy(s3_server.port, pattern=rb"PUT /\S*/\.tmp-\S*\.tar[ ?]", nth=2)
-    proc = subprocess.Popen(pipeline_cmd(root, inputs, proxy.endpoint, "--stage", "shard", "--force"), cwd=REPO,
-                            env=driver_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        pipeline_cmd(root, inputs, proxy.endpoint, "--stage", "shard", "--force"),
+        cwd=REPO,
+        env=driver_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert proxy.stalled.wait(300), "the shard stage never uploaded a second tar"
         kill_tree(proc.pid)

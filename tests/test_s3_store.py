@@ -39,8 +39,13 @@ def test_storage_settings_are_validated_and_hold_no_credentials():
     s = store.StorageSettings(endpoint="http://127.0.0.1:9000")
     assert s.transport() == ("http", "127.0.0.1:9000")
     assert store.StorageSettings(endpoint="minio.lan:9000").transport() == ("https", "minio.lan:9000")
-    assert store.StorageSettings(endpoint="minio.lan:9000", scheme="http").transport() == ("http", "minio.lan:9000")
-    with pytest.raises(ConfigError, match="run.storage: .*secret_key: credentials are never read from a config"):
+    assert store.StorageSettings(endpoint="minio.lan:9000", scheme="http").transport() == (
+        "http",
+        "minio.lan:9000",
+    )
+    with pytest.raises(
+        ConfigError, match="run.storage: .*secret_key: credentials are never read from a config"
+    ):
         load_config(None, ["run.storage.secret_key=abc"])
     with pytest.raises(ConfigError, match="run.storage.retries"):
         load_config(None, ["run.storage.retries=-1"])
@@ -74,12 +79,21 @@ def test_writer_streams_parts_and_never_holds_the_whole_object(s3_server, bucket
         for _ in range(40):
             f.write(os.urandom(MB))
             uploads = s3_server.client().list_multipart_uploads(Bucket="store-tests").get("Uploads", [])
-            parts_seen.append(sum(len(s3_server.client().list_parts(Bucket="store-tests", Key=u["Key"],
-                                                                     UploadId=u["UploadId"]).get("Parts", []))
-                                  for u in uploads))
+            parts_seen.append(
+                sum(
+                    len(
+                        s3_server.client()
+                        .list_parts(Bucket="store-tests", Key=u["Key"], UploadId=u["UploadId"])
+                        .get("Parts", [])
+                    )
+                    for u in uploads
+                )
+            )
     # parts leave the process while it writes (no whole-object buffer), and the count only grows
     assert parts_seen[-1] >= 2 and parts_seen == sorted(parts_seen)
-    assert s3_server.client().head_object(Bucket="store-tests", Key="stream/big.tar")["ContentLength"] == 40 * MB
+    assert (
+        s3_server.client().head_object(Bucket="store-tests", Key="stream/big.tar")["ContentLength"] == 40 * MB
+    )
     assert keys(s3_server, "store-tests", "stream/") == ["stream/big.tar"]
 
 
@@ -118,8 +132,14 @@ def test_settings_reach_child_processes_through_the_environment(s3_server, bucke
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT")}
     assert store.ENV_VAR in env
     code = "from pipeline import store; import sys; print(store.read_bytes(sys.argv[1]).decode())"
-    out = subprocess.run([sys.executable, "-c", code, store.join(bucket, "env", "x.txt")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, store.join(bucket, "env", "x.txt")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.strip() == "from the parent", out.stderr[-2000:]
     assert store.worker_env() == {store.ENV_VAR: env[store.ENV_VAR]}
 
@@ -129,8 +149,14 @@ def test_aws_endpoint_url_is_honoured_without_run_storage(s3_server, bucket):
     env = {k: v for k, v in os.environ.items() if k != store.ENV_VAR}
     env["AWS_ENDPOINT_URL"] = s3_server.endpoint
     code = "from pipeline import store; import sys; print(store.read_bytes(sys.argv[1]).decode())"
-    out = subprocess.run([sys.executable, "-c", code, store.join(bucket, "env", "y.txt")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, store.join(bucket, "env", "y.txt")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.strip() == "plain aws env", out.stderr[-2000:]
 
 

@@ -21,16 +21,29 @@ REPO = Path(__file__).resolve().parent.parent
 def test_model_stage_on_one_cpu_does_not_hang(tmp_path):
     root = tmp_path / "root"
     ids = make_probe_root(root, n=6, jpeg_size=(64, 48))
-    args = [sys.executable, "pipeline/run.py", "--config", "configs/demo.yaml", "--root", str(root),
-            "--stage", "caption", "--set", "run.num_cpus=1", "--set", "run.ray_address=local",
-            "--set", "run.stall_timeout_s=0"]
+    args = [
+        sys.executable,
+        "pipeline/run.py",
+        "--config",
+        "configs/demo.yaml",
+        "--root",
+        str(root),
+        "--stage",
+        "caption",
+        "--set",
+        "run.num_cpus=1",
+        "--set",
+        "run.ray_address=local",
+        "--set",
+        "run.stall_timeout_s=0",
+    ]
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=420)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [x for p in manifest.part_files(str(root), "caption") for x in pq.read_table(p).to_pylist()]
     assert sorted(x["video_id"] for x in rows) == ids
 
 
-LOST_GPU_NODE = textwrap.dedent('''
+LOST_GPU_NODE = textwrap.dedent("""
     import subprocess, sys, threading, time
     from ray.cluster_utils import Cluster
     from pipeline import manifest
@@ -70,15 +83,20 @@ LOST_GPU_NODE = textwrap.dedent('''
     print(rerun.stderr[-3000:])
     print("RERUN:", rerun.returncode)
     cluster.shutdown()
-''')
+""")
 
 
 @pytest.mark.slow
 def test_lost_gpu_node_stops_with_a_message_and_a_rerun_completes(tmp_path):
     root = tmp_path / "root"
     ids = make_probe_root(root, n=40, jpeg_size=(320, 240))
-    r = subprocess.run([sys.executable, "-c", LOST_GPU_NODE, str(root)], cwd=REPO, capture_output=True,
-                       text=True, timeout=560)
+    r = subprocess.run(
+        [sys.executable, "-c", LOST_GPU_NODE, str(root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
     out = r.stdout
     assert r.returncode == 0, (out + r.stderr)[-4000:]
     stall = next(line for line in out.splitlines() if line.startswith("STALL:"))

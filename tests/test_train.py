@@ -16,8 +16,15 @@ from model.train_config import load_train_config
 from pipeline.synthetic import CONCEPTS
 from tests.test_data import write_concept_shards
 
-TINY_VIDEO = {"width": 32, "layers": 2, "heads": 2, "mlp_dim": 64, "patch_size": 8, "image_size": 32,
-              "num_frames": 8}
+TINY_VIDEO = {
+    "width": 32,
+    "layers": 2,
+    "heads": 2,
+    "mlp_dim": 64,
+    "patch_size": 8,
+    "image_size": 32,
+    "num_frames": 8,
+}
 
 
 def tiny_model(**video) -> dict:
@@ -29,12 +36,20 @@ def write_config(tmp_path: Path, shards: Path, model: dict | None = None, **sect
     """A training YAML for the tiny model on ``shards`` (sections override the defaults below)."""
     import yaml
 
-    cfg = {"model": model or tiny_model(),
-           "data": {"shards": str(shards), "text_field": "title", "batch_size": 4, "workers": 0,
-                    "shuffle_buffer": 8},
-           "optim": {"lr": 1e-3, "warmup_steps": 2, "epochs": 1, "grad_clip": 1.0},
-           "train": {"log_every": 1, "save_every": 100, "tensorboard": False},
-           "eval": {"final": False}, "out": str(tmp_path / "run")}
+    cfg = {
+        "model": model or tiny_model(),
+        "data": {
+            "shards": str(shards),
+            "text_field": "title",
+            "batch_size": 4,
+            "workers": 0,
+            "shuffle_buffer": 8,
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "epochs": 1, "grad_clip": 1.0},
+        "train": {"log_every": 1, "save_every": 100, "tensorboard": False},
+        "eval": {"final": False},
+        "out": str(tmp_path / "run"),
+    }
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -63,8 +78,12 @@ def test_lr_schedule_warms_up_then_follows_a_cosine():
 
 
 def test_optimizer_follows_languagebind(tmp_path, shards):
-    path = write_config(tmp_path, shards, model=tiny_model(lora={"r": 4}),
-                        optim={"lr": 5e-4, "coef_lr": 1e-3, "weight_decay": 0.2})
+    path = write_config(
+        tmp_path,
+        shards,
+        model=tiny_model(lora={"r": 4}),
+        optim={"lr": 5e-4, "coef_lr": 1e-3, "weight_decay": 0.2},
+    )
     trainer = Trainer(load_train_config(path))
     assert trainer.opt.defaults["betas"] == (0.9, 0.98) and trainer.opt.defaults["eps"] == 1e-6
     names = {id(p): n for n, p in trainer.raw.named_parameters()}
@@ -79,7 +98,11 @@ def test_optimizer_follows_languagebind(tmp_path, shards):
             embedding = "embedding" in n and "patch_embedding" not in n
             no_decay = p.ndim < 2 or embedding or "norm" in n or n.startswith("logit_scale")
             assert group["weight_decay"] == (0.0 if no_decay else 0.2), n
-    assert any(n.startswith("logit_scale") for g in trainer.opt.param_groups for n in map(names.get, map(id, g["params"])))
+    assert any(
+        n.startswith("logit_scale")
+        for g in trainer.opt.param_groups
+        for n in map(names.get, map(id, g["params"]))
+    )
 
 
 def test_run_writes_atomic_checkpoints_logs_and_an_export(tmp_path, shards, monkeypatch):
@@ -87,13 +110,19 @@ def test_run_writes_atomic_checkpoints_logs_and_an_export(tmp_path, shards, monk
     from model.checkpoint import latest_checkpoint, load_model, read_checkpoint
 
     monkeypatch.setenv("WANDB_MODE", "disabled")  # wandb, when installed, must not go online in a test
-    path = write_config(tmp_path, shards, model=tiny_model(lora={"r": 4}),
-                        train={"save_every": 2, "tensorboard": True, "wandb": {"project": "test"}})
+    path = write_config(
+        tmp_path,
+        shards,
+        model=tiny_model(lora={"r": 4}),
+        train={"save_every": 2, "tensorboard": True, "wandb": {"project": "test"}},
+    )
     assert main(["--config", str(path), "--max-steps", "5"]) == 0
     run = tmp_path / "run"
     ckpt = latest_checkpoint(run)
     assert ckpt.name == "step_0000005" and sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
-        "step_0000004", "step_0000005"]  # keep_checkpoints=2
+        "step_0000004",
+        "step_0000005",
+    ]  # keep_checkpoints=2
     assert not list((run / "checkpoints").glob(".tmp-*"))
     weights, state, meta = read_checkpoint(ckpt)
     model, _ = load_model(ckpt)
@@ -140,7 +169,8 @@ def first_step_gradients(path: Path) -> dict[str, torch.Tensor]:
     captured: dict[str, torch.Tensor] = {}
     # the optimizer's step is where the gradients are read; the rest of train_step runs as is
     trainer.opt.step = lambda: captured.update(
-        {n: p.grad.clone() for n, p in trainer.raw.named_parameters() if p.grad is not None})
+        {n: p.grad.clone() for n, p in trainer.raw.named_parameters() if p.grad is not None}
+    )
     trainer.train_step(micro)
     return captured
 
@@ -150,9 +180,14 @@ def test_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path, shards):
     grads = {}
     # (accum_freq, micro-batch, gradient checkpointing): all see the same 8 samples in one step
     for accum, batch, ckpt in ((1, 8, False), (2, 4, False), (4, 2, False), (2, 4, True)):
-        path = write_config(tmp_path / f"acc{accum}{ckpt}", shards, model=tiny_model(patch_dropout=0.0),
-                            data={"batch_size": batch, "shuffle_buffer": 0},
-                            optim={"accum_freq": accum, "grad_clip": None}, train={"grad_checkpointing": ckpt})
+        path = write_config(
+            tmp_path / f"acc{accum}{ckpt}",
+            shards,
+            model=tiny_model(patch_dropout=0.0),
+            data={"batch_size": batch, "shuffle_buffer": 0},
+            optim={"accum_freq": accum, "grad_clip": None},
+            train={"grad_checkpointing": ckpt},
+        )
         grads[accum, ckpt] = first_step_gradients(path)
     reference = grads[1, False]
     for key, found in grads.items():
@@ -167,22 +202,39 @@ def test_several_modalities_train_with_their_own_temperature(tmp_path):
     write_concept_shards(d / "b", CONCEPTS[8:16], per_shard=4)
     tower = dict(TINY_VIDEO, num_frames=1, temporal=False)
     model = {"text": {"name_or_path": "tiny"}, "modalities": {"video": TINY_VIDEO, "depth": tower}}
-    path = write_config(tmp_path, d / "*/*.tar", model=model, data={"modalities": ["video", "depth"]},
-                        eval={"final": True, "split": "all"}, optim={"max_steps": 4})
+    path = write_config(
+        tmp_path,
+        d / "*/*.tar",
+        model=model,
+        data={"modalities": ["video", "depth"]},
+        eval={"final": True, "split": "all"},
+        optim={"max_steps": 4},
+    )
     assert main(["--config", str(path)]) == 0
     results = json.loads(sorted((tmp_path / "run" / "eval").glob("*.json"))[-1].read_text())
     assert results["modalities"]["video"]["samples"] == 16 and results["modalities"]["depth"]["samples"] == 8
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(r["loss_depth"]) and "temperature_depth" in r for r in rows if r["kind"] == "train")
+    assert all(
+        math.isfinite(r["loss_depth"]) and "temperature_depth" in r for r in rows if r["kind"] == "train"
+    )
 
 
 def test_languagebind_recipes_are_configs():
-    expected = {"video": (1e-4, 1.0, 640, 16), "depth": (5e-4, 1e-3, 1024, 1),
-                "infrared": (1e-4, 1e-3, 1024, 1), "audio": (5e-4, 1e-3, 512, 8)}
+    expected = {
+        "video": (1e-4, 1.0, 640, 16),
+        "depth": (5e-4, 1e-3, 1024, 1),
+        "infrared": (1e-4, 1e-3, 1024, 1),
+        "audio": (5e-4, 1e-3, 512, 8),
+    }
     for modality, (lr, coef, batch, epochs) in expected.items():
         cfg = load_train_config(f"configs/train/{modality}.yaml")
         o = cfg.optim
-        assert (o.lr, o.coef_lr, cfg.data.batch_size * o.accum_freq * 8, o.epochs) == (lr, coef, batch, epochs)
+        assert (o.lr, o.coef_lr, cfg.data.batch_size * o.accum_freq * 8, o.epochs) == (
+            lr,
+            coef,
+            batch,
+            epochs,
+        )
         assert (o.betas, o.eps, o.weight_decay) == ((0.9, 0.98), 1e-6, 0.2)
         assert list(cfg.model_dict()["modalities"]) == [modality] and cfg.data.text_field == "mix"
 

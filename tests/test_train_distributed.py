@@ -27,16 +27,33 @@ def shards(tmp_path_factory) -> Path:
 
 def torchrun(config: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "model.train", "--config", str(config), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parent.parent)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "model.train",
+        "--config",
+        str(config),
+        *args,
+    ]
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent
+    )
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
 def test_two_process_run_under_torchrun(tmp_path, shards, fsdp):
-    path = write_config(tmp_path, shards, model=tiny_model(lora={"r": 4}),
-                        data={"workers": 1}, train={"fsdp": fsdp, "save_every": 2})
+    path = write_config(
+        tmp_path,
+        shards,
+        model=tiny_model(lora={"r": 4}),
+        data={"workers": 1},
+        train={"fsdp": fsdp, "save_every": 2},
+    )
     done = torchrun(path, "--max-steps", "3")
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
@@ -57,8 +74,9 @@ def test_ray_train_runs_the_same_loop(tmp_path, shards, ray_local):
     from model.train_config import load_train_config
     from model.train_ray import run_on_ray
 
-    path = write_config(tmp_path, shards, ray={"num_workers": 2, "cpus_per_worker": 1},
-                        train={"save_every": 2, "threads": 1})
+    path = write_config(
+        tmp_path, shards, ray={"num_workers": 2, "cpus_per_worker": 1}, train={"save_every": 2, "threads": 1}
+    )
     metrics = run_on_ray(load_train_config(path, ["optim.max_steps=3"]))
     run = tmp_path / "run"
     _, state, meta = read_checkpoint(latest_checkpoint(run))

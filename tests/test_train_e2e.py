@@ -29,13 +29,50 @@ def test_pipeline_shards_train_to_well_above_chance(tmp_path, ray_local):
             rows.append({"path": str(path), "title": concept.title})
     listing = write_list(tmp_path / "videos.csv", rows)
     root = tmp_path / "run"
-    assert pipeline_main(["--config", "configs/demo.yaml", "--root", str(root), "--input", str(listing), "--quiet",
-                          "--set", "run.stages=[discover,download,probe,shard]", "--set", "probe.short_side=64",
-                          "--set", "shard.samples_per_shard=12"]) == 0
+    assert (
+        pipeline_main(
+            [
+                "--config",
+                "configs/demo.yaml",
+                "--root",
+                str(root),
+                "--input",
+                str(listing),
+                "--quiet",
+                "--set",
+                "run.stages=[discover,download,probe,shard]",
+                "--set",
+                "probe.short_side=64",
+                "--set",
+                "shard.samples_per_shard=12",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "train"
-    assert train_main(["--config", "configs/train/demo.yaml", "--data", str(root / "shard"), "--out", str(out),
-                       "--max-steps", "300", "--set", "data.holdout=0.34", "--set", "data.batch_size=24",
-                       "--set", "train.log_every=50", "--set", "eval.final=true"]) == 0
+    assert (
+        train_main(
+            [
+                "--config",
+                "configs/train/demo.yaml",
+                "--data",
+                str(root / "shard"),
+                "--out",
+                str(out),
+                "--max-steps",
+                "300",
+                "--set",
+                "data.holdout=0.34",
+                "--set",
+                "data.batch_size=24",
+                "--set",
+                "train.log_every=50",
+                "--set",
+                "eval.final=true",
+            ]
+        )
+        == 0
+    )
     result = json.loads(sorted((out / "eval").glob("step_*.json"))[-1].read_text())
     t2v = result["modalities"]["video"]["text_to_video"]
     assert result["split"] == "holdout" and 25 <= t2v["candidates"] <= 60

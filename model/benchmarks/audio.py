@@ -33,11 +33,21 @@ ESC50_NAME = re.compile(r"^(\d)-\d+-[A-Z]-\d+$")  # {fold}-{freesound id}-{take}
 def read_esc50(root: Path, skip_missing: bool = False) -> ClassificationSet:
     """All 2000 clips with their folds (from ``meta/esc50.csv``, or from the file names, which start
     with the fold, in the class-folder layout)."""
-    meta = next((p for p in (root / "meta" / "esc50.csv", root / "ESC-50-master" / "meta" / "esc50.csv")
-                 if p.is_file()), None)
+    meta = next(
+        (
+            p
+            for p in (root / "meta" / "esc50.csv", root / "ESC-50-master" / "meta" / "esc50.csv")
+            if p.is_file()
+        ),
+        None,
+    )
     if meta is None:
-        folder = first_existing(root, ("test", "esc50/test"), "ESC-50 audio",
-                                "meta/esc50.csv + audio/ (the ESC-50 release) or test/<class>/*.wav")
+        folder = first_existing(
+            root,
+            ("test", "esc50/test"),
+            "ESC-50 audio",
+            "meta/esc50.csv + audio/ (the ESC-50 release) or test/<class>/*.wav",
+        )
         data = read_class_folders(folder, ESC50_CLASSES, AUDIO_EXTS, "languagebind", "all")
         names = [ESC50_NAME.match(Path(p).stem) for p in data.items]
         if all(names):
@@ -48,8 +58,13 @@ def read_esc50(root: Path, skip_missing: bool = False) -> ClassificationSet:
     with open(meta, newline="") as f:
         rows = list(csv.DictReader(f))
     index = {i: p for i, p in media_index([meta.parent.parent / "audio"], AUDIO_EXTS).items()}
-    found = media_for([Path(r["filename"]).stem for r in rows], index, str(meta.parent.parent / "audio"),
-                      "audio", skip_missing)
+    found = media_for(
+        [Path(r["filename"]).stem for r in rows],
+        index,
+        str(meta.parent.parent / "audio"),
+        "audio",
+        skip_missing,
+    )
     wanted = {c: k for k, c in enumerate(ESC50_CLASSES)}
     rows = [r for r in rows if Path(r["filename"]).stem in found]
     labels = []
@@ -58,21 +73,34 @@ def read_esc50(root: Path, skip_missing: bool = False) -> ClassificationSet:
         if name not in wanted:
             raise LayoutError(f"{meta}: category {r['category']!r} is not an ESC-50 class")
         labels.append(wanted[name])
-    return ClassificationSet([found[Path(r["filename"]).stem] for r in rows], labels, list(ESC50_CLASSES),
-                             "public", "all", folds=[int(r["fold"]) for r in rows])
+    return ClassificationSet(
+        [found[Path(r["filename"]).stem] for r in rows],
+        labels,
+        list(ESC50_CLASSES),
+        "public",
+        "all",
+        folds=[int(r["fold"]) for r in rows],
+    )
 
 
 def read_clotho(root: Path, skip_missing: bool = False) -> RetrievalSet:
     """Clotho's evaluation split: 5 captions per clip (``file_name,caption_1..caption_5``)."""
-    csv_path = first_existing(root, ("clotho_captions_evaluation.csv",
-                                     "CLOTHO_retrieval_dataset/clotho_captions_evaluation.csv"),
-                              "Clotho captions", "clotho_captions_evaluation.csv from Clotho v2.1 on Zenodo")
+    csv_path = first_existing(
+        root,
+        ("clotho_captions_evaluation.csv", "CLOTHO_retrieval_dataset/clotho_captions_evaluation.csv"),
+        "Clotho captions",
+        "clotho_captions_evaluation.csv from Clotho v2.1 on Zenodo",
+    )
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or "file_name" not in rows[0]:
         raise LayoutError(f"{csv_path} lacks the file_name column")
-    audio_dir = first_existing(root, ("evaluation", "clotho_audio_evaluation/evaluation", "audio/evaluation"),
-                               "Clotho evaluation audio", "clotho_audio_evaluation.7z, extracted")
+    audio_dir = first_existing(
+        root,
+        ("evaluation", "clotho_audio_evaluation/evaluation", "audio/evaluation"),
+        "Clotho evaluation audio",
+        "clotho_audio_evaluation.7z, extracted",
+    )
     index = {p.name: p for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTS}
     names = [r["file_name"] for r in rows]
     found = media_for(names, index, str(audio_dir), "audio", skip_missing)
@@ -94,21 +122,31 @@ def read_audiocaps(root: Path, skip_missing: bool = False) -> RetrievalSet:
     ``<ytid>_<start>``), or the reformatted ``audiocaps_test.tsv`` (an audio path and a caption)."""
     index = media_index([root], AUDIO_EXTS)
     pairs: list[tuple[str, list[str], str]] = []  # (clip id, candidate stems, caption)
-    tsv = next((p for p in (root / "audiocaps_test.tsv", root / "audiocaps" / "audiocaps_test.tsv") if p.is_file()),
-               None)
+    tsv = next(
+        (p for p in (root / "audiocaps_test.tsv", root / "audiocaps" / "audiocaps_test.tsv") if p.is_file()),
+        None,
+    )
     if tsv is not None:
         with open(tsv, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f, delimiter="\t"))
         header, body = rows[0], rows[1:]
-        path_col = next((k for k, v in enumerate(body[0]) if v.lower().endswith(AUDIO_EXTS)), None) if body else None
+        path_col = (
+            next((k for k, v in enumerate(body[0]) if v.lower().endswith(AUDIO_EXTS)), None) if body else None
+        )
         if path_col is None:
             raise LayoutError(f"{tsv}: no column holds audio file names")
-        text_col = next((k for k, h in enumerate(header) if h.lower() in ("caption", "text")), len(header) - 1)
+        text_col = next(
+            (k for k, h in enumerate(header) if h.lower() in ("caption", "text")), len(header) - 1
+        )
         pairs = [(r[path_col], [Path(r[path_col]).stem], r[text_col].strip()) for r in body]
         layout = "languagebind"
     else:
-        csv_path = first_existing(root, ("test.csv", "dataset/test.csv", "audiocaps/dataset/test.csv"),
-                                  "AudioCaps test captions", "test.csv from the AudioCaps repository")
+        csv_path = first_existing(
+            root,
+            ("test.csv", "dataset/test.csv", "audiocaps/dataset/test.csv"),
+            "AudioCaps test captions",
+            "test.csv from the AudioCaps repository",
+        )
         with open(csv_path, newline="", encoding="utf-8") as f:
             for r in csv.DictReader(f):
                 y, start = r["youtube_id"], int(float(r["start_time"]))
@@ -135,8 +173,12 @@ def read_audiocaps(root: Path, skip_missing: bool = False) -> RetrievalSet:
 def read_audioset(root: Path, skip_missing: bool = False) -> MultiLabelSet:
     """AudioSet's evaluation segments with their labels (527 classes, ``class_labels_indices.csv``):
     the release's ``eval_segments.csv`` or the reformatted ``filter_eval.json``."""
-    labels_csv = first_existing(root, ("class_labels_indices.csv", "metadata/class_labels_indices.csv"),
-                                "AudioSet class list", "class_labels_indices.csv from the AudioSet release")
+    labels_csv = first_existing(
+        root,
+        ("class_labels_indices.csv", "metadata/class_labels_indices.csv"),
+        "AudioSet class list",
+        "class_labels_indices.csv from the AudioSet release",
+    )
     with open(labels_csv, newline="", encoding="utf-8") as f:
         label_rows = list(csv.DictReader(f))
     mid_index = {r["mid"]: int(r["index"]) for r in label_rows}
@@ -149,8 +191,12 @@ def read_audioset(root: Path, skip_missing: bool = False) -> MultiLabelSet:
             entries.append(([Path(d["wav"]).stem], d["labels"].split(",")))
         layout = "languagebind"
     else:
-        seg = first_existing(root, ("eval_segments.csv", "metadata/eval_segments.csv"), "AudioSet segment list",
-                             "eval_segments.csv from the AudioSet release")
+        seg = first_existing(
+            root,
+            ("eval_segments.csv", "metadata/eval_segments.csv"),
+            "AudioSet segment list",
+            "eval_segments.csv from the AudioSet release",
+        )
         for line in seg.read_text().splitlines():
             if not line.strip() or line.startswith("#"):
                 continue

@@ -19,12 +19,20 @@ from model.benchmarks.layout import LayoutError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("paper benchmarks (docs/benchmarks.md)")
-    g.add_argument("--benchmark", help=f"one of {', '.join(registry.BENCHMARKS)}; 'all' (needs --benchmark-config); 'list'")
-    g.add_argument("--benchmark-root", help="the benchmark's own folder (its release or LanguageBind's layout); with "
-                   "--benchmark all, a pattern such as '/data/{benchmark}' (the folders that exist are run)")
+    g.add_argument(
+        "--benchmark",
+        help=f"one of {', '.join(registry.BENCHMARKS)}; 'all' (needs --benchmark-config); 'list'",
+    )
+    g.add_argument(
+        "--benchmark-root",
+        help="the benchmark's own folder (its release or LanguageBind's layout); with "
+        "--benchmark all, a pattern such as '/data/{benchmark}' (the folders that exist are run)",
+    )
     g.add_argument("--benchmark-config", help="YAML 'roots: {benchmark: folder}' for --benchmark all")
     g.add_argument("--skip-missing", action="store_true", help="evaluate without media files that are absent")
-    g.add_argument("--paper-model", help="the paper/README row to compare with (default: from the checkpoint name)")
+    g.add_argument(
+        "--paper-model", help="the paper/README row to compare with (default: from the checkpoint name)"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -46,15 +54,19 @@ def load_any(spec: str, device: str) -> Any:
 
 def _plan(args: argparse.Namespace) -> dict[str, str]:
     if args.benchmark.strip().lower() == "all":
-        if args.benchmark_root and "{benchmark}" in args.benchmark_root:  # '/data/{benchmark}', as clip_benchmark
+        if (
+            args.benchmark_root and "{benchmark}" in args.benchmark_root
+        ):  # '/data/{benchmark}', as clip_benchmark
             roots = {n: args.benchmark_root.format(benchmark=n) for n in registry.BENCHMARKS}
             found = {n: r for n, r in roots.items() if Path(r).is_dir()}
             if not found:
                 raise ValueError(f"--benchmark-root {args.benchmark_root}: no benchmark folder exists")
             return found
         if not args.benchmark_config:
-            raise ValueError("--benchmark all needs --benchmark-config roots.yaml (roots: {benchmark: folder}) "
-                             "or --benchmark-root '/data/{benchmark}'")
+            raise ValueError(
+                "--benchmark all needs --benchmark-config roots.yaml (roots: {benchmark: folder}) "
+                "or --benchmark-root '/data/{benchmark}'"
+            )
         return registry.read_roots(args.benchmark_config)
     name = registry.get(args.benchmark).name
     if args.benchmark_root:
@@ -105,28 +117,42 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _run_all(model: Any, data: dict[str, Any], args: argparse.Namespace, row: str, device: str
-             ) -> tuple[list[dict[str, Any]], list[str]]:
+def _run_all(
+    model: Any, data: dict[str, Any], args: argparse.Namespace, row: str, device: str
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Each benchmark in turn; one that meets an unreadable file is reported and the others still run."""
     import torch
 
     from model.benchmarks.runner import run_benchmark
 
-    kwargs = {"amp": lambda: torch.autocast("cuda", dtype=torch.bfloat16)} if device.startswith("cuda") else {}
+    kwargs = (
+        {"amp": lambda: torch.autocast("cuda", dtype=torch.bfloat16)} if device.startswith("cuda") else {}
+    )
     records, failed = [], []
     for name, d in data.items():
         d = d.head(args.max_samples) if args.max_samples else d
         try:
-            rec = run_benchmark(model, registry.get(name), d, model_name=str(args.checkpoint), paper_row=row,
-                                batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-                                **kwargs)
+            rec = run_benchmark(
+                model,
+                registry.get(name),
+                d,
+                model_name=str(args.checkpoint),
+                paper_row=row,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                progress=not args.no_progress,
+                **kwargs,
+            )
         except RuntimeError as e:  # an unreadable media file; a loader worker wraps it in its traceback
             reason = next((ln for ln in reversed(str(e).splitlines()) if "cannot read" in ln), str(e))
-            print(f"error: {name}: {reason[reason.find('cannot read'):].strip()}", file=sys.stderr)
+            print(f"error: {name}: {reason[reason.find('cannot read') :].strip()}", file=sys.stderr)
             failed.append(name)
             continue
         records.append(rec)
         t = rec["timing"]
-        print(f"{name}: {d.layout} layout, {len(d)} items in {t['seconds']:.1f} s ({t['items_per_s']:.1f}/s, "
-              f"data wait {100 * t['data_wait']:.0f}%)", file=sys.stderr)
+        print(
+            f"{name}: {d.layout} layout, {len(d)} items in {t['seconds']:.1f} s ({t['items_per_s']:.1f}/s, "
+            f"data wait {100 * t['data_wait']:.0f}%)",
+            file=sys.stderr,
+        )
     return records, failed

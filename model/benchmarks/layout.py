@@ -49,8 +49,14 @@ class RetrievalSet:
     def head(self, n: int) -> RetrievalSet:
         """The first ``n`` items with their captions (for quick runs)."""
         keep = [j for j, i in enumerate(self.caption_item) if i < n]
-        return RetrievalSet(self.items[:n], [self.captions[j] for j in keep],
-                            [self.caption_item[j] for j in keep], self.layout, self.split, self.notes)
+        return RetrievalSet(
+            self.items[:n],
+            [self.captions[j] for j in keep],
+            [self.caption_item[j] for j in keep],
+            self.layout,
+            self.split,
+            self.notes,
+        )
 
 
 @dataclass
@@ -70,8 +76,9 @@ class ClassificationSet:
 
     def head(self, n: int) -> ClassificationSet:
         folds = self.folds[:n] if self.folds else None
-        return ClassificationSet(self.items[:n], self.labels[:n], self.classes, self.layout, self.split,
-                                 folds, self.notes)
+        return ClassificationSet(
+            self.items[:n], self.labels[:n], self.classes, self.layout, self.split, folds, self.notes
+        )
 
 
 @dataclass
@@ -89,7 +96,9 @@ class MultiLabelSet:
         return len(self.items)
 
     def head(self, n: int) -> MultiLabelSet:
-        return MultiLabelSet(self.items[:n], self.targets[:n], self.classes, self.layout, self.split, self.notes)
+        return MultiLabelSet(
+            self.items[:n], self.targets[:n], self.classes, self.layout, self.split, self.notes
+        )
 
 
 def require(path: Path, what: str, hint: str = "") -> Path:
@@ -120,16 +129,19 @@ def media_index(folders: Iterable[Path], exts: Sequence[str]) -> dict[str, Path]
     return found
 
 
-def media_for(ids: Iterable[str], index: dict[str, Path], where: str, what: str = "video",
-              skip_missing: bool = False) -> dict[str, Path]:
+def media_for(
+    ids: Iterable[str], index: dict[str, Path], where: str, what: str = "video", skip_missing: bool = False
+) -> dict[str, Path]:
     """``{id: media file}``; a missing file is ``LayoutError`` naming the first ones (and how many),
     or, with ``skip_missing``, left out (the record then says how many were skipped)."""
     ids = list(ids)
     missing = [i for i in ids if i not in index]
     if missing and not skip_missing:
         shown = ", ".join(missing[:3])
-        raise LayoutError(f"{len(missing)} of {len(ids)} {what} files missing under {where} "
-                          f"(e.g. {shown}); download them, or pass --skip-missing to evaluate without them")
+        raise LayoutError(
+            f"{len(missing)} of {len(ids)} {what} files missing under {where} "
+            f"(e.g. {shown}); download them, or pass --skip-missing to evaluate without them"
+        )
     return {i: index[i] for i in ids if i in index}
 
 
@@ -143,8 +155,14 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_class_folders(folder: Path, classes: Sequence[str], exts: Sequence[str], layout: str, split: str,
-                       aliases: dict[str, str] | None = None) -> ClassificationSet:
+def read_class_folders(
+    folder: Path,
+    classes: Sequence[str],
+    exts: Sequence[str],
+    layout: str,
+    split: str,
+    aliases: dict[str, str] | None = None,
+) -> ClassificationSet:
     """An ImageNet-style folder (``<folder>/<class>/<file>``) -> items labelled by the benchmark's
     class list; folder names are matched to class names by ``normalise_name`` and ``aliases``.
 
@@ -163,8 +181,10 @@ def read_class_folders(folder: Path, classes: Sequence[str], exts: Sequence[str]
         name = normalise_name(sub.name)
         label = wanted.get(alias.get(name, name))
         if label is None:
-            raise LayoutError(f"class folder {sub} matches none of the {len(classes)} classes "
-                              f"({', '.join(classes[:5])}, ...); is {folder} the right root?")
+            raise LayoutError(
+                f"class folder {sub} matches none of the {len(classes)} classes "
+                f"({', '.join(classes[:5])}, ...); is {folder} the right root?"
+            )
         files = sorted(p for p in sub.rglob("*") if p.suffix.lower() in exts and p.is_file())
         items += files
         labels += [label] * len(files)
@@ -173,6 +193,8 @@ def read_class_folders(folder: Path, classes: Sequence[str], exts: Sequence[str]
         raise LayoutError(f"no {'/'.join(exts)} files in class folders under {folder}")
     notes = []
     if len(seen) < len(classes):
-        notes.append(f"{len(classes) - len(seen)} of the {len(classes)} classes have no folder (they still compete "
-                     "as candidates)")
+        notes.append(
+            f"{len(classes) - len(seen)} of the {len(classes)} classes have no folder (they still compete "
+            "as candidates)"
+        )
     return ClassificationSet(items, labels, list(classes), layout, split, notes=notes)

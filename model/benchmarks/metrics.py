@@ -66,8 +66,9 @@ def recall_metrics(ranks: torch.Tensor, candidates: int) -> dict[str, float]:
     return out
 
 
-def retrieval_metrics(sim: torch.Tensor, caption_item: Sequence[int], captions: Sequence[str] | None = None
-                      ) -> dict[str, dict[str, float]]:
+def retrieval_metrics(
+    sim: torch.Tensor, caption_item: Sequence[int], captions: Sequence[str] | None = None
+) -> dict[str, dict[str, float]]:
     """Both directions of a ``[captions, items]`` similarity; ``captions`` (the strings) adds the
     count of duplicate captions to the text direction."""
     t2i, i2t = multi_caption_ranks(sim, caption_item)
@@ -77,16 +78,22 @@ def retrieval_metrics(sim: torch.Tensor, caption_item: Sequence[int], captions: 
     return {"text_to_item": text, "item_to_text": recall_metrics(i2t, sim.shape[1])}
 
 
-def accuracy_metrics(logits: torch.Tensor, labels: Sequence[int], folds: Sequence[int] | None = None
-                     ) -> dict[str, float]:
+def accuracy_metrics(
+    logits: torch.Tensor, labels: Sequence[int], folds: Sequence[int] | None = None
+) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) of ``[N, C]`` scores, ties counted against (a tie with a wrong class
     at the top is a miss); with ``folds``, also each fold's top-1 and their mean (ESC-50 reports it).
     """
     y = torch.as_tensor(list(labels), dtype=torch.long)
     ranks = target_ranks(logits, y).double()
     classes = logits.shape[1]
-    out = {"top1": float(100.0 * (ranks <= 1).double().mean()), "top5": float(100.0 * (ranks <= 5).double().mean()),
-           "chance_top1": 100.0 / classes, "n": int(len(y)), "classes": int(classes)}
+    out = {
+        "top1": float(100.0 * (ranks <= 1).double().mean()),
+        "top5": float(100.0 * (ranks <= 5).double().mean()),
+        "chance_top1": 100.0 / classes,
+        "n": int(len(y)),
+        "classes": int(classes),
+    }
     counts = torch.bincount(y, minlength=classes)
     out["majority_top1"] = float(100.0 * counts.max() / max(1, len(y)))
     if folds is not None:
@@ -126,6 +133,10 @@ def map_metrics(scores: torch.Tensor, targets: Sequence[Sequence[int]]) -> dict[
         positive[i, list(t)] = True
     aps = [average_precision(scores[:, c], positive[:, c]) for c in range(classes)]
     present = [c for c in range(classes) if positive[:, c].any()]
-    return {"mAP": float(100.0 * np.mean([aps[c] for c in present])) if present else float("nan"),
-            "chance_mAP": float(100.0 * positive[:, present].double().mean()) if present else float("nan"),
-            "n": int(n), "classes_with_positives": len(present), "classes": int(classes)}
+    return {
+        "mAP": float(100.0 * np.mean([aps[c] for c in present])) if present else float("nan"),
+        "chance_mAP": float(100.0 * positive[:, present].double().mean()) if present else float("nan"),
+        "n": int(n),
+        "classes_with_positives": len(present),
+        "classes": int(classes),
+    }

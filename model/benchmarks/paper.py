@@ -23,11 +23,15 @@ _TABLE2 = "ICLR 2024 Table 2 (zero-shot video-text retrieval)"
 _CLS = "ICLR 2024 zero-shot classification results (as quoted in vidal issue 15)"
 
 
-def _video(msrvtt: float, didemo: float, activitynet: float, msvd: float, source: str) -> dict[str, dict[str, Figure]]:
-    return {"msrvtt": {"text_to_video.R@1": Figure(msrvtt, source)},
-            "didemo": {"text_to_video.R@1": Figure(didemo, source)},
-            "activitynet": {"text_to_video.R@1": Figure(activitynet, source)},
-            "msvd": {"text_to_video.R@1": Figure(msvd, source)}}
+def _video(
+    msrvtt: float, didemo: float, activitynet: float, msvd: float, source: str
+) -> dict[str, dict[str, Figure]]:
+    return {
+        "msrvtt": {"text_to_video.R@1": Figure(msrvtt, source)},
+        "didemo": {"text_to_video.R@1": Figure(didemo, source)},
+        "activitynet": {"text_to_video.R@1": Figure(activitynet, source)},
+        "msvd": {"text_to_video.R@1": Figure(msvd, source)},
+    }
 
 
 PAPER: dict[str, dict[str, dict[str, Figure]]] = {
@@ -40,7 +44,9 @@ PAPER: dict[str, dict[str, dict[str, Figure]]] = {
     "LanguageBind_Video": _video(42.6, 37.8, 35.1, 52.2, f"{_README}, LanguageBind_Video (LoRA)"),
     "LanguageBind_Video_FT": _video(42.7, 38.1, 36.9, 53.5, f"{_README}, LanguageBind_Video_FT"),
     "LanguageBind_Video_V1.5_FT": _video(42.8, 39.7, 38.4, 54.1, f"{_README}, LanguageBind_Video_V1.5_FT"),
-    "LanguageBind_Video_Huge_V1.5_FT": _video(44.8, 39.9, 41.0, 53.7, f"{_README}, LanguageBind_Video_Huge_V1.5_FT"),
+    "LanguageBind_Video_Huge_V1.5_FT": _video(
+        44.8, 39.9, 41.0, 53.7, f"{_README}, LanguageBind_Video_Huge_V1.5_FT"
+    ),
 }
 
 

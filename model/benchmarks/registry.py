@@ -39,26 +39,59 @@ class Benchmark:
 
 
 _B = Benchmark
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    _B("msrvtt", "MSR-VTT", "video", "retrieval", video.read_msrvtt),
-    _B("msvd", "MSVD", "video", "retrieval", video.read_msvd),
-    _B("didemo", "DiDeMo", "video", "retrieval", video.read_didemo),
-    _B("activitynet", "ActivityNet Captions", "video", "retrieval", video.read_activitynet),
-    _B("esc50", "ESC-50", "audio", "classification", audio.read_esc50, prompts.AUDIO_TEMPLATES),
-    _B("clotho", "Clotho", "audio", "retrieval", audio.read_clotho),
-    _B("audiocaps", "AudioCaps", "audio", "retrieval", audio.read_audiocaps),
-    _B("audioset", "AudioSet", "audio", "multilabel", audio.read_audioset, prompts.AUDIO_TEMPLATES),
-    _B("nyud", "NYU-D", "depth", "classification", vision.read_nyud, prompts.DEPTH_TEMPLATES),
-    _B("sund", "SUN-D", "depth", "classification", vision.read_sund, prompts.DEPTH_TEMPLATES),
-    _B("llvip", "LLVIP", "infrared", "classification", vision.read_llvip, prompts.INFRARED_TEMPLATES),
-    _B("flir_v1", "FLIR v1", "infrared", "classification", vision.read_flir_v1, prompts.INFRARED_TEMPLATES),
-    _B("flir_v2", "FLIR v2", "infrared", "classification", vision.read_flir_v2, prompts.INFRARED_TEMPLATES),
-    _B("imagenet", "ImageNet-style folder", "image", "classification", vision.read_image_folder,
-       prompts.IMAGE_TEMPLATES),
-)}
-ALIASES = {"msr-vtt": "msrvtt", "esc-50": "esc50", "nyu-d": "nyud", "nyuv2": "nyud", "sun-d": "sund",
-           "sunrgbd": "sund", "flir": "flir_v1", "flirv1": "flir_v1", "flirv2": "flir_v2",
-           "activitynet-captions": "activitynet", "image": "imagenet"}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        _B("msrvtt", "MSR-VTT", "video", "retrieval", video.read_msrvtt),
+        _B("msvd", "MSVD", "video", "retrieval", video.read_msvd),
+        _B("didemo", "DiDeMo", "video", "retrieval", video.read_didemo),
+        _B("activitynet", "ActivityNet Captions", "video", "retrieval", video.read_activitynet),
+        _B("esc50", "ESC-50", "audio", "classification", audio.read_esc50, prompts.AUDIO_TEMPLATES),
+        _B("clotho", "Clotho", "audio", "retrieval", audio.read_clotho),
+        _B("audiocaps", "AudioCaps", "audio", "retrieval", audio.read_audiocaps),
+        _B("audioset", "AudioSet", "audio", "multilabel", audio.read_audioset, prompts.AUDIO_TEMPLATES),
+        _B("nyud", "NYU-D", "depth", "classification", vision.read_nyud, prompts.DEPTH_TEMPLATES),
+        _B("sund", "SUN-D", "depth", "classification", vision.read_sund, prompts.DEPTH_TEMPLATES),
+        _B("llvip", "LLVIP", "infrared", "classification", vision.read_llvip, prompts.INFRARED_TEMPLATES),
+        _B(
+            "flir_v1",
+            "FLIR v1",
+            "infrared",
+            "classification",
+            vision.read_flir_v1,
+            prompts.INFRARED_TEMPLATES,
+        ),
+        _B(
+            "flir_v2",
+            "FLIR v2",
+            "infrared",
+            "classification",
+            vision.read_flir_v2,
+            prompts.INFRARED_TEMPLATES,
+        ),
+        _B(
+            "imagenet",
+            "ImageNet-style folder",
+            "image",
+            "classification",
+            vision.read_image_folder,
+            prompts.IMAGE_TEMPLATES,
+        ),
+    )
+}
+ALIASES = {
+    "msr-vtt": "msrvtt",
+    "esc-50": "esc50",
+    "nyu-d": "nyud",
+    "nyuv2": "nyud",
+    "sun-d": "sund",
+    "sunrgbd": "sund",
+    "flir": "flir_v1",
+    "flirv1": "flir_v1",
+    "flirv2": "flir_v2",
+    "activitynet-captions": "activitynet",
+    "image": "imagenet",
+}
 
 
 def get(name: str) -> Benchmark:

@@ -8,14 +8,22 @@ from model.benchmarks.runner import metric_at
 
 # What the table shows per task: (metric path, label, chance path); {m} is the modality.
 _ROWS = {
-    "retrieval": [("text_to_{m}.R@1", "t2{x} R@1", "text_to_{m}.chance_R@1"),
-                  ("text_to_{m}.R@5", "t2{x} R@5", None), ("text_to_{m}.R@10", "t2{x} R@10", None),
-                  ("text_to_{m}.median_rank", "t2{x} MdR", None), ("text_to_{m}.mean_rank", "t2{x} MnR", None),
-                  ("{m}_to_text.R@1", "{x}2t R@1", "{m}_to_text.chance_R@1"),
-                  ("{m}_to_text.R@5", "{x}2t R@5", None), ("{m}_to_text.R@10", "{x}2t R@10", None),
-                  ("{m}_to_text.median_rank", "{x}2t MdR", None)],
-    "classification": [("top1", "top-1", "chance_top1"), ("top5", "top-5", None),
-                       ("fold_mean_top1", "5-fold mean top-1", "chance_top1")],
+    "retrieval": [
+        ("text_to_{m}.R@1", "t2{x} R@1", "text_to_{m}.chance_R@1"),
+        ("text_to_{m}.R@5", "t2{x} R@5", None),
+        ("text_to_{m}.R@10", "t2{x} R@10", None),
+        ("text_to_{m}.median_rank", "t2{x} MdR", None),
+        ("text_to_{m}.mean_rank", "t2{x} MnR", None),
+        ("{m}_to_text.R@1", "{x}2t R@1", "{m}_to_text.chance_R@1"),
+        ("{m}_to_text.R@5", "{x}2t R@5", None),
+        ("{m}_to_text.R@10", "{x}2t R@10", None),
+        ("{m}_to_text.median_rank", "{x}2t MdR", None),
+    ],
+    "classification": [
+        ("top1", "top-1", "chance_top1"),
+        ("top5", "top-5", None),
+        ("fold_mean_top1", "5-fold mean top-1", "chance_top1"),
+    ],
     "multilabel": [("mAP", "mAP", "chance_mAP")],
 }
 _SHORT = {"video": "v", "audio": "a", "depth": "d", "infrared": "i", "image": "im"}
@@ -34,10 +42,12 @@ def table(records: list[dict[str, Any]]) -> str:
                 continue
             paper = r["paper"].get(path)
             ch = metric_at(r, chance.format(m=m)) if chance else None
-            lines.append(f"{r['benchmark']:<12} {r['split']:<11} {r['n']:>6}  "
-                         f"{label.format(x=_SHORT.get(m, m)):<18} {ours:>7.2f} "
-                         f"{paper['value'] if paper else '-':>7} {'' if ch is None else f'{ch:.2f}':>7}  "
-                         f"{paper['source'] if paper else ''}")
+            lines.append(
+                f"{r['benchmark']:<12} {r['split']:<11} {r['n']:>6}  "
+                f"{label.format(x=_SHORT.get(m, m)):<18} {ours:>7.2f} "
+                f"{paper['value'] if paper else '-':>7} {'' if ch is None else f'{ch:.2f}':>7}  "
+                f"{paper['source'] if paper else ''}"
+            )
         for note in r.get("notes", []):
             lines.append(f"{'':<12} note: {note}")
     return "\n".join(lines)

@@ -61,23 +61,45 @@ def _one_thread(_: int) -> None:
 def check_tower(model: Any, bench: Benchmark) -> None:
     """``MissingTower`` unless the model has the benchmark's tower."""
     if bench.modality not in getattr(model, "towers", {}):
-        hint = (" (load LanguageBind_Image or a model with an image tower)" if bench.modality == "image" else "")
-        raise MissingTower(f"{bench.name} needs a {bench.modality!r} tower; this model has "
-                           f"{list(model.towers)}{hint}")
+        hint = (
+            " (load LanguageBind_Image or a model with an image tower)" if bench.modality == "image" else ""
+        )
+        raise MissingTower(
+            f"{bench.name} needs a {bench.modality!r} tower; this model has {list(model.towers)}{hint}"
+        )
 
 
 @torch.no_grad()
-def embed_items(model: Any, modality: str, items: Sequence[Any], batch_size: int = 32, workers: int = 2,
-                progress: bool = True, amp: Any = contextlib.nullcontext, label: str = "") -> tuple[torch.Tensor, dict]:
+def embed_items(
+    model: Any,
+    modality: str,
+    items: Sequence[Any],
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: bool = True,
+    amp: Any = contextlib.nullcontext,
+    label: str = "",
+) -> tuple[torch.Tensor, dict]:
     """Normalised embeddings ``[N, E]`` of ``items`` and the loop's timing (seconds, data wait)."""
     from tqdm import tqdm
 
-    loader = DataLoader(_Prepared(model, modality, items), batch_size=batch_size, num_workers=workers,
-                        worker_init_fn=_one_thread if workers else None, persistent_workers=False)
+    loader = DataLoader(
+        _Prepared(model, modality, items),
+        batch_size=batch_size,
+        num_workers=workers,
+        worker_init_fn=_one_thread if workers else None,
+        persistent_workers=False,
+    )
     out, waited = [], 0.0
     start = time.perf_counter()
-    bar = tqdm(total=len(items), desc=label or modality, unit="item", disable=not progress, file=sys.stderr,
-               leave=False)
+    bar = tqdm(
+        total=len(items),
+        desc=label or modality,
+        unit="item",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+    )
     it = iter(loader)
     while True:
         t0 = time.perf_counter()
@@ -91,8 +113,13 @@ def embed_items(model: Any, modality: str, items: Sequence[Any], batch_size: int
     bar.close()
     wall = time.perf_counter() - start
     emb = torch.cat(out) if out else torch.empty(0, 1)
-    return emb, {"seconds": wall, "items_per_s": len(items) / max(wall, 1e-9), "data_wait": waited / max(wall, 1e-9),
-                 "batch_size": batch_size, "workers": workers}
+    return emb, {
+        "seconds": wall,
+        "items_per_s": len(items) / max(wall, 1e-9),
+        "data_wait": waited / max(wall, 1e-9),
+        "batch_size": batch_size,
+        "workers": workers,
+    }
 
 
 def class_embeddings(model: Any, classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
@@ -117,20 +144,45 @@ def score(model: Any, bench: Benchmark, data: Any, emb: torch.Tensor) -> dict[st
     raise TypeError(f"unknown benchmark data {type(data).__name__}")
 
 
-def run_benchmark(model: Any, bench: Benchmark, data: Any, *, model_name: str, paper_row: str,
-                  batch_size: int = 32, workers: int = 2, progress: bool = True,
-                  amp: Any = contextlib.nullcontext) -> dict[str, Any]:
+def run_benchmark(
+    model: Any,
+    bench: Benchmark,
+    data: Any,
+    *,
+    model_name: str,
+    paper_row: str,
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: bool = True,
+    amp: Any = contextlib.nullcontext,
+) -> dict[str, Any]:
     """Embed and score ``data`` (what ``bench.read`` returned); the JSON record (docs/benchmarks.md)."""
     check_tower(model, bench)
-    emb, timing = embed_items(model, bench.modality, data.items, batch_size, workers, progress, amp, bench.name)
+    emb, timing = embed_items(
+        model, bench.modality, data.items, batch_size, workers, progress, amp, bench.name
+    )
     metrics = score(model, bench, data, emb)
-    paper = {k: {"value": f.value, "source": f.source, "row": paper_row}
-             for k, f in figures_for(paper_row, bench.name).items()}
-    record = {"schema": SCHEMA, "protocol_version": PROTOCOL_VERSION, "model": model_name,
-              "benchmark": bench.name, "title": bench.title, "modality": bench.modality, "task": bench.task,
-              "split": data.split, "layout": data.layout, "n": len(data.items), "metrics": metrics,
-              "paper": paper, "notes": list(data.notes), "timing": timing,
-              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    paper = {
+        k: {"value": f.value, "source": f.source, "row": paper_row}
+        for k, f in figures_for(paper_row, bench.name).items()
+    }
+    record = {
+        "schema": SCHEMA,
+        "protocol_version": PROTOCOL_VERSION,
+        "model": model_name,
+        "benchmark": bench.name,
+        "title": bench.title,
+        "modality": bench.modality,
+        "task": bench.task,
+        "split": data.split,
+        "layout": data.layout,
+        "n": len(data.items),
+        "metrics": metrics,
+        "paper": paper,
+        "notes": list(data.notes),
+        "timing": timing,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     if isinstance(data, RetrievalSet):
         record["captions"] = len(data.captions)
     return record

@@ -57,12 +57,20 @@ class BenchmarkEvalConfig(BaseModel):
 
         for name in self.roots:
             if get(name).modality not in modalities:
-                raise ValueError(f"eval.benchmarks.roots.{name}: needs a {get(name).modality!r} tower; "
-                                 f"data.modalities is {modalities}")
+                raise ValueError(
+                    f"eval.benchmarks.roots.{name}: needs a {get(name).modality!r} tower; "
+                    f"data.modalities is {modalities}"
+                )
 
 
-def evaluate_benchmarks(model: Any, cfg: BenchmarkEvalConfig, step: int, out: Path, tb: Any = None,
-                        amp: Any = contextlib.nullcontext) -> list[dict[str, Any]]:
+def evaluate_benchmarks(
+    model: Any,
+    cfg: BenchmarkEvalConfig,
+    step: int,
+    out: Path,
+    tb: Any = None,
+    amp: Any = contextlib.nullcontext,
+) -> list[dict[str, Any]]:
     """Run every configured benchmark on ``model`` (left in train mode afterwards); log and return records."""
     from model.benchmarks.registry import get
     from model.benchmarks.report import flatten, table
@@ -76,8 +84,17 @@ def evaluate_benchmarks(model: Any, cfg: BenchmarkEvalConfig, step: int, out: Pa
             data = bench.read(root, cfg.skip_missing)
             if cfg.max_items:
                 data = data.head(cfg.max_items)
-            rec = run_benchmark(model, bench, data, model_name=f"{out} step {step}", paper_row="LanguageBind",
-                                batch_size=cfg.batch_size, workers=cfg.workers, progress=False, amp=amp)
+            rec = run_benchmark(
+                model,
+                bench,
+                data,
+                model_name=f"{out} step {step}",
+                paper_row="LanguageBind",
+                batch_size=cfg.batch_size,
+                workers=cfg.workers,
+                progress=False,
+                amp=amp,
+            )
             rec["step"] = step
             records.append(rec)
             if tb is not None:

@@ -54,8 +54,16 @@ def _videos(bases: list[Path], folders: tuple[str, ...]) -> tuple[dict[str, Path
     return media_index(dirs, VIDEO_EXTS), ", ".join(str(d) for d in dirs)
 
 
-def _build(ids: list[str], captions: dict[str, list[str]], index: dict[str, Path], where: str,
-           layout: str, split: str, skip_missing: bool, notes: list[str] | None = None) -> RetrievalSet:
+def _build(
+    ids: list[str],
+    captions: dict[str, list[str]],
+    index: dict[str, Path],
+    where: str,
+    layout: str,
+    split: str,
+    skip_missing: bool,
+    notes: list[str] | None = None,
+) -> RetrievalSet:
     found = media_for(ids, index, where, "video", skip_missing)
     kept = [i for i in ids if i in found]
     items, texts, owner = [], [], []
@@ -81,9 +89,11 @@ def read_msrvtt(root: Path, skip_missing: bool = False) -> RetrievalSet:
     csv_path = _find(bases, ("MSRVTT_JSFUSION_test.csv",))
     info = _find(bases, ("test_videodatainfo.json",))
     if csv_path is None and info is None:
-        raise LayoutError(f"MSR-VTT index not found in {root}: looked for MSRVTT_JSFUSION_test.csv "
-                          "(1k-A split, from CLIP4Clip's msrvtt_data) and test_videodatainfo.json "
-                          "(the official test annotations)")
+        raise LayoutError(
+            f"MSR-VTT index not found in {root}: looked for MSRVTT_JSFUSION_test.csv "
+            "(1k-A split, from CLIP4Clip's msrvtt_data) and test_videodatainfo.json "
+            "(the official test annotations)"
+        )
     index, where = _videos(_bases(root, "MSRVTT"), MSRVTT_VIDEO_DIRS)
     if csv_path is not None:
         with open(csv_path, newline="") as f:
@@ -100,8 +110,16 @@ def read_msrvtt(root: Path, skip_missing: bool = False) -> RetrievalSet:
         if s["video_id"] in captions:
             captions[s["video_id"]].append(s["caption"].strip())
     ids = [i for i in ids if captions[i]]
-    return _build(ids, captions, index, where, "public", "test-full", skip_missing,
-                  ["full test split (no JSFUSION csv): not the paper's 1k-A figures"])
+    return _build(
+        ids,
+        captions,
+        index,
+        where,
+        "public",
+        "test-full",
+        skip_missing,
+        ["full test split (no JSFUSION csv): not the paper's 1k-A figures"],
+    )
 
 
 # -- MSVD --------------------------------------------------------------------------------------
@@ -130,8 +148,9 @@ def read_msvd(root: Path, skip_missing: bool = False) -> RetrievalSet:
     else:
         desc = _find(bases, ("AllVideoDescriptions.txt",))
         if desc is None:
-            raise LayoutError(f"MSVD captions not found in {root}: looked for raw-captions.pkl and "
-                              "AllVideoDescriptions.txt")
+            raise LayoutError(
+                f"MSVD captions not found in {root}: looked for raw-captions.pkl and AllVideoDescriptions.txt"
+            )
         for line in desc.read_text(encoding="utf-8", errors="replace").splitlines():
             if not line.strip() or line.startswith("#") or " " not in line.strip():
                 continue
@@ -140,8 +159,10 @@ def read_msvd(root: Path, skip_missing: bool = False) -> RetrievalSet:
         layout = "public"
     absent = [i for i in ids if not captions.get(i)]
     if absent:
-        raise LayoutError(f"{len(absent)} test videos have no caption (e.g. {absent[0]}): "
-                          "the caption file does not match test_list.txt")
+        raise LayoutError(
+            f"{len(absent)} test videos have no caption (e.g. {absent[0]}): "
+            "the caption file does not match test_list.txt"
+        )
     index, where = _videos(bases, ("MSVD_Videos", "YouTubeClips", "videos"))
     return _build(ids, captions, index, where, layout, "test", skip_missing)
 
@@ -195,8 +216,16 @@ def read_didemo(root: Path, skip_missing: bool = False) -> RetrievalSet:
     lookup = {i: by_name.get(i) or by_name.get(_stem(i)) for i in ids}
     captions = {i: [" ".join(paragraphs[i])] for i in ids}
     found = {i: VideoWindow(p, DIDEMO_SECONDS) for i, p in lookup.items() if p}
-    return _build(ids, captions, found, where, "languagebind" if split_list else "public", "test", skip_missing,
-                  [f"frames from the first {DIDEMO_SECONDS:.0f} s of each video, as LanguageBind's loader"])
+    return _build(
+        ids,
+        captions,
+        found,
+        where,
+        "languagebind" if split_list else "public",
+        "test",
+        skip_missing,
+        [f"frames from the first {DIDEMO_SECONDS:.0f} s of each video, as LanguageBind's loader"],
+    )
 
 
 # -- ActivityNet Captions ----------------------------------------------------------------------
@@ -204,14 +233,24 @@ def read_activitynet(root: Path, skip_missing: bool = False) -> RetrievalSet:
     """``val_1`` split, paragraph retrieval: ``val_1.json`` (``{"v_<id>": {"sentences": [...]}}``),
     restricted to ``val_ids.json`` when present (CLIP4Clip's); videos ``v_<id>.*`` or ``<id>.*``."""
     bases = _bases(root, "ActivityNet", "captions")
-    ann = first_existing(root, ("val_1.json", "ActivityNet/val_1.json", "captions/val_1.json"),
-                         "ActivityNet Captions annotations", "the ActivityNet Captions release's captions/val_1.json")
+    ann = first_existing(
+        root,
+        ("val_1.json", "ActivityNet/val_1.json", "captions/val_1.json"),
+        "ActivityNet Captions annotations",
+        "the ActivityNet Captions release's captions/val_1.json",
+    )
     data = json.loads(ann.read_text())
     id_file = _find(bases, ("val_ids.json",))
     ids = [i for i in json.loads(id_file.read_text()) if i in data] if id_file else list(data)
     index, where = _videos(bases + _bases(root / "Videos"), ("Activity_Videos", "Videos", "videos"))
     lookup = {i: index.get(i) or index.get(i[2:] if i.startswith("v_") else f"v_{i}") for i in ids}
     captions = {i: [" ".join(s.strip() for s in data[i]["sentences"])] for i in ids}
-    return _build(ids, captions, {i: p for i, p in lookup.items() if p}, where,
-                  "languagebind" if id_file else "public", "val_1", skip_missing)
-
+    return _build(
+        ids,
+        captions,
+        {i: p for i, p in lookup.items() if p},
+        where,
+        "languagebind" if id_file else "public",
+        "val_1",
+        skip_missing,
+    )

@@ -85,15 +85,18 @@ def _sun_scenes(root: Path, only: str | None) -> list[tuple[Path, str]]:
     return out
 
 
-def _read_depth(root: Path, name: str, classes: tuple[str, ...], folders: tuple[str, ...],
-                only: str | None) -> ClassificationSet:
+def _read_depth(
+    root: Path, name: str, classes: tuple[str, ...], folders: tuple[str, ...], only: str | None
+) -> ClassificationSet:
     folder = _folder_layout(root, folders)
     if folder is not None:
         return read_class_folders(folder, classes, IMAGE_EXTS, "languagebind", "val")
     scenes = _sun_scenes(root, only)
     if not scenes:
-        raise LayoutError(f"{name} not found in {root}: looked for {', '.join(folders)} (class folders) and "
-                          f"SUN RGB-D scene folders (scene.txt + depth_bfx/){' under NYUdata' if only else ''}")
+        raise LayoutError(
+            f"{name} not found in {root}: looked for {', '.join(folders)} (class folders) and "
+            f"SUN RGB-D scene folders (scene.txt + depth_bfx/){' under NYUdata' if only else ''}"
+        )
     split = root / "test_list.txt"
     mat = next((root / m for m in SUN_SPLIT_FILES if (root / m).is_file()), None)
     if split.is_file():  # relative scene folders, one a line
@@ -110,18 +113,28 @@ def _read_depth(root: Path, name: str, classes: tuple[str, ...], folders: tuple[
             items.append(SunDepth(png))
             labels.append(label)
     has_split = split.is_file() or mat is not None
-    notes = [] if has_split else ["no split file (allsplit.mat or test_list.txt): every scene folder is evaluated"]
-    return ClassificationSet(items, labels, list(classes), "public", "test" if has_split else "all", notes=notes)
+    notes = (
+        []
+        if has_split
+        else ["no split file (allsplit.mat or test_list.txt): every scene folder is evaluated"]
+    )
+    return ClassificationSet(
+        items, labels, list(classes), "public", "test" if has_split else "all", notes=notes
+    )
 
 
-SUN_SPLIT_FILES = ("allsplit.mat", "SUNRGBDtoolbox/traintestSUNRGBD/allsplit.mat", "traintestSUNRGBD/allsplit.mat")
+SUN_SPLIT_FILES = (
+    "allsplit.mat",
+    "SUNRGBDtoolbox/traintestSUNRGBD/allsplit.mat",
+    "traintestSUNRGBD/allsplit.mat",
+)
 
 
 def _sun_key(scene: Path, root: Path) -> str:
     """``kv1/NYUdata/NYU0001``: a scene folder's path below its ``SUNRGBD`` folder (or below root)."""
     parts = scene.parts
     if "SUNRGBD" in parts:
-        return "/".join(parts[len(parts) - parts[::-1].index("SUNRGBD"):])
+        return "/".join(parts[len(parts) - parts[::-1].index("SUNRGBD") :])
     return scene.relative_to(root).as_posix()
 
 
@@ -130,7 +143,9 @@ def _sun_test_split(mat: Path) -> set[str]:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise LayoutError(f"reading {mat} needs scipy (pip install scipy), or give test_list.txt instead") from None
+        raise LayoutError(
+            f"reading {mat} needs scipy (pip install scipy), or give test_list.txt instead"
+        ) from None
     paths = loadmat(str(mat), squeeze_me=True)["alltest"]
     return {str(p).rstrip("/").split("SUNRGBD/", 1)[-1] for p in paths}
 
@@ -146,8 +161,9 @@ def read_sund(root: Path, skip_missing: bool = False) -> ClassificationSet:
 
 
 # -- infrared ------------------------------------------------------------------------------------
-def _free_box(w: int, h: int, size: tuple[int, int], taken: list[tuple[int, int, int, int]]
-              ) -> tuple[int, int, int, int] | None:
+def _free_box(
+    w: int, h: int, size: tuple[int, int], taken: list[tuple[int, int, int, int]]
+) -> tuple[int, int, int, int] | None:
     """The first ``size`` box on a half-size grid that overlaps none of ``taken`` (deterministic)."""
     bw, bh = size
     for top in range(0, h - bh + 1, max(1, bh // 2)):
@@ -163,10 +179,15 @@ def read_llvip(root: Path, skip_missing: bool = False) -> ClassificationSet:
     person in ``infrared/test`` cropped, and one person-free crop of the same size per person."""
     folder = _folder_layout(root, ("val", "llvip/val"))
     if folder is not None:
-        return read_class_folders(folder, ("background", "people"), IMAGE_EXTS, "languagebind", "val",
-                                  FOLDER_ALIASES["llvip"])
-    images = first_existing(root, ("infrared/test", "LLVIP/infrared/test"), "LLVIP infrared test images",
-                            "the LLVIP release (infrared/test + Annotations)")
+        return read_class_folders(
+            folder, ("background", "people"), IMAGE_EXTS, "languagebind", "val", FOLDER_ALIASES["llvip"]
+        )
+    images = first_existing(
+        root,
+        ("infrared/test", "LLVIP/infrared/test"),
+        "LLVIP infrared test images",
+        "the LLVIP release (infrared/test + Annotations)",
+    )
     ann_dir = first_existing(root, ("Annotations", "LLVIP/Annotations"), "LLVIP annotations")
     items: list[Crop] = []
     labels: list[int] = []
@@ -193,17 +214,28 @@ def read_llvip(root: Path, skip_missing: bool = False) -> ClassificationSet:
                 labels.append(0)
     if not items:
         raise LayoutError(f"no person boxes of at least {MIN_CROP} px in {ann_dir}")
-    return ClassificationSet(items, labels, ["background", "people"], "public", "test",
-                             notes=["crops reconstructed from the release's boxes (docs/benchmarks.md)"])
+    return ClassificationSet(
+        items,
+        labels,
+        ["background", "people"],
+        "public",
+        "test",
+        notes=["crops reconstructed from the release's boxes (docs/benchmarks.md)"],
+    )
 
 
-def _read_flir(root: Path, key: str, classes: tuple[str, ...], folders: tuple[str, ...],
-               coco: tuple[str, ...]) -> ClassificationSet:
+def _read_flir(
+    root: Path, key: str, classes: tuple[str, ...], folders: tuple[str, ...], coco: tuple[str, ...]
+) -> ClassificationSet:
     folder = _folder_layout(root, folders)
     if folder is not None and not any((root / c).is_file() for c in coco):  # FLIR's own val/ has a json
         return read_class_folders(folder, classes, IMAGE_EXTS, "languagebind", "val", FOLDER_ALIASES.get(key))
-    ann = first_existing(root, coco, f"FLIR {key[-2:]} annotations", "class folders val/<class>/ or the FLIR "
-                         "release's COCO json")
+    ann = first_existing(
+        root,
+        coco,
+        f"FLIR {key[-2:]} annotations",
+        "class folders val/<class>/ or the FLIR release's COCO json",
+    )
     data = json.loads(ann.read_text())
     alias = {normalise_name(a): normalise_name(c) for a, c in FOLDER_ALIASES.get(key, {}).items()}
     index = {normalise_name(c): k for k, c in enumerate(classes)}
@@ -224,27 +256,45 @@ def _read_flir(root: Path, key: str, classes: tuple[str, ...], folders: tuple[st
         if not path.is_file():
             path = ann.parent / "data" / Path(files[a["image_id"]]).name
         if not path.is_file():
-            raise LayoutError(f"image of annotation {a.get('id')} not found: {ann.parent / files[a['image_id']]}")
+            raise LayoutError(
+                f"image of annotation {a.get('id')} not found: {ann.parent / files[a['image_id']]}"
+            )
         items.append(Crop(path, (x, y, x + w, y + h)))
         labels.append(cat[a["category_id"]])
-    return ClassificationSet(items, labels, list(classes), "public", "val",
-                             notes=["crops of the release's boxes (docs/benchmarks.md)"])
+    return ClassificationSet(
+        items,
+        labels,
+        list(classes),
+        "public",
+        "val",
+        notes=["crops of the release's boxes (docs/benchmarks.md)"],
+    )
 
 
 def read_flir_v1(root: Path, skip_missing: bool = False) -> ClassificationSet:
     """FLIR ADAS v1: bicycle, car, dog, person."""
     from model.benchmarks.prompts import FLIR_V1_CLASSES
 
-    return _read_flir(root, "flir_v1", FLIR_V1_CLASSES, ("val", "flirv1/val"),
-                      ("val/thermal_annotations.json", "FLIR_ADAS_1_3/val/thermal_annotations.json"))
+    return _read_flir(
+        root,
+        "flir_v1",
+        FLIR_V1_CLASSES,
+        ("val", "flirv1/val"),
+        ("val/thermal_annotations.json", "FLIR_ADAS_1_3/val/thermal_annotations.json"),
+    )
 
 
 def read_flir_v2(root: Path, skip_missing: bool = False) -> ClassificationSet:
     """FLIR ADAS v2: 12 classes (LanguageBind's names)."""
     from model.benchmarks.prompts import FLIR_V2_CLASSES
 
-    return _read_flir(root, "flir_v2", FLIR_V2_CLASSES, ("val", "flirv2/val"),
-                      ("images_thermal_val/coco.json", "FLIR_ADAS_v2/images_thermal_val/coco.json"))
+    return _read_flir(
+        root,
+        "flir_v2",
+        FLIR_V2_CLASSES,
+        ("val", "flirv2/val"),
+        ("images_thermal_val/coco.json", "FLIR_ADAS_v2/images_thermal_val/coco.json"),
+    )
 
 
 # -- image ----------------------------------------------------------------------------------------
@@ -257,10 +307,13 @@ def read_image_folder(root: Path, skip_missing: bool = False) -> ClassificationS
     if not subs:
         raise LayoutError(f"no class folders in {folder} (expected val/<class>/*.JPEG)")
     names = [s.name for s in subs]
-    mapping = next((p for p in (root / "LOC_synset_mapping.txt", folder / "LOC_synset_mapping.txt") if p.is_file()),
-                   None)
+    mapping = next(
+        (p for p in (root / "LOC_synset_mapping.txt", folder / "LOC_synset_mapping.txt") if p.is_file()), None
+    )
     if mapping is not None:
-        wnid = {line.split(" ", 1)[0]: line.split(" ", 1)[1].split(",")[0].strip() for line in read_lines(mapping)}
+        wnid = {
+            line.split(" ", 1)[0]: line.split(" ", 1)[1].split(",")[0].strip() for line in read_lines(mapping)
+        }
         missing = [n for n in names if n not in wnid]
         if missing:
             raise LayoutError(f"{mapping} has no name for class folder {missing[0]}")
@@ -268,7 +321,9 @@ def read_image_folder(root: Path, skip_missing: bool = False) -> ClassificationS
     elif (root / "classnames.txt").is_file():
         classes = read_lines(root / "classnames.txt")
         if len(classes) != len(names):
-            raise LayoutError(f"{root / 'classnames.txt'} has {len(classes)} names for {len(names)} class folders")
+            raise LayoutError(
+                f"{root / 'classnames.txt'} has {len(classes)} names for {len(names)} class folders"
+            )
     else:
         classes = [normalise_name(n) for n in names]
     items, labels = [], []

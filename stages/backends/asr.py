@@ -49,8 +49,18 @@ def build_tiny_whisper(seed: int = SEED) -> Any:
     import whisper
     from whisper.model import ModelDimensions, Whisper
 
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
-                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    dims = ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=64,
+        n_text_head=2,
+        n_text_layer=1,
+    )
     tok = whisper.tokenizer.get_tokenizer(True, num_languages=dims.n_vocab - 51765 - 1)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
@@ -82,23 +92,36 @@ def load_whisper(spec: str, device: torch.device, download_root: str | None = No
     if family != "whisper":
         raise ModelLoadError(f"asr model {spec!r}: use whisper:<size or .pt path> or tiny")
     if name not in whisper.available_models() and not os.path.isfile(name):
-        raise ModelLoadError(f"asr model {spec!r}: not a whisper size ({', '.join(whisper.available_models())}) "
-                             "nor a checkpoint file")
+        raise ModelLoadError(
+            f"asr model {spec!r}: not a whisper size ({', '.join(whisper.available_models())}) "
+            "nor a checkpoint file"
+        )
     try:
         model = whisper.load_model(name, device=device, download_root=download_root)
     except (OSError, RuntimeError) as e:  # no network and no cached file, or a damaged file
         where = download_root or "~/.cache/whisper"
-        raise ModelLoadError(f"asr model {spec!r}: cannot load it ({' '.join(str(e).split())[:200]}); offline, "
-                             f"put the model's .pt file in {where} (asr.download_root)") from None
+        raise ModelLoadError(
+            f"asr model {spec!r}: cannot load it ({' '.join(str(e).split())[:200]}); offline, "
+            f"put the model's .pt file in {where} (asr.download_root)"
+        ) from None
     return model.eval(), spec
 
 
 class WhisperASR:
     """Batched transcription of 16 kHz mono float32 arrays."""
 
-    def __init__(self, model: Any, model_id: str, *, language: str | None = None, task: str = "transcribe",
-                 max_new_tokens: int | None = None, beam_size: int | None = None,
-                 no_speech_threshold: float = 0.6, logprob_threshold: float = -1.0):
+    def __init__(
+        self,
+        model: Any,
+        model_id: str,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        max_new_tokens: int | None = None,
+        beam_size: int | None = None,
+        no_speech_threshold: float = 0.6,
+        logprob_threshold: float = -1.0,
+    ):
         import whisper
 
         self.model, self.model_id = model, model_id
@@ -107,8 +130,9 @@ class WhisperASR:
         self.language, self.task = language, task
         self.max_new_tokens, self.beam_size = max_new_tokens, beam_size
         self.no_speech_threshold, self.logprob_threshold = no_speech_threshold, logprob_threshold
-        self.tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
-                                                         language=language, task=task)
+        self.tokenizer = whisper.tokenizer.get_tokenizer(
+            model.is_multilingual, num_languages=model.num_languages, language=language, task=task
+        )
 
     def _silent(self, no_speech_prob: float, avg_logprob: float) -> bool:
         # whisper.transcribe's own rule: likely no speech and a low-confidence decode.
@@ -118,14 +142,24 @@ class WhisperASR:
         """Clips of at most 30 s, decoded as one batch (padded to whisper's 30 s window)."""
         import whisper
 
-        mels = torch.stack([
-            whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(np.asarray(a, np.float32))),
-                                        n_mels=self.model.dims.n_mels)
-            for a in clips
-        ]).to(self.device)
-        options = whisper.DecodingOptions(task=self.task, language=self.language, temperature=0.0,
-                                          sample_len=self.max_new_tokens, beam_size=self.beam_size,
-                                          without_timestamps=True, fp16=self.fp16)
+        mels = torch.stack(
+            [
+                whisper.log_mel_spectrogram(
+                    whisper.pad_or_trim(torch.from_numpy(np.asarray(a, np.float32))),
+                    n_mels=self.model.dims.n_mels,
+                )
+                for a in clips
+            ]
+        ).to(self.device)
+        options = whisper.DecodingOptions(
+            task=self.task,
+            language=self.language,
+            temperature=0.0,
+            sample_len=self.max_new_tokens,
+            beam_size=self.beam_size,
+            without_timestamps=True,
+            fp16=self.fp16,
+        )
         results = whisper.decode(self.model, mels, options)
         out = []
         for r in results:
@@ -139,10 +173,21 @@ class WhisperASR:
         """A clip over 30 s, through whisper's sliding-window ``transcribe`` (no-speech prob: segment mean)."""
         import whisper
 
-        result = whisper.transcribe(self.model, np.asarray(clip, np.float32), verbose=None, task=self.task,
-                                    language=self.language, temperature=0.0, fp16=self.fp16,
-                                    sample_len=self.max_new_tokens, beam_size=self.beam_size,
-                                    no_speech_threshold=self.no_speech_threshold,
-                                    logprob_threshold=self.logprob_threshold, condition_on_previous_text=False)
+        result = whisper.transcribe(
+            self.model,
+            np.asarray(clip, np.float32),
+            verbose=None,
+            task=self.task,
+            language=self.language,
+            temperature=0.0,
+            fp16=self.fp16,
+            sample_len=self.max_new_tokens,
+            beam_size=self.beam_size,
+            no_speech_threshold=self.no_speech_threshold,
+            logprob_threshold=self.logprob_threshold,
+            condition_on_previous_text=False,
+        )
         probs = [s["no_speech_prob"] for s in result.get("segments", [])]
-        return Transcript(result["text"].strip(), result.get("language"), float(np.mean(probs)) if probs else None)
+        return Transcript(
+            result["text"].strip(), result.get("language"), float(np.mean(probs)) if probs else None
+        )

@@ -33,8 +33,10 @@ def check_captioner_spec(spec: str, video: bool) -> str:
         return spec
     family, name = parse_model_spec(spec)
     if family not in FAMILIES:
-        raise ValueError(f"captioner {spec!r}: unknown family {family!r}; use hf:<id or dir> or tiny"
-                         + (" (or none)" if video else ""))
+        raise ValueError(
+            f"captioner {spec!r}: unknown family {family!r}; use hf:<id or dir> or tiny"
+            + (" (or none)" if video else "")
+        )
     archs = TINY_VIDEO_ARCHS if video else TINY_FRAME_ARCHS
     if family == "tiny" and name and name not in archs:
         raise ValueError(f"captioner {spec!r}: tiny architectures here are {', '.join(archs)}")
@@ -63,8 +65,9 @@ class ImageTextModel:
     def generate(self, inputs: dict[str, Any], max_new_tokens: int, num_beams: int) -> torch.Tensor:
         """Greedy (or beam) generation; returns only the new tokens when the prompt is echoed back."""
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                      do_sample=False)
+            out = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+            )
         ids = inputs.get("input_ids")
         # Decoder-only models return prompt + continuation; encoder-decoder ones only the continuation.
         if ids is not None and out.shape[1] >= ids.shape[1] and torch.equal(out[:, : ids.shape[1]], ids):
@@ -76,7 +79,9 @@ class ImageTextModel:
         return [" ".join(t.split()) for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
 
-def load_image_text_model(spec: str, device: torch.device, dtype: torch.dtype | None, tiny_arch: str) -> ImageTextModel:
+def load_image_text_model(
+    spec: str, device: torch.device, dtype: torch.dtype | None, tiny_arch: str
+) -> ImageTextModel:
     """Load ``hf:…`` or ``tiny[:arch]`` onto ``device``; ``ModelLoadError`` (with what to do) if impossible."""
     family, name = parse_model_spec(spec)
     dtype = dtype or torch.float32
@@ -104,15 +109,19 @@ def _load_hf(spec: str, name: str, dtype: torch.dtype) -> tuple[Any, Any]:
         processor = AutoProcessor.from_pretrained(name)
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"captioner {spec!r}: cannot load it ({' '.join(str(e).split())[:300]}); with "
-                             "HF_HUB_OFFLINE=1 a hub id must be in the local cache, or give a local directory") from None
+        raise ModelLoadError(
+            f"captioner {spec!r}: cannot load it ({' '.join(str(e).split())[:300]}); with "
+            "HF_HUB_OFFLINE=1 a hub id must be in the local cache, or give a local directory"
+        ) from None
     return model, processor
 
 
 class FrameCaptioner:
     """One caption per image, batched: ``captioner(images) -> [caption, ...]``."""
 
-    def __init__(self, m: ImageTextModel, prompt: str | None = None, max_new_tokens: int = 30, num_beams: int = 1):
+    def __init__(
+        self, m: ImageTextModel, prompt: str | None = None, max_new_tokens: int = 30, num_beams: int = 1
+    ):
         self.m, self.prompt = m, prompt
         self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
 
@@ -157,10 +166,14 @@ class VideoCaptioner:
     def _chat_text(self, r: VideoRequest) -> str:
         images = [{"type": "image"} for _ in r.frames]
         if self._system_ok and r.system:
-            messages = [{"role": "system", "content": [{"type": "text", "text": r.system}]},
-                        {"role": "user", "content": [*images, {"type": "text", "text": r.user}]}]
+            messages = [
+                {"role": "system", "content": [{"type": "text", "text": r.system}]},
+                {"role": "user", "content": [*images, {"type": "text", "text": r.user}]},
+            ]
             try:
-                return self.m.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                return self.m.processor.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
             except Exception as e:  # a template's own error (jinja raise_exception), not ours
                 log.info("video captioner %s: no system turn in its chat template (%s)", self.model_id, e)
                 self._system_ok = False
@@ -171,5 +184,7 @@ class VideoCaptioner:
     def __call__(self, requests: list[VideoRequest]) -> list[str]:
         texts = [self._chat_text(r) for r in requests]
         images = [f for r in requests for f in r.frames]
-        inputs = self.m.to_device(self.m.processor(text=texts, images=images, padding=True, return_tensors="pt"))
+        inputs = self.m.to_device(
+            self.m.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        )
         return self.m.decode(self.m.generate(inputs, self.max_new_tokens, self.num_beams))

@@ -104,8 +104,16 @@ def parse_json_fields(text: str, keys: tuple[str, ...]) -> dict[str, str]:
 class HFChatLM:
     """A causal LM with a chat template, generating for many conversations in padded batches."""
 
-    def __init__(self, model: Any, tokenizer: Any, model_id: str, device: torch.device,
-                 max_new_tokens: int = 200, temperature: float = 0.0, batch_size: int = 8):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        model_id: str,
+        device: torch.device,
+        max_new_tokens: int = 200,
+        temperature: float = 0.0,
+        batch_size: int = 8,
+    ):
         self.model, self.tokenizer, self.model_id, self.device = model, tokenizer, model_id, device
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         tokenizer.padding_side = "left"  # every row continues at the same position
@@ -118,22 +126,34 @@ class HFChatLM:
         """The exact text the model is given for one conversation (its chat template applied)."""
         if self._system_ok:
             try:
-                return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                return self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
             except Exception as e:  # templates that forbid a system turn raise their own errors
                 if not any(m["role"] == "system" for m in messages):
                     raise
                 log.info("llm %s: no system turn in its chat template (%s)", self.model_id, e)
                 self._system_ok = False
-        return self.tokenizer.apply_chat_template(fold_system(messages), add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            fold_system(messages), add_generation_prompt=True, tokenize=False
+        )
 
     def _generate(self, conversations: list[Messages]) -> list[Completion]:
         texts = [self.render(m) for m in conversations]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
         sample = self.temperature > 0
         with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=sample,
-                                      temperature=self.temperature if sample else None, top_p=None, top_k=None,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=sample,
+                temperature=self.temperature if sample else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         new = out[:, enc["input_ids"].shape[1] :]
         stops = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         result = []
@@ -174,11 +194,15 @@ def load_chat_lm(spec: str, device: torch.device, dtype: torch.dtype | None, **k
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32)
         except (OSError, ValueError, KeyError) as e:
-            raise ModelLoadError(f"enhance model {spec!r}: cannot load it ({' '.join(str(e).split())[:300]}); "
-                                 "with HF_HUB_OFFLINE=1 a hub id must be in the local cache, or give a local "
-                                 "directory") from None
+            raise ModelLoadError(
+                f"enhance model {spec!r}: cannot load it ({' '.join(str(e).split())[:300]}); "
+                "with HF_HUB_OFFLINE=1 a hub id must be in the local cache, or give a local "
+                "directory"
+            ) from None
         if not tokenizer.chat_template:
-            raise ModelLoadError(f"enhance model {spec!r}: its tokenizer has no chat template (use an instruct model)")
+            raise ModelLoadError(
+                f"enhance model {spec!r}: its tokenizer has no chat template (use an instruct model)"
+            )
         model_id = spec
     else:
         raise ModelLoadError(f"enhance model {spec!r}: not a local model (hf:… or tiny)")

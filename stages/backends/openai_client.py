@@ -35,11 +35,23 @@ class RequestFailed(Exception):
 class OpenAIChatClient:
     """Chat completions over HTTP with concurrency, timeouts, retries and token accounting."""
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
-                 concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0,
-                 max_backoff_s: float = 60.0, max_tokens: int = 300, temperature: float = 0.0,
-                 json_mode: bool = False, extra_body: dict[str, Any] | None = None,
-                 timeout_name: str = "timeout_s"):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        max_tokens: int = 300,
+        temperature: float = 0.0,
+        json_mode: bool = False,
+        extra_body: dict[str, Any] | None = None,
+        timeout_name: str = "timeout_s",
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.model_id = f"openai:{model}"
@@ -49,8 +61,10 @@ class OpenAIChatClient:
         self.extra_body = dict(extra_body or {})
         key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not key:
-            log.warning("enhance: environment variable %s is not set; sending requests without an API key",
-                        api_key_env)
+            log.warning(
+                "enhance: environment variable %s is not set; sending requests without an API key",
+                api_key_env,
+            )
         self._key = key or None
         self._local = threading.local()  # one Session per thread: Sessions are not thread-safe
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="openai")
@@ -68,8 +82,13 @@ class OpenAIChatClient:
 
     def body(self, messages: Messages) -> dict[str, Any]:
         """The JSON request body for one conversation (what the server receives)."""
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
-                                "temperature": self.temperature, **self.extra_body}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            **self.extra_body,
+        }
         if self.json_mode:
             body["response_format"] = {"type": "json_object"}
         return body
@@ -88,10 +107,14 @@ class OpenAIChatClient:
 
     def _once(self, body: dict[str, Any]) -> tuple[Completion | None, str, str | None]:
         """One HTTP attempt: ``(completion, "", None)``, or ``(None, reason, Retry-After or "")`` to retry."""
-        timed_out = f"timed out: no complete reply within {self.timeout_s:g} s ({self.timeout_name}, wall clock)"
+        timed_out = (
+            f"timed out: no complete reply within {self.timeout_s:g} s ({self.timeout_name}, wall clock)"
+        )
         try:
             with Deadline(self.timeout_s) as deadline:
-                r = self._session().post(self.url, json=body, timeout=(min(10.0, self.timeout_s), self.timeout_s))
+                r = self._session().post(
+                    self.url, json=body, timeout=(min(10.0, self.timeout_s), self.timeout_s)
+                )
         except requests.Timeout:
             return None, timed_out, ""
         except requests.RequestException as e:  # ConnectionError, ChunkedEncodingError, ...
@@ -114,7 +137,11 @@ class OpenAIChatClient:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             return None, f"malformed reply ({type(e).__name__}: {self._safe(str(e))})", ""
         usage = data.get("usage") or {}
-        return Completion(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)), "", None
+        return (
+            Completion(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+            "",
+            None,
+        )
 
     def complete_one(self, messages: Messages) -> Completion:
         """One conversation, retried; ``RequestFailed`` with the last reason when it cannot succeed."""

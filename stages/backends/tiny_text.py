@@ -91,12 +91,19 @@ def bpe_tokenizer(vocab_size: int = 1024) -> Any:
     # Printable ASCII, space and newline only (byte-level names: Ġ is space, Ċ newline), so random
     # models emit readable gibberish rather than stray control bytes; other characters become <|unk|>.
     alphabet = [chr(c) for c in range(33, 127)] + ["Ġ", "Ċ"]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
-                                  initial_alphabet=alphabet)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False, initial_alphabet=alphabet
+    )
     tk.train_from_iterator(corpus(), trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|bos|>", eos_token="<|eos|>",
-                                  pad_token="<|pad|>", unk_token="<|unk|>", padding_side="left",
-                                  extra_special_tokens={"image_token": IMAGE_TOKEN})
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        unk_token="<|unk|>",
+        padding_side="left",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -108,13 +115,27 @@ def _seeded(build: Any, seed: int) -> Any:
 
 
 def _small_transformer(vocab: int, **extra: Any) -> dict[str, Any]:
-    return dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, initializer_range=INIT_RANGE, **extra)
+    return dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        initializer_range=INIT_RANGE,
+        **extra,
+    )
 
 
 def _small_vision(image_size: int = 32, patch_size: int = 8) -> dict[str, Any]:
-    return dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                image_size=image_size, patch_size=patch_size, initializer_range=INIT_RANGE)
+    return dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=patch_size,
+        initializer_range=INIT_RANGE,
+    )
 
 
 def build_tiny_blip(seed: int = SEED) -> tuple[Any, Any]:
@@ -122,12 +143,20 @@ def build_tiny_blip(seed: int = SEED) -> tuple[Any, Any]:
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     tok = word_tokenizer()
-    text = _small_transformer(len(tok), max_position_embeddings=64, bos_token_id=tok.bos_token_id,
-                              pad_token_id=tok.pad_token_id, sep_token_id=tok.sep_token_id,
-                              eos_token_id=tok.sep_token_id)
-    cfg = BlipConfig(text_config=text, vision_config=_small_vision(), projection_dim=32,
-                     initializer_range=INIT_RANGE)
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    text = _small_transformer(
+        len(tok),
+        max_position_embeddings=64,
+        bos_token_id=tok.bos_token_id,
+        pad_token_id=tok.pad_token_id,
+        sep_token_id=tok.sep_token_id,
+        eos_token_id=tok.sep_token_id,
+    )
+    cfg = BlipConfig(
+        text_config=text, vision_config=_small_vision(), projection_dim=32, initializer_range=INIT_RANGE
+    )
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok
+    )
     return _seeded(lambda: BlipForConditionalGeneration(cfg), seed), processor
 
 
@@ -136,9 +165,16 @@ def build_tiny_git(seed: int = SEED) -> tuple[Any, Any]:
     from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
 
     tok = word_tokenizer()
-    cfg = GitConfig(vision_config=_small_vision(), **_small_transformer(
-        len(tok), max_position_embeddings=64, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
-        pad_token_id=tok.pad_token_id))
+    cfg = GitConfig(
+        vision_config=_small_vision(),
+        **_small_transformer(
+            len(tok),
+            max_position_embeddings=64,
+            bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+    )
     image = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return _seeded(lambda: GitForCausalLM(cfg), seed), GitProcessor(image_processor=image, tokenizer=tok)
 
@@ -148,16 +184,32 @@ def build_tiny_llava(seed: int = SEED) -> tuple[Any, Any]:
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tok = bpe_tokenizer()
-    text = dict(model_type="llama", num_key_value_heads=1, max_position_embeddings=2048,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                **_small_transformer(len(tok)))
-    cfg = LlavaConfig(vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_small_vision()),
-                      text_config=text, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-                      vision_feature_layer=-1, vision_feature_select_strategy="default")
+    text = dict(
+        model_type="llama",
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **_small_transformer(len(tok)),
+    )
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_small_vision()),
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     image = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(image_processor=image, tokenizer=tok, patch_size=8, chat_template=CHAT_TEMPLATE,
-                               vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
-                               num_additional_image_tokens=1)
+    processor = LlavaProcessor(
+        image_processor=image,
+        tokenizer=tok,
+        patch_size=8,
+        chat_template=CHAT_TEMPLATE,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+    )
     model = _seeded(lambda: LlavaForConditionalGeneration(cfg), seed)
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, processor
@@ -168,14 +220,25 @@ def build_tiny_llama(seed: int = SEED) -> tuple[Any, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = bpe_tokenizer()
-    cfg = LlamaConfig(num_key_value_heads=1, max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **_small_transformer(len(tok)))
+    cfg = LlamaConfig(
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **_small_transformer(len(tok)),
+    )
     model = _seeded(lambda: LlamaForCausalLM(cfg), seed)
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
 
 
-TINY_BUILDERS = {"blip": build_tiny_blip, "git": build_tiny_git, "llava": build_tiny_llava, "llama": build_tiny_llama}
+TINY_BUILDERS = {
+    "blip": build_tiny_blip,
+    "git": build_tiny_git,
+    "llava": build_tiny_llava,
+    "llama": build_tiny_llama,
+}
 
 
 def build_tiny(arch: str, seed: int = SEED) -> tuple[Any, Any]:

@@ -87,7 +87,9 @@ def load_prompt(name: str) -> Prompt:
         text = path.read_text(encoding="utf-8")
         return parse_prompt(text, f"{path.stem}@{hashlib.sha256(text.encode()).hexdigest()[:8]}")
     if not _NAME.match(name):
-        raise ValueError(f"prompt {name!r}: expected a repo prompt such as enhance.v1, or a path to a .txt file")
+        raise ValueError(
+            f"prompt {name!r}: expected a repo prompt such as enhance.v1, or a path to a .txt file"
+        )
     path = PROMPT_DIR / f"{name}.txt"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROMPT_DIR.glob("*.txt")))
