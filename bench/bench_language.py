@@ -62,7 +62,7 @@ def jpeg(frame: np.ndarray) -> bytes:
 
 def video_rows(n: int, size: tuple[int, int] = (170, 128)) -> list[dict[str, Any]]:
     """``n`` synthetic videos as the probe/discover stages leave them: 8 JPEG frames, title, hashtags, audio."""
-    from stages.media import encode_flac
+    from contracts.encodings import encode_flac
 
     rows = []
     for i in range(n):

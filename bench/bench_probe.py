@@ -20,7 +20,7 @@ Usage::
 
     python bench/bench_probe.py --repeat 5                       # all sets, decoder threads 1 and 2
     python bench/bench_probe.py --sets 720p-gop2s 720p-single --profile   # where the time goes
-    git show c967d95:stages/media.py > /tmp/media_before.py
+    git show c967d95:stages/media/decode.py > /tmp/media_before.py
     python bench/bench_probe.py --compare-with /tmp/media_before.py  # an older media.py, interleaved
 """
 
@@ -52,12 +52,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import stages.probe  # noqa: E402
+from contracts.encodings import encode_flac, encode_jpeg  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.synthetic import CONCEPTS, make_clip  # noqa: E402
-from stages import media  # noqa: E402
 from stages.base import RunContext  # noqa: E402
-from stages.media import encode_flac, target_times  # noqa: E402
-from stages.probe import ProbeStage, encode_jpeg  # noqa: E402
+from stages.media import decode as media  # noqa: E402
+from stages.media.decode import target_times  # noqa: E402
+from stages.probe import ProbeStage  # noqa: E402
 
 SETS = {  # name: (width, height, keyframe interval in frames)
     "720p-gop2s": (1280, 720, 60),
@@ -126,7 +127,7 @@ def needed_packets(path: str, num_frames: int = 8) -> list[list[int]]:
     """Per GOP with targets, the packet indices a minimal decode feeds: targets and the references before them.
 
     Made from a full decode (which frame is each target's) and the H.264 NAL headers (which pictures
-    are references), independently of ``stages.media``.
+    are references), independently of ``stages.media.decode``.
     """
     with av.open(path) as c:
         s = c.streams.video[0]
@@ -339,7 +340,7 @@ def main() -> None:
         "--compare-with",
         type=Path,
         metavar="MEDIA_PY",
-        help="an older stages/media.py to time beside the current one (interleaved)",
+        help="an older stages/media/decode.py to time beside the current one (interleaved)",
     )
     ap.add_argument("--no-opencv", action="store_true")
     args = ap.parse_args()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 CHILD = r"""
 import io, json, os, sys, time
 import pyarrow.fs as pafs
-from pipeline import store
+from contracts import store
 from stages.shard import write_tar
 
 mode, uri, mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -84,7 +84,7 @@ def measure(mode: str, uri: str, mb: int) -> dict:
 
 
 def main() -> int:
-    from pipeline import store
+    from contracts import store
     from tests.s3server import S3Server
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

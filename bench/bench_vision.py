@@ -40,12 +40,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from contracts.encodings import encode_depth_png, encode_jpeg  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.synthetic import CONCEPTS, render_frames  # noqa: E402
 from stages.backends.batching import autocast, decode_frames  # noqa: E402
 from stages.base import RunContext  # noqa: E402
-from stages.depth import DepthStage, encode_depth_png, to_millimetres  # noqa: E402
-from stages.infrared import InfraredStage, encode_ir_jpeg  # noqa: E402
+from stages.depth import DepthStage, to_millimetres  # noqa: E402
+from stages.infrared import InfraredStage  # noqa: E402
 
 VIDEOS, FRAMES = 10_000_000, 8
 
@@ -104,7 +105,7 @@ def profile(stage: str, extra: list[str], jpegs: list[bytes], table: pa.Table, q
         keys = [f"k/{i}" for i in range(16)]
         model = timed(lambda: s.net.translate(frames, keys), min_s=0 if quick else 1) / 16
         ir = s.net.translate(frames[:1], keys[:1])[0].numpy()
-        encode = timed(lambda: encode_ir_jpeg(ir), min_s=0.3)
+        encode = timed(lambda: encode_jpeg(ir), min_s=0.3)
     h, w = frames[0].shape[1:]
     return {
         "stage": stage,

@@ -26,8 +26,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import manifest, store  # noqa: E402
-from stages import shard_format as fmt  # noqa: E402
+from contracts import manifest, store  # noqa: E402
+from contracts import shard_format as fmt  # noqa: E402
 from stages.base import BASE_FIELDS  # noqa: E402
 from stages.shard import write_tar  # noqa: E402
 

@@ -42,10 +42,11 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import manifest  # noqa: E402
+from contracts import manifest  # noqa: E402
+from contracts.status import OK  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from stages import get_stage_class  # noqa: E402
-from stages.base import OK, RunContext  # noqa: E402
+from stages.base import RunContext  # noqa: E402
 
 
 def load() -> str:

@@ -1,10 +1,10 @@
-"""WebDataset loader over the pipeline's shards (``stages.shard_format``), for training and evaluation.
+"""WebDataset loader over the pipeline's shards (``contracts.shard_format``), for training and evaluation.
 
 One ``ShardStream`` per rank, read by a ``torch`` DataLoader whose workers open the tars, shuffle,
 decode (``model.preprocess``) and batch, so the training process only receives tensors:
 
 - shards: a path, directory or prefix, glob, brace pattern (``runs/x/shard/{00000..00009}.tar``),
-  ``::``-joined list, or URLs (``s3://``/``gs://`` through ``pipeline.store``, ``http(s)://``,
+  ``::``-joined list, or URLs (``s3://``/``gs://`` through ``contracts.store``, ``http(s)://``,
   ``pipe:cmd``), local or remote alike (``model.shard_list``);
 - each epoch the shard order is reshuffled from ``(seed, epoch)``, identical on every rank, then dealt
   to the ranks x DataLoader workers balanced by the sample counts of the shards' Parquet indexes;
@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from contracts.shard_format import AUDIO_KEY, JSON_KEY, frames_of
+
 # Imported here, not in the workers: forked DataLoader workers inherit it instead of importing anew
 # (torchvision and PyAV take seconds) at every epoch.
 from model.preprocess import preprocess
@@ -48,7 +50,6 @@ from model.shard_list import (  # noqa: F401 (the trainer's and eval's imports)
     shard_counts,
 )
 from model.text_choice import TEXT_FIELDS, NoText, choose_text, frame_for
-from stages.shard_format import AUDIO_KEY, JSON_KEY, frames_of
 
 log = logging.getLogger(__name__)
 

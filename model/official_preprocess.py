@@ -64,7 +64,7 @@ from PIL import Image
 
 from model.model_config import TowerConfig
 from model.official_config import AUDIO_DEFAULTS, DEPTH_DEFAULTS
-from model.preprocess import CLIP_MEAN, CLIP_STD, decode_audio, decode_frames_at, decode_image, kaldi_fbank
+from model.preprocess import CLIP_MEAN, CLIP_STD, decode_audio, decode_frames_at, kaldi_fbank, to_image
 
 Source = bytes | str | Path
 
@@ -120,7 +120,7 @@ def official_video(
     else:
         frames = list(source)
         frames = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, num_frames, dtype=int)]
-    rgb = np.stack([np.asarray(decode_image(f)) for f in frames])  # [T, H, W, 3]
+    rgb = np.stack([np.asarray(to_image(f)) for f in frames])  # [T, H, W, 3]
     clip = torch.from_numpy(rgb).permute(3, 0, 1, 2).float() / 255.0  # [3, T, H, W]
     mean, std = _mean_std(4)
     clip = (clip - mean) / std
@@ -202,7 +202,7 @@ def official_depth(
     if isinstance(source, np.ndarray):
         depth = source.astype(np.float32)
     else:
-        depth = np.asarray(decode_image(source, mode=None), dtype=np.float32)
+        depth = np.asarray(to_image(source, mode=None), dtype=np.float32)
     if depth.ndim != 2:
         raise ValueError(f"a depth map must have one channel (16-bit PNG in mm), got shape {depth.shape}")
     metres = torch.from_numpy(depth / 1000.0).clamp(min=0.01)
@@ -216,7 +216,7 @@ def official_image(
     source: Source | Image.Image | np.ndarray, size: int = 224, antialias: bool = False
 ) -> torch.Tensor:
     """An image (thermal or RGB) -> ``[3, S, S]`` as ``LanguageBind{Thermal,Image}Processor`` (read as RGB)."""
-    x = torch.from_numpy(np.array(decode_image(source))).permute(2, 0, 1).float() / 255.0
+    x = torch.from_numpy(np.array(to_image(source))).permute(2, 0, 1).float() / 255.0
     x = _centre_crop(_resize_bicubic(x, size, antialias), size)
     mean, std = _mean_std(3)
     return (x - mean) / std

@@ -30,7 +30,8 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from stages.shard_format import DEPTH_MAX_MM, NUM_FRAMES, SAMPLE_RATE
+from contracts.encodings import decode_image
+from contracts.shard_format import DEPTH_MAX_MM, NUM_FRAMES, SAMPLE_RATE
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -158,14 +159,17 @@ def audio_input(
 
 
 # -- images and video -------------------------------------------------------------------------
-def decode_image(source: Source | Image.Image | np.ndarray, mode: str | None = "RGB") -> Image.Image:
-    """A PIL image from encoded bytes, a path, an array or an image; converted to ``mode`` if given."""
+def to_image(source: Source | Image.Image | np.ndarray, mode: str | None = "RGB") -> Image.Image:
+    """A PIL image from encoded bytes (``contracts.encodings.decode_image``), a path, an array or an image;
+    converted to ``mode`` if given."""
+    if isinstance(source, bytes):
+        return decode_image(source, mode)
     if isinstance(source, np.ndarray):
         image = Image.fromarray(source)
     elif isinstance(source, Image.Image):
         image = source
     else:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image = Image.open(source)
         image.load()
     return image.convert(mode) if mode and image.mode != mode else image
 
@@ -224,7 +228,7 @@ def video_input(
         frames = list(source)
         if len(frames) > num_frames:  # uniformly subsample longer frame lists
             frames = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, num_frames).round()]
-    images = [np.asarray(decode_image(f)) for f in frames]
+    images = [np.asarray(to_image(f)) for f in frames]
     clip = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
     clip = TF.resize(clip, [image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
     h, w = clip.shape[-2:]
@@ -244,7 +248,7 @@ def depth_input(source: Source | np.ndarray, image_size: int = 224) -> torch.Ten
     if isinstance(source, np.ndarray):
         millimetres = source.astype(np.float32)
     else:
-        millimetres = np.asarray(decode_image(source, mode=None), dtype=np.float32)
+        millimetres = np.asarray(to_image(source, mode=None), dtype=np.float32)
     if millimetres.ndim == 3:  # an RGB-encoded depth image: take one channel
         millimetres = millimetres[..., 0]
     metres = torch.from_numpy(millimetres / 1000.0)
@@ -255,7 +259,7 @@ def depth_input(source: Source | np.ndarray, image_size: int = 224) -> torch.Ten
 
 def infrared_input(source: Source | Image.Image | np.ndarray, image_size: int = 224) -> torch.Tensor:
     """A thermal infrared image (8-bit, read as RGB) -> ``[3, S, S]``."""
-    image = torch.from_numpy(np.array(decode_image(source))).permute(2, 0, 1)
+    image = torch.from_numpy(np.array(to_image(source))).permute(2, 0, 1)
     return _normalise(_resize_crop(image, image_size).float() / 255.0)
 
 

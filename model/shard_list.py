@@ -2,7 +2,7 @@
 
 A shard spec is a path, a directory or prefix (its ``*.tar``), a glob, a brace pattern
 (``s3://bucket/run/shard/{00000..00009}.tar``), a ``::``-joined or YAML list, or URLs; local
-paths and object stores (``s3://``, ``gs://``, reached through ``pipeline.store`` and its
+paths and object stores (``s3://``, ``gs://``, reached through ``contracts.store`` and its
 ``run.storage`` settings) behave the same. ``http(s)://`` and ``pipe:`` URLs are taken as given.
 
 The Parquet index the shard stage writes beside each tar (``NAME.parquet``) gives the sample count
@@ -25,7 +25,7 @@ from typing import Any, Literal
 import braceexpand
 import pyarrow.parquet as pq
 
-from pipeline import store
+from contracts import store
 
 INDEX_FLAG = {"audio": "has_audio", "depth": "has_depth", "infrared": "has_ir"}
 INDEX_READERS = 16  # index files read at once (one small GET each on an object store)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from stages.shard_format import LIST_TEXT_FIELDS, NUM_FRAMES
-from stages.shard_format import TEXT_FIELDS as JSON_TEXT_FIELDS
+from contracts.shard_format import LIST_TEXT_FIELDS, NUM_FRAMES
+from contracts.shard_format import TEXT_FIELDS as JSON_TEXT_FIELDS
 
 TEXT_FIELDS = ("title", *JSON_TEXT_FIELDS, *LIST_TEXT_FIELDS, "mix")
 LANGUAGEBIND_MIX = {"raw": 0.2, "mplug": 0.2, "polish_mplug": 0.2, "sound_mplug": 0.2, "ofa": 0.2}

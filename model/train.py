@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from contracts.config_io import ConfigError
 from model.checkpoint import (
     BASE_DIR,
     EXPORT_DIR,
@@ -42,7 +43,6 @@ from model.data import ShardStream, count_samples, expand_shards, make_loader, t
 from model.distributed import clip_grad_norm, gather_objects, setup_distributed
 from model.objective import Objective
 from model.train_config import TrainConfig, load_train_config
-from pipeline.config import ConfigError
 
 log = logging.getLogger("model.train")
 

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts.config_io import ConfigError, apply_overrides, format_validation_error
 from model.benchmarks.training import BenchmarkEvalConfig
 from model.data import DataConfig
-from pipeline.config import ConfigError, apply_overrides, format_validation_error
 
 
 class _Section(BaseModel):

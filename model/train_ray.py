@@ -49,10 +49,10 @@ def run_on_ray(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        from pipeline import store
+        from contracts.worker_env import worker_env
 
-        # the object-store settings ($VIDAL_STORAGE) reach the workers of every node
-        env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"), **store.worker_env()}
+        # the object-store settings ($VIDAL_STORAGE) and the driver's Hugging Face settings reach every node
+        env = worker_env()
         ray.init(address=cfg.ray.address, runtime_env={"env_vars": env})
     data = cfg.data.model_copy(
         update={

@@ -1,3 +1,5 @@
-"""How vidal's stages run: config, storage, manifests and the Ray Data runner."""
+"""How vidal's stages run: the config, the Ray Data runner, preflight, the report and the demo."""
 
-__version__ = "0.1.0"
+from contracts import __version__
+
+__all__ = ["__version__"]

@@ -16,12 +16,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from pipeline.store import StorageSettings
+from contracts.config_io import ConfigError, apply_overrides, format_validation_error, parse_override  # noqa: F401
+from contracts.store import StorageSettings
 from stages import CURATION_STAGES, STAGE_ORDER, available_stages, get_stage_class
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the offending key."""
 
 
 class DemoMediaConfig(BaseModel):
@@ -88,30 +85,6 @@ def config_model() -> type[BaseModel]:
     )
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"depth.batch_size=32"`` -> (["depth", "batch_size"], 32); values are parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. depth.batch_size=32")
-    key, raw = text.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"--set {text!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted key in a nested dict, creating sections as needed."""
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-            node = child
-        node[path[-1]] = value
-    return data
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BaseModel:
     """Read YAML (or defaults when ``path`` is None), apply overrides, validate; ``ConfigError`` if bad."""
     data: dict[str, Any] = {}
@@ -129,17 +102,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return config_model().model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
-
-
-def format_validation_error(error: ValidationError) -> str:
-    """One line per problem, each starting with the dotted key."""
-    lines = []
-    for err in error.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err else ""
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{key}: {msg}{got}")
-    return "invalid config:\n  " + "\n  ".join(lines)
 
 
 def section_hash(section: BaseModel) -> str:

@@ -18,9 +18,9 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline import store
+from contracts import store
 from stages import available_stages
-from stages.sources import LIST_FORMATS, list_format
+from stages.sources.lists import LIST_FORMATS, list_format
 
 HEAD_BYTES = 1 << 20  # enough of a list to tell "header only" from "has rows"
 
@@ -153,7 +153,7 @@ def check_inputs(discover: Any, from_cli: bool) -> None:
     for uri in discover.vidal10m:
         check_vidal10m(uri)
     if discover.search_terms:
-        from stages.text_rules import resolve_manifest_path
+        from stages.sources.text_rules import resolve_manifest_path
 
         terms = discover.search_terms
         found = store.exists(terms) if store.is_remote(terms) else resolve_manifest_path(terms).is_file()

@@ -10,7 +10,6 @@ so the cost of a report does not grow with the run (see ``pipeline.report_stats`
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import random
@@ -25,14 +24,15 @@ if __package__ in (None, ""):  # `python pipeline/report.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from pipeline import store  # noqa: E402
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from contracts import shard_format as fmt
+from contracts import store  # noqa: E402
+from contracts.config_io import ConfigError  # noqa: E402
+from contracts.encodings import decode_depth_png, decode_flac, decode_image  # noqa: E402
+from pipeline.config import load_config
 from pipeline.report_html import SampleView, render_page  # noqa: E402
 from pipeline.report_plots import colourize_depth, depth_scale_strip, plot_funnel, plot_stat, png_bytes  # noqa: E402
 from pipeline.report_stats import RunStats, collect  # noqa: E402
-from stages import shard_format as fmt  # noqa: E402
 
 MARKER = ".vidal-report"  # marks a directory this tool wrote, so a rerun may replace it
 OWNED = ("index.html", "plots", "samples")
@@ -106,16 +106,13 @@ def sample_shards(
 
 def _decodes(data: bytes) -> bool:
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
+        decode_image(data, mode=None)
         return True
-    except Exception:  # any undecodable image is shown as a problem line, not a broken <img>
+    except ValueError:  # any undecodable image is shown as a problem line, not a broken <img>
         return False
 
 
 def _audio_seconds(data: bytes) -> float | None:
-    from stages.media import decode_flac
-
     try:
         pcm, rate = decode_flac(data)
     except Exception:  # an undecodable FLAC gets no player
@@ -145,8 +142,8 @@ def render_sample(index: int, raw: dict[str, Any], out: Path) -> SampleView:
     depth = []
     for i, data in enumerate(fmt.frames_of(raw, "depth")):
         try:
-            depth.append(np.asarray(Image.open(io.BytesIO(data)), dtype=np.int64))
-        except Exception:  # shown as a problem line
+            depth.append(decode_depth_png(data).astype(np.int64))
+        except ValueError:  # shown as a problem line
             view.problems.append(f"depth frame {i} could not be decoded")
     valid = np.concatenate([d[d > 0].ravel() for d in depth]) if depth else np.zeros(0)
     if len(valid):

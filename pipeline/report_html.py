@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.shard_format import NUM_FRAMES
+from contracts.status import FAILED, FILTERED, OK
 from pipeline.report_stats import RunStats, StageFunnel
-from stages.base import FAILED, FILTERED, OK
-from stages.shard_format import NUM_FRAMES
 
 CSP = "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'"
 SAMPLE_TEXT_FIELDS = ("raw", "ofa", "mplug", "polish_mplug", "sound_mplug", "asr")

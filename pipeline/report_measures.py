@@ -7,7 +7,6 @@ distinct values, so a statistic over ten million rows costs what it costs over a
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
-from stages.shard_format import DEPTH_MAX_MM
+from contracts.encodings import decode_depth_png
+from contracts.shard_format import DEPTH_MAX_MM
 
 COUNTER_CAP = 20_000  # distinct keys a counter keeps before pruning its rarer half
 TOP = 12  # rows shown by a table of values
@@ -306,8 +305,8 @@ class DepthAcc(Acc):
         for data in frames or []:
             self.frames += 1
             try:
-                mm = np.asarray(Image.open(io.BytesIO(data)), dtype=np.int64)
-            except Exception:  # a broken PNG is counted, not fatal to the report
+                mm = decode_depth_png(data).astype(np.int64)
+            except ValueError:  # a broken PNG is counted, not fatal to the report
                 self.unreadable += 1
                 continue
             valid = mm[mm > 0]

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from stages.base import FAILED, FILTERED, OK
+from contracts.status import FAILED, FILTERED, OK
 
 STATUS_COLOURS = {OK: "#3a9a5b", FILTERED: "#e0a030", FAILED: "#d04a3a"}
 BAND_COLOURS = ("#f2f2f2", "#dbe9f6", "#c6dbef", "#9ecae1", "#f2f2f2")

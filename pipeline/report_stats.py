@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import manifest, store
+from contracts import manifest, store
+from contracts.shard_format import MODEL_COLUMN_SUFFIX
+from contracts.status import FAILED, FILTERED, OK
 from pipeline.report_measures import (
     COUNTER_CAP,
     TEXT_FIELDS,
@@ -34,8 +36,6 @@ from pipeline.report_measures import (
     text_lengths,
 )
 from stages import STAGE_ORDER
-from stages.base import FAILED, FILTERED, OK
-from stages.shard_format import MODEL_COLUMN_SUFFIX
 
 BATCH_ROWS = 4096
 TOP_REASONS = 5

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import store
+from contracts import store
 
 FILE = "_inputs.json"
 DEMO = "demo-media"

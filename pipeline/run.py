@@ -18,8 +18,10 @@ if __package__ in (None, ""):  # `python pipeline/run.py` (the form `ray submit`
 
 from pydantic import BaseModel  # noqa: E402
 
-from pipeline import preflight, root_inputs, store  # noqa: E402
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from contracts import store
+from contracts.config_io import ConfigError  # noqa: E402
+from pipeline import preflight, root_inputs  # noqa: E402
+from pipeline.config import load_config
 from pipeline.preflight import UserError  # noqa: E402
 
 EPILOG = """examples:
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from pipeline.lock import RootLocked
+    from contracts.lock import RootLocked
     from pipeline.runner import run_pipeline, summary_table
     from pipeline.stall import StageStopped
     from pipeline.upstream import StageInputError

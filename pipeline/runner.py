@@ -17,7 +17,7 @@ the reads never run.
 
 Every side effect is safe to repeat: parts have fresh names and duplicates are removed before a stage
 is declared complete; a stage that publishes beside its manifest (shard) reconciles at its start and
-end. A driver holds the root's lock (``pipeline.lock``) for the whole run, and a plan that makes no
+end. A driver holds the root's lock (``contracts.lock``) for the whole run, and a plan that makes no
 progress for ``run.stall_timeout_s`` stops with ``StageStalled`` naming what it waits for
 (``pipeline.stall``); what it finished is committed and a rerun continues.
 """
@@ -37,14 +37,16 @@ import pyarrow as pa
 import ray
 from pydantic import BaseModel
 
-import pipeline
-from pipeline import lock, manifest, store
+import contracts
+from contracts import lock, manifest, store
+from contracts.status import FAILED, FILTERED, OK
+from contracts.worker_env import worker_env
 from pipeline.config import section_hash
 from pipeline.done_ids import DoneIds
 from pipeline.stall import StageStalled, StorageUnwritable, iterate_watched, unwritable_cause
 from pipeline.upstream import cached, upstream_input
 from stages import get_stage_class
-from stages.base import FAILED, FILTERED, OK, Resources, RunContext, Stage
+from stages.base import Resources, RunContext, Stage
 
 log = logging.getLogger("vidal")
 Mode = Literal["resume", "force", "retry_failed"]
@@ -75,8 +77,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     ``address="local"`` always starts a fresh local instance.
     """
     if not ray.is_initialized():
-        # The storage settings travel to every worker of an attached cluster (store.worker_env).
-        env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"), **store.worker_env()}}
+        # The storage and Hugging Face settings travel to every worker of an attached cluster.
+        env = {"env_vars": worker_env()}
         address = address or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
             ray.init(address=address, runtime_env=env)
@@ -270,7 +272,7 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
             "config": config_json,
             "models": stage.models(),
             **stage.summary(),
-            "vidal_version": pipeline.__version__,
+            "vidal_version": contracts.__version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )

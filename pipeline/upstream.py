@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel
 
-from pipeline import manifest, store
-from pipeline.manifest import StageInputError
+from contracts import manifest, store
+from contracts.manifest import StageInputError
+from contracts.status import OK
 from stages import STAGE_ORDER
-from stages.base import OK, Stage
+from stages.base import Stage
 
 __all__ = ["StageInputError", "UpstreamInput", "cached", "upstream_input"]
 

@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from contracts.encodings import decode_flac
+from contracts.shard_format import SAMPLE_RATE
+from contracts.status import FAILED, OK
 from stages.backends import pick_device
 from stages.backends.asr import WhisperASR, check_whisper_spec, load_whisper
 from stages.backends.batching import BatchRunner, ItemError
-from stages.base import FAILED, OK, Stage, StageConfig, one_line
-from stages.media import decode_flac
-from stages.shard_format import SAMPLE_RATE
+from stages.base import Stage, StageConfig, one_line
 
 WINDOW_S = 30.0  # whisper's input window
 

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-OK, FAILED, FILTERED = "ok", "failed", "filtered"
-STATUSES = (OK, FAILED, FILTERED)
+from contracts.status import FAILED, FILTERED, OK, STATUSES  # noqa: F401  (re-exported for the stages)
+
 BASE_FIELDS = [
     pa.field("video_id", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
@@ -75,7 +75,7 @@ class RunContext:
 
     root: str  # run root URI (local path or s3://…)
     stage_config_hash: str = ""
-    run_token: str | None = None  # the root lock's token (pipeline.lock); writers that publish check it
+    run_token: str | None = None  # the root lock's token (contracts.lock); writers that publish check it
 
 
 class Stage:

@@ -9,13 +9,14 @@ video_caption.v1.txt``). Captions a source already carries (the VIDAL-10M import
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import pyarrow as pa
 from PIL import Image
 from pydantic import Field, field_validator
 
+from contracts.encodings import decode_image
+from contracts.status import FAILED, OK
 from stages.backends import pick_device
 from stages.backends.batching import BatchRunner, ItemError, flatten, pick_dtype, regroup
 from stages.backends.captioners import (
@@ -25,7 +26,7 @@ from stages.backends.captioners import (
     check_captioner_spec,
     load_image_text_model,
 )
-from stages.base import FAILED, OK, Stage, StageConfig, one_line
+from stages.base import Stage, StageConfig, one_line
 from stages.prompts import clean_text, data_block, load_prompt
 
 IMPORTED = "imported"
@@ -84,10 +85,9 @@ def frame_images(blobs: list[bytes] | None) -> list[Image.Image]:
     images = []
     for i, data in enumerate(blobs):
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                images.append(im.convert("RGB"))
-        except Exception as e:  # PIL raises several types for broken data
-            raise ValueError(f"frame {i} is not a decodable image ({type(e).__name__})") from None
+            images.append(decode_image(data, "RGB"))
+        except ValueError:
+            raise ValueError(f"frame {i} is not a decodable image ({len(data or b'')} bytes)") from None
     return images
 
 

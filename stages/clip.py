@@ -9,7 +9,7 @@ video gets a ``filtered`` row saying into how many clips it went; that row is wh
 it (resume works on ``video_id``).
 
 One decode per long video: every frame is shrunk once for the cut detector and the motion meter
-(``stages.scenes``), and the frames of the clip being built are kept at output size on a grid of at
+(``stages.media.scenes``), and the frames of the clip being built are kept at output size on a grid of at
 most ~10 per second; when the clip's end is seen (a cut, or the stride) its frames are chosen from
 that grid (the first at or after each target time, so within 0.1 s of it) and the grid is dropped.
 Memory stays at one clip's grid whatever the video's length; audio is decoded in the same pass.
@@ -32,12 +32,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from pipeline import store
-from stages.base import FILTERED, OK, RowError, RowFiltered, Stage, StageConfig, run_isolated
-from stages.media import MediaError, _FrameConverter, _open, encode_flac, target_times
-from stages.probe import ProbeStage, encode_jpeg
-from stages.scenes import ANALYSIS_SHORT_SIDE, CutDetector, MotionMeter
-from stages.shard_format import NUM_FRAMES, SAMPLE_RATE
+from contracts import store
+from contracts.encodings import encode_flac, encode_jpeg
+from contracts.shard_format import NUM_FRAMES, SAMPLE_RATE
+from contracts.status import FILTERED, OK
+from stages.base import RowError, RowFiltered, Stage, StageConfig, run_isolated
+from stages.media.decode import MediaError, _FrameConverter, _open, target_times
+from stages.media.scenes import ANALYSIS_SHORT_SIDE, CutDetector, MotionMeter
+from stages.probe import ProbeStage
 
 GRID_HZ = 10  # output-size frames kept per second of the open clip
 MAX_ID = 64
@@ -226,7 +228,7 @@ class ClipStage(Stage):
     def plan_upstream(cls, config: Any, present: list[str]) -> tuple[list[str], list[str]]:
         probe_max = config.probe.max_duration
         if probe_max is not None and probe_max <= config.clip.max_duration:
-            from pipeline.manifest import StageInputError
+            from contracts.manifest import StageInputError
 
             raise StageInputError(  # a config mistake: nothing long reaches this stage to be split
                 f"probe.max_duration={probe_max} filters every video the clip stage would split "
@@ -238,7 +240,7 @@ class ClipStage(Stage):
     def reconcile(self) -> dict[str, int]:
         """Drop the row of a split parent whose clips are not all in the manifest (a run killed between
         two part writes), so that this run splits it again; the clips it rewrites (same ids) are deduped."""
-        from pipeline import manifest
+        from contracts import manifest
 
         root = self.context.root
         if not manifest.part_files(root, self.name):

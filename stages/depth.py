@@ -11,8 +11,6 @@ with ``midas:<file.pt>``) have no metric scale: their per-frame depth order is s
 from __future__ import annotations
 
 import logging
-import struct
-import zlib
 from typing import Any, Literal
 
 import numpy as np
@@ -20,14 +18,15 @@ import pyarrow as pa
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from contracts.encodings import encode_depth_png
+from contracts.shard_format import DEPTH_MAX_MM
+from contracts.status import FAILED, OK
 from stages.backends import parse_model_spec
 from stages.backends.batching import BatchRunner, Frame, FrameModelConfig, ItemError, map_frames
 from stages.backends.depth import TINY_ARCHS
-from stages.base import FAILED, OK, Stage
-from stages.shard_format import DEPTH_MAX_MM
+from stages.base import Stage
 
 log = logging.getLogger("vidal")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class DepthConfig(FrameModelConfig):
@@ -78,32 +77,6 @@ class DepthConfig(FrameModelConfig):
                     f"depth.midas_variant to one of {', '.join(VARIANTS)}"
                 )
         return self
-
-
-def encode_depth_png(mm: np.ndarray, level: int = 1) -> bytes:
-    """A 16-bit grayscale PNG of a (H, W) uint16 array.
-
-    Written here rather than through Pillow: each scanline gets the PNG "Up" filter (a difference to
-    the row above, which makes smooth depth compress well) computed with numpy, and zlib runs
-    without the GIL; about twice as fast as Pillow and smaller on depth maps.
-    """
-    h, w = mm.shape
-    rows = np.ascontiguousarray(mm, dtype=">u2").view(np.uint8).reshape(h, 2 * w)
-    filtered = np.empty((h, 2 * w + 1), np.uint8)
-    filtered[:, 0] = 2  # filter type "Up"
-    filtered[:, 1:] = rows
-    filtered[1:, 1:] -= rows[:-1]  # wraps modulo 256, as the PNG filter is defined
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)  # 16-bit, grayscale, deflate, no interlace
-    return (
-        PNG_SIGNATURE
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(filtered.tobytes(), level))
-        + chunk(b"IEND", b"")
-    )
 
 
 def to_millimetres(depth: torch.Tensor, kind: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ Three inputs, any mix of them in one run:
 Filters (each records why a row was ``filtered``): the duration cap on every row whose duration is
 known; for rows from ``discover.filter_sources`` (search results by default) also unknown duration,
 the title/hashtag rule, stop words and language. Duplicates across terms, lists and batches are
-dropped by a run-wide claim on the id (``stages.dedup``); the runner skips ids of earlier runs.
+dropped by a run-wide claim on the id (``stages.sources.dedup``); the runner skips ids of earlier runs.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from pipeline import manifest, store
-from stages.base import OK, RowError, RowFiltered, Stage, StageConfig, run_isolated
-from stages.dedup import RunDedup, collect_stats
-from stages.politeness import RateLimit, run_scoped_name
-from stages.sources import (
+from contracts import manifest, store
+from contracts.status import OK
+from contracts.video_ids import sha1_id, url_problem, video_id_for_path, video_id_for_url
+from stages.base import RowError, RowFiltered, Stage, StageConfig, run_isolated
+from stages.sources.dedup import RunDedup, collect_stats
+from stages.sources.lists import (
     BAD_ROW,
     list_row_fields,
     read_list,
@@ -44,9 +45,9 @@ from stages.sources import (
     search_query,
     search_result_rows,
 )
-from stages.text_rules import clean_tags, guess_language, load_stopwords, title_words
-from stages.vidal10m import read_vidal10m
-from stages.video_ids import sha1_id, url_problem, video_id_for_path, video_id_for_url
+from stages.sources.text_rules import clean_tags, guess_language, load_stopwords, title_words
+from stages.sources.vidal10m import read_vidal10m
+from stages.web.politeness import RateLimit, run_scoped_name
 
 CANDIDATE_SCHEMA = pa.schema(
     [
@@ -316,7 +317,7 @@ class DiscoverStage(Stage):
         self, query: str, params: dict[str, Any], rate: RateLimit | None = None
     ) -> list[dict[str, Any]]:
         """Candidate rows of one search; a failed or empty search becomes one marker row with a reason."""
-        from stages.ytdlp_fetch import describe_error
+        from stages.web.ytdlp_fetch import describe_error
 
         marker = {"video_id": sha1_id("search", query), "query": query, "source": "search"}
         if rate is not None:

@@ -4,7 +4,7 @@ Routes, per URL (``download.route: auto``):
 
 - a host yt-dlp has an extractor for (``download.extractor_hosts``: YouTube, Vimeo, TikTok, …) and
   ``file://`` URLs (only with ``download.allow_file_urls``) -> yt-dlp;
-- a media extension (``.mp4``, ``.webm``, …) -> the plain streaming HTTP path (``stages.fetch``);
+- a media extension (``.mp4``, ``.webm``, …) -> the plain streaming HTTP path (``stages.web.fetch``);
 - anything else -> one streaming GET: a video body is kept, a page is handed to yt-dlp, whose
   generic extractor looks for a video in it.
 
@@ -31,9 +31,11 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-import pipeline
+import contracts
+from contracts.status import machine_reason, transient
+from contracts.video_ids import url_problem
 from stages.base import RowError, RowFiltered, Stage, StageConfig, run_isolated
-from stages.fetch import (
+from stages.web.fetch import (
     MEDIA_EXTENSIONS,
     FetchFailed,
     HttpPolicy,
@@ -44,13 +46,11 @@ from stages.fetch import (
     remove_quietly,
     sniff,
 )
-from stages.local_inputs import hash_local_input
-from stages.media_dir import MediaDir, media_duration, sha256_of
-from stages.politeness import DEFAULT_OPT_OUTS, HostSlots, RateLimit, host_of, run_scoped_name
-from stages.private_addresses import AddressGuard
-from stages.transient import machine_reason, transient
-from stages.video_ids import url_problem
-from stages.ytdlp_fetch import YtdlpDownloader, info_subset
+from stages.web.local_inputs import hash_local_input
+from stages.web.media_dir import MediaDir, media_duration, sha256_of
+from stages.web.politeness import DEFAULT_OPT_OUTS, HostSlots, RateLimit, host_of, run_scoped_name
+from stages.web.private_addresses import AddressGuard
+from stages.web.ytdlp_fetch import YtdlpDownloader, info_subset
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Short videos: an MP4 between 360p and 720p with audio, merged from separate streams if need be.
@@ -204,7 +204,7 @@ class DownloadStage(Stage):
             max_redirects=c.max_redirects,
             retries=c.retries,
             backoff_s=c.retry_backoff_s,
-            user_agent=c.user_agent or f"vidal-crawler/{pipeline.__version__}",
+            user_agent=c.user_agent or f"vidal-crawler/{contracts.__version__}",
             robots_agent=c.robots_agent,
             opt_outs=tuple(c.opt_out_directives),
             guard=self.guard,

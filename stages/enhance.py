@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from pipeline import store
+from contracts import store
+from contracts.status import FAILED, OK
 from stages.backends import parse_model_spec, pick_device
 from stages.backends.batching import ItemError, pick_dtype
 from stages.backends.llm import (
@@ -31,7 +32,7 @@ from stages.backends.llm import (
     load_chat_lm,
     parse_json_fields,
 )
-from stages.base import FAILED, OK, Stage, StageConfig, one_line
+from stages.base import Stage, StageConfig, one_line
 from stages.prompts import Prompt, clean_text, data_block, load_prompt
 
 POLISH, SOUND = "polish_mplug", "sound_mplug"

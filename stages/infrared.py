@@ -9,20 +9,19 @@ or MMagic checkpoints); ``tiny`` is a random-weight generator for tests and the 
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
 from pydantic import Field, field_validator
 
+from contracts.encodings import encode_jpeg
+from contracts.status import FAILED, OK
 from stages.backends import parse_model_spec
 from stages.backends.batching import BatchRunner, Frame, FrameModelConfig, ItemError, map_frames
 from stages.backends.munit import MunitArch
-from stages.base import FAILED, OK, Stage
+from stages.base import Stage
 
 log = logging.getLogger("vidal")
 
@@ -73,13 +72,6 @@ class InfraredConfig(FrameModelConfig):
         if family == "tiny" and name not in ("", "munit", "cyclegan"):
             raise ValueError("tiny infrared models are tiny, tiny:munit, tiny:cyclegan")
         return v
-
-
-def encode_ir_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    """An 8-bit single-channel JPEG of a (H, W) uint8 array."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 class InfraredStage(Stage):
@@ -145,7 +137,7 @@ class InfraredStage(Stage):
         results = map_frames(batch["frames"].to_pylist(), translate, self.runner, self.config.gpu_decode)
         quality = self.config.jpeg_quality
         encoded = {
-            i: self.encoder.map(lambda t: encode_ir_jpeg(t.numpy(), quality), res)
+            i: self.encoder.map(lambda t: encode_jpeg(t.numpy(), quality), res)
             for i, res in enumerate(results)
             if not isinstance(res, ItemError)
         }

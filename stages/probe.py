@@ -1,23 +1,21 @@
 """Probe stage: stream facts, 8 uniformly sampled frames (JPEG, short side 256) and 16 kHz mono FLAC.
 
 Reads the media file the download stage recorded (``media``), decodes only what the sampled frames
-depend on (see ``stages.media``), and applies the duration and resolution filters from config.
+depend on (see ``stages.media.decode``), and applies the duration and resolution filters from config.
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-from PIL import Image
 from pydantic import Field
 
-from pipeline import store
+from contracts import store
+from contracts.encodings import encode_flac, encode_jpeg
+from contracts.shard_format import NUM_FRAMES, SAMPLE_RATE
 from stages.base import RowError, RowFiltered, Stage, StageConfig
-from stages.media import MediaError, encode_flac, probe_file
-from stages.shard_format import NUM_FRAMES, SAMPLE_RATE
+from stages.media.decode import MediaError, probe_file
 
 
 class ProbeConfig(StageConfig):
@@ -32,12 +30,6 @@ class ProbeConfig(StageConfig):
     max_long_side: int = Field(4096, ge=16, description="pixels; larger videos are filtered")
     planned_decode: bool = Field(True, description="decode only what the sampled frames need")
     decode_threads: int = Field(1, ge=0, description="decoder threads per video (0: FFmpeg's choice)")
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 class ProbeStage(Stage):

@@ -1,6 +1,6 @@
 """Shard stage: joins the ok rows of every stage run so far and writes WebDataset tars.
 
-Each tar holds whole samples in the format of ``stages.shard_format``; beside it an index Parquet
+Each tar holds whole samples in the format of ``contracts.shard_format``; beside it an index Parquet
 lists its keys and text fields. A tar is cut by sample count or by bytes, whichever comes first.
 
 Every side effect here is safe to repeat, because Ray retries batches and restarts actors on its own
@@ -9,9 +9,9 @@ and each tar is named from the ids it holds (``shard_format.shard_name_for``): a
 the very same names over themselves, never new ones. A tar is committed by appearing: its index is
 written first, then the tar (atomically), so a tar always has its index and a lone index is an
 uncommitted leftover. Before writing, and again after, the writer checks that its run still holds the
-root's lock (``pipeline.lock``): the orphaned actors of a killed driver cannot publish once another
+root's lock (``contracts.lock``): the orphaned actors of a killed driver cannot publish once another
 driver took over, and what they published just before is withdrawn. At the start and the end of the
-stage the driver reconciles the tars with the manifest (``pipeline.shard_reconcile``): leftovers
+stage the driver reconciles the tars with the manifest (``stages.shards.reconcile``): leftovers
 removed, a video held by two tars kept in one, tars that lack manifest rows re-indexed.
 """
 
@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from pipeline import lock, store
-from stages import shard_format as fmt
-from stages.base import FAILED, OK, Stage, StageConfig, run_isolated
-from stages.transient import transient
+from contracts import lock, store
+from contracts import shard_format as fmt
+from contracts.status import FAILED, OK, transient
+from stages.base import Stage, StageConfig, run_isolated
 
 SHARD_RE = re.compile(rf"^({fmt.SHARD_NAME_PATTERN})\.tar$")
 INDEX_SCHEMA = pa.schema(
@@ -51,7 +51,7 @@ INDEX_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
     ]
 )
-# Local reasons a tar could not be written that a plain rerun should retry (see stages.transient).
+# Local reasons a tar could not be written that a plain rerun should retry (see contracts.status).
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO}
 
 
@@ -199,7 +199,7 @@ class ShardStage(Stage):
         return list(cls.upstream), others
 
     def reconcile(self) -> dict[str, int]:
-        from pipeline.shard_reconcile import reconcile
+        from stages.shards.reconcile import reconcile
 
         return reconcile(self.context.root, self.name)
 

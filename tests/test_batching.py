@@ -15,7 +15,7 @@ from stages.backends.batching import (
     FrameModelConfig,
     ItemError,
     decode_frames,
-    decode_image,
+    decode_image_tensor,
     flatten,
     map_frames,
     pick_dtype,
@@ -112,11 +112,11 @@ def test_decode_handles_unusual_frames():
         "bmp": (encode(np.full((4, 3, 3), 7, np.uint8), "BMP"), (4, 3)),
     }
     for name, (data, (h, w)) in cases.items():
-        img = decode_image(data)
+        img = decode_image_tensor(data)
         assert img.dtype == torch.uint8 and tuple(img.shape) == (3, h, w), name
-    grey = decode_image(cases["grey jpeg"][0])
+    grey = decode_image_tensor(cases["grey jpeg"][0])
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
-    assert decode_image(cases["rgba png"][0])[0].eq(200).all()  # alpha dropped, colour kept
+    assert decode_image_tensor(cases["rgba png"][0])[0].eq(200).all()  # alpha dropped, colour kept
     out = decode_frames([cases["rgb"][0], b"\xff\xd8 not really", b""], CPU)
     assert isinstance(out[0], torch.Tensor)
     assert isinstance(out[1], ItemError) and "not a decodable image" in out[1].reason

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from contracts.config_io import ConfigError
 from model.train import main
 from model.train_config import load_train_config
-from pipeline.config import ConfigError
 from tests.test_benchmarks_data import build_esc50, build_msrvtt
 from tests.test_train import shards, write_config  # noqa: F401  (the module's shard fixture)
 

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from contracts.encodings import encode_jpeg
 from pipeline.synthetic import CONCEPTS, render_frames
 from stages.backends.captioners import load_image_text_model
 from stages.base import RunContext
 from stages.caption import CaptionConfig, CaptionStage, spread
-from stages.probe import encode_jpeg
 from stages.prompts import DATA_CLOSE, DATA_OPEN
 
 N_VIDEOS = 4

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline import manifest
+from contracts import manifest
+from contracts import shard_format as fmt
 from pipeline.config import load_config
 from pipeline.runner import run_pipeline, run_stage
-from stages import shard_format as fmt
 from tests.conftest import write_list
 from tests.test_llm_openai import ChatServer
 

@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import manifest
+from contracts import manifest
+from contracts.encodings import decode_flac
+from contracts.status import FAILED, FILTERED, OK
 from pipeline.config import load_config
 from pipeline.synthetic import CONCEPTS, Concept, encode_video, render_frames
-from stages.base import FAILED, FILTERED, OK, RunContext
+from stages.base import RunContext
 from stages.clip import ClipConfig, ClipStage, clip_id, detect_cuts
-from stages.media import decode_flac
 from stages.probe import ProbeConfig, ProbeStage
 from tests.conftest import write_list
 

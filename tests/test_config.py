@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_config, parse_override
+from contracts.config_io import ConfigError, parse_override
+from pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contracts import shard_format as fmt
 from model.data import DataConfig, ShardStream, count_samples, expand_shards, in_holdout, make_loader
 from model.text_choice import LANGUAGEBIND_MIX, NoText, choose_text
 from pipeline.synthetic import CONCEPTS, render_frames, tone
-from stages import shard_format as fmt
 from stages.shard import write_tar
 
 SIZES = {
@@ -77,7 +77,7 @@ def concept_sample(
 
 
 def _flac(samples: np.ndarray, rate: int = fmt.SAMPLE_RATE) -> bytes:
-    from stages.media import encode_flac
+    from contracts.encodings import encode_flac
 
     return encode_flac(samples, rate)
 

@@ -13,12 +13,12 @@ import tarfile
 import pytest
 import torch
 
+from contracts import shard_format as fmt
 from model.data import DataConfig, ShardStream, make_loader, tower_sizes
 from model.model_config import tiny_config
 from model.official_preprocess import official_preprocess
 from model.preprocess import preprocess
 from pipeline.synthetic import CONCEPTS
-from stages import shard_format as fmt
 from tests.test_data import write_concept_shards
 
 

@@ -13,12 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, load_config
+from contracts.config_io import ConfigError
+from contracts.encodings import encode_depth_png
+from pipeline.config import load_config
 from stages.backends import ModelLoadError
-from stages.backends.batching import decode_image
+from stages.backends.batching import decode_image_tensor
 from stages.backends.depth import build_tiny, save_tiny, tiny_config, tiny_processor
 from stages.base import RunContext
-from stages.depth import DepthStage, encode_depth_png, to_millimetres
+from stages.depth import DepthStage, to_millimetres
 
 
 def image(h: int, w: int, seed: int = 0, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
@@ -87,7 +89,7 @@ def test_glpn_metric_depth_matches_the_model_in_millimetres(saved_models):
     model = AutoModelForDepthEstimation.from_pretrained(saved_models["glpn"]).eval()
     processor = AutoImageProcessor.from_pretrained(saved_models["glpn"])
     for data, blob in zip(out["depth"], frames):
-        rgb = decode_image(blob)
+        rgb = decode_image_tensor(blob)
         with torch.inference_mode():
             pred = model(**processor(images=rgb, return_tensors="pt"))
         ref = processor.post_process_depth_estimation(pred, target_sizes=[tuple(rgb.shape[1:])])[0][

@@ -14,10 +14,10 @@ import ray
 import webdataset as wds
 from PIL import Image
 
-from pipeline import manifest
+from contracts import manifest
+from contracts import shard_format as fmt
 from pipeline.config import load_config
 from pipeline.runner import run_pipeline, run_stage
-from stages import shard_format as fmt
 from stages.backends import ModelLoadError
 from tests.conftest import write_list
 

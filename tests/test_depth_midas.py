@@ -23,7 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, load_config
+from contracts.config_io import ConfigError
+from pipeline.config import load_config
 from stages.backends import ModelLoadError
 from stages.backends.depth import check_spec, load_depth_model
 from stages.backends.midas import (

@@ -8,13 +8,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import manifest, store
+from contracts import manifest, store
+from contracts.video_ids import canonical_url, url_problem, video_id_for_path, video_id_for_url, youtube_id
 from stages.base import RunContext
-from stages.dedup import KeyIndex, RunDedup, key_of
 from stages.discover import INPUT_SCHEMA, DiscoverConfig, DiscoverStage
-from stages.sources import read_terms, search_options, search_query, search_result_rows
-from stages.text_rules import guess_language, load_stopwords, title_words
-from stages.video_ids import canonical_url, url_problem, video_id_for_path, video_id_for_url, youtube_id
+from stages.sources.dedup import KeyIndex, RunDedup, key_of
+from stages.sources.lists import read_terms, search_options, search_query, search_result_rows
+from stages.sources.text_rules import guess_language, load_stopwords, title_words
 from tests.httpserver import unused_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -237,7 +237,7 @@ def test_a_failed_search_is_a_failed_row_not_a_crash(tmp_path):
 
 # -- dedup ---------------------------------------------------------------------------------------------
 def test_key_index_first_claim_wins_and_retries_get_their_keys_back(monkeypatch):
-    monkeypatch.setattr("stages.dedup.MERGE_MIN", 8)  # exercise the sorted-array merge path too
+    monkeypatch.setattr("stages.sources.dedup.MERGE_MIN", 8)  # exercise the sorted-array merge path too
     idx = KeyIndex()
     first = [key_of(f"v{i}") for i in range(20)]
     assert idx.claim(first, "list:0#0") == [True] * 20

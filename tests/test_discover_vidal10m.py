@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.vidal10m import StreamingJSONError, iter_object_items, read_vidal10m
+from stages.sources.vidal10m import StreamingJSONError, iter_object_items, read_vidal10m
 
 REPO = Path(__file__).resolve().parent.parent
 # The entry shown in LanguageBind's data README, in the released file's shape.
@@ -115,7 +115,7 @@ def test_malformed_input_fails_with_a_position(text, words):
 # Peak RSS from /proc (VmHWM starts afresh at exec; getrusage's ru_maxrss would carry the parent's).
 MEASURE = """
 import sys
-from stages.vidal10m import read_vidal10m
+from stages.sources.vidal10m import read_vidal10m
 def peak_mb():
     line = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024

@@ -12,7 +12,7 @@ import pytest
 
 from stages.base import RunContext
 from stages.download import DownloadConfig, DownloadStage
-from stages.ytdlp_fetch import YtdlpDownloader
+from stages.web.ytdlp_fetch import YtdlpDownloader
 from tests.httpserver import make_media, serve, unused_port
 
 # The server shares this process (and its GIL) with the download threads: a modest thread count and a
@@ -299,6 +299,6 @@ def _ytdlp_errors():
 
 @pytest.mark.parametrize("error, words", _ytdlp_errors())
 def test_ytdlp_exceptions_are_put_in_words(error, words):
-    from stages.ytdlp_fetch import describe_error
+    from stages.web.ytdlp_fetch import describe_error
 
     assert words in describe_error(error)

@@ -10,7 +10,7 @@ import pytest
 
 from stages.base import RunContext
 from stages.download import DownloadConfig, DownloadStage
-from stages.politeness import HostRateLimiter, opt_out_reason
+from stages.web.politeness import HostRateLimiter, opt_out_reason
 from tests.httpserver import make_media, serve
 
 

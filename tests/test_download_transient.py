@@ -12,9 +12,9 @@ import subprocess
 import pyarrow as pa
 import pytest
 
+from contracts.status import TRANSIENT
 from stages.base import RunContext
 from stages.download import DownloadConfig, DownloadStage
-from stages.transient import TRANSIENT
 from tests.httpserver import make_media, serve
 
 

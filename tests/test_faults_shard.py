@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest, store
+from contracts import manifest, store
 from pipeline.config import load_config
 from pipeline.runner import run_pipeline, run_stage
 from pipeline.stall import StorageUnwritable
@@ -231,9 +231,9 @@ def test_reconcile_repairs_what_interrupted_writers_leave_and_is_idempotent(tmp_
     never written, an index without its tar, an older root's tar without its index."""
     import pyarrow as pa
 
-    from pipeline.shard_reconcile import reconcile
-    from stages import shard_format as fmt
+    from contracts import shard_format as fmt
     from stages.shard import INDEX_SCHEMA, ShardStage, commit_shard, write_tar
+    from stages.shards.reconcile import reconcile
 
     root = str(tmp_path / "root")
     shard_dir = store.join(root, "shard")

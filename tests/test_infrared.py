@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, load_config
+from contracts.config_io import ConfigError
+from pipeline.config import load_config
 from stages.backends import ModelLoadError
 from stages.backends.infrared import style_codes
 from stages.backends.munit import TINY_ARCH, MunitGenerator

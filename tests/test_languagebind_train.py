@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from contracts.config_io import ConfigError
 from model import LanguageBind
 from model.train import main
 from model.train_config import load_train_config
-from pipeline.config import ConfigError
 from pipeline.synthetic import CONCEPTS
 from tests.languagebind_ckpt import load_reference, reference_vision, write_checkpoint
 from tests.test_data import write_concept_shards

@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import lock, store
+from contracts import lock, store
 
 REPO = Path(__file__).resolve().parent.parent
-HOLD = "import sys, time; from pipeline.lock import root_lock\nwith root_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)"
+HOLD = "import sys, time; from contracts.lock import root_lock\nwith root_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)"
 
 
 def hold_in_subprocess(root: Path) -> subprocess.Popen:

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline import manifest
+from contracts import manifest
+from contracts import shard_format as fmt
 from pipeline.config import load_config
 from pipeline.runner import run_pipeline, run_stage
-from stages import shard_format as fmt
 from tests.conftest import write_list
 
 REPO = Path(__file__).resolve().parent.parent
@@ -260,7 +260,7 @@ def test_dedupe_keeps_one_row_per_video_preferring_ok(tmp_path):
     """A straggler from a killed run can write a row that the rerun also wrote."""
     import pyarrow as pa
 
-    from pipeline import store
+    from contracts import store
     from stages.base import BASE_FIELDS
 
     root = str(tmp_path)

@@ -11,7 +11,8 @@ from urllib.parse import quote, unquote
 import pyarrow as pa
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from contracts.config_io import ConfigError
+from pipeline.config import load_config
 from stages.base import RunContext
 from stages.download import DownloadConfig, DownloadStage
 from tests.httpserver import PAGE, CrawlServer, Handler, make_media

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contracts.encodings import decode_flac
 from pipeline.config import load_config
 from pipeline.synthetic import CONCEPTS, encode_video, make_clip, render_frames
 from stages.base import RunContext
-from stages.media import decode_flac, probe_file, target_times
+from stages.media.decode import probe_file, target_times
 from stages.probe import ProbeStage
 
 

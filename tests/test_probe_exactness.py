@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contracts.encodings import decode_flac
 from pipeline.config import load_config
 from pipeline.synthetic import CONCEPTS, make_clip
 from stages.base import RunContext
-from stages.media import decode_flac
 from stages.probe import ProbeStage
 
 NUM_FRAMES, SHORT_SIDE, QUALITY = 8, 256, 90

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import manifest, store
+from contracts import manifest, store
+from contracts import shard_format as fmt
 from pipeline.report import ReportError, write_report
 from pipeline.report_measures import BoundedCounter, aspect_name, duration_grade
 from pipeline.report_stats import collect, reason_pattern
-from stages import shard_format as fmt
 from stages.shard import raw_text
 from tests.test_report_fixture import ASPECTS, HOSTILE_TAG, HOSTILE_TITLE, build_run
 

@@ -16,13 +16,13 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline import manifest, store
+from contracts import manifest, store
+from contracts import shard_format as fmt
+from contracts.encodings import encode_flac
 from stages import get_stage_class
-from stages import shard_format as fmt
 from stages.base import BASE_FIELDS
 from stages.discover import CANDIDATE_SCHEMA
 from stages.download import DownloadStage
-from stages.media import encode_flac
 from stages.probe import ProbeStage
 from stages.shard import INDEX_SCHEMA, ShardStage, raw_text, sample_files, write_tar
 

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline import manifest, store
+from contracts import manifest, store
+from contracts import shard_format as fmt
 from pipeline.report import reservoir_from_tar, sample_shards, write_report
 from pipeline.report_plots import NO_DEPTH_RGB, _lut, colourize_depth
-from stages import shard_format as fmt
 from stages.shard import write_tar
 
 

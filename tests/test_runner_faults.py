@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest, store
+from contracts import manifest, store
 from pipeline.config import load_config
 from pipeline.runner import failure_note, run_pipeline, run_stage
 from pipeline.upstream import StageInputError

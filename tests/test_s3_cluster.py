@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import store
+from contracts import store
 from tests.test_s3_pipeline import CLIPS, STAGES, clip_list, success, tar_keys
 
 REPO = Path(__file__).resolve().parent.parent

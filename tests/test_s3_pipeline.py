@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import store
+from contracts import shard_format as fmt
+from contracts import store
 from pipeline.synthetic import CONCEPTS, make_clip
-from stages import shard_format as fmt
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "vidal-demo"
@@ -147,7 +147,7 @@ def test_demo_pipeline_writes_every_stage_to_the_bucket(s3_run):
 def _rows(root: str, stage: str) -> list[dict]:
     import pyarrow.parquet as pq
 
-    from pipeline import manifest
+    from contracts import manifest
 
     rows = []
     for part in manifest.part_files(root, stage):

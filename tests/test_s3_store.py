@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import store
-from pipeline.config import ConfigError, load_config
+from contracts import store
+from contracts.config_io import ConfigError
+from pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1 << 20
@@ -99,7 +100,7 @@ def test_writer_streams_parts_and_never_holds_the_whole_object(s3_server, bucket
 
 WRITER = """
 import os, sys, time
-from pipeline import store
+from contracts import store
 with store.open_atomic(sys.argv[1]) as f:
     for i in range(1000):
         f.write(os.urandom(1 << 20))
@@ -131,7 +132,7 @@ def test_settings_reach_child_processes_through_the_environment(s3_server, bucke
     store.write_bytes(store.join(bucket, "env", "x.txt"), b"from the parent")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT")}
     assert store.ENV_VAR in env
-    code = "from pipeline import store; import sys; print(store.read_bytes(sys.argv[1]).decode())"
+    code = "from contracts import store; import sys; print(store.read_bytes(sys.argv[1]).decode())"
     out = subprocess.run(
         [sys.executable, "-c", code, store.join(bucket, "env", "x.txt")],
         cwd=REPO,
@@ -148,7 +149,7 @@ def test_aws_endpoint_url_is_honoured_without_run_storage(s3_server, bucket):
     store.write_bytes(store.join(bucket, "env", "y.txt"), b"plain aws env")
     env = {k: v for k, v in os.environ.items() if k != store.ENV_VAR}
     env["AWS_ENDPOINT_URL"] = s3_server.endpoint
-    code = "from pipeline import store; import sys; print(store.read_bytes(sys.argv[1]).decode())"
+    code = "from contracts import store; import sys; print(store.read_bytes(sys.argv[1]).decode())"
     out = subprocess.run(
         [sys.executable, "-c", code, store.join(bucket, "env", "y.txt")],
         cwd=REPO,

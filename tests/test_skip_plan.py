@@ -7,7 +7,8 @@ import shutil
 
 import pyarrow.parquet as pq
 
-from pipeline import manifest, runner
+from contracts import manifest
+from pipeline import runner
 from pipeline.runner import run_pipeline
 from tests.conftest import write_list
 from tests.test_pipeline_run import config_for, read_manifest

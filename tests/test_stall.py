@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest
+from contracts import manifest
 from tests.test_faults_shard import make_probe_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def test_model_stage_on_one_cpu_does_not_hang(tmp_path):
 LOST_GPU_NODE = textwrap.dedent("""
     import subprocess, sys, threading, time
     from ray.cluster_utils import Cluster
-    from pipeline import manifest
+    from contracts import manifest
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
     from pipeline.stall import StageStalled

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import store
+from contracts import store
 from stages.shard import write_tar
 
 

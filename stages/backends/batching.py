@@ -19,7 +19,6 @@ the same bookkeeping for items that are not frames. Also here: the autocast prec
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -27,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator
 
+from contracts.encodings import decode_rgb
 from stages.backends import pick_device
 from stages.base import StageConfig
 
@@ -126,22 +125,13 @@ def free_device_memory(device: torch.device) -> None:
 
 
 # -- decoding ----------------------------------------------------------------------------------------
-def decode_image(data: bytes) -> torch.Tensor:
-    """An encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF…) as a uint8 RGB tensor (3, H, W) on the CPU.
+def decode_image_tensor(data: bytes) -> torch.Tensor:
+    """An encoded image as a uint8 RGB tensor (3, H, W) on the CPU (``contracts.encodings.decode_rgb``).
 
     Grayscale is replicated to three channels and alpha is dropped. Raises ``ValueError`` in words
     when the bytes are not an image.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise ValueError("empty frame")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ValueError(f"not a decodable image ({len(data)} bytes starting {data[:8]!r})") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_rgb(data).copy()).permute(2, 0, 1).contiguous()
 
 
 def decode_frames(blobs: Sequence[bytes], device: torch.device, gpu_decode: bool = True) -> list[Any]:
@@ -169,7 +159,7 @@ def decode_frames(blobs: Sequence[bytes], device: torch.device, gpu_decode: bool
                 log.debug("batched GPU JPEG decode failed (%s); decoding on the CPU", e)
     for i in todo:
         try:
-            out[i] = decode_image(blobs[i]).to(device, non_blocking=True)
+            out[i] = decode_image_tensor(blobs[i]).to(device, non_blocking=True)
         except ValueError as e:
             out[i] = ItemError(str(e))
     return out

@@ -14,9 +14,9 @@ import json
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from pipeline import store
-from stages.text_rules import hashtags_in, strip_hashtags
-from stages.video_ids import YOUTUBE_ID, sha1_id, youtube_url
+from contracts import store
+from contracts.video_ids import YOUTUBE_ID, sha1_id, youtube_url
+from stages.sources.text_rules import hashtags_in, strip_hashtags
 
 CHUNK_BYTES = 1 << 20
 WHITESPACE = " \t\n\r"

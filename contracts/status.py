@@ -1,14 +1,21 @@
-"""Failures that belong to the machine, not to the input: a full disk, a permission, a read-only mount.
+"""The status vocabulary of every manifest row, and the failures that belong to the machine.
+
+Every row has ``status`` ``ok`` | ``failed`` | ``filtered`` and ``error`` (null, or one line).
+
+Failures that belong to the machine, not to the input: a full disk, a permission, a read-only mount.
 
 A row that failed because the disk was full is not a bad video: after the operator frees space, a
 plain rerun must try it again. Such rows get an ``error`` that starts with ``TRANSIENT`` ("transient: ");
-the runner treats them as not done on the next run (``pipeline.manifest.drop_transient_failures``),
+the runner treats them as not done on the next run (``contracts.manifest.drop_transient_failures``),
 while every other failed row stays done until ``--retry-failed``.
 """
 
 from __future__ import annotations
 
 import errno
+
+OK, FAILED, FILTERED = "ok", "failed", "filtered"
+STATUSES = (OK, FAILED, FILTERED)
 
 TRANSIENT = "transient: "
 # errno -> words; these say something about the machine the worker runs on, not about the input

@@ -3,7 +3,7 @@
 Every row has ``video_id``, ``status`` (ok | failed | filtered) and ``error``. Resume reads only the
 ``video_id`` column; ``--retry-failed`` rewrites parts without their failed rows (each part
 atomically), after which those ids are simply not done and a resumed run redoes them. Rows that
-failed for a transient local reason (``error`` starting with ``stages.transient.TRANSIENT``: a full disk, a
+failed for a transient local reason (``error`` starting with ``contracts.status.TRANSIENT``: a full disk, a
 lost permission, a killed worker) are dropped the same way at the start of every run, so a plain
 rerun retries them.
 
@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import store
-from stages.transient import TRANSIENT
+from contracts import store
+from contracts.status import TRANSIENT
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 SUCCESS = "_SUCCESS.json"

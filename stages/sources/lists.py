@@ -1,4 +1,4 @@
-"""Where candidate videos come from: URL / file lists and search terms (VIDAL-10M: ``stages.vidal10m``).
+"""Where candidate videos come from: URL / file lists and search terms (VIDAL-10M: ``stages.sources.vidal10m``).
 
 Each reader turns its input into plain candidate dicts in the discover stage's columns; identity
 (``video_id``) and filtering are the discover stage's business.
@@ -17,9 +17,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import store
-from stages.text_rules import hashtags_in, parse_hashtags, resolve_manifest_path
-from stages.video_ids import YOUTUBE_ID, youtube_id, youtube_url
+from contracts import store
+from contracts.video_ids import YOUTUBE_ID, youtube_id, youtube_url
+from stages.sources.text_rules import hashtags_in, parse_hashtags, resolve_manifest_path
 
 READ_BATCH = 2048
 CAPTION_COLUMNS = ("raw", "mplug", "polish_mplug", "sound_mplug")

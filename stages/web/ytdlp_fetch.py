@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.status import machine_reason, transient
 from stages.base import RowError, RowFiltered
-from stages.private_addresses import AddressGuard
-from stages.transient import machine_reason, transient
+from stages.web.private_addresses import AddressGuard
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 INFO_FIELDS = (

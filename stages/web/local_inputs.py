@@ -17,7 +17,7 @@ import time
 
 import pyarrow.fs as pafs
 
-from pipeline import store
+from contracts import store
 from stages.base import RowError, RowFiltered
 
 CHUNK = 1 << 20

@@ -22,9 +22,9 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-from pipeline import manifest, store
-from stages import shard_format as fmt
-from stages.base import OK
+from contracts import manifest, store
+from contracts import shard_format as fmt
+from contracts.status import OK
 from stages.shard import ShardStage, index_names, read_index, read_tar_samples, shard_names, write_tar
 
 

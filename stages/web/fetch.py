@@ -24,9 +24,9 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from stages.politeness import DEFAULT_OPT_OUTS, opt_out_reason
-from stages.private_addresses import AddressGuard
-from stages.transient import machine_reason, transient
+from contracts.status import machine_reason, transient
+from stages.web.politeness import DEFAULT_OPT_OUTS, opt_out_reason
+from stages.web.private_addresses import AddressGuard
 
 CHUNK = 1 << 16
 HEAD_BYTES = 1 << 16  # what is sniffed (and searched for robots <meta>) before deciding

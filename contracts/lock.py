@@ -7,7 +7,7 @@ daemon thread refreshes every ``HEARTBEAT_S``. A lock is stale, and is taken ove
 gone: on the same host its pid is dead (or was reused by a process started later); on another host
 its heartbeat is older than ``STALE_AFTER_S``.
 
-The lock works on local disks and object stores alike, through ``pipeline.store``. On a local disk a
+The lock works on local disks and object stores alike, through ``contracts.store``. On a local disk a
 free lock is taken by an exclusive create (``O_EXCL``). Object stores have no create-if-absent, and
 a stale lock is replaced, so there taking the lock is write-then-verify: write our record, wait
 ``SETTLE_S``, read it back; of two drivers racing, the last writer wins and the other sees a foreign
@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline import store
+from contracts import store
 
 LOCK_NAME = "_lock.json"
 HEARTBEAT_S = 30.0

@@ -12,9 +12,9 @@ import struct
 import tempfile
 import uuid
 
-from pipeline import store
+from contracts import store
 from stages.base import RowError
-from stages.fetch import MEDIA_EXTENSIONS, remove_quietly
+from stages.web.fetch import MEDIA_EXTENSIONS, remove_quietly
 
 CHUNK = 1 << 20
 COMMON_EXTS = ("mp4", "webm", "mkv", "mov")

@@ -271,32 +271,3 @@ def probe_file(
             audio=np.concatenate(audio_chunks).astype(np.int16) if audio_chunks else None,
             decoded_frames=decoded,
         )
-
-
-def encode_flac(samples: np.ndarray, rate: int) -> bytes:
-    """Mono int16 samples -> FLAC bytes (lossless, in memory)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="flac") as out:
-        st = out.add_stream("flac", rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(
-            samples.reshape(1, -1).astype(np.int16), format="s16", layout="mono"
-        )
-        frame.sample_rate = rate
-        for p in st.encode(frame):
-            out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
-    return buf.getvalue()
-
-
-def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
-    """FLAC bytes -> (mono float32 samples in [-1, 1], sample rate)."""
-    with av.open(io.BytesIO(data)) as c:
-        st = c.streams.audio[0]
-        chunks = [
-            f.to_ndarray().reshape(f.layout.nb_channels if hasattr(f.layout, "nb_channels") else 1, -1)[0]
-            for f in c.decode(st)
-        ]
-        rate = st.codec_context.sample_rate
-    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    return (pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)), rate

@@ -1,0 +1,1 @@
+"""The shard writer's tars: reconciling what is published with the manifest."""
