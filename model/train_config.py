@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts import shipped
 from contracts.config_io import ConfigError, apply_overrides, format_validation_error
 from model.benchmarks.training import BenchmarkEvalConfig
 from model.data import DataConfig
@@ -120,7 +121,9 @@ class TrainConfig(_Section):
         """The model config as a mapping (a path is read), with only the towers ``data.modalities``
         trains: LanguageBind trains one modality per run, and unused ViT-L towers would cost memory."""
         model = (
-            dict(self.model) if isinstance(self.model, dict) else yaml.safe_load(Path(self.model).read_text())
+            dict(self.model)
+            if isinstance(self.model, dict)
+            else yaml.safe_load(shipped.resolve(self.model).read_text())
         )
         towers = model.get("modalities") or {}
         missing = [m for m in self.data.modalities if m not in towers]
@@ -168,12 +171,12 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(shipped.config_path(path, "train").read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
     overrides = list(overrides or [])
     if any(o.startswith("model.") for o in overrides) and isinstance(data.get("model"), str):
-        data["model"] = yaml.safe_load(Path(data["model"]).read_text())
+        data["model"] = yaml.safe_load(shipped.resolve(data["model"]).read_text())
     apply_overrides(data, overrides)
     try:
         config = TrainConfig.model_validate(data)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from contracts import shipped
 from contracts.config_io import ConfigError, apply_overrides, format_validation_error, parse_override  # noqa: F401
 from contracts.store import StorageSettings
 from stages import CURATION_STAGES, STAGE_ORDER, available_stages, get_stage_class
@@ -90,7 +91,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(shipped.config_path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as e:

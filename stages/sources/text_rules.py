@@ -17,10 +17,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from contracts import shipped
+
 HASHTAG = re.compile(r"#([^\s#.,;:!?()\[\]{}\"'<>/\\|]+)")
 WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 UNSPACED = re.compile("[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # Thai, kana, CJK
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_hashtags(value: Any) -> list[str]:
@@ -52,11 +53,9 @@ def strip_hashtags(text: str) -> str:
 
 
 def resolve_manifest_path(name: str) -> Path:
-    """A manifest file given absolute, relative to the working directory, or relative to the repo."""
-    p = Path(name)
-    if p.is_absolute() or p.exists():
-        return p
-    return REPO_ROOT / p
+    """A manifest file given absolute, relative to the working directory, or shipped with vidal
+    (``manifests/…`` of the checkout or of the installed wheel: ``contracts.shipped``)."""
+    return shipped.resolve(name)
 
 
 @lru_cache(maxsize=8)
