@@ -9,10 +9,22 @@ rerun retries them.
 
 A part that cannot be read (cut short by a full disk or a broken copy) raises ``ManifestPartError``
 naming the file and what to do, never a raw Parquet error.
+
+At scale (issue 19) a stage writes one part per ``run.rows_per_part`` rows: 39,000 parts for VIDAL-10M's
+ten million rows at 256 a part, each one listing entry, one footer request and one read task downstream.
+``compact`` merges the small parts into files of about ``run.compact_target_mb`` (the runner calls it at
+every stage end), and ``_parts.json`` beside the parts keeps each part's size, rows, status counts and
+uncompressed column bytes, so that ``_SUCCESS.json``'s totals and the start-up footer check cost one listing
+plus the parts written since, not one read per part. A merge is journalled (``_compact-*.json``: inputs and
+output) before its output is written and the journal is removed after its inputs are deleted, so a kill at
+any point is repaired by ``recover_compaction`` (output committed: finish deleting the inputs; else: drop the
+journal) and every row is in exactly one part.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -20,13 +32,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from contracts import store
-from contracts.status import TRANSIENT
+from contracts.status import FAILED, FILTERED, OK, STATUSES, TRANSIENT
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 SUCCESS = "_SUCCESS.json"
+STATS = "_parts.json"  # per-part statistics: {"parts": {name: {bytes, rows, ok, failed, filtered, columns}}}
+JOURNAL_PREFIX = "_compact-"
 
 
 class StageInputError(RuntimeError):
@@ -90,15 +105,22 @@ def read_columns(root: str, stage: str, columns: list[str], status: str | None =
 
 
 def check_readable(root: str, stage: str) -> None:
-    """Read every part's footer (a few KiB each), so that a cut-short part fails here, on the driver,
-    naming the file, rather than in a worker mid-stage."""
-    for uri in part_files(root, stage):
-        fs, path = store.resolve(uri)
-        try:
-            with fs.open_input_file(path) as f:
-                pq.read_metadata(f)
-        except (pa.ArrowException, OSError) as e:
-            raise ManifestPartError(uri, e) from None
+    """Read the footer (a few KiB) of every part that ``_parts.json`` does not vouch for (a part read
+    whole when its statistics were taken, and of the same size now), so that a cut-short part fails here,
+    on the driver, naming the file, rather than in a worker mid-stage."""
+    known = _read_stats(root, stage)
+    for name, size in part_sizes(root, stage).items():
+        if known.get(name, {}).get("bytes") != size:
+            _footer(store.join(stage_dir(root, stage), name))
+
+
+def _footer(uri: str) -> pq.FileMetaData:
+    fs, path = store.resolve(uri)
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.read_metadata(f)
+    except (pa.ArrowException, OSError) as e:
+        raise ManifestPartError(uri, e) from None
 
 
 def read_schema(root: str, stage: str) -> pa.Schema | None:
@@ -119,9 +141,9 @@ def done_ids(root: str, stage: str) -> pa.Array:
 
 
 def status_counts(root: str, stage: str) -> dict[str, int]:
-    """Rows per status over the whole manifest."""
-    counts = Counter(read_columns(root, stage, ["status"])["status"].to_pylist())
-    return {s: counts.get(s, 0) for s in ("ok", "failed", "filtered")}
+    """Rows per status over the whole manifest (from ``_parts.json``, reading only the parts it lacks)."""
+    stats = part_stats(root, stage)
+    return {s: sum(p[s] for p in stats.values()) for s in STATUSES}
 
 
 def drop_rows(
@@ -132,7 +154,7 @@ def drop_rows(
 ) -> int:
     """Rewrite each part without the rows where ``drop(table of columns)`` is true (atomically per
     part; only parts with such rows are read whole); returns rows dropped."""
-    dropped = 0
+    dropped, rewritten = 0, []
     for uri in part_files(root, stage):
         mask = drop(_read_table(uri, list(columns))).fill_null(False)
         n_drop = pc.sum(mask).as_py() or 0
@@ -140,10 +162,12 @@ def drop_rows(
             continue
         dropped += n_drop
         kept = _read_table(uri).filter(pc.invert(mask))
+        rewritten.append(uri)
         if len(kept):
             store.write_parquet(uri, kept)
         else:
             store.remove(uri)
+    _forget_stats(root, stage, rewritten)
     return dropped
 
 
@@ -172,7 +196,7 @@ def clear_success(root: str, stage: str) -> None:
     store.remove(store.join(stage_dir(root, stage), SUCCESS))
 
 
-STATUS_RANK = {"ok": 0, "filtered": 1, "failed": 2}
+STATUS_RANK = {OK: 0, FILTERED: 1, FAILED: 2}
 
 
 def dedupe(root: str, stage: str) -> int:
@@ -182,6 +206,9 @@ def dedupe(root: str, stage: str) -> int:
     done; the rerun calls this before it declares the stage complete.
     """
     parts = part_files(root, stage)
+    ids = read_columns(root, stage, ["video_id"])["video_id"]
+    if len(pc.unique(ids)) == len(ids):  # the usual case, in Arrow: no Python object per id
+        return 0
     best: dict[str, tuple[int, int]] = {}  # video_id -> (rank, part index)
     counts: Counter[str] = Counter()
     per_part: list[tuple[list[str], list[str]]] = []
@@ -196,7 +223,7 @@ def dedupe(root: str, stage: str) -> int:
                 best[vid] = cand
     if all(n == 1 for n in counts.values()):
         return 0
-    removed = 0
+    removed, rewritten = 0, []
     for i, (uri, (ids, _)) in enumerate(zip(parts, per_part)):
         keep = [counts[v] == 1 or best[v][1] == i for v in ids]
         # within the winning part a duplicate id may repeat: keep its first occurrence only
@@ -209,8 +236,168 @@ def dedupe(root: str, stage: str) -> int:
             continue
         removed += len(keep) - sum(keep)
         table = _read_table(uri).filter(pa.array(keep))
+        rewritten.append(uri)
         if len(table):
             store.write_parquet(uri, table)
         else:
             store.remove(uri)
+    _forget_stats(root, stage, rewritten)
     return removed
+
+
+# -- per-part statistics and compaction -------------------------------------------------------------
+def part_sizes(root: str, stage: str) -> dict[str, int]:
+    """Each committed part's name and size in bytes, from one listing (no per-part request)."""
+    fs, path = store.resolve(stage_dir(root, stage))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except FileNotFoundError:
+        return {}
+    return {
+        i.base_name: i.size
+        for i in sorted(infos, key=lambda i: i.base_name)
+        if i.type == pafs.FileType.File
+        and i.base_name.startswith(PART_PREFIX)
+        and i.base_name.endswith(PART_SUFFIX)
+    }
+
+
+def _read_stats(root: str, stage: str) -> dict[str, dict[str, Any]]:
+    uri = store.join(stage_dir(root, stage), STATS)
+    try:
+        return store.read_json(uri)["parts"]
+    except (FileNotFoundError, KeyError, ValueError, TypeError):
+        return {}  # absent, or an older layout: recomputed from the parts
+
+
+def _stats_of(uri: str, nbytes: int, status: pa.ChunkedArray | pa.Array | None = None) -> dict[str, Any]:
+    """One part's entry in ``_parts.json``: bytes, rows, rows per status and each column's uncompressed
+    bytes (from the footer, which also proves the part readable, so ``check_readable`` may trust it)."""
+    meta = _footer(uri)
+    if status is None:
+        status = read_part(uri, ["status"])["status"]
+    counts = Counter(status.to_pylist())
+    columns: Counter[str] = Counter()
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            columns[chunk.path_in_schema.split(".")[0]] += chunk.total_uncompressed_size
+    return {
+        "bytes": nbytes,
+        "rows": meta.num_rows,
+        **{s: counts.get(s, 0) for s in STATUSES},
+        "columns": dict(columns),
+    }
+
+
+def part_stats(
+    root: str, stage: str, write: bool = False, fresh: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Statistics of every committed part: those in ``_parts.json`` (or ``fresh``) whose size still
+    matches, the others read (footer and ``status`` column); with ``write`` the sidecar is brought up
+    to date."""
+    saved = _read_stats(root, stage)
+    known = {**saved, **(fresh or {})}
+    sizes = part_sizes(root, stage)
+    stats = {
+        name: known[name] if known.get(name, {}).get("bytes") == size else None
+        for name, size in sizes.items()
+    }
+    for name, entry in stats.items():
+        if entry is None:
+            stats[name] = _stats_of(store.join(stage_dir(root, stage), name), sizes[name])
+    if write and (stats != saved or not store.exists(store.join(stage_dir(root, stage), STATS))):
+        store.write_json(store.join(stage_dir(root, stage), STATS), {"parts": stats})
+    return stats
+
+
+def _forget_stats(root: str, stage: str, uris: list[str]) -> None:
+    """Drop rewritten parts from ``_parts.json`` (a rewrite keeps the part's name)."""
+    known = _read_stats(root, stage)
+    names = {u.rsplit("/", 1)[-1] for u in uris}
+    if known and names & known.keys():
+        kept = {n: v for n, v in known.items() if n not in names}
+        store.write_json(store.join(stage_dir(root, stage), STATS), {"parts": kept})
+
+
+def plan_compaction(sizes: dict[str, int], target_bytes: int) -> list[list[str]]:
+    """Groups of small parts (under half the target), in name order, each group's bytes at most the
+    target; groups of one part are left as they are."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    total = 0
+    for name in sorted(n for n, b in sizes.items() if b < target_bytes // 2):
+        if current and total + sizes[name] > target_bytes:
+            groups.append(current)
+            current, total = [], 0
+        current.append(name)
+        total += sizes[name]
+    groups.append(current)
+    return [g for g in groups if len(g) > 1]
+
+
+def _merged_name(inputs: list[str]) -> str:
+    # from the inputs, so a retried merge of the same parts writes the same name
+    digest = hashlib.sha1("\n".join(sorted(inputs)).encode()).hexdigest()[:32]
+    return f"{PART_PREFIX}c{digest}{PART_SUFFIX}"
+
+
+def merge_parts(root: str, stage: str, inputs: list[str]) -> tuple[str, dict[str, Any]]:
+    """Merge the parts ``inputs`` (names) into one; returns the output's name and statistics.
+
+    Journal first, then the output (atomic), then the inputs deleted, then the journal: a kill anywhere
+    leaves a state ``recover_compaction`` repairs with no row lost or doubled."""
+    out_dir = stage_dir(root, stage)
+    output = _merged_name(inputs)
+    journal = store.join(out_dir, f"{JOURNAL_PREFIX}{output[: -len(PART_SUFFIX)]}.json")
+    store.write_json(journal, {"inputs": inputs, "output": output})
+    table = pa.concat_tables(
+        [_read_table(store.join(out_dir, n)) for n in inputs], promote_options="permissive"
+    ).combine_chunks()
+    out_uri = store.join(out_dir, output)
+    store.write_parquet(out_uri, table)
+    fs, path = store.resolve(out_uri)
+    stats = _stats_of(out_uri, fs.get_file_info(path).size, table["status"])
+    for name in inputs:
+        store.remove(store.join(out_dir, name))
+    store.remove(journal)
+    return output, stats
+
+
+def recover_compaction(root: str, stage: str) -> int:
+    """Finish or undo the merges a killed run left (see ``merge_parts``); returns how many."""
+    out_dir = stage_dir(root, stage)
+    journals = store.list_files(out_dir, prefix=JOURNAL_PREFIX, suffix=".json")
+    for journal in journals:
+        entry = store.read_json(journal)
+        if store.exists(store.join(out_dir, entry["output"])):  # committed: its inputs are redundant
+            for name in entry["inputs"]:
+                store.remove(store.join(out_dir, name))
+        store.remove(journal)  # not committed: the inputs are intact, a temp file at most is left
+    return len(journals)
+
+
+def compact(
+    root: str,
+    stage: str,
+    target_bytes: int,
+    map_groups: Callable[[Callable[[list[str]], Any], list[list[str]]], Any] = map,
+) -> dict[str, int]:
+    """Merge a stage's small parts into parts of about ``target_bytes`` and write ``_parts.json``.
+
+    ``map_groups(fn, groups)`` runs the merges (the runner spreads them over Ray tasks; the default runs
+    them here, one after another). Returns the parts before and after."""
+    recover_compaction(root, stage)
+    store.remove_temp_files(stage_dir(root, stage))
+    sizes = before = part_sizes(root, stage)
+    merged: dict[str, dict[str, Any]] = {}
+    merges = 0
+    # Merged parts compress better than their inputs did; one still under half the target is merged
+    # again with its like, so a second compaction finds nothing to do.
+    while groups := plan_compaction(sizes, target_bytes) if target_bytes > 0 else []:
+        merged.update(map_groups(functools.partial(merge_parts, root, stage), groups))
+        merges += len(groups)
+        sizes = part_sizes(root, stage)
+    after = part_stats(root, stage, write=True, fresh=merged)
+    return {"parts_before": len(before), "parts_after": len(after), "merges": merges}

@@ -50,6 +50,12 @@ class RunConfig(BaseModel):
         description="upstream columns up to this size (estimated, MiB) are joined by broadcast "
         "instead of a hash shuffle; 0 always shuffles",
     )
+    compact_target_mb: float = Field(
+        128,
+        ge=0,
+        description="at each stage end, manifest parts under half this size (MiB) are merged into parts "
+        "of about this size; 0 keeps the parts as written",
+    )
     progress_interval_s: float = Field(10.0, gt=0)
     stall_timeout_s: float = Field(
         600,

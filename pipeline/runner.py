@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -193,33 +193,63 @@ def _write_part(batch: pa.Table, root: str, stage: str, token: str | None = None
 
 # -- plans -----------------------------------------------------------------------------------------
 def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageReport:
-    """Run one stage over everything its upstream produced that it has not done yet."""
+    """Run one stage over everything its upstream produced that it has not done yet.
+
+    The input is planned (the upstream found and its parts read) and the stage's models checked before
+    anything is deleted, so that --force with a missing upstream or a bad model file loses nothing."""
+    started = time.time()
     cls = get_stage_class(name)
     section = getattr(config, name)
     root = store.normalize(config.run.root)
-    out_dir = manifest.stage_dir(root, name)
-    started = time.time()
     context = RunContext(root=root, stage_config_hash=section_hash(section), run_token=lock.held_token(root))
     config_json = section.model_dump(mode="json")
     stage = cls(section, context)
-    # The input is planned (the upstream found and its parts read) and the stage's models checked before
-    # anything is deleted, so that --force with a missing upstream or a bad model file loses nothing.
-    upstream_ids = None  # the ids the upstream holds for this stage (a superset), when known before the plan
-    if cls.upstream or cls.optional_upstream:
-        ds, expected, upstream_ids = upstream_input(cls, config, root)
-    else:
-        items = stage.plan_inputs()
-        ds = ray.data.from_items(items) if items else None
-        expected = 0
-        if ds is not None:
-            ds = ds.map_batches(
-                _read_source,
-                batch_size=1,
-                batch_format="pyarrow",
-                fn_kwargs={"name": name, "config_json": config_json, "context": context},
-            )
-            ds = ds.map_batches(_dedupe_batch, batch_format="pyarrow", batch_size=None)
+    for s in (name, *cls.upstream, *cls.optional_upstream):
+        manifest.recover_compaction(root, s)  # a merge a killed run left half done doubles no row
+    ds, expected, upstream_ids = _plan_input(stage, config, root, config_json, context)
     stage.check()  # a model that cannot load fails here, before --force deletes anything
+    _prepare_output(root, name, mode)
+    _log_repairs(name, stage.reconcile())
+    done = DoneIds.build(manifest.done_ids(root, name))
+    report = StageReport(stage=name, skipped=len(done))
+    ds = _skip_done(ds, done, upstream_ids, name)
+    if ds is not None:
+        stage.prepare()
+        try:
+            _execute(ds, stage, config, report, config_json, context, expected - len(done) if expected else 0)
+        finally:
+            stage.finish()
+    _finish_output(stage, root, config.run.compact_target_mb)
+    report.totals = manifest.status_counts(root, name)
+    report.wall_s = round(time.time() - started, 3)
+    manifest.write_success(root, name, _success_summary(report, stage, context, config_json))
+    return report
+
+
+def _plan_input(
+    stage: Stage, config: BaseModel, root: str, config_json: dict[str, Any], context: RunContext
+) -> tuple[ray.data.Dataset | None, int, pa.Array | None]:
+    """(plan, rows expected, the upstream's ids or a superset of them): the upstream manifests joined, or
+    for a source stage its inputs read and deduplicated (rows and ids not known before the plan)."""
+    cls = type(stage)
+    if cls.upstream or cls.optional_upstream:
+        return upstream_input(cls, config, root)
+    items = stage.plan_inputs()
+    if not items:
+        return None, 0, None
+    ds = ray.data.from_items(items).map_batches(
+        _read_source,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"name": stage.name, "config_json": config_json, "context": context},
+    )
+    return ds.map_batches(_dedupe_batch, batch_format="pyarrow", batch_size=None), 0, None
+
+
+def _prepare_output(root: str, name: str, mode: Mode) -> None:
+    """Clear what this run redoes: the whole output (--force), the failed rows (--retry-failed) or the
+    transient failures (resume); temp files and the stale ``_SUCCESS.json`` always."""
+    out_dir = manifest.stage_dir(root, name)
     if mode == "force":
         store.remove(out_dir)
     store.remove_temp_files(out_dir)
@@ -228,55 +258,67 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
         log.info("[%s] retrying %d failed rows", name, manifest.drop_status(root, name, FAILED))
     elif n := manifest.drop_transient_failures(root, name):
         log.info("[%s] retrying %d rows that failed for a transient reason", name, n)
-    _log_repairs(name, stage.reconcile())
-    done = DoneIds.build(manifest.done_ids(root, name))
-    report = StageReport(stage=name, skipped=len(done))
-    if ds is not None and upstream_ids is not None and len(done) and not len(done.pending(upstream_ids)):
-        # A rerun with everything done: no plan, no workers, no actors (their model loads), only the
-        # bookkeeping below.
+
+
+def _skip_done(
+    ds: ray.data.Dataset | None, done: DoneIds, upstream_ids: pa.Array | None, name: str
+) -> ray.data.Dataset | None:
+    """The plan without the done ids; None when the upstream holds nothing that is not done (a rerun
+    with everything done starts no plan, no workers, no actors and their model loads)."""
+    if ds is None or not len(done):
+        return ds
+    if upstream_ids is not None and not len(done.pending(upstream_ids)):
         log.info(
             "[%s] all %d upstream rows are already done; not starting the stage's plan",
             name,
             len(upstream_ids),
         )
-        ds = None
-    if ds is not None and len(done):
-        ds = ds.map_batches(_drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(done)]})
+        return None
+    return ds.map_batches(_drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(done)]})
 
-    if ds is not None:
-        stage.prepare()
-        try:
-            _execute(ds, stage, config, report, config_json, context, expected - len(done) if expected else 0)
-        finally:
-            stage.finish()
 
-    _log_repairs(name, stage.reconcile())
-    removed = manifest.dedupe(root, name)
-    if removed:
-        log.warning("[%s] removed %d duplicate rows left by an earlier, killed run", name, removed)
-    report.totals = manifest.status_counts(root, name)
-    report.wall_s = round(time.time() - started, 3)
-    manifest.write_success(
-        root,
-        name,
-        {
-            "stage": name,
-            "rows_in": report.rows_in,
-            "skipped_already_done": report.skipped,
-            "this_run": report.counts,
-            "totals": report.totals,
-            "top_reasons": report.reasons,
-            "wall_s": report.wall_s,
-            "rows_per_s": round(report.rows_in / report.wall_s, 3) if report.wall_s else None,
-            "config_hash": context.stage_config_hash,
-            "config": config_json,
-            "models": stage.models(),
-            **stage.summary(),
-            "vidal_version": contracts.__version__,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
-    return report
+def _finish_output(stage: Stage, root: str, compact_target_mb: float) -> None:
+    """After the plan: publish-side repairs, duplicates of a killed run removed, small parts merged and
+    the per-part statistics written (what ``_SUCCESS.json`` counts from)."""
+    _log_repairs(stage.name, stage.reconcile())
+    if removed := manifest.dedupe(root, stage.name):
+        log.warning("[%s] removed %d duplicate rows left by an earlier, killed run", stage.name, removed)
+    c = manifest.compact(root, stage.name, int(compact_target_mb * 2**20), _on_ray)
+    if c["merges"]:
+        log.info("[%s] compacted %d manifest parts into %d", stage.name, c["parts_before"], c["parts_after"])
+
+
+def _on_ray(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``map`` over Ray tasks, one per item (here, for one item or without Ray)."""
+    if len(items) <= 1 or not ray.is_initialized():
+        return [fn(i) for i in items]
+    task = ray.remote(_apply)
+    return ray.get([task.remote(fn, i) for i in items])
+
+
+def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+def _success_summary(
+    report: StageReport, stage: Stage, context: RunContext, config_json: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "stage": stage.name,
+        "rows_in": report.rows_in,
+        "skipped_already_done": report.skipped,
+        "this_run": report.counts,
+        "totals": report.totals,
+        "top_reasons": report.reasons,
+        "wall_s": report.wall_s,
+        "rows_per_s": round(report.rows_in / report.wall_s, 3) if report.wall_s else None,
+        "config_hash": context.stage_config_hash,
+        "config": config_json,
+        "models": stage.models(),
+        **stage.summary(),
+        "vidal_version": contracts.__version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _log_repairs(name: str, repairs: dict[str, int]) -> None:
