@@ -163,7 +163,7 @@ def run_benchmark(
     )
     metrics = score(model, bench, data, emb)
     paper = {
-        k: {"value": f.value, "source": f.source, "row": paper_row}
+        k: {"value": f.value, "source": f.source, "row": f.row}
         for k, f in figures_for(paper_row, bench.name).items()
     }
     record = {
