@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: install demo test lint bench clean
 
 # The venv is made once and reused; reinstalled when the project's dependencies change.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -c constraints.txt -e '.[test]'
@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # ruff's rules (pyproject [tool.ruff.lint]) and ruff's layout: `ruff format` is the only formatter
-LINT_PATHS := pipeline stages model tests bench
+LINT_PATHS := contracts pipeline stages model vidal tests bench setup.py
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)

@@ -5,7 +5,9 @@ imports inside functions count too, and nothing is imported to find them). The f
 
     contracts  ->  stages, model  ->  pipeline  ->  vidal (the CLI)
 
-A module may import its own floor and the floors below it only, and ``model`` imports no ``stages``.
+A module may import its own floor and the floors below it only. On the middle floor the arrow runs one
+way: ``stages`` may use ``model`` (the score stage runs LanguageBind towers), ``model`` imports no
+``stages`` (the trainer knows nothing of how shards were made).
 Cycles are looked for among module-level imports (the ones that run at import time; a function-level
 import is how a module defers a heavy or optional dependency and cannot form an import-time circle).
 A failure prints the offending edges as ``importer -> imported (line)``.
@@ -21,7 +23,7 @@ PACKAGES = ("contracts", "pipeline", "stages", "model", "vidal")
 # What each top-level package must never import (directly, at any level of the module).
 FORBIDDEN = {
     "contracts": {"pipeline", "stages", "model", "vidal"},
-    "stages": {"pipeline", "model", "vidal"},
+    "stages": {"pipeline", "vidal"},
     "model": {"pipeline", "stages", "vidal"},
     "pipeline": {"vidal"},
     "vidal": set(),
@@ -157,7 +159,7 @@ def cycles(graph: dict[str, list[tuple[str, int, bool]]]) -> list[str]:
 def test_floors_have_no_arrow_running_up():
     bad = floor_violations(import_graph())
     assert not bad, (
-        "imports that run up the floors (contracts -> stages, model -> pipeline -> vidal; "
+        "imports that run up the floors (contracts -> stages / model -> pipeline -> vidal; "
         "model imports no stages):\n  " + "\n  ".join(bad)
     )
 
@@ -186,10 +188,12 @@ def test_checks_catch_an_upward_arrow_and_a_circle(tmp_path):
     (tmp_path / "stages" / "depth.py").write_text("from . import caption\n")
     (tmp_path / "stages" / "caption.py").write_text("import stages.depth\n")
     (tmp_path / "model" / "data.py").write_text("from stages.depth import x\n")
+    (tmp_path / "stages" / "score.py").write_text("from model import data\nimport pipeline.run\n")
     graph = import_graph(tmp_path)
     assert floor_violations(graph) == [
         "contracts.store -> stages.depth (line 2)",
         "model.data -> stages.depth (line 1)",
+        "stages.score -> pipeline (line 2)",
     ]
     (circle,) = cycles(graph)
     assert "stages.caption / stages.depth" in circle
