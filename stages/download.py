@@ -37,19 +37,19 @@ from contracts.video_ids import url_problem
 from stages.base import RowError, RowFiltered, Stage, StageConfig, run_isolated
 from stages.web.fetch import (
     MEDIA_EXTENSIONS,
-    FetchFailed,
     HttpPolicy,
     PageNotMedia,
+    container_of,
     fetch_media,
     media_extension,
     redirects_problem,
     remove_quietly,
-    sniff,
 )
 from stages.web.local_inputs import hash_local_input
 from stages.web.media_dir import MediaDir, media_duration, sha256_of
 from stages.web.politeness import DEFAULT_OPT_OUTS, HostSlots, RateLimit, host_of, run_scoped_name
 from stages.web.private_addresses import AddressGuard
+from stages.web.retry import RetryPolicy
 from stages.web.ytdlp_fetch import YtdlpDownloader, info_subset
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -111,7 +111,9 @@ class DownloadConfig(StageConfig):
     max_download_s: float = Field(300.0, gt=0, description="wall-clock cap per download (slow-drip servers)")
     retries: int = Field(3, ge=0, description="retries of transient failures (timeouts, 5xx, 429)")
     extractor_retries: int = Field(3, ge=0)
-    retry_backoff_s: float = Field(1.0, ge=0, description="first retry wait, doubled each retry")
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="first retry wait, doubled each retry (jittered down to half of it)"
+    )
     max_redirects: int = Field(10, ge=0)
     sleep_interval_s: float = Field(0.0, ge=0, description="sleep before each download, on both paths")
     max_sleep_interval_s: float | None = Field(
@@ -197,13 +199,13 @@ class DownloadStage(Stage):
         self.rate = RateLimit(c.rate_limit_per_host, self._limiter_name() if c.rate_limit_per_host else None)
         max_bytes = int(c.max_filesize_mb * 1e6)
         self.guard = AddressGuard.from_setting(c.allow_private_addresses)
+        self.retry = RetryPolicy(c.retries, c.retry_backoff_s)
         self.policy = HttpPolicy(
             socket_timeout=c.socket_timeout_s,
             max_bytes=max_bytes,
             max_seconds=c.max_download_s,
             max_redirects=c.max_redirects,
-            retries=c.retries,
-            backoff_s=c.retry_backoff_s,
+            retry=self.retry,
             user_agent=c.user_agent or f"vidal-crawler/{contracts.__version__}",
             robots_agent=c.robots_agent,
             opt_outs=tuple(c.opt_out_directives),
@@ -214,8 +216,7 @@ class DownloadStage(Stage):
             max_bytes=max_bytes,
             max_duration=c.max_duration,
             max_seconds=c.max_download_s,
-            retries=c.retries,
-            backoff_s=c.retry_backoff_s,
+            retry=self.retry,
             guard=self.guard,
             redirects_problem=None
             if self.guard.allow_all
@@ -227,9 +228,10 @@ class DownloadStage(Stage):
         import imageio_ffmpeg
 
         c = self.config
+        retry = RetryPolicy(c.retries, c.retry_backoff_s)
 
-        def backoff(n: int) -> float:
-            return c.retry_backoff_s * 2**n
+        def backoff(n: int) -> float:  # yt-dlp counts its retries from 0
+            return retry.delay(n + 1)
 
         params: dict[str, Any] = {
             "quiet": True,
@@ -335,40 +337,44 @@ class DownloadStage(Stage):
         """Download one URL into the media directory; a dict of manifest columns, RowError if not."""
         path, page_ok = self.route(url)
         if path == "http":
-            tmp = self.media_dir.temp_file(vid)
             try:
-                got = fetch_media(url, tmp, self.policy, page_ok=page_ok)
-                self._check_duration(tmp)
-                return {
-                    "media": self.media_dir.publish(tmp, vid, got.ext),
-                    "sha256": got.sha256,
-                    "bytes": got.bytes,
-                    "ext": got.ext,
-                    "downloader": "http",
-                    "format": got.content_type,
-                    "content_type": got.content_type,
-                    "final_url": got.final_url,
-                    "info_json": json.dumps({"http_status": got.http_status, "headers": got.headers}),
-                }
-            except FetchFailed as e:
-                raise RowError(e.reason, status=e.status) from None
+                return self.fetch_http(url, vid, page_ok)
             except PageNotMedia:
                 pass  # a page: yt-dlp's extractors may find the video in it
-            finally:
-                remove_quietly(tmp)  # gone already when published
+        return self.fetch_ytdlp(url, vid)
+
+    def fetch_http(self, url: str, vid: str, page_ok: bool) -> dict[str, Any]:
+        """The plain streaming path (``stages.web.fetch``); ``PageNotMedia`` for a page when ``page_ok``."""
+        tmp = self.media_dir.temp_file(vid)
+        try:
+            got = fetch_media(url, tmp, self.policy, page_ok=page_ok)
+            self._check_duration(tmp)
+            return {
+                "media": self.media_dir.publish(tmp, vid, got.ext),
+                "sha256": got.sha256,
+                "bytes": got.bytes,
+                "ext": got.ext,
+                "downloader": "http",
+                "format": got.content_type,
+                "content_type": got.content_type,
+                "final_url": got.final_url,
+                "info_json": json.dumps({"http_status": got.http_status, "headers": got.headers}),
+            }
+        finally:
+            remove_quietly(tmp)  # gone already when published
+
+    def fetch_ytdlp(self, url: str, vid: str) -> dict[str, Any]:
+        """The yt-dlp path (``stages.web.ytdlp_fetch``); what it wrote is checked as the plain path
+        checks a body (``container_of``), so the same bytes fail with the same words."""
         work = self.media_dir.work_dir()  # yt-dlp may write several files (streams before a merge)
         try:
             result = self.ytdlp.download(url, work)
+            with open(result.path, "rb") as f:
+                kind = container_of(f.read(512))
             self._check_duration(result.path)
             ext = result.path.rsplit(".", 1)[-1].lower()
-            if ext not in MEDIA_EXTENSIONS:
-                with open(result.path, "rb") as f:
-                    ext = sniff(f.read(512)) or "bin"
-                if ext in ("html", "bin"):
-                    raise RowError("yt-dlp wrote a file that is not a video (a page or unknown data)")
+            ext = ext if ext in MEDIA_EXTENSIONS else kind
             digest, size = sha256_of(result.path)
-            if size == 0:
-                raise RowError("yt-dlp wrote an empty file")
             info = result.info
             return {
                 "media": self.media_dir.publish(result.path, vid, ext),

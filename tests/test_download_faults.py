@@ -12,6 +12,7 @@ import pytest
 
 from stages.base import RunContext
 from stages.download import DownloadConfig, DownloadStage
+from stages.web.failures import DownloadFailed
 from stages.web.ytdlp_fetch import YtdlpDownloader
 from tests.httpserver import make_media, serve, unused_port
 
@@ -112,7 +113,7 @@ YTDLP = {
     "http_404": ("failed", "HTTP 404"),
     "http_403": ("failed", "HTTP 403"),
     "http_500": ("failed", "HTTP 500 Internal Server Error (after 2 attempts)"),
-    "stall": ("failed", "stalled: no data within socket_timeout"),
+    "stall": ("failed", "stalled: no data for 2 s"),
     "drip": ("failed", "too slow"),
     "html_instead_of_video": ("failed", "no video found"),
     "page_without_video": ("failed", "no video found"),
@@ -122,7 +123,7 @@ YTDLP = {
     "oversize_no_length": ("filtered", "over 2.0 MB while streaming"),
     "too_long": ("filtered", "known after download"),
     "empty": ("failed", "empty response body"),
-    "garbage": ("failed", "not a readable video"),
+    "garbage": ("failed", "match no known video container"),
     "refused": ("failed", "connection refused (after 2 attempts)"),
     "flaky": ("ok", "yt-dlp"),
     "meta_robots": ("failed", "HTTP 404"),  # yt-dlp does not read robots <meta>
@@ -232,7 +233,7 @@ def test_ytdlp_own_refusal_of_file_urls_is_put_in_words(server, tmp_path):
     dl = YtdlpDownloader({"quiet": True, "enable_file_urls": False}, max_bytes=10**7, max_duration=None)
     with pytest.raises(Exception) as e:
         dl.download(clip.as_uri(), str(tmp_path))
-    assert type(e.value).__name__ == "RowError"
+    assert isinstance(e.value, DownloadFailed) and e.value.status == "failed" and not e.value.retryable
     assert str(e.value) == "file:// URLs are disabled; set download.allow_file_urls: true"
 
 

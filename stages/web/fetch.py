@@ -10,27 +10,26 @@ sniff of the first bytes so that an HTML page or an error text never passes for 
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from contracts.status import machine_reason, transient
+from stages.web import failures
+from stages.web.failures import DownloadFailed
 from stages.web.politeness import DEFAULT_OPT_OUTS, opt_out_reason
 from stages.web.private_addresses import AddressGuard
+from stages.web.retry import RetryPolicy, retry_after_seconds
 
 CHUNK = 1 << 16
 HEAD_BYTES = 1 << 16  # what is sniffed (and searched for robots <meta>) before deciding
-MAX_RETRY_AFTER_S = 60.0
 MEDIA_EXTENSIONS = frozenset(
     {"mp4", "m4v", "mov", "webm", "mkv", "avi", "ogv", "3gp", "flv", "ts", "mpg", "mpeg", "wmv"}
 )
@@ -53,16 +52,6 @@ PAGE_TYPES = ("text/html", "application/xhtml+xml")
 MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
 
 
-class FetchFailed(Exception):
-    """A direct download that did not produce a video; ``reason`` is meant for the manifest."""
-
-    def __init__(
-        self, reason: str, *, status: str = "failed", retryable: bool = False, retry_after: float = 0.0
-    ):
-        super().__init__(reason)
-        self.reason, self.status, self.retryable, self.retry_after = reason, status, retryable, retry_after
-
-
 class PageNotMedia(Exception):
     """The URL serves a web page, not a video: an extractor (yt-dlp) may find the video in it."""
 
@@ -79,8 +68,7 @@ class HttpPolicy:
     max_bytes: int = 200_000_000
     max_seconds: float = 300.0
     max_redirects: int = 10
-    retries: int = 3
-    backoff_s: float = 1.0
+    retry: RetryPolicy = RetryPolicy()
     user_agent: str = "vidal-crawler/0.1"
     robots_agent: str = "vidal"
     opt_outs: tuple[str, ...] = DEFAULT_OPT_OUTS
@@ -142,7 +130,7 @@ class GuardedSession(requests.Session):
     def get_redirect_target(self, resp: requests.Response) -> str | None:
         target = super().get_redirect_target(resp)
         if target and (problem := self.guard.problem(urljoin(resp.url, target))):
-            raise FetchFailed(f"redirect {problem}")
+            raise failures.refused_address(problem, via="redirect ")
         return target
 
 
@@ -162,21 +150,12 @@ def session_for(policy: HttpPolicy, pool_size: int = 32) -> requests.Session:
 
 
 def fetch_media(url: str, dest: str, policy: HttpPolicy, *, page_ok: bool = False) -> Fetched:
-    """Stream ``url`` into ``dest`` with retries; ``PageNotMedia`` when it is a page and ``page_ok``."""
+    """Stream ``url`` into ``dest`` with retries; ``PageNotMedia`` when it is a page and ``page_ok``.
+
+    Raises ``DownloadFailed`` (``stages.web.failures``) with the manifest reason otherwise."""
     if problem := policy.guard.problem(url):
-        raise FetchFailed(problem)
-    attempt = 0
-    while True:
-        try:
-            return _fetch_once(session_for(policy), url, dest, policy, page_ok)
-        except FetchFailed as e:
-            if not e.retryable or attempt >= policy.retries:
-                if attempt:
-                    e.reason += f" (after {attempt + 1} attempts)"
-                    e.args = (e.reason,)
-                raise
-            attempt += 1
-            time.sleep(max(e.retry_after, policy.backoff_s * 2 ** (attempt - 1)))
+        raise failures.refused_address(problem)
+    return policy.retry.call(lambda: _fetch_once(session_for(policy), url, dest, policy, page_ok))
 
 
 def redirects_problem(url: str, policy: HttpPolicy) -> str | None:
@@ -188,119 +167,126 @@ def redirects_problem(url: str, policy: HttpPolicy) -> str | None:
             url, stream=True, timeout=(policy.socket_timeout, policy.socket_timeout)
         ):
             return None
-    except FetchFailed as e:
+    except DownloadFailed as e:
         return e.reason
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
         return None
 
 
-def _retry_after(value: str | None) -> float:
-    if not value:
-        return 0.0
-    try:
-        seconds = float(value)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        seconds = when.timestamp() - time.time() if when else 0.0
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+@dataclass
+class _Transfer:
+    """One attempt's progress: what the failure words need to know when the body breaks off."""
+
+    started: float
+    received: int = 0
 
 
 def _fetch_once(session: requests.Session, url: str, dest: str, policy: HttpPolicy, page_ok: bool) -> Fetched:
-    started = time.monotonic()
-    received = 0
+    transfer = _Transfer(started=time.monotonic())
+    timeout = (policy.socket_timeout, policy.socket_timeout)
     try:
-        with session.get(url, stream=True, timeout=(policy.socket_timeout, policy.socket_timeout)) as r:
+        with session.get(url, stream=True, timeout=timeout) as r:
             ctype = r.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-            if r.status_code >= 400:
-                code = r.status_code
-                raise FetchFailed(
-                    f"HTTP {code} {r.reason or ''}".strip(),
-                    retryable=code in (408, 429) or code >= 500,
-                    retry_after=_retry_after(r.headers.get("Retry-After")),
-                )
-            header_list = list(r.raw.headers.items())
-            if reason := opt_out_reason(header_list, policy.robots_agent, policy.opt_outs):
-                raise FetchFailed(reason, status="filtered")
-            length = r.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > policy.max_bytes:
-                raise FetchFailed(
-                    f"file larger than the size cap ({int(length) / 1e6:.1f} MB > "
-                    f"{policy.max_bytes / 1e6:.1f} MB, from Content-Length)",
-                    status="filtered",
-                )
-            chunks = _body(r, started, policy)
-            head = b""
-            for chunk in chunks:  # read until the sniff has enough bytes (or the body ends)
-                head += chunk
-                if len(head) >= 512:
-                    break
-            kind = sniff(head)
-            if kind == "html" or ctype in PAGE_TYPES or (kind is None and ctype.startswith("text/")):
-                if page_ok:
-                    if reason := opt_out_reason(
-                        [], policy.robots_agent, policy.opt_outs, page_head=head[:HEAD_BYTES]
-                    ):
-                        raise FetchFailed(reason, status="filtered")
-                    raise PageNotMedia(ctype)
-                raise FetchFailed(
-                    f"not a video: the server sent a page ({ctype or 'no content type'}) instead of a video"
-                )
-            if not head:
-                raise FetchFailed(f"empty response body (HTTP {r.status_code}, {ctype or 'no content type'})")
-            if kind is None:
-                raise FetchFailed(
-                    f"not a video: the first bytes match no known video container "
-                    f"(content type {ctype or 'none'})"
-                )
-            digest = hashlib.sha256()
-            with open(dest, "wb") as f:
-                for chunk in _prepend(head, chunks):
-                    received += len(chunk)
-                    if received > policy.max_bytes:
-                        raise FetchFailed(
-                            f"file larger than the size cap (over {policy.max_bytes / 1e6:.1f} MB "
-                            f"while streaming)",
-                            status="filtered",
-                        )
-                    digest.update(chunk)
-                    f.write(chunk)
-            ext = media_extension(r.url) or CONTENT_TYPE_EXT.get(ctype) or kind
+            _check_response(r, policy)
+            chunks = _body(r, transfer.started, policy)
+            head = _read_head(chunks)
+            kind = _check_head(head, ctype, policy, page_ok)
+            digest = _write(dest, _prepend(head, chunks), transfer, policy)
             keep = ("Content-Type", "Content-Length", "ETag", "Last-Modified", "Server")
             return Fetched(
-                received,
-                digest.hexdigest(),
-                ext,
+                transfer.received,
+                digest,
+                media_extension(r.url) or CONTENT_TYPE_EXT.get(ctype) or kind,
                 ctype,
                 r.url,
                 r.status_code,
                 {k: r.headers[k] for k in keep if k in r.headers},
             )
-    except (FetchFailed, PageNotMedia):
-        raise
-    except requests.TooManyRedirects:
-        raise FetchFailed(f"redirect loop: more than {policy.max_redirects} redirects") from None
-    except requests.exceptions.InvalidSchema as e:
-        raise FetchFailed(f"redirected to an unsupported URL scheme ({e})") from None
-    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, UnicodeError) as e:
-        raise FetchFailed(f"malformed URL: {e}") from None
-    except requests.exceptions.ConnectTimeout:
-        raise FetchFailed(f"connection timed out after {policy.socket_timeout:g} s", retryable=True) from None
-    except (
-        requests.exceptions.ReadTimeout,
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, UnicodeError) as e:
+        raise _request_failure(e, transfer.received, policy) from None
+
+
+def _check_response(r: requests.Response, policy: HttpPolicy) -> None:
+    """What the status line and headers alone rule out: an error status, an opt-out, a declared size."""
+    if r.status_code >= 400:
+        raise failures.http_status(r.status_code, r.reason, retry_after_seconds(r.headers.get("Retry-After")))
+    if reason := opt_out_reason(list(r.raw.headers.items()), policy.robots_agent, policy.opt_outs):
+        raise failures.opted_out(reason)
+    length = r.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > policy.max_bytes:
+        raise failures.too_large(int(length), policy.max_bytes, "Content-Length")
+
+
+def _read_head(chunks: Iterator[bytes]) -> bytes:
+    """The body's first bytes, enough to sniff (or all of it, when shorter)."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= 512:
+            break
+    return head
+
+
+def _check_head(head: bytes, ctype: str, policy: HttpPolicy, page_ok: bool) -> str:
+    """The container the first bytes show; a page is ``PageNotMedia`` (when ``page_ok``: yt-dlp may
+    find the video in it, unless the page opts out) or a failure, and so is an unknown format."""
+    kind = sniff(head)
+    if kind == "html" or ctype in PAGE_TYPES or (kind is None and ctype.startswith("text/")):
+        if not page_ok:
+            raise failures.page_not_video(ctype)
+        if reason := opt_out_reason([], policy.robots_agent, policy.opt_outs, page_head=head[:HEAD_BYTES]):
+            raise failures.opted_out(reason)
+        raise PageNotMedia(ctype)
+    return container_of(head)
+
+
+def container_of(head: bytes) -> str:
+    """The video container a body's first bytes show (an extension); ``DownloadFailed`` when the body
+    is empty, markup or no known container. Both paths check what they received with it."""
+    if not head:
+        raise failures.empty_body()
+    kind = sniff(head)
+    if kind == "html":
+        raise failures.page_not_video("text/html")
+    if kind is None:
+        raise failures.unknown_container()
+    return kind
+
+
+def _write(dest: str, chunks: Iterable[bytes], transfer: _Transfer, policy: HttpPolicy) -> str:
+    """Write the body to ``dest`` within the size cap; its sha256."""
+    digest = hashlib.sha256()
+    with open(dest, "wb") as f:
+        for chunk in chunks:
+            transfer.received += len(chunk)
+            if transfer.received > policy.max_bytes:
+                raise failures.too_large_streaming(policy.max_bytes)
+            digest.update(chunk)
+            f.write(chunk)
+    return digest.hexdigest()
+
+
+def _request_failure(e: BaseException, received: int, policy: HttpPolicy) -> DownloadFailed:
+    """The failure an exception of ``requests`` (or of writing ``dest``) stands for."""
+    if isinstance(e, requests.TooManyRedirects):
+        return failures.redirect_loop(policy.max_redirects)
+    if isinstance(e, requests.exceptions.InvalidSchema):
+        return DownloadFailed(f"redirected to an unsupported URL scheme ({e})")
+    if isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, UnicodeError)):
+        return DownloadFailed(f"malformed URL: {e}")
+    transport = (
+        requests.exceptions.Timeout,
         requests.exceptions.ConnectionError,
         requests.exceptions.ChunkedEncodingError,
         urllib3.exceptions.HTTPError,
-    ) as e:
-        raise FetchFailed(
-            describe_transport_error(e, received, policy.socket_timeout), retryable=True
-        ) from None
-    except OSError as e:  # writing dest: a full disk or a permission is the machine's, retried on a rerun
-        words = machine_reason(e)
-        raise FetchFailed(
-            transient(f"{words} while writing the download")
-            if words
-            else f"could not write the download: {e.strerror or type(e).__name__}"
-        ) from None
+    )
+    if isinstance(e, transport):
+        return failures.transport_failure(e, received, policy.socket_timeout)
+    # writing dest: a full disk or a permission is the machine's, retried on a rerun
+    machine = failures.machine_failure(e, "while writing the download")
+    return machine or DownloadFailed(
+        f"could not write the download: {getattr(e, 'strerror', None) or type(e).__name__}"
+    )
 
 
 def _body(r: requests.Response, started: float, policy: HttpPolicy) -> Iterator[bytes]:
@@ -308,45 +294,13 @@ def _body(r: requests.Response, started: float, policy: HttpPolicy) -> Iterator[
     is checked even against a server that drips a byte at a time (a full-size read would wait on)."""
     while chunk := r.raw.read1(CHUNK):
         if time.monotonic() - started > policy.max_seconds:
-            raise FetchFailed(f"download too slow: over {policy.max_seconds:g} s (max_download_s)")
+            raise failures.too_slow(policy.max_seconds)
         yield chunk
 
 
-def _prepend(head: bytes, rest: Any) -> Any:
+def _prepend(head: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield head
     yield from rest
-
-
-def describe_transport_error(e: BaseException, received: int, timeout: float) -> str:
-    """Words for a network failure: refused, reset, stalled (timed out), cut short."""
-    text = " ".join(str(a) for a in _chain(e))
-    low = text.lower()
-    if "timed out" in low or "timeout" in low:
-        if received:
-            return f"stalled: no data for {timeout:g} s (socket_timeout) after {received} bytes"
-        return f"timed out: no response for {timeout:g} s (socket_timeout)"
-    if "refused" in low:
-        return "connection refused"
-    if "incompleteread" in low or "incomplete read" in low or "connection broken" in low:
-        return f"connection closed before the body was complete ({received} bytes received)"
-    if "name or service not known" in low or "nodename nor servname" in low or "getaddrinfo" in low:
-        return "host name could not be resolved"
-    if "reset" in low:
-        return "connection reset by the server"
-    return f"network error: {type(e).__name__}: {text[:200]}"
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-    out, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        out.append(e)
-        e = (
-            e.__cause__
-            or e.__context__
-            or (e.args[0] if e.args and isinstance(e.args[0], BaseException) else None)
-        )
-    return out
 
 
 def remove_quietly(path: str) -> None:

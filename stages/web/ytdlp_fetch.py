@@ -9,7 +9,8 @@ caller owns, under a name the caller chose: nothing from the remote side ever na
 yt-dlp signals problems in several ways: ``DownloadError`` wrapping the real cause, bare
 ``RequestError`` / ``TransportError`` from its networking layer (a ``file://`` URL without
 ``enable_file_urls`` raises ``RequestError``), or a message and no file (``max_filesize``).
-``describe_error`` turns each into words for the manifest.
+``ytdlp_failure`` turns each into a ``DownloadFailed`` worded as the direct path words the same
+failure (``stages.web.failures``), so the ``error`` column does not say which path fetched the URL.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import json
 import os
 import re
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.status import machine_reason, transient
 from stages.base import RowError, RowFiltered
+from stages.web import failures
+from stages.web.failures import DownloadFailed, exception_chain
 from stages.web.private_addresses import AddressGuard
+from stages.web.retry import RetryPolicy, retry_after_seconds
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 INFO_FIELDS = (
@@ -70,9 +72,11 @@ INFO_FIELDS = (
 MAX_DESCRIPTION = 5000
 GENERIC_EXTRACTORS = frozenset({"Generic", "HTML5MediaEmbed"})  # media URLs named by an arbitrary page
 MAX_PROBED_URLS = 4
-TRANSIENT = re.compile(
-    r"^(HTTP (5\d\d|429|408)|timed out|stalled|connection refused|connection reset|network error)"
-)
+# requests' own limit, which yt-dlp's requests handler keeps (download.max_redirects is the direct path's)
+YTDLP_MAX_REDIRECTS = 30
+# yt-dlp's words for its own limits and retries, read back into numbers
+MAX_FILESIZE = re.compile(r"larger than max-filesize \((\d+) bytes > (\d+) bytes\)")
+GAVE_UP = re.compile(r"giving up after (\d+) retries")
 # Phrases in yt-dlp's messages, and what a user should read instead.
 KNOWN_MESSAGES = (
     ("sign in to confirm your age", "age-restricted: needs a signed-in session (download.cookies_file)"),
@@ -91,7 +95,6 @@ KNOWN_MESSAGES = (
     ("no video formats found", "no video found on the page"),
     ("js runtime", "yt-dlp needs a JavaScript runtime for this site (see docs/crawl.md)"),
     ("file:// urls are disabled", "file:// URLs are disabled; set download.allow_file_urls: true"),
-    ("did not get any data blocks", "empty response body"),
 )
 
 
@@ -115,10 +118,6 @@ class YtdlpResult:
     info: dict[str, Any]
 
 
-class SizeCapExceeded(RowFiltered):
-    """Raised from a progress hook when a body without Content-Length grows past the cap."""
-
-
 def info_subset(info: dict[str, Any]) -> dict[str, Any]:
     """The info fields worth keeping in the manifest (JSON-safe, description bounded)."""
     out = {k: info.get(k) for k in INFO_FIELDS if info.get(k) is not None}
@@ -129,45 +128,45 @@ def info_subset(info: dict[str, Any]) -> dict[str, Any]:
 
 def describe_error(e: BaseException) -> str:
     """One line saying what went wrong, from a yt-dlp exception and the causes chained to it."""
+    return ytdlp_failure(e).reason
+
+
+def ytdlp_failure(e: BaseException, socket_timeout: float | None = None, received: int = 0) -> DownloadFailed:
+    """The failure a yt-dlp exception stands for; ``received``: body bytes seen before it broke off."""
+    failure = failures.machine_failure(e, "while writing the download") or _classify(
+        e, socket_timeout, received
+    )
+    if gave_up := GAVE_UP.search(" ".join(ANSI.sub("", str(c)).lower() for c in exception_chain(e))):
+        failure.after_attempts(int(gave_up.group(1)) + 1)  # yt-dlp retried the transfer itself
+    return failure
+
+
+def _classify(e: BaseException, socket_timeout: float | None, received: int) -> DownloadFailed:
     from yt_dlp.networking.exceptions import HTTPError, TransportError
 
-    if words := machine_reason(e):  # yt-dlp could not write its file: the machine's, retried on a rerun
-        return transient(f"{words} (yt-dlp writing the download)")
-    chain: list[BaseException] = []
-    cur: BaseException | None = e
-    while cur is not None and cur not in chain:
-        chain.append(cur)
-        exc_info = getattr(cur, "exc_info", None)
-        nxt = exc_info[1] if exc_info and len(exc_info) > 1 and exc_info[1] is not cur else None
-        cur = nxt or getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+    chain = exception_chain(e)
     for c in chain:
         if isinstance(c, HTTPError):
-            if 300 <= c.status < 400:  # requests gave up following redirects
-                return f"redirect loop: too many redirects (last HTTP {c.status})"
-            return f"HTTP {c.status} {c.reason or ''}".strip()
+            if 300 <= c.status < 400 or getattr(c, "redirect_loop", False):  # requests gave up following
+                return failures.redirect_loop(YTDLP_MAX_REDIRECTS)
+            retry_after = retry_after_seconds(c.response.headers.get("Retry-After")) if c.response else 0.0
+            return failures.http_status(c.status, c.reason or "", retry_after)
     texts = [ANSI.sub("", str(c)).lower() for c in chain]
     for t in texts:  # the outermost message first: its causes are often more generic
         for phrase, words in KNOWN_MESSAGES:
             if phrase in t:
-                return words
+                return DownloadFailed(words)
     low = " ".join(texts)
-    for c in chain:
-        if isinstance(c, TransportError) or isinstance(c, (TimeoutError, ConnectionError)):
-            if "timed out" in low or "timeout" in low:
-                return "timed out: no data within socket_timeout"
-            if "refused" in low:
-                return "connection refused"
-            if "redirect" in low:
-                return "redirect loop: too many redirects"
-            return f"network error: {ANSI.sub('', str(c))[:200]}"
+    if "did not get any data blocks" in low:
+        return failures.empty_body()
     if "redirect" in low and ("loop" in low or "too many" in low):
-        return "redirect loop: too many redirects"
+        return failures.redirect_loop(YTDLP_MAX_REDIRECTS)
+    if any(isinstance(c, (TransportError, TimeoutError, ConnectionError)) for c in chain):
+        return failures.transport_failure(e, received, socket_timeout)
     if "timed out" in low:
-        return "stalled: no data within socket_timeout" + (
-            " (retries exhausted)" if "giving up" in low else ""
-        )
+        return failures.stalled(socket_timeout, received) if received else failures.timed_out(socket_timeout)
     message = ANSI.sub("", str(e)).removeprefix("ERROR: ").strip() or type(e).__name__
-    return f"yt-dlp: {message}"
+    return DownloadFailed(f"yt-dlp: {message}")
 
 
 class YtdlpDownloader:
@@ -180,18 +179,13 @@ class YtdlpDownloader:
         max_bytes: int,
         max_duration: float | None,
         max_seconds: float = 300.0,
-        retries: int = 0,
-        backoff_s: float = 1.0,
+        retry: RetryPolicy | None = None,
         guard: AddressGuard | None = None,
         redirects_problem: Callable[[str], str | None] | None = None,
     ):
-        self.params, self.max_bytes, self.max_duration, self.max_seconds = (
-            params,
-            max_bytes,
-            max_duration,
-            max_seconds,
-        )
-        self.retries, self.backoff_s = retries, backoff_s
+        self.params, self.max_bytes, self.max_duration = params, max_bytes, max_duration
+        self.max_seconds, self.retry = max_seconds, retry or RetryPolicy(retries=0)
+        self.socket_timeout: float | None = params.get("socket_timeout")
         self.guard = guard or AddressGuard(allow_all=True)
         self.redirects_problem = redirects_problem  # url -> why its redirects are refused, or None
         self._local = threading.local()
@@ -210,20 +204,23 @@ class YtdlpDownloader:
         # (a server sending a byte now and then keeps its socket timeout from firing): both are here.
         if d.get("status") != "downloading":
             return
-        if (d.get("downloaded_bytes") or 0) > self.max_bytes:
-            raise SizeCapExceeded(
-                f"file larger than the size cap (over {self.max_bytes / 1e6:.1f} MB while streaming)"
-            )
+        self._local.received = d.get("downloaded_bytes") or 0  # for the words of a stalled body
+        if self._local.received > self.max_bytes:
+            raise failures.too_large_streaming(self.max_bytes)
         if (d.get("elapsed") or 0) > self.max_seconds:
-            raise RowError(f"download too slow: over {self.max_seconds:g} s (max_download_s)")
+            raise failures.too_slow(self.max_seconds)
+
+    def _failure(self, e: BaseException) -> DownloadFailed:
+        return ytdlp_failure(e, self.socket_timeout, getattr(self._local, "received", 0))
 
     def download(self, url: str, out_dir: str) -> YtdlpResult:
         """Extract and download one video into ``out_dir`` as ``media.<ext>``; RowError on any problem."""
         ydl, logger = self._client()
         logger.messages.clear()
+        self._local.received = 0
         ydl.params["outtmpl"] = {"default": os.path.join(out_dir.replace("%", "%%"), "media.%(ext)s")}
         try:
-            info = self._extract(ydl, url)
+            info = self.retry.call(lambda: self._extract(ydl, url))
             if not info:
                 raise RowError(f"yt-dlp found nothing: {self._last(logger)}")
             self._check_before_download(info)
@@ -232,32 +229,24 @@ class YtdlpDownloader:
         except RowError:
             raise
         except Exception as e:  # yt-dlp raises many types; each becomes words, never a crash
-            raise RowError(describe_error(e)) from None
+            raise self._failure(e) from None
         path = next(
             (d.get("filepath") for d in info.get("requested_downloads") or [] if d.get("filepath")), None
         )
         if not path or not os.path.exists(path):
             last = self._last(logger)
-            if "larger than max-filesize" in last.lower():
-                raise RowFiltered(
-                    f"file larger than the size cap ({self.max_bytes / 1e6:.1f} MB, from Content-Length)"
-                )
+            if m := MAX_FILESIZE.search(last.lower()):
+                raise failures.too_large(int(m.group(1)), self.max_bytes, "Content-Length")
             raise RowError(f"yt-dlp wrote no file: {last or 'no message'}")
         return YtdlpResult(path, info)
 
     def _extract(self, ydl: Any, url: str) -> dict[str, Any] | None:
         # yt-dlp retries the media transfer itself (``retries``) but not most page fetches: a 5xx
-        # or a timeout while extracting is retried here, with the same backoff as the HTTP path.
-        attempt = 0
-        while True:
-            try:
-                return ydl.extract_info(url, download=False)
-            except Exception as e:
-                reason = describe_error(e)
-                if attempt >= self.retries or not TRANSIENT.match(reason):
-                    raise RowError(reason + (f" (after {attempt + 1} attempts)" if attempt else "")) from None
-                attempt += 1
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        # or a timeout while extracting is retried (``self.retry``), by the rule of the direct path.
+        try:
+            return ydl.extract_info(url, download=False)
+        except Exception as e:
+            raise self._failure(e) from None
 
     def _check_before_download(self, info: dict[str, Any]) -> None:
         kind = info.get("_type", "video")
@@ -273,10 +262,7 @@ class YtdlpDownloader:
             )
         size = info.get("filesize") or info.get("filesize_approx")
         if size and size > self.max_bytes:
-            raise RowFiltered(
-                f"file larger than the size cap ({size / 1e6:.1f} MB > {self.max_bytes / 1e6:.1f} MB, "
-                f"from metadata)"
-            )
+            raise failures.too_large(size, self.max_bytes, "metadata")
 
     def _check_addresses(self, info: dict[str, Any]) -> None:
         # A public page may point its <video> (or its manifest) at a private address: every URL the
@@ -287,13 +273,13 @@ class YtdlpDownloader:
         found = list(dict.fromkeys(u for u in urls if isinstance(u, str)))
         for url in found:
             if problem := self.guard.problem(url):
-                raise RowError(f"the page's media URL was {problem}")
+                raise failures.refused_address(problem, via="the page's media URL was ")
         # yt-dlp follows redirects inside its own downloader, unchecked: for media a generic page named
         # (not a site's API), the redirects are followed here first, through the checked session.
         if self.redirects_problem is not None and info.get("extractor_key") in GENERIC_EXTRACTORS:
             for url in [u for u in found if u.lower().startswith(("http://", "https://"))][:MAX_PROBED_URLS]:
                 if problem := self.redirects_problem(url):
-                    raise RowError(f"the page's media URL: {problem}")
+                    raise failures.refused_address(problem, via="the page's media URL: ")
 
     @staticmethod
     def _last(logger: CollectingLogger) -> str:
