@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from contracts.config_io import ConfigError
+
 BASE_DIR, CKPT_DIR, LATEST, EXPORT_DIR = "base", "checkpoints", "latest", "export"
 WEIGHTS, STATE, META = "weights.safetensors", "state.pt", "meta.json"
 
@@ -48,6 +50,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_out(out: Path, fresh: bool, resume: str | None) -> None:
+    """Refuse to start a new run over another run's checkpoints unless asked to discard them (``--fresh``)."""
+    if resume or not (out / CKPT_DIR).exists() and not (out / BASE_DIR).exists():
+        return
+    if not fresh:
+        raise ConfigError(
+            f"{out} holds a run already: --resume latest continues it, --fresh discards it, "
+            "or choose another --out"
+        )
+    if int(os.environ.get("RANK", "0")) == 0:
+        for name in (BASE_DIR, CKPT_DIR, EXPORT_DIR, "eval", "tb", "log.jsonl", "train_config.yaml"):
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
 
 
 def step_name(step: int) -> str:

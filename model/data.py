@@ -8,12 +8,14 @@ decode (``model.preprocess``) and batch, so the training process only receives t
   ``pipe:cmd``), local or remote alike (``model.shard_list``);
 - each epoch the shard order is reshuffled from ``(seed, epoch)``, identical on every rank, then dealt
   to the ranks x DataLoader workers balanced by the sample counts of the shards' Parquet indexes;
-  a sample shuffle buffer follows;
+  a sample shuffle buffer follows (webdataset's ``shuffle``, seeded per rank, worker, epoch and pass);
 - ``resampled``: every worker draws shards with replacement from weighted sources instead;
 - each rank yields exactly ``batches_per_epoch`` micro-batches (webdataset's ``with_epoch``), so DDP
   ranks never wait on one another at an epoch's end; a worker that runs out of shards starts again;
 - a sample that fails to decode is skipped and counted (``bad``), one without the requested
-  modalities or text is skipped and counted (``filtered``); neither stops the run;
+  modalities or text is skipped and counted (``filtered``); neither stops the run, but a whole pass
+  over a worker's shards without one usable sample does (``NoUsableSamples``): repeating the pass
+  could never fill the epoch's batches, and the stream would spin forever;
 - every batch says which worker made it and how many samples that worker has read this epoch, which
   makes the data position of a checkpoint exact (``resume``): augmentation and text choices are
   seeded per sample from ``(seed, epoch, key)``, so a resumed run sees the same batches.
@@ -29,9 +31,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import webdataset as wds
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from contracts.shard_format import AUDIO_KEY, JSON_KEY, frames_of
@@ -56,6 +58,30 @@ log = logging.getLogger(__name__)
 # Model modality -> the shard's frame prefix (``audio`` is the ``flac`` member).
 FRAME_MODALITY = {"video": "rgb", "depth": "depth", "infrared": "ir"}
 MAX_WARNINGS = 5  # per worker and epoch: the count keeps going, the log does not
+
+
+class NoUsableSamples(RuntimeError):
+    """A training worker read a whole pass over its shards and could use none of the samples."""
+
+
+class _Tally:
+    """What one worker did with the samples it read this epoch. ``bad`` and ``filtered`` travel in the
+    batches' stats; ``used`` and ``skipped`` (before decoding, on resume) tell a pass that found no
+    usable sample; ``first_reason`` says why, in the error."""
+
+    def __init__(self) -> None:
+        self.bad = self.filtered = self.used = self.skipped = 0
+        self.first_reason: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        return {"bad": self.bad, "filtered": self.filtered}
+
+    def bad_data(self, what: str, e: Exception) -> None:
+        self.bad += 1
+        reason = f"{what}: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}"
+        self.first_reason = self.first_reason or reason
+        if self.bad <= MAX_WARNINGS:
+            log.warning("skipping %s", reason)
 
 
 class Source(BaseModel):
@@ -127,7 +153,7 @@ def decode_sample(
     epoch: int,
     label_field: str | None = None,
 ) -> dict[str, Any]:
-    """One raw shard sample -> ``{"key", "text", modality: tensor, ...}``; ``NoText`` when filtered.
+    """One undecoded shard sample -> ``{"key", "text", modality: tensor, ...}``; ``NoText`` when filtered.
 
     ``label_field``: also copy that JSON field (lists joined) as ``label``, for classification.
     """
@@ -223,9 +249,10 @@ class ShardStream(IterableDataset):
         except FileNotFoundError:  # shards without indexes (data.epoch_samples set): deal them evenly
             return None
 
-    def set_position(self, epoch: int, batches: int = 0, raw: dict[int, int] | None = None) -> None:
-        """Start at ``epoch`` after ``batches`` micro-batches, worker ``w`` having read ``raw[w]`` samples."""
-        self.epoch, self.start_batch, self.raw = epoch, batches, dict(raw or {})
+    def set_position(self, epoch: int, batches: int = 0, read: dict[int, int] | None = None) -> None:
+        """Start at ``epoch`` after ``batches`` micro-batches, worker ``w`` having read ``read[w]`` samples
+        (undecoded, as the tars hold them; a batch's ``stats["read"]``)."""
+        self.epoch, self.start_batch, self.read = epoch, batches, dict(read or {})
 
     # Shard order for one pass: identical on every rank (seeded by epoch and pass only), then dealt.
     def _pass_shards(self, worker: int, workers: int, pass_index: int) -> list[str]:
@@ -254,14 +281,12 @@ class ShardStream(IterableDataset):
                 return
             pass_index += 1
 
-    def _samples(self, worker: int, workers: int, counts: dict[str, int]) -> Iterator[dict[str, Any]]:
+    def _samples(self, worker: int, workers: int, tally: _Tally) -> Iterator[dict[str, Any]]:
         """Samples of this worker, shuffled within each pass, so that an epoch of balanced shards holds
-        every sample once."""
+        every sample once. A training pass that read nothing usable raises ``NoUsableSamples``."""
 
         def handler(exn: Exception) -> bool:
-            counts["bad"] += 1
-            if counts["bad"] <= MAX_WARNINGS:
-                log.warning("skipping unreadable shard data: %s", str(exn).splitlines()[0][:300])
+            tally.bad_data("unreadable shard data", exn)
             return True
 
         for pass_index, urls in enumerate(self._passes(worker, workers)):
@@ -274,17 +299,28 @@ class ShardStream(IterableDataset):
             )
             if self.train and self.cfg.shuffle_buffer > 1:
                 rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}:{pass_index}")
-                samples = _shuffle(
-                    samples, self.cfg.shuffle_buffer, min(100, self.cfg.shuffle_buffer), rng=rng
-                )
-            read = 0
-            for read, sample in enumerate(samples, 1):  # noqa: B007 (read counts the pass)
-                yield sample
-            if read == 0:  # a pass without one readable sample: repeating it cannot help
-                log.error(
-                    "no readable sample in this worker's shards %s", urls if isinstance(urls, list) else ""
-                )
+                buffer = self.cfg.shuffle_buffer
+                samples = wds.shuffle(buffer, min(100, buffer), rng=rng)(samples)
+            used, skipped = tally.used, tally.skipped
+            yield from samples  # the consumer has handled each sample when the pass ends
+            if tally.used == used and tally.skipped == skipped:
+                self._nothing_usable(urls, worker, tally)
                 return
+
+    def _nothing_usable(self, urls: list[str] | Iterator[str], worker: int, tally: _Tally) -> None:
+        """A pass without one usable sample: an evaluation pass ends; a training pass, which would be
+        repeated until the epoch's batches are made, raises instead of spinning forever."""
+        shards = urls if isinstance(urls, list) else []
+        if not self.train:
+            log.error("no usable sample in this worker's shards %s", shards)
+            return
+        shown = ", ".join(shards[:5]) + (f" and {len(shards) - 5} more" if len(shards) > 5 else "")
+        raise NoUsableSamples(
+            f"rank {self.rank}, loader worker {worker}: a whole pass over its shards ({shown or 'none'}) gave no usable sample "
+            f"({tally.bad} bad, {tally.filtered} filtered without the text field or modalities asked for); "
+            f"first reason: {tally.first_reason or 'the shards hold no sample of this split'}. "
+            "Check the samples the warnings above name, and data.text_field / data.modalities"
+        )
 
     @staticmethod
     def _open(url: str, handler: Any) -> Any:
@@ -299,65 +335,64 @@ class ShardStream(IterableDataset):
         workers = info.num_workers if info else 1
         # After a resume the DataLoader asks physical worker 0 first; it plays the worker whose turn it is.
         worker = ((info.id if info else 0) + self.start_batch) % workers
-        counts = {"bad": 0, "filtered": 0}
-        samples = self._samples(worker, workers, counts)
+        tally = _Tally()
+        samples = self._samples(worker, workers, tally)
         quota = None
         if self.batches_per_epoch is not None:  # this worker's turns in [start_batch, batches_per_epoch)
             turns = lambda n: max(0, (n - worker + workers - 1) // workers)  # noqa: E731
             quota = turns(self.batches_per_epoch) - turns(self.start_batch)
             if quota <= 0:
                 return
-        raw, skip, items, made, reported = 0, self.raw.get(worker, 0), [], 0, dict(counts)
+        read, skip, items, made, reported = 0, self.read.get(worker, 0), [], 0, tally.counts()
         started = time.perf_counter()
         for sample in samples:
-            raw += 1
-            if raw <= skip:  # already trained on before the checkpoint: skip before decoding
+            read += 1
+            if read <= skip:  # already trained on before the checkpoint: skip before decoding
+                tally.skipped += 1
                 continue
             try:
-                items.append(
-                    decode_sample(
-                        sample,
-                        self.cfg,
-                        self.sizes,
-                        train=self.train,
-                        seed=self.seed,
-                        epoch=self.epoch,
-                        label_field=self.label_field,
-                    )
+                item = decode_sample(
+                    sample,
+                    self.cfg,
+                    self.sizes,
+                    train=self.train,
+                    seed=self.seed,
+                    epoch=self.epoch,
+                    label_field=self.label_field,
                 )
             except NoText as e:
-                counts["filtered"] += 1
+                tally.filtered += 1
+                tally.first_reason = tally.first_reason or f"filtered {e}"
                 log.debug("filtered %s", e)
                 continue
             except Exception as e:
-                counts["bad"] += 1
-                if counts["bad"] <= MAX_WARNINGS:
-                    log.warning(
-                        "skipping bad sample %s: %s", sample.get("__key__"), str(e).splitlines()[0][:300]
-                    )
+                tally.bad_data(f"bad sample {sample.get('__key__')}", e)
                 continue
+            tally.used += 1
+            items.append(item)
             if len(items) == self.cfg.batch_size:
-                yield self._finish(items, worker, raw, counts, reported, started)
+                yield self._finish(items, worker, read, tally, reported, started)
                 items, made, started = [], made + 1, time.perf_counter()
                 if quota is not None and made >= quota:
                     return
-        if not self.train and (items or counts != reported):  # the last counts travel even without samples
-            yield self._finish(items, worker, raw, counts, reported, started)
+        if not self.train and (items or tally.counts() != reported):  # the last counts travel anyway
+            yield self._finish(items, worker, read, tally, reported, started)
 
     def _finish(
         self,
         items: list[dict[str, Any]],
         worker: int,
-        raw: int,
-        counts: dict[str, int],
+        read: int,
+        tally: _Tally,
         reported: dict[str, int],
         started: float,
     ) -> dict[str, Any]:
         batch = collate(items, self.cfg.modalities, self.sizes)
         # Deltas since this worker's previous batch, so the trainer can sum them over workers.
+        counts = tally.counts()
         batch["stats"] = {
             "worker": worker,
-            "raw": raw,
+            "read": read,
             "decode_s": time.perf_counter() - started,
             **{k: counts[k] - reported[k] for k in counts},
         }

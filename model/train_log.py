@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 log = logging.getLogger("model.train")
 
@@ -79,9 +78,7 @@ class ProgressLog:
     def flush(self) -> None:
         t = self.t
         counts = torch.tensor([self.samples, self.bad, self.filtered], dtype=torch.float64)
-        if t.d.world_size > 1:
-            counts = counts.to(t.d.device)
-            dist.all_reduce(counts)
+        counts = t.dist.sum(counts)
         samples, bad, filtered = (int(x) for x in counts.tolist())
         self.total_bad = getattr(self, "total_bad", 0) + bad
         self.total_filtered = getattr(self, "total_filtered", 0) + filtered
@@ -98,7 +95,7 @@ class ProgressLog:
                 filtered_samples=self.total_filtered,
             )
             for m in t.modalities:
-                row[f"temperature_{m}"] = 1.0 / t.raw.logit_scale_of(m).item()
+                row[f"temperature_{m}"] = 1.0 / t.model.logit_scale_of(m).item()
             temps = " ".join(f"{m} {row[f'temperature_{m}']:.3f}" for m in t.modalities)
             print(
                 f"step {t.step}/{t.total_steps} ep {row['epoch']} | {row['samples_per_s']:.1f} samples/s | "

@@ -1,19 +1,25 @@
 """``python -m model.train --ray``: the same loop in Ray Train's TorchTrainer workers.
 
 Ray Train starts one worker per rank on the cluster (``ray.address``, or the running one), sets up
-the process group (gloo on CPU, NCCL on GPU) and calls ``model.train.train`` in each. The run
-directory must be storage every worker can reach (a shared file system); the final export is also
-handed to Ray's storage, so it reaches the driver's side either way.
+the process group (gloo on CPU, NCCL on GPU) and calls the training loop in each: the loop is handed
+in (``model.train.main`` passes ``model.train.train``), so this module imports nothing of the trainer
+and ``model.train`` and ``model.train_ray`` form no circle. The run directory must be storage every
+worker can reach (a shared file system); the final export is also handed to Ray's storage, so it
+reaches the driver's side either way.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from model.checkpoint import EXPORT_DIR
 from model.train_config import TrainConfig
+
+#: one training run on this rank: ``loop(config, resume) -> last metrics`` (``model.train.train``)
+Loop = Callable[[TrainConfig, str | None], dict[str, Any]]
 
 
 def _absolute(spec: str | list[str]) -> str | list[str]:
@@ -26,13 +32,11 @@ def _absolute(spec: str | list[str]) -> str | list[str]:
 def _worker(config: dict[str, Any]) -> None:
     import ray.train
 
-    from model.train import train
-
     os.environ["VIDAL_LAUNCHER"] = "RAY_TRAIN"  # Ray Train owns the process group
     context = ray.train.get_context()
     os.environ.setdefault("LOCAL_RANK", str(context.get_local_rank()))
     cfg = TrainConfig.model_validate(config["config"])
-    metrics = train(cfg, config["resume"])
+    metrics = config["loop"](cfg, config["resume"])
     export = Path(cfg.out) / EXPORT_DIR
     # Every worker reports (a collective in Ray Train); rank 0 hands over the exported model, which
     # Ray copies to its storage.
@@ -42,8 +46,11 @@ def _worker(config: dict[str, Any]) -> None:
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, checkpoint=checkpoint)
 
 
-def run_on_ray(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
-    """Train with ``cfg.ray.num_workers`` Ray Train workers (CPU or GPU); returns the last metrics."""
+def run_on_ray(cfg: TrainConfig, loop: Loop, resume: str | None = None) -> dict[str, Any]:
+    """Run ``loop`` in ``cfg.ray.num_workers`` Ray Train workers (CPU or GPU); returns the last metrics.
+
+    ``loop`` travels to the workers pickled, so it must be importable there by name (a module-level
+    function of an installed module, as ``model.train.train``)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -70,7 +77,7 @@ def run_on_ray(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     }
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "resume": resume},
+        train_loop_config={"config": cfg.model_dump(mode="json"), "resume": resume, "loop": loop},
         scaling_config=ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
         ),

@@ -22,7 +22,15 @@ import pytest
 from PIL import Image
 
 from contracts import shard_format as fmt
-from model.data import DataConfig, ShardStream, count_samples, expand_shards, in_holdout, make_loader
+from model.data import (
+    DataConfig,
+    NoUsableSamples,
+    ShardStream,
+    count_samples,
+    expand_shards,
+    in_holdout,
+    make_loader,
+)
 from model.text_choice import LANGUAGEBIND_MIX, NoText, choose_text
 from pipeline.synthetic import CONCEPTS, render_frames, tone
 from stages.shard import write_tar
@@ -192,6 +200,29 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, shards):
     assert bad >= 3  # two undecodable samples and the truncated tar; the run went on
 
 
+@pytest.mark.timeout(120)  # the bug this guards against was a stream that never ended
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_pass_without_one_usable_sample_stops_training_with_the_reason(tmp_path, shards, workers):
+    # every sample of every shard has a frame that is no JPEG (the index still promises them all)
+    import shutil
+
+    for n, shard in enumerate(shards[:4]):
+        broken = [(k, {**f, "rgb.3.jpg": b"not a jpeg"}) for k, f in _members(shard)]
+        write_tar(str(tmp_path / f"{fmt.shard_name(n)}.tar"), broken)
+        shutil.copy(shard.with_suffix(".parquet"), tmp_path / f"{fmt.shard_name(n)}.parquet")
+    cfg = DataConfig(shards=str(tmp_path), batch_size=2, workers=workers, shuffle_buffer=4)
+    stream = ShardStream(cfg, SIZES, batches_per_epoch=4, seed=0)
+    with pytest.raises(NoUsableSamples) as caught:
+        list(make_loader(stream))
+    message = str(caught.value)
+    assert "gave no usable sample" in message and "rgb.3.jpg" not in message
+    assert ("8 bad" if workers == 2 else "16 bad") in message  # each worker reads its half of the 16
+    assert "first reason: bad sample syn-" in message and ".tar" in message
+    # an evaluation pass over the same shards ends instead, its counts in the last batch
+    (last,) = list(make_loader(ShardStream(cfg.model_copy(update={"workers": 0}), SIZES, train=False)))
+    assert last["key"] == [] and last["stats"]["bad"] == 16
+
+
 def _members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path) as tar:
@@ -284,10 +315,10 @@ def test_data_position_resumes_the_exact_batch_sequence(shards, workers):
     full = list(make_loader(stream))
     assert len(full) == 9
     k = 4
-    raw = {}
+    read = {}
     for b in full[:k]:
-        raw[b["stats"]["worker"]] = b["stats"]["raw"]
-    stream.set_position(2, k, raw)
+        read[b["stats"]["worker"]] = b["stats"]["read"]
+    stream.set_position(2, k, read)
     rest = list(make_loader(stream))
     assert [b["key"] for b in rest] == [b["key"] for b in full[k:]]
     assert all(np.array_equal(x["video"], y["video"]) for x, y in zip(rest, full[k:]))

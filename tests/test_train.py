@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.data import make_loader
-from model.train import Trainer, lr_factor, main
+from model.data import NoUsableSamples, make_loader
+from model.train import main
 from model.train_config import load_train_config
+from model.trainer import Trainer, lr_factor
 from pipeline.synthetic import CONCEPTS
 from tests.test_data import write_concept_shards
 
@@ -86,7 +87,7 @@ def test_optimizer_follows_languagebind(tmp_path, shards):
     )
     trainer = Trainer(load_train_config(path))
     assert trainer.opt.defaults["betas"] == (0.9, 0.98) and trainer.opt.defaults["eps"] == 1e-6
-    names = {id(p): n for n, p in trainer.raw.named_parameters()}
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
     for group in trainer.opt.param_groups:
         kinds = {("lora" if ".lora_" in names[id(p)] else "other") for p in group["params"]}
         assert len(kinds) == 1
@@ -169,7 +170,7 @@ def first_step_gradients(path: Path) -> dict[str, torch.Tensor]:
     captured: dict[str, torch.Tensor] = {}
     # the optimizer's step is where the gradients are read; the rest of train_step runs as is
     trainer.opt.step = lambda: captured.update(
-        {n: p.grad.clone() for n, p in trainer.raw.named_parameters() if p.grad is not None}
+        {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     )
     trainer.train_step(micro)
     return captured
@@ -258,5 +259,26 @@ def test_unreadable_shards_stop_the_run_with_a_clear_error(tmp_path, shards):
         shutil.copy(index, broken / index.name)
         (broken / index.name.replace(".parquet", ".tar")).write_bytes(b"not a tar file" * 100)
     path = write_config(tmp_path, broken, data={"workers": 1, "batch_size": 2})
-    with pytest.raises(RuntimeError, match="loader ran dry"):
+    with pytest.raises(NoUsableSamples, match=r"gave no usable sample \(\d+ bad.*unreadable shard data"):
         main(["--config", str(path), "--max-steps", "2"])
+
+
+def _imports(path: str) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function, and every name it takes from one."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_the_ray_path_is_handed_the_loop_and_the_loader_imports_public_names():
+    # model.train imports model.train_ray; the other way round would be a circle
+    assert not {m for m in _imports("model/train_ray.py") if m.startswith(("model.train.", "model.trainer"))}
+    assert "model.train" not in _imports("model/train_ray.py")
+    private = [m for m in _imports("model/data.py") if m.startswith("webdataset") and "._" in m]
+    assert not private, private

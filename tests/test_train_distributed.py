@@ -61,7 +61,7 @@ def test_two_process_run_under_torchrun(tmp_path, shards, fsdp):
     assert state["world_size"] == 2 and meta["samples_seen"] == 3 * 4 * 2
     # each rank read its own shards: their data positions are recorded separately
     positions = [r["position"] for r in state["ranks"]]
-    assert all(p["batches"] == 3 and p["raw"] for p in positions)
+    assert all(p["batches"] == 3 and p["read"] for p in positions)
     assert all(math.isfinite(v) for v in losses(run).values()) and len(losses(run)) == 3
     assert (run / "export" / "model.safetensors").exists()
     # resuming the two-process run continues from its checkpoint
@@ -71,13 +71,14 @@ def test_two_process_run_under_torchrun(tmp_path, shards, fsdp):
 
 
 def test_ray_train_runs_the_same_loop(tmp_path, shards, ray_local):
+    from model.train import train
     from model.train_config import load_train_config
     from model.train_ray import run_on_ray
 
     path = write_config(
         tmp_path, shards, ray={"num_workers": 2, "cpus_per_worker": 1}, train={"save_every": 2, "threads": 1}
     )
-    metrics = run_on_ray(load_train_config(path, ["optim.max_steps=3"]))
+    metrics = run_on_ray(load_train_config(path, ["optim.max_steps=3"]), train)
     run = tmp_path / "run"
     _, state, meta = read_checkpoint(latest_checkpoint(run))
     assert state["world_size"] == 2 and meta["step"] == 3 and meta["samples_seen"] == 24
