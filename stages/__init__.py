@@ -25,10 +25,11 @@ STAGE_PATHS: dict[str, str] = {
     "enhance": "stages.enhance:EnhanceStage",
     "depth": "stages.depth:DepthStage",
     "infrared": "stages.infrared:InfraredStage",
+    "score": "stages.score:ScoreStage",
     "shard": "stages.shard:ShardStage",
 }
 STAGE_ORDER = tuple(STAGE_PATHS)
-CURATION_STAGES = frozenset({"clip"})  # beyond the VIDAL recipe: run only when listed in run.stages
+CURATION_STAGES = frozenset({"clip", "score"})  # beyond the VIDAL recipe: run only when listed in run.stages
 
 
 @cache

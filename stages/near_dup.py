@@ -1,0 +1,191 @@
+"""Near-duplicate clips across a whole run: random-hyperplane LSH buckets through Ray, each bucket compared exactly.
+
+Every clip embedding (unit length) gets ``tables`` keys of ``bits`` sign bits each, from hyperplanes drawn
+from a fixed seed. Two clips at cosine ``c`` share one table's key with probability
+``(1 - arccos(c) / pi) ** bits``, so they meet in at least one table with probability
+``1 - (1 - (1 - arccos(c) / pi) ** bits) ** tables`` (``recall_at``): 0.96 at c = 0.95 and 0.998 at
+c = 0.98 for the defaults (16 tables of 16 bits), while two unrelated clips (c ~ 0) share a key with
+probability 2**-16 per table. Inside a bucket every pair is compared exactly, so nothing is reported
+above the threshold that is not above it.
+
+Memory: tables are processed in rounds of ``tables_per_round``. In a round each part of the input is
+read by one task, which sends each row (its float16 embedding) to the partition its key hashes to; one
+task per partition compares its buckets and returns only the pairs above the threshold. So the cluster
+holds at most ``tables_per_round`` copies of the embeddings at once (in Ray's object store, which
+spills to disk), one task holds one partition, and the driver holds only the pairs found.
+
+Which clip of a group stays does not depend on the input's order or its part boundaries: the edges
+found depend on the embeddings alone, and ``choose_kept`` walks the clips from the longest (then the
+smallest ``video_id``): a clip is dropped when it is above the threshold with one already kept, and
+names the most similar kept one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+SMALL_BUCKET = 64  # buckets up to this size are compared pair by offset, larger ones by a matrix product
+BLOCK = 2048  # rows per matrix-product block in a large bucket
+
+# A part of the input: called in a Ray task, returns (global row numbers int64 [n], embeddings float16 [n, d]).
+PartReader = Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class LshParams:
+    threshold: float = 0.95
+    tables: int = 16
+    bits: int = 16
+    tables_per_round: int = 4
+    rows_per_partition: int = 200_000
+    seed: int = 0
+
+
+def recall_at(cosine: float, tables: int, bits: int) -> float:
+    """Probability that two unit vectors at ``cosine`` share a key in at least one of the tables."""
+    p = 1.0 - math.acos(max(-1.0, min(1.0, cosine))) / math.pi
+    return 1.0 - (1.0 - p**bits) ** tables
+
+
+def hyperplanes(dim: int, params: LshParams) -> np.ndarray:
+    """``[tables, bits, dim]`` float32 normals, the same for every task of a run (from ``params.seed``)."""
+    rng = np.random.default_rng(params.seed)
+    return rng.standard_normal((params.tables, params.bits, dim), dtype=np.float32)
+
+
+def table_keys(emb: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """``[n, tables]`` uint64 keys: one sign bit per hyperplane, packed."""
+    weights = (np.uint64(1) << np.arange(planes.shape[1], dtype=np.uint64))[None, :]
+    keys = np.empty((len(emb), planes.shape[0]), dtype=np.uint64)
+    e = emb.astype(np.float32, copy=False)
+    for t, p in enumerate(planes):
+        bits = (e @ p.T) > 0
+        keys[:, t] = (bits.astype(np.uint64) * weights).sum(1, dtype=np.uint64)
+    return keys
+
+
+def _dot_rows(emb: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    out = np.empty(len(a), dtype=np.float32)
+    for s in range(0, len(a), chunk):
+        x = emb[a[s : s + chunk]].astype(np.float32)
+        y = emb[b[s : s + chunk]].astype(np.float32)
+        out[s : s + chunk] = np.einsum("ij,ij->i", x, y)
+    return out
+
+
+def bucket_pairs(
+    keys: np.ndarray, rows: np.ndarray, emb: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of rows with equal ``keys`` and cosine >= ``threshold``: (row a, row b, cosine), a < b."""
+    order = np.lexsort((rows, keys))
+    k, r = keys[order], rows[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    sizes = np.diff(np.r_[starts, len(k)])
+    size_of = np.repeat(sizes, sizes)
+    small = size_of <= SMALL_BUCKET
+    found_a, found_b, found_s = [], [], []
+    for d in range(1, min(SMALL_BUCKET, len(k))):
+        same = (k[:-d] == k[d:]) & small[:-d]
+        if not same.any():
+            break
+        i = np.flatnonzero(same)
+        sims = _dot_rows(emb, order[i], order[i + d])
+        hit = sims >= threshold
+        found_a.append(r[i][hit])
+        found_b.append(r[i + d][hit])
+        found_s.append(sims[hit])
+    for start, size in zip(starts[sizes > SMALL_BUCKET], sizes[sizes > SMALL_BUCKET]):
+        members = order[start : start + size]
+        for s in range(0, size, BLOCK):
+            x = emb[members[s : s + BLOCK]].astype(np.float32)
+            for u in range(s, size, BLOCK):
+                y = emb[members[u : u + BLOCK]].astype(np.float32)
+                sims = x @ y.T
+                ii, jj = np.nonzero(sims >= threshold)
+                keep = (ii + s) < (jj + u)
+                ii, jj = ii[keep], jj[keep]
+                found_a.append(r[start + s + ii])
+                found_b.append(r[start + u + jj])
+                found_s.append(sims[ii, jj])
+    if not found_a:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty.copy(), np.empty(0, dtype=np.float32)
+    a, b, s = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s)
+    return np.minimum(a, b), np.maximum(a, b), s
+
+
+def unique_edges(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each pair once (the same pair meets in several tables)."""
+    if not len(a):
+        return a, b, s
+    pairs = np.stack([a, b], 1)
+    _, first = np.unique(pairs, axis=0, return_index=True)
+    return a[first], b[first], s[first]
+
+
+def find_pairs(parts: Sequence[PartReader], total_rows: int, params: LshParams) -> tuple[np.ndarray, ...]:
+    """All pairs above ``params.threshold`` that share a key in some table, over the parts, through Ray tasks."""
+    import ray
+
+    n_partitions = max(1, math.ceil(total_rows * params.tables_per_round / params.rows_per_partition))
+
+    @ray.remote
+    def scatter(read: PartReader, first_table: int) -> list:
+        rows, emb = read()
+        planes = hyperplanes(emb.shape[1], params)[first_table : first_table + params.tables_per_round]
+        keys = table_keys(emb, planes)
+        out = []
+        for p in range(n_partitions):
+            pieces = []
+            for t in range(keys.shape[1]):
+                mix = keys[:, t] * np.uint64(0x9E3779B97F4A7C15) + np.uint64(first_table + t)
+                mine = (mix >> np.uint64(33)) % np.uint64(n_partitions) == p
+                tagged = keys[mine, t] ^ (np.uint64(first_table + t) << np.uint64(56))
+                pieces.append((tagged, rows[mine], emb[mine]))
+            out.append(pieces)
+        return out if n_partitions > 1 else out[0]
+
+    @ray.remote
+    def compare(*pieces_per_part: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        flat = [piece for pieces in pieces_per_part for piece in pieces]
+        keys = np.concatenate([f[0] for f in flat])
+        rows = np.concatenate([f[1] for f in flat])
+        emb = np.concatenate([f[2] for f in flat])
+        return unique_edges(*bucket_pairs(keys, rows, emb, params.threshold))
+
+    found = []
+    for first in range(0, params.tables, params.tables_per_round):
+        scattered = [scatter.options(num_returns=n_partitions).remote(read, first) for read in parts]
+        if n_partitions == 1:
+            scattered = [[s] for s in scattered]
+        found += ray.get([compare.remote(*[s[p] for s in scattered]) for p in range(n_partitions)])
+        del scattered
+    if not found:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty.copy(), np.empty(0, dtype=np.float32)
+    return unique_edges(*(np.concatenate([f[i] for f in found]) for i in range(3)))
+
+
+def choose_kept(
+    a: np.ndarray, b: np.ndarray, sims: np.ndarray, rank: Callable[[int], tuple]
+) -> dict[int, tuple[int, float]]:
+    """Rows to drop: ``{row: (kept row it duplicates, cosine)}``; ``rank(row)`` orders who stays (smallest first)."""
+    neighbours: dict[int, list[tuple[int, float]]] = {}
+    for x, y, s in zip(a.tolist(), b.tolist(), sims.tolist()):
+        neighbours.setdefault(x, []).append((y, s))
+        neighbours.setdefault(y, []).append((x, s))
+    ranks = {v: rank(v) for v in neighbours}
+    kept: set[int] = set()
+    dropped: dict[int, tuple[int, float]] = {}
+    for v in sorted(neighbours, key=ranks.__getitem__):
+        near = [(s, n) for n, s in neighbours[v] if n in kept]
+        if near:
+            s, n = min(near, key=lambda sn: (-sn[0], ranks[sn[1]]))
+            dropped[v] = (n, s)
+        else:
+            kept.add(v)
+    return dropped

@@ -1,0 +1,327 @@
+"""Score stage: how well each clip matches its own texts, and which clips are near-duplicates of others.
+
+Per row (on an actor pool, like the other model stages): the clip's embedding from ``score.model`` (the
+video tower over its frames; for ``hf:`` CLIP, the mean of its per-frame image embeddings) and the
+cosine similarity with each text field in ``score.fields``: ``raw`` (the source's title), ``mplug``,
+``polish_mplug``, and ``ofa``, whose 8 per-frame captions are embedded one by one and averaged (then
+normalised again) into one text embedding, scored against the clip's embedding (a per-frame caption
+describes one frame, but the mean keeps one score per field whatever the model). Columns
+``score_<field>``; a field without text in a row scores null. A row whose ``score.filter_field``
+scores below ``score.min_similarity`` is ``filtered`` here, with its score in the reason.
+
+Run-wide rules need every row first, so they run on the driver at the stage's end (``reconcile``, which
+the runner calls after the plan, after a killed run's rerun, and on a rerun with nothing left to do):
+
+- ``score.keep_percentile``: rows whose filter score is below that percentile of the run's scores are
+  filtered (the percentile over every row the per-row rules kept, not per batch);
+- ``score.dedup``: near-duplicates across the run (``stages.near_dup``: LSH buckets through Ray, each
+  compared exactly); the one kept is the longest, then the smallest ``video_id``, and the others are
+  filtered naming it.
+
+The embeddings stay in this stage's manifest (``clip_embedding``: float16 bytes, little-endian), so the
+pass reads them part by part and never needs them all in one process. The pass is recomputed from the
+manifest every time (rows it filtered before are first taken back), so its result is the same whatever
+was killed, resumed or added: which rows it filters is marked in ``score_rule``.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from contracts import backends, store
+from contracts.status import FAILED, FILTERED, OK
+from stages.backends.batching import BatchRunner, ItemError
+from stages.base import Stage, StageConfig
+from stages.near_dup import LshParams, choose_kept, find_pairs
+
+log = logging.getLogger("vidal")
+
+TEXT_FIELDS = ("raw", "mplug", "polish_mplug", "ofa")
+RULE_MIN = "min_similarity"
+RULE_PERCENTILE = "percentile"
+RULE_NEAR_DUP = "near_dup"
+RUN_WIDE_RULES = (RULE_PERCENTILE, RULE_NEAR_DUP)
+EMBEDDING = "clip_embedding"
+LENGTH = "dedup_length"
+
+
+class ScoreConfig(StageConfig):
+    batch_size: int = 32
+    model: str = Field(
+        "languagebind:LanguageBind/LanguageBind_Video_FT",
+        description="languagebind:<hub id or dir>, vidal:<export dir>, hf:<CLIP id or dir>, or tiny",
+    )
+    fields: list[Literal["raw", "mplug", "polish_mplug", "ofa"]] = Field(
+        default_factory=lambda: list(TEXT_FIELDS), description="text fields scored (score_<field> columns)"
+    )
+    filter_field: Literal["raw", "mplug", "polish_mplug", "ofa"] = Field(
+        "mplug", description="the field whose score the thresholds apply to"
+    )
+    min_similarity: float | None = Field(
+        None, ge=-1, le=1, description="rows scoring below are filtered (null: no threshold)"
+    )
+    keep_percentile: float | None = Field(
+        None, gt=0, le=100, description="keep the run's best N percent by score (null: all)"
+    )
+    dedup: bool = Field(True, description="filter near-duplicate clips across the run")
+    dedup_threshold: float = Field(
+        0.95, gt=0, le=1, description="cosine at or above which clips are duplicates"
+    )
+    dedup_tables: int = Field(16, ge=1, le=255, description="LSH tables (more: better recall, more work)")
+    dedup_bits: int = Field(16, ge=1, le=56, description="hyperplanes per table (more: smaller buckets)")
+    dedup_tables_per_round: int = Field(
+        4, ge=1, description="tables shuffled at once (copies of the embeddings)"
+    )
+    dedup_rows_per_partition: int = Field(200_000, ge=1000, description="rows one comparing task holds")
+    model_batch: int = Field(32, ge=1, description="clips per forward pass (halved on CUDA out-of-memory)")
+    device: str = Field("auto", description="auto (CUDA when visible, else CPU), cpu, cuda, cuda:1")
+    precision: str = Field("auto", description="auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        backends.parse("alignment", v)
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        return backends.check_device(v)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_name(cls, v: str) -> str:
+        return backends.check_precision(v)
+
+    @model_validator(mode="after")
+    def _filter_field_scored(self) -> ScoreConfig:
+        if self.filter_field not in self.fields:
+            raise ValueError(f"filter_field {self.filter_field!r} is not among fields {self.fields}")
+        return self
+
+    def lsh(self) -> LshParams:
+        return LshParams(
+            threshold=self.dedup_threshold,
+            tables=self.dedup_tables,
+            bits=self.dedup_bits,
+            tables_per_round=self.dedup_tables_per_round,
+            rows_per_partition=self.dedup_rows_per_partition,
+        )
+
+
+def row_texts(row: dict[str, Any], field: str) -> list[str]:
+    """The texts of one field of a row (``ofa``: its non-empty per-frame captions)."""
+    value = row.get(field)
+    items = value if isinstance(value, list) else [value]
+    return [t.strip() for t in items if isinstance(t, str) and t.strip()]
+
+
+def encode_embedding(v: torch.Tensor) -> bytes:
+    return v.to(torch.float16).numpy().astype("<f2").tobytes()
+
+
+def decode_embeddings(blobs: list[bytes]) -> np.ndarray:
+    """``[n, d]`` float16 from the ``clip_embedding`` column."""
+    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)
+
+
+class ScoreStage(Stage):
+    name = "score"
+    upstream = ("probe",)
+    optional_upstream = ("discover", "caption", "enhance")
+    reads = ("video_id", "frames", "duration", *TEXT_FIELDS)
+    uses_model = True
+    Config = ScoreConfig
+    schema = pa.schema(
+        [
+            *[(f"score_{f}", pa.float32()) for f in TEXT_FIELDS],
+            ("score_model", pa.string()),
+            ("score_rule", pa.string()),  # the rule that filtered the row, null when kept
+            (EMBEDDING, pa.binary()),  # float16 little-endian, the model's embedding size
+            (LENGTH, pa.float64()),  # seconds: the longest of a group of duplicates stays
+        ]
+    )
+    config: ScoreConfig
+
+    def __init__(self, config: ScoreConfig, context: Any):
+        super().__init__(config, context)
+        self._reconciles = 0
+        self._pass: dict[str, int] = {}
+
+    @classmethod
+    def plan_upstream(cls, config: Any, present: list[str]) -> tuple[list[str], list[str]]:
+        required, _ = super().plan_upstream(config, present)
+        return required, [s for s in cls.optional_upstream if s in present]
+
+    def models(self) -> dict[str, str]:
+        note = " (random weights: scores carry no meaning)" if self.config.model.startswith("tiny") else ""
+        return {"score": self.config.model + note}
+
+    def check(self) -> None:
+        c = self.config
+        backends.check("alignment", c.model, device=c.device, precision=c.precision)
+
+    def setup(self) -> None:
+        c = self.config
+        self.device = backends.resolve_device(c.device)
+        self.aligner = backends.load(
+            "alignment", c.model, self.device, c.precision, model_batch=c.model_batch
+        )
+        self.runner = BatchRunner(c.model_batch, self.device, what="alignment model")
+        log.info("score: %s on %s", c.model, self.device)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        c = self.config
+        rows = batch.to_pylist()
+        clip_emb = self.runner.run(
+            [r.get("frames") or [] for r in rows],
+            lambda clips: list(self.aligner.embed_clips(clips)),
+            key=len,
+        )
+        texts = sorted({t for r in rows for f in c.fields for t in row_texts(r, f)})
+        text_emb = dict(zip(texts, self.aligner.embed_texts(texts))) if texts else {}
+        out: list[dict[str, Any]] = []
+        for row, emb in zip(rows, clip_emb):
+            vid = row["video_id"]
+            if not row.get("frames"):
+                out.append({"video_id": vid, "status": FAILED, "error": "score: no frames to embed"})
+                continue
+            if isinstance(emb, ItemError):
+                out.append({"video_id": vid, "status": FAILED, "error": f"score: {emb.reason}"})
+                continue
+            scores = {}
+            for f in c.fields:
+                ts = row_texts(row, f)
+                if ts:
+                    t = torch.nn.functional.normalize(torch.stack([text_emb[x] for x in ts]).mean(0), dim=0)
+                    scores[f"score_{f}"] = round(float(emb @ t), 5)
+            record = {
+                "video_id": vid,
+                "status": OK,
+                "error": None,
+                **scores,
+                "score_model": c.model,
+                EMBEDDING: encode_embedding(emb),
+                LENGTH: row.get("duration"),
+            }
+            s = scores.get(f"score_{c.filter_field}")
+            if c.min_similarity is not None and s is not None and s < c.min_similarity:
+                record.update(
+                    status=FILTERED,
+                    score_rule=RULE_MIN,
+                    error=f"score_{c.filter_field} {s:.4f} below score.min_similarity {c.min_similarity}",
+                )
+            out.append(record)
+        return self.rows_to_table(out)
+
+    # -- the run-wide pass, on the driver ------------------------------------------------------------
+    def reconcile(self) -> dict[str, int]:
+        self._reconciles += 1
+        if self._reconciles % 2:  # the runner's first call is before the plan: the rows are not all there
+            return {}
+        self._pass = apply_run_wide_rules(self.context.root, self.name, self.config)
+        log.info("[%s] run-wide rules: %s", self.name, self._pass)
+        return {}  # not repairs: the counts go into _SUCCESS.json (summary)
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_wide": self._pass} if self._pass else {}
+
+
+def _read_embeddings(uri: str, rows: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The embeddings of some rows of one part (row numbers within the part), with their global numbers."""
+    from contracts import manifest
+
+    col = manifest.read_part(uri, [EMBEDDING])[EMBEDDING]
+    blobs = col.take(pa.array(rows)).to_pylist()
+    return rows.astype(np.int64) + first, decode_embeddings(blobs)
+
+
+def _rewrite_part(
+    root: str, stage: str, uri: str, status: np.ndarray, error: np.ndarray, rule: np.ndarray
+) -> None:
+    """The part with new status, error and rule columns, under a new name (then the old one removed: a kill
+    between the two leaves two copies of its rows, which the next pass's ``manifest.dedupe`` folds)."""
+    from contracts import manifest
+
+    table = manifest.read_part(uri, manifest.read_schema(root, stage).names)
+    for name, values in (("status", status), ("error", error), ("score_rule", rule)):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), pa.array(list(values), pa.string()))
+    store.write_parquet(manifest.new_part_uri(root, stage), table)
+    store.remove(uri)
+
+
+def apply_run_wide_rules(root: str, stage: str, c: ScoreConfig) -> dict[str, int]:
+    """Percentile and near-duplicate rules over the whole manifest; rewrites only the parts whose rows change."""
+    from contracts import manifest
+
+    if not manifest.part_files(root, stage):
+        return {}
+    manifest.dedupe(root, stage)  # a pass killed between writing a part and removing its old copy
+    parts = manifest.part_files(root, stage)
+    score_col = f"score_{c.filter_field}"
+    cols = ["video_id", "status", "error", "score_rule", score_col, LENGTH]
+    tables = [manifest.read_part(uri, cols) for uri in parts]
+    t = pa.concat_tables(tables)
+    n = len(t)
+    firsts = np.cumsum([0] + [len(x) for x in tables])
+    status = np.array(t["status"].to_pylist(), dtype=object)
+    error = np.array(t["error"].to_pylist(), dtype=object)
+    rule = np.array(t["score_rule"].to_pylist(), dtype=object)
+    retaken = np.isin(rule, RUN_WIDE_RULES)
+    eligible = (status == OK) | retaken
+    new_status, new_error, new_rule = status.copy(), error.copy(), rule.copy()
+    new_status[retaken], new_error[retaken], new_rule[retaken] = OK, None, None
+    counts = {"percentile_filtered": 0, "near_duplicates": 0}
+
+    scores = t[score_col].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
+    if c.keep_percentile is not None and c.keep_percentile < 100:
+        scored = eligible & ~np.isnan(scores)
+        if scored.any():
+            cut = float(np.percentile(scores[scored], 100 - c.keep_percentile, method="lower"))
+            low = scored & (scores < cut)
+            new_status[low], new_rule[low] = FILTERED, RULE_PERCENTILE
+            for i in np.flatnonzero(low):
+                new_error[i] = (
+                    f"{score_col} {scores[i]:.4f} below {cut:.4f}, the run's {100 - c.keep_percentile:g}th "
+                    f"percentile (score.keep_percentile {c.keep_percentile:g})"
+                )
+            counts["percentile_filtered"] = int(low.sum())
+
+    if c.dedup:
+        candidates = np.flatnonzero(new_status == OK)
+        if len(candidates) > 1:
+            readers = []
+            for k, uri in enumerate(parts):
+                mine = candidates[(candidates >= firsts[k]) & (candidates < firsts[k + 1])] - firsts[k]
+                if len(mine):
+                    readers.append(partial(_read_embeddings, uri, mine, int(firsts[k])))
+            a, b, sims = find_pairs(readers, len(candidates), c.lsh())
+            ids = t["video_id"].to_pylist()
+            lengths = t[LENGTH].to_numpy(zero_copy_only=False).astype(np.float64)
+            dropped = choose_kept(a, b, sims, lambda i: (-np.nan_to_num(lengths[i], nan=0.0), ids[i]))
+            for i, (kept, s) in dropped.items():
+                new_status[i], new_rule[i] = FILTERED, RULE_NEAR_DUP
+                new_error[i] = (
+                    f"near-duplicate of {ids[kept]} (cosine {s:.4f} >= score.dedup_threshold {c.dedup_threshold:g})"
+                )
+            counts["near_duplicates"] = len(dropped)
+
+    for k, uri in enumerate(parts):
+        lo, hi = firsts[k], firsts[k + 1]
+        same = (
+            (new_status[lo:hi] == status[lo:hi]).all()
+            and (new_error[lo:hi] == error[lo:hi]).all()
+            and (new_rule[lo:hi] == rule[lo:hi]).all()
+        )
+        if not same:
+            _rewrite_part(root, stage, uri, new_status[lo:hi], new_error[lo:hi], new_rule[lo:hi])
+    counts["rows"] = n
+    return counts
