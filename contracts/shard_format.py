@@ -7,10 +7,15 @@ One WebDataset sample per video, keyed by ``video_id``::
     ir.0.jpg … ir.7.jpg       thermal infrared (8-bit single-channel JPEG)
     flac                      16 kHz mono audio (absent when the video has none)
     mp4                       the source video (optional)
+    txt                       one caption (UTF-8): ``shard.txt_field``, else the first of ``TXT_FALLBACK``
     json                      text and metadata (``JSON_FIELDS``)
 
-Beside each ``{name}.tar`` the writer puts ``{name}.parquet`` (one row per sample: key and text fields)
-and the shard directory gets a ``_SUCCESS.json`` with totals. A tar's name comes from the keys it holds
+``txt`` is what open_clip's and video2dataset's WebDataset loaders read as a sample's caption (their
+``"txt"`` key), so they read vidal tars unchanged; a sample with no text at all has no ``txt``.
+Beside each ``{name}.tar`` the writer puts ``{name}.parquet`` (one row per sample: key, url, status
+and the caption fields) and ``{name}_stats.json`` (``stats_name``: count, bytes, how many samples hold
+each member, as img2dataset and video2dataset write), and the shard directory gets a ``_SUCCESS.json``
+with totals. A tar's name comes from the keys it holds
 (``shard_name_for``), so a retried write lands on the same name; readers find tars by ``*.tar`` and
 the index beside each. Roots written before this scheme hold numbered tars (``00012.tar``); both
 forms are valid shard names. This module has no heavy imports so
@@ -37,6 +42,7 @@ FRAME_KEYS: dict[str, tuple[str, str]] = {
 AUDIO_KEY = "flac"
 VIDEO_KEY = "mp4"
 JSON_KEY = "json"
+TXT_KEY = "txt"
 
 # The JSON fields, named as in the released VIDAL-10M metadata.
 TEXT_FIELDS = ("raw", "mplug", "polish_mplug", "sound_mplug", "asr")
@@ -60,6 +66,10 @@ JSON_FIELDS = (
     "depth_kind",
     "models",
 )
+# ``txt``: the configured field, then these in order (the most polished caption first, the title last).
+TXT_FALLBACK = ("polish_mplug", "mplug", "raw", "title")
+TXT_FIELDS = (*TEXT_FIELDS, *LIST_TEXT_FIELDS, "title")  # the fields shard.txt_field may name
+STATS_SUFFIX = "_stats.json"
 MODEL_COLUMN_SUFFIX = "_model"  # a model stage writes f"{stage}_model" per row; the JSON's models map
 
 SHARD_NAME_DIGITS = 5
@@ -83,6 +93,23 @@ def shard_name_for(keys: list[str]) -> str:
     ``{name}.tar`` and their indexes ``{name}.parquet``."""
     digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
     return f"shard-{digest[:16]}"
+
+
+def stats_name(name: str) -> str:
+    """``shard-<hex>_stats.json``: the per-shard stats file beside ``{name}.tar``."""
+    return f"{name}{STATS_SUFFIX}"
+
+
+def sample_text(meta: dict[str, Any], field: str | None = None) -> str | None:
+    """The caption of a sample's ``txt`` member: ``field``, else the first non-empty of
+    ``TXT_FALLBACK``; a list field (``ofa``) gives its first caption. None when it has no text."""
+    for name in (field, *TXT_FALLBACK) if field else TXT_FALLBACK:
+        value = meta.get(name)
+        if isinstance(value, list):
+            value = next((v for v in value if isinstance(v, str) and v.strip()), None)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def is_valid_video_id(video_id: str) -> bool:

@@ -1,14 +1,16 @@
 """Shard stage: joins the ok rows of every stage run so far and writes WebDataset tars.
 
-Each tar holds whole samples in the format of ``contracts.shard_format``; beside it an index Parquet
-lists its keys and text fields. A tar is cut by sample count or by bytes, whichever comes first.
+Each tar holds whole samples in the format of ``contracts.shard_format``, a ``txt`` caption among them
+(``shard.txt_field``, then the format's fallback order) for the loaders that read ``txt``; beside it
+an index Parquet lists its keys, urls, statuses and text fields, and a ``_stats.json`` its counts. A
+tar is cut by sample count or by bytes, whichever comes first.
 
 Every side effect here is safe to repeat, because Ray retries batches and restarts actors on its own
 and drivers get killed. A batch's rows are sorted by ``video_id`` and cut into tars deterministically,
 and each tar is named from the ids it holds (``shard_format.shard_name_for``): a retried batch writes
 the very same names over themselves, never new ones. A tar is committed by appearing: its index is
 written first, then the tar (atomically), so a tar always has its index and a lone index is an
-uncommitted leftover. Before writing, and again after, the writer checks that its run still holds the
+uncommitted leftover (the stats file is written with the index, before the tar). Before writing, and again after, the writer checks that its run still holds the
 root's lock (``contracts.lock``): the orphaned actors of a killed driver cannot publish once another
 driver took over, and what they published just before is withdrawn. At the start and the end of the
 stage the driver reconciles the tars with the manifest (``stages.shards.reconcile``): leftovers
@@ -27,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from contracts import lock, store
 from contracts import shard_format as fmt
@@ -38,6 +40,8 @@ SHARD_RE = re.compile(rf"^({fmt.SHARD_NAME_PATTERN})\.tar$")
 INDEX_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
+        ("url", pa.string()),
+        ("status", pa.string()),
         ("title", pa.string()),
         ("raw", pa.string()),
         ("ofa", pa.list_(pa.string())),
@@ -45,6 +49,7 @@ INDEX_SCHEMA = pa.schema(
         ("polish_mplug", pa.string()),
         ("sound_mplug", pa.string()),
         ("asr", pa.string()),
+        ("txt", pa.string()),
         ("has_audio", pa.bool_()),
         ("has_depth", pa.bool_()),
         ("has_ir", pa.bool_()),
@@ -61,6 +66,18 @@ class ShardConfig(StageConfig):
     max_shard_bytes: int = Field(1 << 30, ge=1 << 16, description="a tar is cut before passing this size")
     include_video: bool = Field(False, description="also store the source mp4 in each sample")
     require_complete: bool = Field(True, description="only videos ok in every stage run so far")
+    txt_field: str = Field(
+        "polish_mplug",
+        description=f"caption of each sample's txt member, one of {', '.join(fmt.TXT_FIELDS)}; "
+        f"a sample without it falls back to {' -> '.join(fmt.TXT_FALLBACK)}",
+    )
+
+    @field_validator("txt_field")
+    @classmethod
+    def _known_field(cls, v: str) -> str:
+        if v not in fmt.TXT_FIELDS:
+            raise ValueError(f"unknown text field {v!r}; choose one of {', '.join(fmt.TXT_FIELDS)}")
+        return v
 
 
 class RunFenced(RuntimeError):
@@ -93,7 +110,12 @@ def raw_text(row: dict[str, Any]) -> str | None:
     return text or None
 
 
-def sample_files(row: dict[str, Any], include_video: bool) -> dict[str, bytes]:
+def sample_url(row: dict[str, Any]) -> str | None:
+    """Where the video came from: its URL, or a local input's path as a ``file://`` URL."""
+    return row.get("url") or (f"file://{row['path']}" if row.get("path") else None)
+
+
+def sample_files(row: dict[str, Any], include_video: bool, txt_field: str | None = None) -> dict[str, bytes]:
     """The tar members (suffix -> bytes) of one video's sample."""
     files: dict[str, bytes] = {}
     for modality, column in (("rgb", "frames"), ("depth", "depth"), ("ir", "ir")):
@@ -108,12 +130,9 @@ def sample_files(row: dict[str, Any], include_video: bool) -> dict[str, bytes]:
         for k, v in row.items()
         if k.endswith(fmt.MODEL_COLUMN_SUFFIX) and v
     }
-    meta = {
-        **row,
-        "raw": raw_text(row),
-        "models": models,
-        "url": row.get("url") or (f"file://{row['path']}" if row.get("path") else None),
-    }
+    meta = {**row, "raw": raw_text(row), "models": models, "url": sample_url(row)}
+    if (text := fmt.sample_text(meta, txt_field)) is not None:
+        files[fmt.TXT_KEY] = text.encode("utf-8")
     files[fmt.JSON_KEY] = fmt.encode_json(meta)
     return files
 
@@ -146,6 +165,8 @@ def read_tar_samples(uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 def index_row(key: str, row: dict[str, Any], files: dict[str, bytes], nbytes: int) -> dict[str, Any]:
     return {
         "key": key,
+        "url": sample_url(row),
+        "status": OK,
         "title": row.get("title"),
         "raw": raw_text(row),
         "ofa": row.get("ofa"),
@@ -153,11 +174,24 @@ def index_row(key: str, row: dict[str, Any], files: dict[str, bytes], nbytes: in
         "polish_mplug": row.get("polish_mplug"),
         "sound_mplug": row.get("sound_mplug"),
         "asr": row.get("asr"),
+        "txt": files[fmt.TXT_KEY].decode("utf-8") if fmt.TXT_KEY in files else None,
         "has_audio": fmt.AUDIO_KEY in files,
         "has_depth": fmt.frame_key("depth", 0) in files,
         "has_ir": fmt.frame_key("ir", 0) in files,
         "bytes": nbytes,
     }
+
+
+def shard_stats(name: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> dict[str, Any]:
+    """The ``{name}_stats.json`` of a tar: samples, member bytes, and how many samples hold each member
+    (frames counted once per modality: ``rgb``, ``depth``, ``ir``). The same bytes on every retry."""
+    count, nbytes, fields = 0, 0, {}
+    for _, files in samples:
+        count += 1
+        nbytes += sum(len(data) for data in files.values())
+        for group in {suffix.split(".", 1)[0] for suffix in files}:
+            fields[group] = fields.get(group, 0) + 1
+    return {"shard": name, "count": count, "bytes": nbytes, "fields": dict(sorted(fields.items()))}
 
 
 def commit_shard(
@@ -166,17 +200,21 @@ def commit_shard(
     """Publish one tar and its index under the name of its keys; returns the name. Safe to repeat."""
     name = fmt.shard_name_for([k for k, _ in samples])
     tar_uri, index_uri = store.join(shard_dir, f"{name}.tar"), store.join(shard_dir, f"{name}.parquet")
+    stats_uri = store.join(shard_dir, fmt.stats_name(name))
     if not lock.holds(root, token):
         raise RunFenced(f"shard {name}: this run no longer holds the lock on {root}; not publishing")
     store.write_parquet(index_uri, index)
+    store.write_json(stats_uri, shard_stats(name, samples))
     try:
         write_tar(tar_uri, samples)
     except BaseException:
         store.remove(index_uri)
+        store.remove(stats_uri)
         raise
     if not lock.holds(root, token):  # taken over while we wrote: withdraw, the new run does these rows
         store.remove(tar_uri)
         store.remove(index_uri)
+        store.remove(stats_uri)
         raise RunFenced(f"shard {name}: the lock on {root} was taken over while writing; withdrawn")
     return name
 
@@ -220,7 +258,9 @@ class ShardStage(Stage):
         current: list[dict[str, Any]] = []
         size = 0
         for r in self.rows(batch):
-            b = run_isolated(r["video_id"], lambda r=r: {"files": sample_files(r, c.include_video), "row": r})
+            b = run_isolated(
+                r["video_id"], lambda r=r: {"files": sample_files(r, c.include_video, c.txt_field), "row": r}
+            )
             if b["status"] != OK:
                 out.append(b)
                 continue

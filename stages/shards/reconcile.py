@@ -4,8 +4,8 @@ Called by the driver, holding the root's lock, at the start of the shard stage (
 what is done) and at its end (before ``_SUCCESS.json`` counts the shards). The tars are the truth of
 what the trainer will read, so the manifest follows them:
 
-- temp files, and an index without its tar (a write that never committed), are removed; so is a tar
-  without its index (older roots wrote the tar first): its rows are simply redone;
+- temp files, and an index or a stats file without its tar (a write that never committed), are
+  removed; so is a tar without its index (older roots wrote the tar first): its rows are simply redone;
 - a video held by two tars (a straggler of a killed run) stays in one, the one its manifest row names
   if any, else the first by name; the other tar is rewritten without it, under the name of what it
   keeps;
@@ -25,7 +25,15 @@ import pyarrow as pa
 from contracts import manifest, store
 from contracts import shard_format as fmt
 from contracts.status import OK
-from stages.shard import ShardStage, index_names, read_index, read_tar_samples, shard_names, write_tar
+from stages.shard import (
+    ShardStage,
+    index_names,
+    read_index,
+    read_tar_samples,
+    shard_names,
+    shard_stats,
+    write_tar,
+)
 
 
 def _rewrite_without(shard_dir: str, name: str, drop: set[str]) -> str | None:
@@ -36,11 +44,16 @@ def _rewrite_without(shard_dir: str, name: str, drop: set[str]) -> str | None:
     new = fmt.shard_name_for(kept["key"].to_pylist()) if len(kept) else None
     old_tar = store.join(shard_dir, f"{name}.tar")
     if new is not None:
+
+        def kept_samples():
+            return ((k, files) for k, files in read_tar_samples(old_tar) if k not in drop)
+
         store.write_parquet(store.join(shard_dir, f"{new}.parquet"), kept)
-        samples = ((k, files) for k, files in read_tar_samples(old_tar) if k not in drop)
-        write_tar(store.join(shard_dir, f"{new}.tar"), samples)
+        store.write_json(store.join(shard_dir, fmt.stats_name(new)), shard_stats(new, kept_samples()))
+        write_tar(store.join(shard_dir, f"{new}.tar"), kept_samples())
     store.remove(old_tar)
     store.remove(store.join(shard_dir, f"{name}.parquet"))
+    store.remove(store.join(shard_dir, fmt.stats_name(name)))
     return new
 
 
@@ -54,6 +67,10 @@ def reconcile(root: str, stage: str = "shard") -> dict[str, int]:
     for name in tars - indexes:
         store.remove(store.join(shard_dir, f"{name}.tar"))
     counts["leftovers_removed"] += len(indexes ^ tars)
+    for uri in store.list_files(shard_dir, suffix=fmt.STATS_SUFFIX):
+        if uri.rsplit("/", 1)[1][: -len(fmt.STATS_SUFFIX)] not in tars & indexes:
+            store.remove(uri)
+            counts["leftovers_removed"] += 1
 
     rows = (
         manifest.read_columns(root, stage, ["video_id", "status", "shard"])
