@@ -64,6 +64,9 @@ JSON_FIELDS = (
     "height",
     "license",
     "depth_kind",
+    "parent_id",  # with the clip stage: the video a clip was cut from, and the clip's span in it (s)
+    "start",
+    "end",
     "models",
 )
 # ``txt``: the configured field, then these in order (the most polished caption first, the title last).

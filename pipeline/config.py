@@ -31,6 +31,7 @@ class DemoMediaConfig(BaseModel):
     seconds: float = Field(2.0, gt=0)
     size: tuple[int, int] = (320, 240)
     fps: int = Field(15, ge=1)
+    long_videos: int = Field(0, ge=0, description="longer videos with scene cuts, for the clip stage")
 
 
 class RunConfig(BaseModel):

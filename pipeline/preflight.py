@@ -159,3 +159,32 @@ def check_inputs(discover: Any, from_cli: bool) -> None:
         found = store.exists(terms) if store.is_remote(terms) else resolve_manifest_path(terms).is_file()
         if not found:
             raise UserError(f"discover.search_terms: {terms}: no such file")
+
+
+def check_clip_durations(config: Any, stages: list[str]) -> None:
+    """With ``clip`` in ``run.stages``, probe must let through the long videos clip is meant to split:
+    ``probe.max_duration`` null, or above ``clip.max_duration`` and at least the caps of discover and
+    download (null there: no cap, so probe's must be null too). Checked when probe or clip runs."""
+    if "clip" not in config.run.stages or not {"probe", "clip"} & set(stages):
+        return
+    probe_max, clip_max = config.probe.max_duration, config.clip.max_duration
+    if probe_max is None:
+        return
+    if probe_max <= clip_max:
+        raise UserError(
+            f"probe.max_duration={probe_max:g} is not above clip.max_duration={clip_max:g}: probe would "
+            f"filter every video the clip stage splits; set probe.max_duration to null (or the longest "
+            f"video worth splitting)"
+        )
+    caps = {
+        "discover.max_duration": config.discover.max_duration,
+        "download.max_duration": config.download.max_duration,
+    }
+    limit = min((c for c in caps.values() if c is not None), default=None)
+    if limit is None or probe_max < limit:
+        shown = ", ".join(f"{k}={'null' if v is None else f'{v:g}'}" for k, v in caps.items())
+        raise UserError(
+            f"probe.max_duration={probe_max:g} is below what {shown} let through: probe would filter "
+            f"long videos the clip stage is meant to split; set probe.max_duration to "
+            f"{'null' if limit is None else f'{limit:g} or null'}, or lower those caps to match"
+        )

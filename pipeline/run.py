@@ -136,6 +136,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
 
     stages = select_stages(config, args.stage, args.until)
     preflight.check_root(config.run.root)
+    preflight.check_clip_durations(config, stages)
     if "discover" not in stages:
         return config, stages
     given = args.add_input or ([args.input] if args.input else [])
@@ -171,6 +172,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
             fps=demo.fps,
             size=tuple(demo.size),
             as_urls=True,
+            long_videos=demo.long_videos,
         )
         config.discover.inputs = [*config.discover.inputs, str(demo_list)]  # beside any list added to it
     if current and (remembered is None or added):

@@ -158,6 +158,62 @@ def make_clip(
     encode_video(path, frames, fps, sound, gop=gop)
 
 
+def scene_frames(
+    concept: Concept, *, n_frames: int, size: tuple[int, int], seed: int, still: bool
+) -> np.ndarray:
+    """One scene of a long video: the concept over a background tinted by ``seed``, so that neighbouring
+    scenes differ as a cut does; ``still`` holds the first frame (a slideshow's picture)."""
+    if still:
+        frames = render_frames(concept, n_frames=1, size=size, seed=seed).repeat(n_frames, axis=0)
+    else:
+        frames = render_frames(concept, n_frames=n_frames, size=size, seed=seed)
+    tint = np.random.default_rng(seed).integers(-40, 90, size=3)
+    return np.clip(frames.astype(np.int16) + tint, 0, 255).astype(np.uint8)
+
+
+def make_long_video(
+    path: str | Path,
+    concepts: list[Concept],
+    scene_seconds: list[float],
+    *,
+    fps: int = 15,
+    size: tuple[int, int] = (320, 240),
+    seed: int = 0,
+    still: bool = False,
+    audio: bool = True,
+) -> list[float]:
+    """A video of one scene per concept, hard cuts between them, each scene with its concept's tone;
+    ``still``: every scene a still picture (a slideshow with music). Returns the cut times (seconds)."""
+    lengths = [max(1, round(s * fps)) for s in scene_seconds]
+    frames = np.concatenate(
+        [
+            scene_frames(c, n_frames=n, size=size, seed=seed + i, still=still)
+            for i, (c, n) in enumerate(zip(concepts, lengths))
+        ]
+    )
+    sound = np.concatenate([tone(c, n / fps, 44_100) for c, n in zip(concepts, lengths)]) if audio else None
+    encode_video(path, frames, fps, sound)
+    return [float(t) / fps for t in np.cumsum(lengths)[:-1]]
+
+
+LONG_SCENES = ((3.0, 5.0, 9.0), (6.0, 6.0, 6.0), (4.0, 9.0, 5.0), (5.0, 3.0, 9.0))
+
+
+def long_demo_videos(count: int) -> list[tuple[str, list[Concept], list[float], bool]]:
+    """(slug, scene concepts, scene lengths, still) of the demo's long videos: ``count`` of them, every
+    fourth a slideshow of still pictures (what ``clip.min_motion`` filters), the others moving scenes;
+    three scenes of 3-9 s, 17-18 s in all (under VIDAL's 20 s cap, which the demo keeps), for a clip
+    stage whose ``max_duration`` is shorter than the longest scene: split at cuts and at the stride."""
+    out = []
+    rng = np.random.default_rng(7)
+    for k in range(count):
+        lengths = list(LONG_SCENES[k % len(LONG_SCENES)])
+        concepts = [CONCEPTS[int(i)] for i in rng.choice(len(CONCEPTS), size=len(lengths), replace=False)]
+        still = k % 4 == 3
+        out.append((f"{'slideshow' if still else 'compilation'}-{k}", concepts, lengths, still))
+    return out
+
+
 def make_demo_media(
     out_dir: str | Path,
     *,
@@ -166,16 +222,20 @@ def make_demo_media(
     fps: int = 15,
     size: tuple[int, int] = (320, 240),
     as_urls: bool = False,
+    long_videos: int = 0,
 ) -> Path:
     """Generate the demo clips once and a CSV list of them; returns the list's path.
 
     The list has ``path`` (or ``url`` as ``file://`` when ``as_urls``), ``title``, ``hashtags`` and
     ``description`` columns: the ``files`` input of the pipeline. Reuses clips made with the same
-    parameters.
+    parameters. ``long_videos`` adds that many longer videos with scene cuts (``long_demo_videos``)
+    for the clip stage.
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     params = {"per_concept": per_concept, "seconds": seconds, "fps": fps, "size": list(size), "v": 1}
+    if long_videos:
+        params["long_videos"] = long_videos
     list_path = out / ("videos_urls.csv" if as_urls else "videos.csv")
     stamp = out / "params.json"
     if list_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == params:
@@ -194,6 +254,19 @@ def make_demo_media(
                     "description": f"Synthetic clip {k} of {concept.title}.",
                 }
             )
+    for slug, concepts, lengths, still in long_demo_videos(long_videos):
+        video = out / f"{slug}.mp4"
+        if not video.exists() or not stamp.exists() or json.loads(stamp.read_text()) != params:
+            make_long_video(video, concepts, lengths, fps=fps, size=size, seed=500 + len(rows), still=still)
+        kind = "slideshow" if still else "compilation"
+        rows.append(
+            {
+                ("url" if as_urls else "path"): video.as_uri() if as_urls else str(video),
+                "title": f"{kind}: " + ", then ".join(c.title for c in concepts),
+                "hashtags": " ".join(f"#{t}" for t in [kind, *concepts[0].hashtags]),
+                "description": f"Synthetic {kind} of {len(concepts)} scenes, {sum(lengths):g} s.",
+            }
+        )
     stamp.write_text(json.dumps(params))
     with open(list_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -5,6 +5,11 @@ Each manifest part is read by one task. The upstream with the heaviest columns (
 streamed; when the other upstreams' columns fit in ``run.broadcast_join_mb`` they are put in the object
 store once and looked up block by block (no shuffle, so the first rows reach the stage at once);
 larger ones go through Ray Data's hash join.
+
+With ``clip`` in ``run.stages``, a stage after it reads clip rows: ``clip`` takes the place of ``probe``
+(its rows carry probe's columns, per clip), and the stages before clip (discover, download), whose rows
+are the parent videos, are joined on the clip's ``parent_id`` instead of ``video_id``; the clip's own id
+stays the row's ``video_id`` (see ``clip_plan``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel
@@ -23,7 +29,10 @@ from contracts.status import OK
 from stages import STAGE_ORDER
 from stages.base import Stage
 
-__all__ = ["StageInputError", "UpstreamInput", "cached", "upstream_input"]
+__all__ = ["StageInputError", "UpstreamInput", "cached", "clip_plan", "upstream_input"]
+
+CLIP = "clip"
+PARENT_KEY = "parent_id"
 
 
 class UpstreamInput(NamedTuple):
@@ -59,8 +68,11 @@ def _indexed(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
 
 def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> UpstreamInput:
     """The ok rows of the stage's upstream stages joined on video_id, with only the needed columns."""
-    present = [s for s in cls.upstream + cls.optional_upstream if manifest.has_output(root, s)]
+    present = [s for s in (*cls.upstream, *cls.optional_upstream, CLIP) if manifest.has_output(root, s)]
     required, optional = cls.plan_upstream(config, present)
+    required, optional, by_parent = clip_plan(
+        cls.name, config.run.stages, required, optional, CLIP in present
+    )
     missing = [s for s in required if s not in present]
     if missing:
         raise StageInputError(
@@ -80,10 +92,15 @@ def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> UpstreamIn
     plan: list[tuple[str, list[str], str]] = []
     for up in [*required, *optional]:
         wanted = [c for c, o in owner.items() if o == up]
+        if up == CLIP and by_parent and PARENT_KEY not in wanted:
+            wanted.append(PARENT_KEY)  # the key of the parent joins; dropped again unless the stage reads it
         if wanted or up in required:
             plan.append((up, wanted, "inner" if up in required else "left_outer"))
+    if by_parent:  # after the clip-keyed ones, so that the rows being joined already hold parent_id
+        plan.sort(key=lambda p: p[0] in by_parent)
+    drop = [PARENT_KEY] if by_parent and cls.reads is not None and PARENT_KEY not in cls.reads else []
     if len(plan) > 1 and config.run.broadcast_join_mb > 0:
-        joined = _broadcast_join(root, plan, config.run.broadcast_join_mb * 2**20)
+        joined = _broadcast_join(root, plan, config.run.broadcast_join_mb * 2**20, by_parent, drop)
         if joined is not None:
             return joined
     first_ids = manifest.read_columns(root, plan[0][0], ["video_id"], status=OK)["video_id"].combine_chunks()
@@ -95,14 +112,37 @@ def upstream_input(cls: type[Stage], config: BaseModel, root: str) -> UpstreamIn
     ds = None
     for up, cols, how in plan:
         part = _read_ok(root, up, cols)
+        key = "video_id"
+        if up in by_parent:
+            part, key = part.rename_columns({"video_id": PARENT_KEY}), PARENT_KEY
         ds = (
             part
             if ds is None
-            else ds.join(
-                part, join_type=how, on=("video_id",), num_partitions=max(1, min(16, n_rows // 5000 + 1))
-            )
+            else ds.join(part, join_type=how, on=(key,), num_partitions=max(1, min(16, n_rows // 5000 + 1)))
         )
+    if drop:
+        ds = ds.drop_columns(drop)
     return UpstreamInput(ds, n_rows, first_ids)
+
+
+def clip_plan(
+    stage: str, run_stages: list[str], required: list[str], optional: list[str], clip_present: bool
+) -> tuple[list[str], list[str], frozenset[str]]:
+    """(required, optional, joined by parent) for a stage: with ``clip`` in ``run.stages`` and its
+    output under the root, a stage after it reads ``clip`` where it would read ``probe``, and the
+    upstream stages before ``clip`` (their rows are whole videos) are joined on ``parent_id``. A stage
+    that reads such a stage but neither probe nor clip (enhance on captions) gets ``clip`` as a required
+    upstream for the key. A root where clip has not run reads probe, as VIDAL's recipe does."""
+    order = STAGE_ORDER.index
+    if CLIP not in run_stages or not clip_present or order(stage) <= order(CLIP):
+        return required, optional, frozenset()
+    required = list(dict.fromkeys(CLIP if s == "probe" else s for s in required))
+    optional = [s for s in dict.fromkeys(CLIP if s == "probe" else s for s in optional) if s not in required]
+    by_parent = frozenset(s for s in (*required, *optional) if order(s) < order(CLIP))
+    if by_parent and CLIP not in required:
+        optional = [s for s in optional if s != CLIP]
+        required = [CLIP, *required]
+    return required, optional, by_parent
 
 
 def _estimated_bytes(root: str, stage: str, columns: list[str], rows: int) -> float:
@@ -125,29 +165,56 @@ def _estimated_bytes(root: str, stage: str, columns: list[str], rows: int) -> fl
 
 
 def _broadcast_join(
-    root: str, plan: list[tuple[str, list[str], str]], limit_bytes: float
+    root: str,
+    plan: list[tuple[str, list[str], str]],
+    limit_bytes: float,
+    by_parent: frozenset[str] = frozenset(),
+    drop: list[str] | None = None,
 ) -> UpstreamInput | None:
     """Stream the upstream with the heaviest columns and look the others up in tables held in the object
-    store; no shuffle, so the first rows reach the stage at once. None when the others are too big."""
+    store; no shuffle, so the first rows reach the stage at once. None when the others are too big.
+    The stages in ``by_parent`` are looked up by the streamed row's ``parent_id``."""
     oks = {up: manifest.read_columns(root, up, ["video_id"], status=OK)["video_id"] for up, _, _ in plan}
     sizes = {up: _estimated_bytes(root, up, cols, len(oks[up])) for up, cols, _ in plan}
-    stream, stream_cols, _ = max((p for p in plan if p[2] == "inner"), key=lambda p: sizes[p[0]])
+    streamable = [p for p in plan if p[2] == "inner" and p[0] not in by_parent]
+    stream, stream_cols, _ = max(streamable, key=lambda p: sizes[p[0]])
     side = [p for p in plan if p[0] != stream]
     if sum(sizes[up] for up, _, _ in side) > limit_bytes:
         return None
     ids = set(oks[stream].to_pylist())
+    parents = _parents(root, plan, by_parent)
     for up, _, how in side:
-        if how == "inner":
+        if how == "inner" and up in by_parent:
+            have = set(oks[up].to_pylist())
+            ids = {v for v in ids if parents.get(v, v) in have}
+        elif how == "inner":
             ids &= set(oks[up].to_pylist())
     if not ids:
         return _NO_INPUT
     lookups = [
-        (ray.put(manifest.read_columns(root, up, ["video_id", *cols], status=OK)), how)
+        (
+            ray.put(manifest.read_columns(root, up, ["video_id", *cols], status=OK)),
+            how,
+            PARENT_KEY if up in by_parent else "video_id",
+        )
         for up, cols, how in side
     ]
     ds = _read_ok(root, stream, stream_cols)
-    ds = ds.map_batches(_lookup_join, batch_format="pyarrow", batch_size=None, fn_kwargs={"lookups": lookups})
+    ds = ds.map_batches(
+        _lookup_join,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={"lookups": lookups, "drop": drop or []},
+    )
     return UpstreamInput(ds, len(ids), pa.array(list(ids), pa.string()))
+
+
+def _parents(root: str, plan: list[tuple[str, list[str], str]], by_parent: frozenset[str]) -> dict[str, str]:
+    """Clip id -> parent id, read on the driver when an inner join by parent has to count the rows."""
+    if not any(up in by_parent and how == "inner" for up, _, how in plan):
+        return {}
+    t = manifest.read_columns(root, CLIP, ["video_id", PARENT_KEY], status=OK)
+    return dict(zip(t["video_id"].to_pylist(), t[PARENT_KEY].to_pylist()))
 
 
 def _read_ok(root: str, stage: str, columns: list[str]) -> ray.data.Dataset:
@@ -166,15 +233,18 @@ def _read_ok_rows(items: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
         yield manifest.read_part(uri, columns, status=OK)
 
 
-def _lookup_join(batch: pa.Table, lookups: list[tuple[Any, str]]) -> pa.Table:
-    """Join a streamed block with broadcast upstream tables on video_id (inner or left outer)."""
-    indexed = cached(_LOOKUPS, [ref for ref, _ in lookups], _indexed)
-    for (table, index), (_, how) in zip(indexed, lookups):
-        rows = pa.array([index.get(v) for v in batch["video_id"].to_pylist()], pa.int64())
+def _lookup_join(batch: pa.Table, lookups: list[tuple[Any, str, str]], drop: list[str] = ()) -> pa.Table:
+    """Join a streamed block with broadcast upstream tables (inner or left outer) on the block's
+    ``video_id``, or its ``parent_id`` for a table of parent videos (a row that was not split is its
+    own parent)."""
+    indexed = cached(_LOOKUPS, [ref for ref, _, _ in lookups], _indexed)
+    for (table, index), (_, how, key) in zip(indexed, lookups):
+        keys = batch["video_id"] if key == "video_id" else pc.coalesce(batch[key], batch["video_id"])
+        rows = pa.array([index.get(v) for v in keys.to_pylist()], pa.int64())
         if how == "inner":
             keep = rows.is_valid()
             batch, rows = batch.filter(keep), rows.filter(keep)
         found = table.drop_columns(["video_id"]).take(rows)  # a null index gives a null row (left outer)
         for name in found.column_names:
             batch = batch.append_column(table.schema.field(name), found[name])
-    return batch
+    return batch.drop_columns([c for c in drop if c in batch.column_names])
