@@ -234,7 +234,7 @@ def test_ytdlp_own_refusal_of_file_urls_is_put_in_words(server, tmp_path):
     with pytest.raises(Exception) as e:
         dl.download(clip.as_uri(), str(tmp_path))
     assert isinstance(e.value, DownloadFailed) and e.value.status == "failed" and not e.value.retryable
-    assert str(e.value) == "file:// URLs are disabled; set download.allow_file_urls: true"
+    assert str(e.value) == "file:// URLs are disabled; set download.allow_file_urls: true to read local files"
 
 
 def test_local_paths_pass_through(server, tmp_path):

@@ -94,7 +94,10 @@ KNOWN_MESSAGES = (
     ("unsupported url", "no video found at this URL (no extractor and no embedded video)"),
     ("no video formats found", "no video found on the page"),
     ("js runtime", "yt-dlp needs a JavaScript runtime for this site (see docs/crawl.md)"),
-    ("file:// urls are disabled", "file:// URLs are disabled; set download.allow_file_urls: true"),
+    (  # worded as contracts.video_ids.url_problem words it before any path is chosen
+        "file:// urls are disabled",
+        "file:// URLs are disabled; set download.allow_file_urls: true to read local files",
+    ),
 )
 
 
@@ -149,7 +152,9 @@ def _classify(e: BaseException, socket_timeout: float | None, received: int) -> 
         if isinstance(c, HTTPError):
             if 300 <= c.status < 400 or getattr(c, "redirect_loop", False):  # requests gave up following
                 return failures.redirect_loop(YTDLP_MAX_REDIRECTS)
-            retry_after = retry_after_seconds(c.response.headers.get("Retry-After")) if c.response else 0.0
+            retry_after = (
+                retry_after_seconds(c.response.headers.get("Retry-After")) if c.response is not None else 0.0
+            )
             return failures.http_status(c.status, c.reason or "", retry_after)
     texts = [ANSI.sub("", str(c)).lower() for c in chain]
     for t in texts:  # the outermost message first: its causes are often more generic
