@@ -37,7 +37,7 @@ from contracts.encodings import encode_flac, encode_jpeg
 from contracts.shard_format import NUM_FRAMES, SAMPLE_RATE
 from contracts.status import FILTERED, OK
 from stages.base import RowError, RowFiltered, Stage, StageConfig, run_isolated
-from stages.media.decode import MediaError, _FrameConverter, _open, target_times
+from stages.media.decode import FrameConverter, MediaError, open_media, target_times
 from stages.media.scenes import ANALYSIS_SHORT_SIDE, CutDetector, MotionMeter
 from stages.probe import ProbeStage
 
@@ -142,7 +142,7 @@ def scan_video(
     source: Any, seg: _Segmenter, *, short_side: int, audio_rate: int, threads: int = 1
 ) -> tuple[list[Clip], np.ndarray | None, float]:
     """Decode once: clips from ``seg``, the whole audio track (int16 mono; ``audio_rate=0``: none) and its start."""
-    with _open(source) as container:
+    with open_media(source) as container:
         if not container.streams.video:
             raise MediaError("no video stream")
         vs = container.streams.video[0]
@@ -153,7 +153,7 @@ def scan_video(
             float(vs.time_base or 0) or 1.0 / fps
         )  # frames drained at the end carry no time base of their own
         every = max(1, int(fps // GRID_HZ))
-        small_of, full_of = _FrameConverter(ANALYSIS_SHORT_SIDE), _FrameConverter(short_side)
+        small_of, full_of = FrameConverter(ANALYSIS_SHORT_SIDE), FrameConverter(short_side)
         resampler = (
             av.AudioResampler(format="s16", layout="mono", rate=audio_rate, frame_size=audio_rate)
             if a_s

@@ -66,7 +66,7 @@ class ProbeStage(Stage):
                 num_frames=c.num_frames,
                 short_side=c.short_side,
                 audio_rate=c.audio_rate,
-                plan=c.planned_decode,
+                planned=c.planned_decode,
                 threads=c.decode_threads,
             )
         except FileNotFoundError:

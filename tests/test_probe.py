@@ -51,8 +51,8 @@ def test_planned_decode_equals_full_decode_and_decodes_less(tmp_path, threads):
     path = tmp_path / "gop.mp4"
     frames = render_frames(CONCEPTS[3], n_frames=150, size=(192, 128), seed=3)
     encode_video(path, frames, 30, gop=60)
-    planned = probe_file(str(path), plan=True, threads=threads)
-    full = probe_file(str(path), plan=False, threads=threads)
+    planned = probe_file(str(path), planned=True, threads=threads)
+    full = probe_file(str(path), planned=False, threads=threads)
     assert planned.frame_times == full.frame_times
     for a, b in zip(planned.frames, full.frames):
         assert np.array_equal(a, b)

@@ -12,11 +12,18 @@ per target decodes shared GOP prefixes again and is slower than decoding everyth
 Measured on 10 s 720p clips (bench/bench_probe.py --profile): holding a GOP's decoded frames until the
 GOP ended made the decoder allocate (and page-fault) a fresh buffer per picture, 80 ms per clip with a
 single keyframe, as much as the decoding itself; swscale's default slice threads cost 3-4 ms per frame.
+
+The plan and its execution are apart: ``plan_decode`` (which times, at which timestamps),
+``frames_for_targets`` (which frame of a GOP stands for each target) and ``packets_to_feed`` (which of a
+GOP's packets the decoder gets, and which of them it may drop) are pure functions of numbers, tested
+without a file; ``decode`` executes a plan on an open container.
 """
 
 from __future__ import annotations
 
 import io
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import av
@@ -43,13 +50,79 @@ class Probed:
     decoded_frames: int = 0  # how many pictures the decoder produced (for the benchmark)
 
 
+@dataclass(frozen=True)
+class StreamFacts:
+    """What the container says of its video stream before any decoding (``duration`` 0: unknown)."""
+
+    time_base: float | None  # seconds per timestamp unit
+    start: float  # seconds
+    duration: float  # seconds
+    fps: float
+    width: int  # as coded (before rotation)
+    height: int
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What to decode: the ``targets`` (seconds) and, for a ``sparse`` plan, their timestamps in the
+    stream's time base; a dense plan decodes every frame (and, with no targets, learns the duration
+    from the frames)."""
+
+    sparse: bool
+    targets: tuple[float, ...]
+    target_pts: tuple[int, ...] = ()
+
+
+# -- the plan: pure functions of numbers -------------------------------------------------------------
 def target_times(start: float, duration: float, n: int) -> list[float]:
     """Centres of n equal segments of the video: uniform coverage, never the very first/last frame."""
     return [start + (i + 0.5) * duration / n for i in range(n)]
 
 
+def plan_decode(facts: StreamFacts, num_frames: int, sparse: bool = True) -> DecodePlan:
+    """The plan for ``num_frames`` uniform frames: sparse when asked and the stream has a duration and
+    a time base (timestamps to aim at), else dense."""
+    known = facts.duration > 0
+    targets = tuple(target_times(facts.start, facts.duration, num_frames)) if known else ()
+    if not (sparse and known and facts.time_base):
+        return DecodePlan(False, targets)
+    return DecodePlan(True, targets, tuple(round(t / facts.time_base) for t in targets))
+
+
+def frames_for_targets(
+    gop_pts: Sequence[int], target_pts: Sequence[int], first: int, last_gop: bool = False
+) -> dict[int, int]:
+    """Target index -> pts of the frame kept for it (the first at or after the target), for the
+    targets from index ``first`` on that fall inside a GOP whose frames have ``gop_pts`` (any order);
+    the last GOP of the stream takes every target left (its last frame stands in past the end)."""
+    pts = sorted(gop_pts)
+    chosen: dict[int, int] = {}
+    i = first
+    while i < len(target_pts) and (target_pts[i] <= pts[-1] or last_gop):
+        chosen[i] = pts[min(bisect_left(pts, target_pts[i]), len(pts) - 1)]
+        i += 1
+    return chosen
+
+
+def packets_to_feed(gop_pts: Sequence[int], wanted: set[int], skip_nonref: bool) -> list[bool]:
+    """For a GOP's packets in decode order, the prefix the decoder gets (up to the last wanted frame),
+    each marked True where the decoder may drop the picture if nothing references it."""
+    end = max(i for i, p in enumerate(gop_pts) if p in wanted)
+    return [skip_nonref and p not in wanted for p in gop_pts[: end + 1]]
+
+
+def nearest_frames(times: Sequence[float], targets: Sequence[float]) -> list[int]:
+    """Index of the first frame at or after each target time (the last frame past the end)."""
+    return [min(bisect_left(times, t), len(times) - 1) for t in targets]
+
+
+# -- executing a plan --------------------------------------------------------------------------------
 def _display_size(w: int, h: int, rotation: int) -> tuple[int, int]:
     return (h, w) if rotation % 180 else (w, h)
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    return int(getattr(frame, "rotation", 0) or 0)
 
 
 # Decoders whose ``skip_frame = NONREF`` drops exactly the pictures no other picture references
@@ -57,7 +130,7 @@ def _display_size(w: int, h: int, rotation: int) -> tuple[int, int]:
 _SKIPS_NONREF = frozenset({"h264"})
 
 
-class _FrameConverter:
+class FrameConverter:
     """One swscale context for all kept frames of a file: full-size YUV to target-size RGB in one call.
 
     ``threads=1``: swscale's default (one slice thread per core) builds a thread pool per context and
@@ -73,7 +146,7 @@ class _FrameConverter:
         scale = self.short_side / min(w, h) if self.short_side else 1.0
         tw, th = max(2, round(w * scale)), max(2, round(h * scale))
         rgb = self.reformatter.reformat(frame, width=tw, height=th, format="rgb24", threads=1).to_ndarray()
-        rotation = int(getattr(frame, "rotation", 0) or 0)
+        rotation = _rotation(frame)
         # the display matrix rotates counter-clockwise by `rotation` degrees
         return np.ascontiguousarray(np.rot90(rgb, k=(rotation // 90) % 4)) if rotation % 360 else rgb
 
@@ -86,10 +159,10 @@ class _GopSampler:
     page-faulting) one per decoded picture of a long GOP.
     """
 
-    def __init__(self, stream, targets_pts: list[int], convert: _FrameConverter):
+    def __init__(self, stream, target_pts: Sequence[int], convert: FrameConverter):
         self.cc = stream.codec_context
         self.skip_nonref = self.cc.name in _SKIPS_NONREF
-        self.targets = targets_pts  # target timestamps in stream time base, ascending
+        self.targets = target_pts  # target timestamps in stream time base, ascending
         self.convert = convert
         self.next_target = 0
         self.gop: list[av.Packet] = []
@@ -103,51 +176,17 @@ class _GopSampler:
             self.finish_gop()
         self.gop.append(packet)
 
-    def _choose(self, gop: list[av.Packet], last: bool) -> dict[int, int]:
-        """Target index -> pts of its frame (the first at or after the target) for targets in this GOP."""
-        pts_sorted = sorted(p.pts for p in gop)
-        chosen: dict[int, int] = {}
-        while self.next_target < len(self.targets) and (
-            self.targets[self.next_target] <= pts_sorted[-1] or last
-        ):
-            idx = int(np.searchsorted(pts_sorted, self.targets[self.next_target]))
-            chosen[self.next_target] = pts_sorted[min(idx, len(pts_sorted) - 1)]
-            self.next_target += 1
-        return chosen
-
     def finish_gop(self, last: bool = False) -> None:
         gop, self.gop = self.gop, []
         if self.next_target >= len(self.targets) or not gop:
             return
-        chosen = self._choose(gop, last)
+        chosen = frames_for_targets([p.pts for p in gop], self.targets, self.next_target, last)
         if not chosen:
             return
+        self.next_target = max(chosen) + 1
         wanted = set(chosen.values())
-        end = max(i for i, p in enumerate(gop) if p.pts in wanted)
-        converted: dict[int, np.ndarray] = {}
-        latest: av.VideoFrame | None = None  # stands in for a wanted frame the decoder never output
-
-        def take(frames: list[av.VideoFrame]) -> None:
-            nonlocal latest
-            for f in frames:
-                self.decoded += 1
-                if f.pts in wanted and f.pts not in converted:
-                    converted[f.pts] = self.convert(f)
-                    self.rotation = int(getattr(f, "rotation", 0) or 0)
-                if latest is None or (f.pts or 0) > (latest.pts or 0):
-                    latest = f
-
-        skipping = False
-        for p in gop[: end + 1]:
-            # the decoder drops unreferenced pictures itself; a wanted one is decoded whatever it is
-            skip = self.skip_nonref and p.pts not in wanted
-            if skip != skipping:
-                self.cc.skip_frame = "NONREF" if skip else "DEFAULT"
-                skipping = skip
-            take(self.cc.decode(p))
-        take(self.cc.decode(None))
-        self.cc.skip_frame = "DEFAULT"
-        self.cc.flush_buffers()
+        skips = packets_to_feed([p.pts for p in gop], wanted, self.skip_nonref)
+        converted, latest = self._decode(gop, skips, wanted)
         for ti, pts in chosen.items():
             if pts not in converted:
                 if latest is None:
@@ -156,8 +195,39 @@ class _GopSampler:
                 converted.setdefault(pts, self.convert(latest))
             self.kept[ti], self.kept_pts[ti] = converted[pts], pts
 
+    def _decode(
+        self, gop: list[av.Packet], skips: list[bool], wanted: set[int]
+    ) -> tuple[dict[int, np.ndarray], av.VideoFrame | None]:
+        """Feed the GOP prefix, converting wanted frames as they come; (pts -> frame, the latest frame:
+        it stands in for a wanted frame the decoder never output)."""
+        converted: dict[int, np.ndarray] = {}
+        latest: av.VideoFrame | None = None
 
-def _open(source: str | io.IOBase) -> av.container.InputContainer:
+        def take(frames: list[av.VideoFrame]) -> None:
+            nonlocal latest
+            for f in frames:
+                self.decoded += 1
+                if f.pts in wanted and f.pts not in converted:
+                    converted[f.pts] = self.convert(f)
+                    self.rotation = _rotation(f)
+                if latest is None or (f.pts or 0) > (latest.pts or 0):
+                    latest = f
+
+        skipping = False
+        for p, skip in zip(gop, skips):
+            # the decoder drops unreferenced pictures itself; a wanted one is decoded whatever it is
+            if skip != skipping:
+                self.cc.skip_frame = "NONREF" if skip else "DEFAULT"
+                skipping = skip
+            take(self.cc.decode(p))
+        take(self.cc.decode(None))
+        self.cc.skip_frame = "DEFAULT"
+        self.cc.flush_buffers()
+        return converted, latest
+
+
+def open_media(source: str | io.IOBase) -> av.container.InputContainer:
+    """Open a media file or stream with PyAV; ``MediaError`` in words when it cannot be read."""
     try:
         return av.open(source, metadata_errors="ignore")
     except FileNotFoundError:
@@ -172,102 +242,142 @@ def _pts_seconds(pts: int | None, tb: float | None) -> float:
     return float(pts * tb) if tb and pts is not None else 0.0
 
 
+def stream_facts(container: av.container.InputContainer) -> StreamFacts:
+    """The video stream's facts from the header; ``MediaError`` without a video stream or frame size."""
+    if not container.streams.video:
+        kind = "audio-only file" if container.streams.audio else "no streams"
+        raise MediaError(f"no video stream ({kind})")
+    vs = container.streams.video[0]
+    tb = float(vs.time_base) if vs.time_base else None
+    w, h = vs.codec_context.width, vs.codec_context.height
+    if not w or not h:
+        raise MediaError("video stream has no frame size (corrupt header)")
+    return StreamFacts(
+        time_base=tb,
+        start=(vs.start_time or 0) * tb if tb else 0.0,
+        duration=(vs.duration * tb) if (vs.duration and tb) else (container.duration or 0) / 1e6,
+        fps=float(vs.average_rate or vs.guessed_rate or 0),
+        width=w,
+        height=h,
+    )
+
+
 def probe_file(
     source: str | io.IOBase,
     *,
     num_frames: int = 8,
     short_side: int = 256,
     audio_rate: int = 16_000,
-    plan: bool = True,
+    planned: bool = True,
     threads: int = 1,
 ) -> Probed:
     """Stream facts, ``num_frames`` RGB frames sampled uniformly, and mono audio at ``audio_rate``.
 
-    ``plan=False`` decodes every frame (the fallback for streams without usable timestamps or
+    ``planned=False`` decodes every frame (the fallback for streams without usable timestamps or
     keyframe flags). Raises ``MediaError`` with a reason in words for unusable files.
     """
-    with _open(source) as container:
-        if not container.streams.video:
-            kind = "audio-only file" if container.streams.audio else "no streams"
-            raise MediaError(f"no video stream ({kind})")
-        vs = container.streams.video[0]
-        vs.thread_count = threads
-        a_s = container.streams.audio[0] if container.streams.audio else None
-        tb = float(vs.time_base) if vs.time_base else None
-        start = (vs.start_time or 0) * tb if tb else 0.0
-        duration = (vs.duration * tb) if (vs.duration and tb) else (container.duration or 0) / 1e6
-        fps = float(vs.average_rate or vs.guessed_rate or 0)
-        w, h = vs.codec_context.width, vs.codec_context.height
-        if not w or not h:
-            raise MediaError("video stream has no frame size (corrupt header)")
-        if duration <= 0 or tb is None:
-            plan = False
-        targets = target_times(start, duration, num_frames) if duration > 0 else []
-        convert = _FrameConverter(short_side)
-        sampler = _GopSampler(vs, [round(t / tb) for t in targets], convert) if plan else None
-        all_frames: list[tuple[float, av.VideoFrame]] = []
-        audio_chunks: list[np.ndarray] = []
-        # one-second output frames: the same samples as one frame per input frame, 30x fewer arrays
-        resampler = (
-            av.AudioResampler(format="s16", layout="mono", rate=audio_rate, frame_size=audio_rate)
-            if a_s
-            else None
+    with open_media(source) as container:
+        facts = stream_facts(container)
+        container.streams.video[0].thread_count = threads
+        plan = plan_decode(facts, num_frames, sparse=planned)
+        return decode(
+            container, facts, plan, num_frames=num_frames, short_side=short_side, audio_rate=audio_rate
         )
-        try:
-            for packet in container.demux([vs, a_s] if a_s else [vs]):
-                if not packet.size:
-                    continue
-                if packet.stream is a_s:
-                    for af in a_s.codec_context.decode(packet):
-                        audio_chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(af)]
-                elif sampler is not None:
-                    if packet.pts is None:
-                        raise MediaError("packets without timestamps")
-                    sampler.add(packet)
-                else:
-                    all_frames += [(_pts_seconds(f.pts, tb), f) for f in vs.codec_context.decode(packet)]
-            if sampler is not None:
-                sampler.finish_gop(last=True)
-            else:
-                all_frames += [(_pts_seconds(f.pts, tb), f) for f in vs.codec_context.decode(None)]
-        except av.error.FFmpegError as e:
-            raise MediaError(f"decode error: {e}") from None
-        if resampler is not None and audio_chunks:
-            audio_chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
 
+
+def decode(
+    container: av.container.InputContainer,
+    facts: StreamFacts,
+    plan: DecodePlan,
+    *,
+    num_frames: int,
+    short_side: int,
+    audio_rate: int,
+) -> Probed:
+    """Execute ``plan`` on an open container: its frames converted to RGB at ``short_side``, and all
+    of the first audio stream as mono int16 at ``audio_rate``."""
+    vs = container.streams.video[0]
+    a_s = container.streams.audio[0] if container.streams.audio else None
+    convert = FrameConverter(short_side)
+    sampler = _GopSampler(vs, plan.target_pts, convert) if plan.sparse else None
+    all_frames, audio = _demux(container, vs, a_s, sampler, facts.time_base, audio_rate)
+    duration = facts.duration
+    if sampler is not None:
+        n = len(plan.targets)
+        if len(sampler.kept) < n:
+            raise MediaError(f"truncated: only {len(sampler.kept)} of {n} sample points decoded")
+        frames = [sampler.kept[i] for i in range(n)]
+        frame_times = [round(_pts_seconds(sampler.kept_pts[i], facts.time_base), 4) for i in range(n)]
+        rotation, decoded = sampler.rotation, sampler.decoded
+    else:
+        kept, duration = _pick_dense(all_frames, facts, plan, num_frames)
+        frames = [convert(f) for f in kept]
+        frame_times = [round(_pts_seconds(f.pts, facts.time_base), 4) for f in kept]
+        rotation, decoded = _rotation(kept[0]), len(all_frames)
+    dw, dh = _display_size(facts.width, facts.height, rotation)
+    return Probed(
+        duration=round(float(duration), 4),
+        fps=round(facts.fps, 4),
+        width=dw,
+        height=dh,
+        vcodec=vs.codec_context.name,
+        acodec=a_s.codec_context.name if a_s else None,
+        rotation=rotation,
+        frames=frames,
+        frame_times=frame_times,
+        audio=audio,
+        decoded_frames=decoded,
+    )
+
+
+def _demux(container, vs, a_s, sampler: _GopSampler | None, tb: float | None, audio_rate: int):
+    """One pass over the packets: audio decoded and resampled, video fed to the sampler (sparse) or
+    decoded whole (dense). Returns (the dense plan's (seconds, frame) list, the audio or None)."""
+    all_frames: list[tuple[float, av.VideoFrame]] = []
+    audio_chunks: list[np.ndarray] = []
+    # one-second output frames: the same samples as one frame per input frame, 30x fewer arrays
+    resampler = (
+        av.AudioResampler(format="s16", layout="mono", rate=audio_rate, frame_size=audio_rate)
+        if a_s
+        else None
+    )
+    try:
+        for packet in container.demux([vs, a_s] if a_s else [vs]):
+            if not packet.size:
+                continue
+            if packet.stream is a_s:
+                for af in a_s.codec_context.decode(packet):
+                    audio_chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(af)]
+            elif sampler is not None:
+                if packet.pts is None:
+                    raise MediaError("packets without timestamps")
+                sampler.add(packet)
+            else:
+                all_frames += [(_pts_seconds(f.pts, tb), f) for f in vs.codec_context.decode(packet)]
         if sampler is not None:
-            if len(sampler.kept) < len(targets):
-                raise MediaError(
-                    f"truncated: only {len(sampler.kept)} of {len(targets)} sample points decoded"
-                )
-            frames = [sampler.kept[i] for i in range(len(targets))]
-            frame_times = [round(_pts_seconds(sampler.kept_pts[i], tb), 4) for i in range(len(targets))]
-            rotation, decoded = sampler.rotation, sampler.decoded
+            sampler.finish_gop(last=True)
         else:
-            if not all_frames:
-                raise MediaError("no video frames could be decoded")
-            if duration <= 0:  # learn the duration from the frames themselves
-                t0, t1 = all_frames[0][0], all_frames[-1][0]
-                duration = max(t1 - t0, 1e-3) + (1 / fps if fps else 0)
-                targets = target_times(t0, duration, num_frames)
-            times = np.array([t for t, _ in all_frames])
-            if targets[-1] > times[-1] + 2.0 / max(fps, 1):
-                raise MediaError(f"truncated: frames end at {times[-1]:.2f}s of {start + duration:.2f}s")
-            kept = [all_frames[min(int(np.searchsorted(times, t)), len(times) - 1)][1] for t in targets]
-            frames = [convert(f) for f in kept]
-            frame_times = [round(_pts_seconds(f.pts, tb), 4) for f in kept]
-            rotation, decoded = int(getattr(kept[0], "rotation", 0) or 0), len(all_frames)
-        dw, dh = _display_size(w, h, rotation)
-        return Probed(
-            duration=round(float(duration), 4),
-            fps=round(fps, 4),
-            width=dw,
-            height=dh,
-            vcodec=vs.codec_context.name,
-            acodec=a_s.codec_context.name if a_s else None,
-            rotation=rotation,
-            frames=frames,
-            frame_times=frame_times,
-            audio=np.concatenate(audio_chunks).astype(np.int16) if audio_chunks else None,
-            decoded_frames=decoded,
-        )
+            all_frames += [(_pts_seconds(f.pts, tb), f) for f in vs.codec_context.decode(None)]
+    except av.error.FFmpegError as e:
+        raise MediaError(f"decode error: {e}") from None
+    if resampler is not None and audio_chunks:
+        audio_chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
+    audio = np.concatenate(audio_chunks).astype(np.int16) if audio_chunks else None
+    return all_frames, audio
+
+
+def _pick_dense(
+    all_frames: list[tuple[float, av.VideoFrame]], facts: StreamFacts, plan: DecodePlan, num_frames: int
+) -> tuple[list[av.VideoFrame], float]:
+    """The frames a dense plan keeps, and the duration (learnt from the frames when unknown)."""
+    if not all_frames:
+        raise MediaError("no video frames could be decoded")
+    duration, targets = facts.duration, plan.targets
+    if duration <= 0:  # learn the duration from the frames themselves
+        t0, t1 = all_frames[0][0], all_frames[-1][0]
+        duration = max(t1 - t0, 1e-3) + (1 / facts.fps if facts.fps else 0)
+        targets = tuple(target_times(t0, duration, num_frames))
+    times = [t for t, _ in all_frames]
+    if targets[-1] > times[-1] + 2.0 / max(facts.fps, 1):
+        raise MediaError(f"truncated: frames end at {times[-1]:.2f}s of {facts.start + duration:.2f}s")
+    return [all_frames[i][1] for i in nearest_frames(times, targets)], duration
