@@ -5,7 +5,9 @@ format selection); a direct ``.mp4`` link needs none of it. Here one ``requests`
 streams the body to a file while hashing it, with the checks a crawler running for days needs: a
 socket timeout between bytes (a stalled body fails instead of hanging), a wall-clock cap against
 slow-drip servers, a size cap before and during the transfer, a redirect cap, robots opt-outs, and a
-sniff of the first bytes so that an HTML page or an error text never passes for a video.
+sniff of the first bytes so that an HTML page or an error text never passes for a video. Each
+failure is a ``DownloadFailed`` from ``stages.web.failures`` and is retried by ``stages.web.retry``,
+exactly as on the yt-dlp path, so the manifest does not tell the two paths apart.
 """
 
 from __future__ import annotations
