@@ -1,27 +1,41 @@
-"""Resume state at scale (issue 19, the done-id part only): what the done-id structure costs per worker and
-how fast a batch is filtered against it, old (a ``frozenset`` built in every worker from a pickled list)
-against new (``pipeline.done_ids.DoneIds``: sorted 64-bit hashes plus the ids as one byte buffer, mapped
-zero-copy from the object store), at 1M and 3M synthetic ids, projected linearly to 10M.
+"""The control plane at scale (issue 19): what a stage costs on the driver before, around and after its data
+plane, at 1M and 3M synthetic manifest rows, projected linearly to VIDAL-10M's 10,076,613.
 
-    python bench/bench_scale.py                 # 1M and 3M
-    python bench/bench_scale.py --sizes 1000000
+    python bench/bench_scale.py resume  [--sizes 1000000 3000000]   # done-id structure, old set vs DoneIds
+    python bench/bench_scale.py control [--sizes ...] [--backend local s3]   # per-stage phases, one process each
+    python bench/bench_scale.py discover [--entries 1000000]         # the VIDAL-10M JSON reader, rows/s
+    python bench/bench_scale.py dedup   [--sizes 1000000 3000000]    # discover's dedup index, MiB per million
 
-Memory: old = RSS growth of unpickling the list and building the set (what each worker held); new = the
-arrays' bytes, and how many of the pickled bytes travel as out-of-band buffers (pickle protocol 5, what
-Ray's object store maps zero-copy, so one copy per node whatever its number of workers). Filter: batches of
-1024 ids, half done, median of the repeats. The load average is printed beside the figures.
+``control`` writes a manifest of N rows in the runner's parts (``run.rows_per_part`` 256; tiny columns:
+video_id, status, error, duration) on local disk or on the S3-compatible test server (moto, 127.0.0.1), and
+times on the driver what a stage start and end do over it: listing, every part's footer (the start-up
+check), the done ids read and ``DoneIds`` built, the upstream ok ids read (what the join plans from),
+``_SUCCESS`` totals, the duplicate check; then compaction (``run.compact_target_mb`` 128, eight threads
+standing in for the runner's Ray tasks) and the same phases over the compacted manifest, where
+``_parts.json`` answers the footers and totals. Each (size, backend) runs in its own process, so the
+driver's peak RSS (``ru_maxrss``) is that configuration's alone. ``resume``: old = RSS growth of
+unpickling a list and building a frozenset (what each worker held); new = the ``DoneIds`` arrays' bytes
+(the node's one shared copy) and the pickled bytes that travel out of band (zero-copy from the object
+store). The load average is printed beside every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import pickle
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -100,25 +114,248 @@ def measure(n: int, repeat: int) -> dict[str, float]:
     return r
 
 
+ROWS_PER_PART = 256
+COMPACT_MB = 128
+
+
+def load() -> str:
+    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def synthetic_part(ids: pa.Array, start: int) -> pa.Table:
+    n = len(ids)
+    failed = (np.arange(start, start + n) % 50) == 0  # 2% failed, with a reason
+    return pa.table(
+        {
+            "video_id": pa.array(["youtube-" + v for v in ids.to_pylist()], pa.string()),
+            "status": pa.array(np.where(failed, "failed", "ok").tolist(), pa.string()),
+            "error": pa.array([("download: HTTP Error 404" if f else None) for f in failed], pa.string()),
+            "duration": pa.array(np.linspace(1.0, 20.0, n)),
+        }
+    )
+
+
+def _timed(r: dict[str, Any], key: str, fn: Any) -> Any:
+    t = time.perf_counter()
+    out = fn()
+    r[key] = round(time.perf_counter() - t, 3)
+    return out
+
+
+def _storage(root: str) -> None:
+    from contracts import store
+
+    if root.startswith("s3://"):
+        from tests.s3server import S3Server
+
+        store.configure(S3Server(port=int(os.environ["VIDAL_BENCH_S3_PORT"])).storage())
+
+
+def write_manifest(n: int, root: str, stage: str = "probe") -> dict[str, Any]:
+    """The manifest a stage of n rows leaves: n / 256 parts, written by eight threads (many workers
+    write at once in a run). Its own process, so the phases' peak below is theirs alone."""
+    from contracts import manifest, store
+
+    _storage(root)
+    ids = synthetic_ids(n)
+
+    def write(i: int) -> None:
+        part = synthetic_part(ids.slice(i, ROWS_PER_PART), i)
+        store.write_parquet(manifest.new_part_uri(root, stage), part)
+
+    r: dict[str, Any] = {}
+    with ThreadPoolExecutor(8) as pool:
+        _timed(r, "write_parts_s", lambda: list(pool.map(write, range(0, n, ROWS_PER_PART))))
+    return r
+
+
+def control(n: int, root: str, stage: str = "probe") -> dict[str, Any]:
+    """Time each control-plane phase of a stage start and end over the manifest ``write_manifest`` left,
+    then compaction, then the same phases over the compacted manifest."""
+    from contracts import manifest
+    from contracts.status import OK
+
+    _storage(root)
+    r: dict[str, Any] = {"rows": n, "backend": root.split(":")[0] if ":" in root else "local"}
+    r["load_before"] = load()
+    base = peak_rss_mib()
+
+    def done_ids() -> None:
+        done = _timed(r, f"{tag}_done_ids_read_s", lambda: manifest.done_ids(root, stage))
+        built = _timed(r, f"{tag}_done_ids_build_s", lambda: DoneIds.build(done))
+        r["done_ids_node_mib"] = round(built.nbytes / MiB, 1)
+
+    for tag in ("before", "after"):
+        if tag == "after":
+            with ThreadPoolExecutor(8) as pool:  # the runner spreads the merges over Ray tasks
+                c = _timed(
+                    r,
+                    "compact_s",
+                    lambda: manifest.compact(
+                        root, stage, COMPACT_MB * MiB, lambda f, g: list(pool.map(f, g))
+                    ),
+                )
+            r["parts_after"] = c["parts_after"]
+        r[f"{tag}_parts"] = len(_timed(r, f"{tag}_list_s", lambda: manifest.part_sizes(root, stage)))
+        _timed(r, f"{tag}_footers_s", lambda: manifest.check_readable(root, stage))
+        done_ids()
+        _timed(
+            r, f"{tag}_upstream_ok_ids_s", lambda: manifest.read_columns(root, stage, ["video_id"], status=OK)
+        )
+        _timed(r, f"{tag}_success_totals_s", lambda: manifest.status_counts(root, stage))
+        _timed(r, f"{tag}_dedupe_check_s", lambda: manifest.dedupe(root, stage))
+        gc.collect()
+    r["driver_peak_mib"] = round(peak_rss_mib(), 1)
+    r["driver_peak_growth_mib"] = round(peak_rss_mib() - base, 1)
+    r["load_after"] = load()
+    return r
+
+
+def project(results: list[dict[str, Any]], keys: list[str], size_key: str = "rows") -> list[str]:
+    """Linear projection to TARGET from the two sizes, with the arithmetic shown."""
+    lo, hi = results[0], results[-1]
+    lines = []
+    for key in keys:
+        if key not in lo or key not in hi:
+            continue
+        slope = (hi[key] - lo[key]) / (hi[size_key] - lo[size_key])
+        proj = hi[key] + slope * (TARGET - hi[size_key])
+        lines.append(
+            f"  {key} at 10M: {hi[key]:g} + ({hi[key]:g} - {lo[key]:g}) / {(hi[size_key] - lo[size_key]) / 1e6:g}M "
+            f"x {(TARGET - hi[size_key]) / 1e6:.2f}M = {proj:.1f}"
+        )
+    return lines
+
+
+def _child(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{args}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_control(sizes: list[int], backends: list[str]) -> None:
+    for backend in backends:
+        server, tmp = None, tempfile.mkdtemp(prefix="vidal-bench-scale-")
+        if backend == "s3":
+            from tests.s3server import S3Server
+
+            server = S3Server().start()
+            os.environ["VIDAL_BENCH_S3_PORT"] = str(server.port)
+        results = []
+        for n in sizes:
+            root = f"{server.make_bucket('bench')}/scale-{n}" if server else f"{tmp}/scale-{n}"
+            written = _child("_write", str(n), root)
+            results.append({**_child("_control", str(n), root), **written})
+            print(json.dumps(results[-1]), flush=True)
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if len(results) >= 2:
+            keys = [k for k, v in results[-1].items() if k.endswith("_s") or k.endswith("_mib")]
+            print(f"{backend}: projected to {TARGET:,} rows", *project(results, keys), sep="\n", flush=True)
+
+
+def vidal_json(path: Path, n: int) -> None:
+    """A file in the released VIDAL-10M shape: one object, YouTube id -> captions (about 600 bytes each)."""
+    rng = np.random.default_rng(0)
+    alphabet = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", np.uint8)
+    caps = json.dumps([f" a dog on a beach, frame {j}" for j in range(8)])
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("{")
+        for i in range(n):
+            key = alphabet[rng.integers(0, 64, 11)].tobytes().decode()
+            out.write(
+                f'{"," if i else ""}\n "{key}": {{"folder": "coco_vat_{i % 50}", "mplug": "This video shows a '
+                f'dog running on a beach {i}.", "polish_mplug": "a dog running along a sunny beach", "ofa": '
+                f'{caps}, "sound_mplug": "waves crashing and a dog barking", "raw": "Dog at the beach {i} '
+                f'#dog #shorts"}}'
+            )
+        out.write("\n}\n")
+
+
+def discover(entries: int) -> dict[str, Any]:
+    """The VIDAL-10M reader alone (stream -> candidate rows), one process: rows/s and peak RSS."""
+    from stages.sources.vidal10m import read_vidal10m
+
+    tmp = Path(tempfile.mkdtemp(prefix="vidal-bench-json-"))
+    f = tmp / "vidal10m.json"
+    vidal_json(f, entries)
+    r: dict[str, Any] = {
+        "entries": entries,
+        "file_mb": round(f.stat().st_size / 1e6, 1),
+        "load_before": load(),
+    }
+    t = time.perf_counter()
+    rows = sum(len(b) for b in read_vidal10m(str(f)))
+    r["read_s"] = round(time.perf_counter() - t, 2)
+    r["rows_per_s"] = round(rows / r["read_s"])
+    r["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    r["load_after"] = load()
+    shutil.rmtree(tmp, ignore_errors=True)
+    assert rows == entries
+    return r
+
+
+def dedup(n: int) -> dict[str, Any]:
+    """Discover's run-wide dedup index (one actor's ``KeyIndex``): ids claimed in chunks of 2048."""
+    from stages.sources.dedup import KeyIndex, key_of
+
+    ids = ["youtube-" + v for v in synthetic_ids(n).to_pylist()]
+    gc.collect()
+    before = rss()
+    index = KeyIndex()
+    t = time.perf_counter()
+    for i in range(0, n, 2048):
+        index.claim([key_of(v) for v in ids[i : i + 2048]], f"vidal10m:0:{i // 2048}")
+    index._merge()
+    r = {"ids": n, "claim_s": round(time.perf_counter() - t, 2)}
+    r["arrays_mib"] = round((index.keys.nbytes + index.owners.nbytes) / MiB, 1)
+    r["rss_growth_mib"] = round((rss() - before) / MiB, 1)  # + the owner-name dict (one entry per chunk)
+    r["mib_per_million"] = round(r["rss_growth_mib"] / (n / 1e6), 1)
+    return r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "what",
+        nargs="?",
+        default="resume",
+        choices=["resume", "control", "discover", "dedup", "_write", "_control"],
+    )
+    p.add_argument("args", nargs="*")
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000])
+    p.add_argument("--backend", nargs="+", default=["local", "s3"], choices=["local", "s3"])
+    p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=5)
     a = p.parse_args()
-    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-    results = [measure(n, a.repeat) for n in a.sizes]
-    for r in results:
-        print({k: round(v, 3) for k, v in r.items()})
-    if len(results) >= 2:
-        lo, hi = results[0], results[-1]
-        for key in ("old_worker_mib", "new_shared_mib", "old_build_s", "new_build_s"):
-            slope = (hi[key] - lo[key]) / (hi["ids"] - lo["ids"])
-            proj = hi[key] + slope * (TARGET - hi["ids"])
-            print(
-                f"{key} at 10M: {hi[key]:.1f} + ({hi[key]:.1f} - {lo[key]:.1f}) / {(hi['ids'] - lo['ids']) / 1e6:g}M "
-                f"x {(TARGET - hi['ids']) / 1e6:.2f}M = {proj:.1f}"
-            )
-    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    if a.what in ("_write", "_control"):  # one configuration, in its own process (see run_control)
+        print(json.dumps((write_manifest if a.what == "_write" else control)(int(a.args[0]), a.args[1])))
+        return
+    print("load average before:", load(), flush=True)
+    if a.what == "control":
+        run_control(a.sizes, a.backend)
+    elif a.what == "discover":
+        print(json.dumps(discover(a.entries)))
+    elif a.what == "dedup":
+        results = [dedup(n) for n in a.sizes]
+        for r in results:
+            print(json.dumps(r))
+        if len(results) >= 2:
+            print(*project(results, ["arrays_mib", "rss_growth_mib", "claim_s"], "ids"), sep="\n")
+    else:
+        results = [measure(n, a.repeat) for n in a.sizes]
+        for r in results:
+            print({k: round(v, 3) for k, v in r.items()})
+        if len(results) >= 2:
+            keys = ["old_worker_mib", "new_shared_mib", "old_build_s", "new_build_s"]
+            print(*project(results, keys, "ids"), sep="\n")
+    print("load average after:", load())
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -42,6 +43,7 @@ PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 SUCCESS = "_SUCCESS.json"
 STATS = "_parts.json"  # per-part statistics: {"parts": {name: {bytes, rows, ok, failed, filtered, columns}}}
 JOURNAL_PREFIX = "_compact-"
+READERS = 16  # parts the driver reads at once
 
 
 class StageInputError(RuntimeError):
@@ -96,9 +98,18 @@ def read_part(uri: str, columns: list[str], status: str | None = None) -> pa.Tab
     return t.select(columns)
 
 
+def _each_part(fn: Callable[[str], Any], uris: list[str]) -> list[Any]:
+    """``fn`` over parts, ``READERS`` at once: on an object store each part is a request whose latency,
+    not bandwidth, bounds a driver that reads thousands of them one by one."""
+    if len(uris) <= 1:
+        return [fn(u) for u in uris]
+    with ThreadPoolExecutor(READERS) as pool:
+        return list(pool.map(fn, uris))
+
+
 def read_columns(root: str, stage: str, columns: list[str], status: str | None = None) -> pa.Table:
     """Read some columns of all parts of a stage on the driver (small columns only), optionally one status."""
-    tables = [read_part(uri, columns, status) for uri in part_files(root, stage)]
+    tables = _each_part(lambda uri: read_part(uri, columns, status), part_files(root, stage))
     if not tables:
         return pa.table({c: pa.array([], pa.string()) for c in columns})
     return pa.concat_tables(tables, promote_options="permissive")
@@ -109,9 +120,8 @@ def check_readable(root: str, stage: str) -> None:
     whole when its statistics were taken, and of the same size now), so that a cut-short part fails here,
     on the driver, naming the file, rather than in a worker mid-stage."""
     known = _read_stats(root, stage)
-    for name, size in part_sizes(root, stage).items():
-        if known.get(name, {}).get("bytes") != size:
-            _footer(store.join(stage_dir(root, stage), name))
+    unknown = [n for n, size in part_sizes(root, stage).items() if known.get(n, {}).get("bytes") != size]
+    _each_part(_footer, [store.join(stage_dir(root, stage), n) for n in unknown])
 
 
 def _footer(uri: str) -> pq.FileMetaData:
@@ -304,9 +314,9 @@ def part_stats(
         name: known[name] if known.get(name, {}).get("bytes") == size else None
         for name, size in sizes.items()
     }
-    for name, entry in stats.items():
-        if entry is None:
-            stats[name] = _stats_of(store.join(stage_dir(root, stage), name), sizes[name])
+    missing = [name for name, entry in stats.items() if entry is None]
+    read = _each_part(lambda n: _stats_of(store.join(stage_dir(root, stage), n), sizes[n]), missing)
+    stats.update(zip(missing, read))
     if write and (stats != saved or not store.exists(store.join(stage_dir(root, stage), STATS))):
         store.write_json(store.join(stage_dir(root, stage), STATS), {"parts": stats})
     return stats
