@@ -1,7 +1,7 @@
 """WebDataset loader over the pipeline's shards (``contracts.shard_format``), for training and evaluation.
 
 One ``ShardStream`` per rank, read by a ``torch`` DataLoader whose workers open the tars, shuffle,
-decode (``model.preprocess``) and batch, so the training process only receives tensors:
+decode (``model.samples``) and batch, so the training process only receives tensors:
 
 - shards: a path, directory or prefix, glob, brace pattern (``runs/x/shard/{00000..00009}.tar``),
   ``::``-joined list, or URLs (``s3://``/``gs://`` through ``contracts.store``, ``http(s)://``,
@@ -23,7 +23,6 @@ decode (``model.preprocess``) and batch, so the training process only receives t
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -36,11 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from contracts.shard_format import AUDIO_KEY, JSON_KEY, frames_of
-
-# Imported here, not in the workers: forked DataLoader workers inherit it instead of importing anew
-# (torchvision and PyAV take seconds) at every epoch.
-from model.preprocess import preprocess
+from contracts.shard_format import frames_of  # noqa: F401 (tests/test_eval's import)
+from model.samples import FRAME_MODALITY, collate, decode_sample
 from model.shard_list import (  # noqa: F401 (the trainer's and eval's imports)
     Split,
     assign_shards,
@@ -51,12 +47,10 @@ from model.shard_list import (  # noqa: F401 (the trainer's and eval's imports)
     open_shard,
     shard_counts,
 )
-from model.text_choice import TEXT_FIELDS, NoText, choose_text, frame_for
+from model.text_choice import TEXT_FIELDS, NoText
 
 log = logging.getLogger(__name__)
 
-# Model modality -> the shard's frame prefix (``audio`` is the ``flac`` member).
-FRAME_MODALITY = {"video": "rgb", "depth": "depth", "infrared": "ir"}
 MAX_WARNINGS = 5  # per worker and epoch: the count keeps going, the log does not
 
 
@@ -130,77 +124,6 @@ class DataConfig(BaseModel):
         if v not in TEXT_FIELDS:
             raise ValueError(f"unknown text field {v!r}; choose from {list(TEXT_FIELDS)}")
         return v
-
-
-# -- decoding ---------------------------------------------------------------------------------
-def modality_source(sample: dict[str, Any], modality: str, frame: int) -> Any:
-    """The shard bytes one tower needs: all RGB frames, the FLAC, or one depth / IR frame; None if absent."""
-    if modality == "audio":
-        return sample.get(AUDIO_KEY)
-    frames = frames_of(sample, FRAME_MODALITY[modality])
-    if not frames:
-        return None
-    return frames if modality == "video" else frames[min(frame, len(frames) - 1)]
-
-
-def decode_sample(
-    sample: dict[str, Any],
-    cfg: DataConfig,
-    sizes: dict[str, dict[str, Any]],
-    *,
-    train: bool,
-    seed: int,
-    epoch: int,
-    label_field: str | None = None,
-) -> dict[str, Any]:
-    """One undecoded shard sample -> ``{"key", "text", modality: tensor, ...}``; ``NoText`` when filtered.
-
-    ``label_field``: also copy that JSON field (lists joined) as ``label``, for classification.
-    """
-    key = sample["__key__"]
-    meta = json.loads(sample[JSON_KEY])
-    rng = random.Random(f"{seed}:{epoch}:{key}")  # the same choices whichever worker decodes it
-    text, ofa_index = choose_text(meta, cfg.text_field, rng, train=train, mix=cfg.mix)
-    frame = frame_for(ofa_index, rng, train)
-    generator = torch.Generator().manual_seed(rng.getrandbits(63))
-    out: dict[str, Any] = {"key": key, "text": text}
-    if label_field:
-        value = meta.get(label_field)
-        out["label"] = " ".join(map(str, value)) if isinstance(value, list) else str(value or "")
-    for m in cfg.modalities:
-        source = modality_source(sample, m, frame)
-        if source is not None:
-            out[m] = preprocess(m, source, **sizes[m], train=train and cfg.augment, generator=generator)
-    if not any(m in out for m in cfg.modalities):
-        raise NoText(f"{key}: none of {cfg.modalities} in the sample")
-    return out
-
-
-def input_shape(modality: str, size: dict[str, Any]) -> tuple[int, ...]:
-    """The tensor shape one sample of ``modality`` decodes to (``preprocess``'s output)."""
-    if modality == "audio":
-        return (3, *size["image_size"])
-    s = size["image_size"]
-    return (size["num_frames"], 3, s, s) if modality == "video" else (3, s, s)
-
-
-def collate(
-    items: list[dict[str, Any]], modalities: list[str], sizes: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """Stack decoded samples. With several modalities every one is present (zeros where a sample lacks
-    it, so all ranks run the same towers and collectives) and ``valid[m]`` marks who has ``m``."""
-    batch: dict[str, Any] = {"key": [i["key"] for i in items], "text": [i["text"] for i in items]}
-    if items and "label" in items[0]:
-        batch["label"] = [i["label"] for i in items]
-    for m in modalities:
-        have = [m in i for i in items]
-        if not items or (len(modalities) == 1 and not any(have)):
-            continue
-        blank = torch.zeros(input_shape(m, sizes[m]))
-        batch[m] = torch.stack([i.get(m, blank) for i in items])
-        if len(modalities) > 1:
-            batch.setdefault("valid", {})[m] = torch.tensor(have)
-    return batch
 
 
 # -- the stream -------------------------------------------------------------------------------
@@ -353,9 +276,12 @@ class ShardStream(IterableDataset):
             try:
                 item = decode_sample(
                     sample,
-                    self.cfg,
                     self.sizes,
+                    modalities=self.cfg.modalities,
+                    text_field=self.cfg.text_field,
+                    mix=self.cfg.mix,
                     train=self.train,
+                    augment=self.train and self.cfg.augment,
                     seed=self.seed,
                     epoch=self.epoch,
                     label_field=self.label_field,
