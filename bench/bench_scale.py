@@ -16,7 +16,7 @@ standing in for the runner's Ray tasks) and the same phases over the compacted m
 driver's peak RSS (``ru_maxrss``) is that configuration's alone. ``resume``: old = RSS growth of
 unpickling a list and building a frozenset (what each worker held); new = the ``DoneIds`` arrays' bytes
 (the node's one shared copy) and the pickled bytes that travel out of band (zero-copy from the object
-store). The load average is printed beside every figure.
+store); pending = the ``PendingIds`` hashes a stage with upstream ships instead (all ids pending: the most). The load average is printed beside every figure.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.done_ids import DoneIds  # noqa: E402
+from pipeline.done_ids import DoneIds, PendingIds  # noqa: E402
 
 MiB = 2**20
 TARGET = 10_076_613  # VIDAL-10M's entries
@@ -111,6 +111,19 @@ def measure(n: int, repeat: int) -> dict[str, float]:
         times.append(time.perf_counter() - t)
     r["new_filter_ids_per_s"] = len(queries) * 1024 / statistics.median(times)
     assert new.is_done(queries[0])[:512].all()
+
+    # What a stage with upstream ships instead: the hashes of the ids still to do (at most all of them)
+    t = time.perf_counter()
+    pending = PendingIds.build(ids)
+    r["pending_build_s"] = time.perf_counter() - t
+    r["pending_shared_mib"] = pending.nbytes / MiB
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for q in queries:
+            pending.is_pending(q)
+        times.append(time.perf_counter() - t)
+    r["pending_filter_ids_per_s"] = len(queries) * 1024 / statistics.median(times)
     return r
 
 
@@ -353,7 +366,7 @@ def main() -> None:
         for r in results:
             print({k: round(v, 3) for k, v in r.items()})
         if len(results) >= 2:
-            keys = ["old_worker_mib", "new_shared_mib", "old_build_s", "new_build_s"]
+            keys = ["old_worker_mib", "new_shared_mib", "pending_shared_mib", "old_build_s", "new_build_s"]
             print(*project(results, keys, "ids"), sep="\n")
     print("load average after:", load())
 

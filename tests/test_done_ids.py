@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.done_ids import DoneIds, id_hashes
+from pipeline.done_ids import DoneIds, PendingIds, id_hashes
 
 
 def _ids(n: int, seed: int) -> list[str]:
@@ -56,3 +56,29 @@ def test_sliced_chunked_and_empty_inputs():
     empty = DoneIds.build(pa.array([], pa.string()))
     assert len(empty) == 0 and empty.is_done(pa.array(["a"])).tolist() == [False]
     assert done.is_done(pa.array([None, "a"], pa.string())).tolist() == [False, True]
+
+
+@pytest.mark.parametrize("bits", [64, 8, 2])
+def test_pending_filter_keeps_every_pending_row_and_errs_only_towards_redoing(bits):
+    """``PendingIds`` (what workers get when the upstream's ids are known): every pending id is kept,
+    whatever the collisions; a done id is kept only when it shares a pending id's hash (then redone, its
+    duplicate removed at the stage end), and with 64 bits none here is."""
+    universe = _ids(3000, seed=10 + bits)
+    pending_list = universe[: len(universe) // 3]
+    pending = pickle.loads(pickle.dumps(PendingIds.build(pa.array(pending_list), bits=bits)))
+    assert pending.nbytes <= 8 * len(pending_list)
+    queried = universe[:]
+    random.Random(2).shuffle(queried)
+    batch = pa.table({"video_id": queried, "n": list(range(len(queried)))})
+    kept = set(pending.keep_pending(batch)["video_id"].to_pylist())
+    assert set(pending_list) <= kept  # no pending row lost
+    wrongly_kept = kept - set(pending_list)
+    pending_hashes = set(id_hashes(pa.array(pending_list), bits).tolist())
+    assert all(
+        h in pending_hashes for h in id_hashes(pa.array(sorted(wrongly_kept), pa.string()), bits).tolist()
+    )
+    if bits == 64:
+        assert kept == set(pending_list)
+    else:  # the forced collisions really keep done rows, so the test above is not vacuous
+        assert wrongly_kept
+    assert PendingIds.build(pa.array([], pa.string())).keep_pending(batch).num_rows == 0
