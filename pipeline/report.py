@@ -30,7 +30,8 @@ from contracts import store  # noqa: E402
 from contracts.config_io import ConfigError  # noqa: E402
 from contracts.encodings import decode_depth_png, decode_flac, decode_image  # noqa: E402
 from pipeline.config import load_config
-from pipeline.report_html import SampleView, render_page  # noqa: E402
+from pipeline.report_curation import score_plot  # noqa: E402
+from pipeline.report_html import SampleView, curation_key, render_page  # noqa: E402
 from pipeline.report_plots import colourize_depth, depth_scale_strip, plot_funnel, plot_stat, png_bytes  # noqa: E402
 from pipeline.report_stats import RunStats, collect  # noqa: E402
 
@@ -199,7 +200,24 @@ def write_plots(stats: RunStats, out: Path) -> dict[str, str]:
         if st.plot and (st.plot.get("values") or st.plot.get("series")):
             plot_stat(st.plot, out / "plots" / f"{st.key}.png")
             plots[st.key] = f"plots/{st.key}.png"
+    for h in stats.curation.scores if stats.curation else []:
+        if h.kept.n + h.filtered.n:
+            key = curation_key(h.stage, h.column)
+            plot_stat(score_plot(h), out / "plots" / f"{key}.png")
+            plots[key] = f"plots/{key}.png"
     return plots
+
+
+def write_thumbs(stats: RunStats, out: Path) -> dict[str, str]:
+    """The first frame of each curation example (as stored: JPEG) under ``samples/curation``."""
+    thumbs: dict[str, str] = {}
+    examples = [e for r in stats.curation.rules for e in r.examples] if stats.curation else []
+    for i, e in enumerate(x for x in examples if x.frame):
+        rel = Path("samples") / "curation" / f"{i:03d}.jpg"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(e.frame)
+        thumbs[e.video_id] = rel.as_posix()
+    return thumbs
 
 
 def write_report(
@@ -217,6 +235,7 @@ def write_report(
         )
     prepare_out(out)
     plots = write_plots(stats, out)
+    thumbs = write_thumbs(stats, out)
     tars = shard_tars(root)
     raw, read = sample_shards(root, samples, seed, tars)
     views = [render_sample(i, s, out) for i, s in enumerate(raw)]
@@ -232,7 +251,7 @@ def write_report(
         )
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     index = out / "index.html"
-    index.write_text(render_page(stats, plots, views, scale, note, generated), encoding="utf-8")
+    index.write_text(render_page(stats, plots, views, scale, note, generated, thumbs), encoding="utf-8")
     return index
 
 

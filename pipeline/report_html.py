@@ -16,6 +16,7 @@ from typing import Any
 
 from contracts.shard_format import NUM_FRAMES
 from contracts.status import FAILED, FILTERED, OK
+from pipeline.report_curation import Curation, score_rows
 from pipeline.report_stats import RunStats, StageFunnel
 
 CSP = "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'"
@@ -40,6 +41,8 @@ th{background:#eef1f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 dt{font-weight:600;color:#34414d}dd{margin:0;white-space:pre-wrap;word-break:break-word;max-height:9.5em;overflow-y:auto}dd ol{margin:0;padding-left:20px}
 .missing{color:#98a2ab;font-style:italic}p.missing{font-size:12px;margin:4px 0}.problem{color:#b03a2e;font-size:12px}
 .s-ok{color:#2d7a47}.s-failed{color:#b03a2e}.s-filtered{color:#a66d00}
+.examples{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0 16px}.example{background:#fff;border:1px solid #dde2e8;border-radius:6px;padding:6px 8px;width:230px;font-size:12px;word-break:break-all}
+.example img{width:100%;height:auto;border-radius:2px;background:#ddd}
 """
 
 
@@ -184,6 +187,65 @@ def stats_section(stats: RunStats, plots: dict[str, str]) -> str:
     return "\n".join(out) + "</div></section>"
 
 
+def curation_key(stage: str, column: str) -> str:
+    """The plot key (and element id) of one curation score."""
+    return f"curation-{stage}-{column}"
+
+
+def curation_section(cur: Curation | None, plots: dict[str, str], thumbs: dict[str, str]) -> str:
+    """Each score's histogram (kept and filtered rows, the threshold), then what each rule filtered,
+    with example rows (their first frame from ``thumbs``: video_id -> image path)."""
+    if cur is None:
+        return ""
+    out = [
+        '<section id="curation"><h2>Curation</h2>',
+        '<p class="source">Each score over every row of the stage that wrote it (kept: ok; filtered: by any '
+        "rule), with the threshold from the configuration the stage recorded in its _SUCCESS.json; then "
+        "the rows each curation rule filtered, with examples.</p>",
+        '<div class="stats">',
+    ]
+    if not cur.scores:
+        out.append('<p class="empty">No scores in this run (clip.motion off, no score stage).</p>')
+    for h in cur.scores:
+        key = curation_key(h.stage, h.column)
+        out.append(
+            f'<div class="stat" id="stat-{esc(key)}"><h3>{esc(h.column)}</h3>'
+            f'<p class="source">from {esc(h.stage)}: every row with a value</p><div class="pair">'
+        )
+        out.append(table([h.column, "value"], score_rows(h), f'data-stat="{esc(key)}"'))
+        if key in plots:
+            out.append(f'<img class="plot" src="{esc(plots[key])}" alt="histogram of {esc(h.column)}">')
+        out.append("</div>" + "".join(f'<p class="note">{esc(n)}</p>' for n in h.notes) + "</div>")
+    out.append("</div><h3>Filtered by each rule</h3>")
+    if not cur.rules:
+        out.append('<p class="empty">No row was filtered by a curation rule.</p>')
+        return "\n".join(out) + "</section>"
+    out.append(
+        table(
+            ["rule", "stage", "rows", "what it filters"],
+            [[r.name, r.stage, r.rows, r.meaning] for r in cur.rules],
+            'data-stat="curation-rules"',
+        )
+    )
+    for r in cur.rules:
+        out.append(f"<h4>{esc(r.name)} ({esc(r.stage)}): {len(r.examples)} of {r.rows:,} rows</h4>")
+        out.append(f'<div class="examples" data-rule="{esc(r.name)}">')
+        for e in r.examples:
+            img = (
+                f'<img src="{esc(thumbs[e.video_id])}" alt="first frame of {esc(e.video_id)}">'
+                if e.video_id in thumbs
+                else '<p class="missing">no frame</p>'
+            )
+            span = f"{fmt(e.start)}–{fmt(e.end)} s" if e.start is not None and e.end is not None else "—"
+            out.append(
+                f'<div class="example" data-video-id="{esc(e.video_id)}">{img}<div><b>{esc(e.video_id)}</b></div>'
+                f"<div>parent {esc(e.parent_id or '—')} · {esc(span)} · score {esc(fmt(e.value))}</div>"
+                f'<div class="s-filtered">{esc(e.error)}</div></div>'
+            )
+        out.append("</div>")
+    return "\n".join(out) + "</section>"
+
+
 def _strip(label: str, paths: list[str], modality: str) -> str:
     imgs = "".join(f'<img src="{esc(p)}" alt="{esc(modality)} frame {i}">' for i, p in enumerate(paths))
     return f'<div class="strip" data-modality="{esc(modality)}"><span class="label">{esc(label)}</span>{imgs}</div>'
@@ -289,6 +351,7 @@ def render_page(
     depth_scale: str | None,
     samples_note: str,
     generated: str,
+    thumbs: dict[str, str] | None = None,
 ) -> str:
     """The whole page; ``plots`` maps a statistic's key (and ``funnel``) to its image path."""
     cards = [(len(stats.funnel), "stages in this run")]
@@ -314,9 +377,10 @@ def render_page(
 <title>vidal report: {esc(stats.root.rsplit("/", 1)[-1])}</title><style>{CSS}</style></head>
 <body><header><h1>vidal dataset report</h1>
 <div class="meta">run root {esc(stats.root)} · stages: {esc(stages)} · generated {esc(generated)}</div>
-<nav><a href="#funnel">Funnel</a><a href="#stats">Statistics</a><a href="#samples">Samples</a></nav></header>
+<nav><a href="#funnel">Funnel</a>{'<a href="#curation">Curation</a>' if stats.curation else ""}<a href="#stats">Statistics</a><a href="#samples">Samples</a></nav></header>
 <main><div class="cards" style="margin-top:16px">{card_html}</div>
 {funnel_section(stats.funnel, plots.get("funnel"))}
+{curation_section(stats.curation, plots, thumbs or {})}
 {stats_section(stats, plots)}
 {samples_section(samples, depth_scale, samples_note)}
 </main></body></html>

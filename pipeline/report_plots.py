@@ -43,7 +43,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_stat(plot: dict[str, Any], path: Path) -> Path:
-    """Draw one statistic's plot spec (``bar``, ``hist`` or ``lines``) into a PNG file."""
+    """Draw one statistic's plot spec (``bar``, ``hist``, ``stacked`` or ``lines``) into a PNG file;
+    ``stacked``: a score's kept and filtered rows per bin, with its ``threshold`` ([x, label]) drawn."""
     kind = plot["kind"]
     if kind == "bar":
         labels, values = plot["labels"][::-1], plot["values"][::-1]
@@ -69,11 +70,39 @@ def plot_stat(plot: dict[str, Any], path: Path) -> Path:
                 fontsize=7,
                 color="#34414d",
             )
+        bottom = np.zeros(len(edges) - 1)
         for name, counts in plot["series"].items():
-            if kind == "hist":
+            if kind == "stacked":  # kept and filtered rows of a score, one on the other
+                colour = STATUS_COLOURS[OK if name == "kept" else FILTERED]
+                ax.bar(
+                    edges[:-1],
+                    counts,
+                    width=np.diff(edges),
+                    align="edge",
+                    bottom=bottom,
+                    color=colour,
+                    label=name,
+                    zorder=2,
+                )
+                bottom = bottom + np.asarray(counts, float)
+            elif kind == "hist":
                 ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c78a8", zorder=2)
             else:
                 ax.step(edges[:-1], counts, where="post", label=name, zorder=2)
+        if kind == "stacked":
+            if plot.get("threshold"):
+                x, label = plot["threshold"]
+                ax.axvline(x, color="#b03a2e", linestyle="--", linewidth=1.2, zorder=3)
+                ax.text(
+                    x,
+                    0.97,
+                    f" {label} {x:g}",
+                    transform=ax.get_xaxis_transform(),
+                    fontsize=7,
+                    va="top",
+                    color="#b03a2e",
+                )
+            ax.legend(fontsize=8, frameon=False, loc="center right")
         if kind == "lines" and plot["series"]:
             ax.legend(fontsize=8, frameon=False)
             # texts are short or long by field: show the bins that have any, not always 0-80 words

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from contracts import manifest, store
 from contracts.shard_format import MODEL_COLUMN_SUFFIX
 from contracts.status import FAILED, FILTERED, OK
+from pipeline.report_curation import Curation, collect_curation
 from pipeline.report_measures import (
     COUNTER_CAP,
     TEXT_FIELDS,
@@ -89,6 +90,7 @@ class RunStats:
     funnel: list[StageFunnel]
     stats: list[Stat]
     shards: dict[str, Any] | None  # None: no shard stage yet
+    curation: Curation | None = None  # None: no curation stage (clip, score) in the run
 
 
 _PATHS = re.compile(r"(?<![\w.])(?:[A-Za-z][A-Za-z0-9+.-]*://|/)[^\s'\"()<>,;]+")
@@ -238,4 +240,5 @@ def collect(root: str, seed: int = 0, depth_rows: int = DEPTH_ROWS, batch_rows: 
             )
         )
     stats.sort(key=lambda st: STAT_ORDER.index(st.key) if st.key in STAT_ORDER else len(STAT_ORDER))
-    return RunStats(root, funnel, stats, shard_totals(root) if "shard" in present else None)
+    curation = collect_curation(root, present, schemas, batch_rows)
+    return RunStats(root, funnel, stats, shard_totals(root) if "shard" in present else None, curation)

@@ -233,13 +233,14 @@ def _read_ok_rows(items: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
         yield manifest.read_part(uri, columns, status=OK)
 
 
-def _lookup_join(batch: pa.Table, lookups: list[tuple[Any, str, str]], drop: list[str] = ()) -> pa.Table:
-    """Join a streamed block with broadcast upstream tables (inner or left outer) on the block's
-    ``video_id``, or its ``parent_id`` for a table of parent videos (a row that was not split is its
-    own parent)."""
-    indexed = cached(_LOOKUPS, [ref for ref, _, _ in lookups], _indexed)
-    for (table, index), (_, how, key) in zip(indexed, lookups):
-        keys = batch["video_id"] if key == "video_id" else pc.coalesce(batch[key], batch["video_id"])
+def _lookup_join(batch: pa.Table, lookups: list[tuple[Any, ...]], drop: list[str] = ()) -> pa.Table:
+    """Join a streamed block with broadcast upstream tables, each ``(ref, how[, key])``: inner or left
+    outer, on the block's ``video_id``, or with key ``parent_id`` on that column, for a table of parent
+    videos (a row that was not split is its own parent)."""
+    indexed = cached(_LOOKUPS, [spec[0] for spec in lookups], _indexed)
+    for (table, index), (_, how, *key) in zip(indexed, lookups):
+        by = key[0] if key else "video_id"
+        keys = batch["video_id"] if by == "video_id" else pc.coalesce(batch[by], batch["video_id"])
         rows = pa.array([index.get(v) for v in keys.to_pylist()], pa.int64())
         if how == "inner":
             keep = rows.is_valid()

@@ -181,6 +181,29 @@ def test_clip_plan_swaps_probe_and_joins_earlier_stages_by_parent():
     assert clip_plan("clip", run, ["probe", "download"], [], True) == (["probe", "download"], [], frozenset())
 
 
+def test_lookup_join_by_parent_keeps_the_clip_id(ray_local):
+    import pyarrow as pa
+    import ray
+
+    from pipeline.upstream import _lookup_join
+
+    streamed = pa.table(
+        {"video_id": ["p-c0", "p-c1", "s", "q-c0"], "parent_id": ["p", "p", "s", "q"], "frames": [[b"0"]] * 4}
+    )
+    discover = pa.table({"video_id": ["p", "s"], "title": ["long", "short"]})
+    caption = pa.table({"video_id": ["p-c1", "s"], "mplug": ["a clip", "a short"]})
+    out = _lookup_join(
+        streamed,
+        [(ray.put(discover), "inner", "parent_id"), (ray.put(caption), "left_outer")],
+        drop=["parent_id"],
+    )
+    assert sorted(out.to_pylist(), key=lambda r: r["video_id"]) == [
+        {"video_id": "p-c0", "frames": [b"0"], "title": "long", "mplug": None},
+        {"video_id": "p-c1", "frames": [b"0"], "title": "long", "mplug": "a clip"},
+        {"video_id": "s", "frames": [b"0"], "title": "short", "mplug": "a short"},
+    ]
+
+
 def test_probe_max_duration_below_what_clip_splits_is_a_user_error(tmp_path):
     def check(*overrides: str, stages=("probe", "clip")) -> None:
         cfg = load_config(

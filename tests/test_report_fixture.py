@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from contracts import manifest, store
@@ -301,3 +302,110 @@ def write_shards(root: Path, order: list[str], stages: dict[str, list[dict]], pe
         shard_rows += [ok(i["key"], shard=name, bytes=i["bytes"]) for i in index]
     stages["shard"] = shard_rows
     write_stage(root, "shard", shard_rows, parts=1)
+
+
+# The curation stages, written on top of ``build_run``'s run: clip (motion, split parents) and score.
+MOTIONS = [0.5, 1.25, 0.04, 2.0, 3.6, 0.75]  # of the six short videos; the third is filtered (< 0.1)
+CLIP_MOTIONS = [0.6, 0.02, 1.5]  # of the 20 s video's three clips; the second is filtered
+MIN_MOTION = 0.1
+CURATION_SCHEMAS = {
+    "score": pa.schema(
+        [
+            ("score_raw", pa.float64()),
+            ("score_mplug", pa.float64()),
+            ("score_rule", pa.string()),
+            ("score_model", pa.string()),
+        ]
+    )
+}
+SCORE_CONFIG = {"min_similarity": 0.2, "filter_field": "mplug", "dedup": True, "dedup_threshold": 0.95}
+
+
+def _curation_stage(root: Path, stage: str, rows: list[dict[str, Any]], config: dict[str, Any]) -> None:
+    try:
+        schema = get_stage_class(stage).schema
+    except Exception:  # the score stage not landed in this checkout: its documented columns
+        schema = CURATION_SCHEMAS[stage]
+    schema = pa.schema(BASE_FIELDS + list(schema))
+    store.write_parquet(manifest.new_part_uri(str(root), stage), pa.Table.from_pylist(rows, schema=schema))
+    totals = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "filtered")}
+    manifest.write_success(
+        str(root), stage, {"stage": stage, "rows_in": len(rows), "totals": totals, "config": config}
+    )
+
+
+def add_curation(root: Path, with_score: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Write clip (and score) manifests over the probe rows of ``build_run``; returns their rows."""
+    probe = [r for p in manifest.part_files(str(root), "probe") for r in pq.read_table(p).to_pylist()]
+    probe = sorted((r for r in probe if r["status"] == "ok"), key=lambda r: r["video_id"])
+    facts = [f.name for f in ProbeStage.schema]
+    clip: list[dict[str, Any]] = []
+    for r, m in zip(probe[:6], MOTIONS):
+        status = "ok" if m >= MIN_MOTION else "filtered"
+        error = None if status == "ok" else f"motion {m:.3f} below clip.min_motion {MIN_MOTION}"
+        clip.append(
+            {
+                **{k: r[k] for k in facts},
+                "video_id": r["video_id"],
+                "status": status,
+                "error": error,
+                "parent_id": r["video_id"],
+                "start": 0.0,
+                "end": r["duration"],
+                "motion": m,
+            }
+        )
+    long = probe[6]
+    for k, (m, (start, end)) in enumerate(zip(CLIP_MOTIONS, [(0.0, 6.0), (6.0, 14.0), (14.0, 20.0)])):
+        status = "ok" if m >= MIN_MOTION else "filtered"
+        clip.append(
+            {
+                **{f: long[f] for f in ("fps", "width", "height", "vcodec", "acodec", "rotation")},
+                "video_id": f"{long['video_id']}-c{k}",
+                "status": status,
+                "error": None if status == "ok" else f"motion {m:.3f} below clip.min_motion {MIN_MOTION}",
+                "parent_id": long["video_id"],
+                "start": start,
+                "end": end,
+                "duration": end - start,
+                "frames": [jpeg(np.full((48, 64, 3), 40 * k, np.uint8))] * fmt.NUM_FRAMES,
+                "has_audio": False,
+                "motion": m,
+            }
+        )
+    clip.append(
+        {
+            "video_id": long["video_id"],
+            "status": "filtered",
+            "clips": 3,
+            "error": f"split into 3 clips ({long['video_id']}-c0..{long['video_id']}-c2): duration 20.00s "
+            "above clip.max_duration 8.0s",
+        }
+    )
+    _curation_stage(root, "clip", clip, {"min_motion": MIN_MOTION, "max_duration": 8.0})
+    out = {"clip": clip}
+    if with_score:
+        kept = [r["video_id"] for r in clip if r["status"] == "ok"]  # 5 short videos, 2 clips
+        mplug = [0.31, 0.12, 0.45, 0.27, -0.05, 0.5, 0.33]
+        rules = [None, "min_similarity", None, "near_dup", "min_similarity", None, None]
+        score = []
+        for v, s, rule in zip(kept, mplug, rules):
+            error = {
+                None: None,
+                "min_similarity": f"score_mplug {s:.3f} below score.min_similarity 0.2",
+                "near_dup": f"near-duplicate of {kept[0]} (cosine 0.981)",
+            }[rule]
+            score.append(
+                {
+                    "video_id": v,
+                    "status": "ok" if rule is None else "filtered",
+                    "error": error,
+                    "score_raw": s - 0.1,
+                    "score_mplug": s,
+                    "score_rule": rule,
+                    "score_model": "tiny",
+                }
+            )
+        _curation_stage(root, "score", score, SCORE_CONFIG)
+        out["score"] = score
+    return out
