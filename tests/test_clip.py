@@ -275,7 +275,8 @@ def test_clip_through_the_runner_is_resumable(tmp_path, ray_local, long_video, g
     ]
     assert sorted(ids) == sorted(r["video_id"] for r in rows) and len(set(ids)) == len(ids)
     wrong = load_config(
-        REPO / "configs" / "demo.yaml", [f"run.root={tmp_path / 'root'}", "probe.max_duration=20"]
+        REPO / "configs" / "demo.yaml",
+        [f"run.root={tmp_path / 'root'}", "probe.max_duration=20", "clip.max_duration=20"],
     )
     with pytest.raises(Exception, match="probe.max_duration"):
         run_stage(wrong, "clip")

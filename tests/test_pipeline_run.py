@@ -293,3 +293,19 @@ def test_dedupe_keeps_one_row_per_video_preferring_ok(tmp_path):
     )
     assert [(r["video_id"], r["status"]) for r in rows] == [("a", "ok"), ("b", "ok"), ("c", "ok")]
     assert manifest.dedupe(root, "s") == 0
+
+
+def test_demo_config_runs_the_clip_stage_on_long_videos_with_cuts():
+    """The demo lists clip, its long videos are split (longer than clip.max_duration, inside the crawl's
+    and probe's 20 s caps) and the caps pass the preflight check."""
+    from pipeline.preflight import check_clip_durations
+    from pipeline.synthetic import long_demo_videos
+
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    assert "clip" in cfg.run.stages and cfg.run.demo_media.long_videos > 0
+    check_clip_durations(cfg, list(cfg.run.stages))
+    lengths = [sum(s) for _, _, s, _ in long_demo_videos(cfg.run.demo_media.long_videos)]
+    caps = (cfg.discover.max_duration, cfg.download.max_duration, cfg.probe.max_duration)
+    assert all(cfg.clip.max_duration < n <= min(caps) for n in lengths), (lengths, caps)
+    assert any(still for *_, still in long_demo_videos(cfg.run.demo_media.long_videos))
+    assert cfg.clip.min_motion is not None  # the slideshow's still clips are what it filters
