@@ -58,14 +58,33 @@ def hyperplanes(dim: int, params: LshParams) -> np.ndarray:
 
 
 def table_keys(emb: np.ndarray, planes: np.ndarray) -> np.ndarray:
-    """``[n, tables]`` uint64 keys: one sign bit per hyperplane, packed."""
-    weights = (np.uint64(1) << np.arange(planes.shape[1], dtype=np.uint64))[None, :]
-    keys = np.empty((len(emb), planes.shape[0]), dtype=np.uint64)
-    e = emb.astype(np.float32, copy=False)
-    for t, p in enumerate(planes):
-        bits = (e @ p.T) > 0
-        keys[:, t] = (bits.astype(np.uint64) * weights).sum(1, dtype=np.uint64)
-    return keys
+    """``[n, tables]`` uint64 keys: one sign bit per hyperplane, packed (one matrix product for all tables)."""
+    tables, bits, dim = planes.shape
+    signs = (emb.astype(np.float32, copy=False) @ planes.reshape(-1, dim).T > 0).reshape(
+        len(emb), tables, bits
+    )
+    packed = np.packbits(signs, axis=2, bitorder="little")  # [n, tables, ceil(bits / 8)] bytes
+    padded = np.zeros((len(emb), tables, 8), dtype=np.uint8)
+    padded[:, :, : packed.shape[2]] = packed
+    return padded.view("<u8")[:, :, 0].astype(np.uint64)
+
+
+def decode_embeddings(blobs: list[bytes]) -> np.ndarray:
+    """``[n, d]`` float16 from float16 little-endian bytes, one blob per row."""
+    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)
+
+
+def read_part_embeddings(
+    uri: str, column: str, rows: np.ndarray, first: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``PartReader`` over a manifest part: the embeddings of some of its rows (numbers within the part),
+    with their global numbers (``first`` + row). Light on purpose: Ray workers import only numpy and pyarrow."""
+    import pyarrow as pa
+
+    from contracts import manifest
+
+    col = manifest.read_part(uri, [column])[column]
+    return rows.astype(np.int64) + first, decode_embeddings(col.take(pa.array(rows)).to_pylist())
 
 
 def _dot_rows(emb: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:

@@ -27,6 +27,7 @@ was killed, resumed or added: which rows it filters is marked in ``score_rule``.
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ from contracts import backends, store
 from contracts.status import FAILED, FILTERED, OK
 from stages.backends.batching import BatchRunner, ItemError
 from stages.base import Stage, StageConfig
-from stages.near_dup import LshParams, choose_kept, find_pairs
+from stages.near_dup import LshParams, choose_kept, find_pairs, read_part_embeddings
 
 log = logging.getLogger("vidal")
 
@@ -125,11 +126,6 @@ def row_texts(row: dict[str, Any], field: str) -> list[str]:
 
 def encode_embedding(v: torch.Tensor) -> bytes:
     return v.to(torch.float16).numpy().astype("<f2").tobytes()
-
-
-def decode_embeddings(blobs: list[bytes]) -> np.ndarray:
-    """``[n, d]`` float16 from the ``clip_embedding`` column."""
-    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)
 
 
 class ScoreStage(Stage):
@@ -234,15 +230,6 @@ class ScoreStage(Stage):
         return {"run_wide": self._pass} if self._pass else {}
 
 
-def _read_embeddings(uri: str, rows: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
-    """The embeddings of some rows of one part (row numbers within the part), with their global numbers."""
-    from contracts import manifest
-
-    col = manifest.read_part(uri, [EMBEDDING])[EMBEDDING]
-    blobs = col.take(pa.array(rows)).to_pylist()
-    return rows.astype(np.int64) + first, decode_embeddings(blobs)
-
-
 def _rewrite_part(
     root: str, stage: str, uri: str, status: np.ndarray, error: np.ndarray, rule: np.ndarray
 ) -> None:
@@ -285,13 +272,14 @@ def apply_run_wide_rules(root: str, stage: str, c: ScoreConfig) -> dict[str, int
     if c.keep_percentile is not None and c.keep_percentile < 100:
         scored = eligible & ~np.isnan(scores)
         if scored.any():
-            cut = float(np.percentile(scores[scored], 100 - c.keep_percentile, method="lower"))
+            ranked = np.sort(scores[scored])[::-1]  # the best ceil(N% of the rows) stay, ties at the cut too
+            cut = float(ranked[max(1, math.ceil(len(ranked) * c.keep_percentile / 100)) - 1])
             low = scored & (scores < cut)
             new_status[low], new_rule[low] = FILTERED, RULE_PERCENTILE
             for i in np.flatnonzero(low):
                 new_error[i] = (
-                    f"{score_col} {scores[i]:.4f} below {cut:.4f}, the run's {100 - c.keep_percentile:g}th "
-                    f"percentile (score.keep_percentile {c.keep_percentile:g})"
+                    f"{score_col} {scores[i]:.4f} below {cut:.4f}, the lowest score of the run's best "
+                    f"{c.keep_percentile:g}% (score.keep_percentile {c.keep_percentile:g})"
                 )
             counts["percentile_filtered"] = int(low.sum())
 
@@ -302,7 +290,7 @@ def apply_run_wide_rules(root: str, stage: str, c: ScoreConfig) -> dict[str, int
             for k, uri in enumerate(parts):
                 mine = candidates[(candidates >= firsts[k]) & (candidates < firsts[k + 1])] - firsts[k]
                 if len(mine):
-                    readers.append(partial(_read_embeddings, uri, mine, int(firsts[k])))
+                    readers.append(partial(read_part_embeddings, uri, EMBEDDING, mine, int(firsts[k])))
             a, b, sims = find_pairs(readers, len(candidates), c.lsh())
             ids = t["video_id"].to_pylist()
             lengths = t[LENGTH].to_numpy(zero_copy_only=False).astype(np.float64)

@@ -25,7 +25,8 @@ from contracts.backends import ModelLoadError
 from contracts.status import FAILED, FILTERED, OK
 from pipeline.config import load_config
 from stages.base import RunContext
-from stages.score import ScoreConfig, ScoreStage, decode_embeddings
+from stages.near_dup import decode_embeddings
+from stages.score import ScoreConfig, ScoreStage
 from tests.alignment_model import CONCEPTS, jpeg_frames, trained_export
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,267 @@
+"""The score stage: alignment scoring frames/s on CPU, and near-duplicate removal at 100k and 1M embeddings.
+
+Alignment: ``ScoreStage.process`` on batches of clips of 8 JPEG frames at probe's size (256 short side,
+synthetic renderings) with one caption each: JPEG decode, the model's preprocessing, the towers and the
+dot products, as the stage's actors run it. Models (random weights: speed only):
+
+- ``hf-b32``: a transformers CLIP of ViT-B/32's sizes (``CLIPConfig()`` defaults), per-frame image
+  embeddings averaged;
+- ``languagebind-l14``: a released-layout LanguageBind video checkpoint of LanguageBind_Video_FT's
+  shapes (ViT-L/14, 24 x 1024, 8 frames, temporal blocks; text 12 x 768); slow on CPU, so opt-in;
+- ``tiny``: the demo's model.
+
+Dedup: ``stages.score.apply_run_wide_rules`` over a score manifest of synthetic 768-d float16 embeddings
+(random unit vectors, 1% of them noisy copies at cosine ~0.97 of another row) in parts of 50k rows:
+the whole pass as the stage runs it at its end (reading the parts, LSH through Ray tasks, exact
+comparison per bucket, choosing who stays, rewriting the parts that change). Reported: wall time, the
+pairs' recall against the planted copies, the driver's peak RSS and the peak RSS summed over Ray's
+worker processes (sampled every 0.2 s; includes the object-store pages they map).
+
+Usage::
+
+    python bench/bench_score.py align [--models hf-b32,tiny] [--repeats 3]
+    python bench/bench_score.py dedup --rows 100000 [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from contracts import store  # noqa: E402
+from contracts.encodings import encode_jpeg  # noqa: E402
+from pipeline.synthetic import CONCEPTS, render_frames  # noqa: E402
+from stages.base import RunContext  # noqa: E402
+from stages.score import ScoreConfig, ScoreStage, apply_run_wide_rules  # noqa: E402
+
+DIM = 768
+PART_ROWS = 50_000
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def clip_rows(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        c = CONCEPTS[i % len(CONCEPTS)]
+        frames = render_frames(c, n_frames=8, size=(341, 256), seed=i)
+        rows.append({"video_id": f"v{i}", "frames": [encode_jpeg(f, 90) for f in frames], "mplug": c.title})
+    return rows
+
+
+def model_spec(name: str, tmp: Path) -> str:
+    if name == "tiny":
+        return "tiny"
+    if name == "hf-b32":
+        from transformers import CLIPConfig, CLIPModel
+
+        from tests.languagebind_ckpt import write_tokenizer
+
+        vocab = write_tokenizer(tmp, "CLIP")
+        cfg = CLIPConfig(
+            text_config={"vocab_size": vocab, "bos_token_id": vocab - 2, "eos_token_id": vocab - 1}
+        )
+        CLIPModel(cfg).save_pretrained(tmp)
+        return f"hf:{tmp}"
+    if name == "languagebind-l14":
+        from bench.bench_languagebind_load import TEXT_768, VIT_L
+        from tests.languagebind_ckpt import write_checkpoint
+
+        return (
+            f"languagebind:{write_checkpoint(tmp / 'ckpt', 'video', vision_sizes=VIT_L, text_sizes=TEXT_768)}"
+        )
+    raise SystemExit(f"unknown model {name}")
+
+
+def bench_align(models: list[str], repeats: int, clips: int) -> None:
+    import torch
+
+    rows = clip_rows(clips)
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows)
+    for name in models:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = model_spec(name, Path(tmp))
+            stage = ScoreStage(ScoreConfig(model=spec, device="cpu", fields=["mplug"]), RunContext(root=""))
+            stage.setup()
+            n = clips if name != "languagebind-l14" else 2
+            part = table.slice(0, n)
+            stage.process(part.slice(0, 1))  # warm-up
+            times, loads = [], []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                out = stage.process(part)
+                times.append(time.perf_counter() - start)
+                loads.append(load())
+                assert all(s == "ok" for s in out["status"].to_pylist())
+            med = statistics.median(times)
+            print(
+                json.dumps(
+                    {
+                        "model": name,
+                        "clips": n,
+                        "frames": 8 * n,
+                        "torch_threads": torch.get_num_threads(),
+                        "seconds": [round(t, 2) for t in times],
+                        "frames_per_s": round(8 * n / med, 2),
+                        "load": loads,
+                    }
+                ),
+                flush=True,
+            )
+
+
+class RssSampler:
+    """Peak RSS summed over the Ray worker processes under this driver, sampled in a thread."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            total = 0
+            for p in psutil.process_iter(["name", "cmdline"]):
+                try:
+                    cmd = " ".join(p.info["cmdline"] or [])
+                    if "ray::" in cmd or "default_worker.py" in cmd:
+                        total += p.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak = max(self.peak, total)
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def write_manifest(root: Path, rows: int, seed: int = 0) -> set[tuple[str, str]]:
+    """Parts of a score manifest; the last 1% of each part are noisy copies (cosine ~0.97) of random rows
+    of the part before (of its own first half for the first part). Returns the (original, copy) id pairs."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    planted: set[tuple[str, str]] = set()
+    previous: np.ndarray | None = None
+    for lo in range(0, rows, PART_ROWS):
+        n = min(rows, lo + PART_ROWS) - lo
+        x = rng.standard_normal((n, DIM), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        dups = max(1, n // 100)
+        src, src_lo = (previous, lo - PART_ROWS) if previous is not None else (x[: n // 2], lo)
+        pick = rng.choice(len(src), size=dups, replace=False)
+        noise = rng.standard_normal((dups, DIM), dtype=np.float32) * (0.25 / np.sqrt(DIM))
+        x[n - dups :] = src[pick] + noise
+        x[n - dups :] /= np.linalg.norm(x[n - dups :], axis=1, keepdims=True)
+        planted |= {(f"v{src_lo + int(i):08d}", f"v{lo + n - dups + k:08d}") for k, i in enumerate(pick)}
+        previous = x
+        emb = x.astype("<f2")
+        table = pa.table(
+            {
+                "video_id": [f"v{j:08d}" for j in range(lo, lo + n)],
+                "status": ["ok"] * n,
+                "error": pa.nulls(n, pa.string()),
+                "score_mplug": pa.array(rng.uniform(0, 0.4, n), pa.float32()),
+                "score_rule": pa.nulls(n, pa.string()),
+                "clip_embedding": pa.array([emb[i].tobytes() for i in range(n)], pa.binary()),
+                "dedup_length": pa.array(rng.uniform(2, 20, n)),
+            }
+        )
+        store.write_parquet(str(root / "score" / f"part-{lo // PART_ROWS:05d}.parquet"), table)
+    return planted
+
+
+def bench_dedup(rows: int, repeats: int, cpus: int) -> None:
+    import pyarrow.parquet as pq
+    import ray
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        planted = write_manifest(root, rows)
+        print(
+            json.dumps({"rows": rows, "manifest_written_s": round(time.perf_counter() - t0, 1)}), flush=True
+        )
+        cfg = ScoreConfig(model="tiny")  # the defaults: threshold 0.95, 16 tables of 16 bits, 4 a round
+        for r in range(repeats):
+            with RssSampler() as rss:
+                start = time.perf_counter()
+                counts = apply_run_wide_rules(str(root), "score", cfg)
+                wall = time.perf_counter() - start
+            dropped = {
+                (row["error"].split()[2], row["video_id"])
+                for p in sorted((root / "score").glob("part-*.parquet"))
+                for row in pq.read_table(p, columns=["video_id", "status", "error"]).to_pylist()
+                if row["status"] == "filtered"
+            }
+            found = {p for p in planted if p in dropped or p[::-1] in dropped}
+            print(
+                json.dumps(
+                    {
+                        "rows": rows,
+                        "repeat": r,
+                        "wall_s": round(wall, 1),
+                        "near_duplicates": counts["near_duplicates"],
+                        "planted": len(planted),
+                        "planted_found": round(len(found) / len(planted), 4),
+                        "driver_peak_rss_mb": round(
+                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                        ),
+                        "workers_peak_rss_sum_mb": round(rss.peak / 2**20),
+                        "load": load(),
+                    }
+                ),
+                flush=True,
+            )
+    ray.shutdown()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("align")
+    a.add_argument("--models", default="hf-b32,tiny")
+    a.add_argument("--repeats", type=int, default=3)
+    a.add_argument("--clips", type=int, default=16)
+    d = sub.add_parser("dedup")
+    d.add_argument("--rows", type=int, default=100_000)
+    d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--cpus", type=int, default=2)
+    args = ap.parse_args()
+    if args.what == "align":
+        bench_align(args.models.split(","), args.repeats, args.clips)
+    else:
+        bench_dedup(args.rows, args.repeats, args.cpus)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
