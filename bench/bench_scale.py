@@ -3,6 +3,7 @@ plane, at 1M and 3M synthetic manifest rows, projected linearly to VIDAL-10M's 1
 
     python bench/bench_scale.py resume  [--sizes 1000000 3000000]   # done-id structure, old set vs DoneIds
     python bench/bench_scale.py control [--sizes ...] [--backend local s3]   # per-stage phases, one process each
+    python bench/bench_scale.py workers [--sizes 1000000]            # the runner's plan on Ray: largest worker
     python bench/bench_scale.py discover [--entries 1000000]         # the VIDAL-10M JSON reader, rows/s
     python bench/bench_scale.py dedup   [--sizes 1000000 3000000]    # discover's dedup index, MiB per million
 
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -273,6 +275,79 @@ def run_control(sizes: list[int], backends: list[str]) -> None:
             print(f"{backend}: projected to {TARGET:,} rows", *project(results, keys), sep="\n", flush=True)
 
 
+def _pass_through(batch: pa.Table) -> pa.Table:
+    """The benchmark's stage: every row ok, nothing computed."""
+    n = len(batch)
+    return batch.append_column("status", pa.array(["ok"] * n)).append_column(
+        "error", pa.nulls(n, pa.string())
+    )
+
+
+def workers(n: int, compact: bool) -> dict[str, Any]:
+    """The runner's per-stage plan on a local Ray instance (2 CPUs) over an n-row manifest, half of it
+    done: one read task per part (``pipeline.upstream._read_ok``), the pending-id filter, the manifest
+    writer (``pipeline.runner._write_part``), with ``rows_per_part`` blocks between them. The largest Ray
+    worker's USS (private memory) and RSS are sampled every 0.5 s."""
+    import psutil
+    import ray
+
+    from contracts import manifest
+    from pipeline import runner, upstream
+
+    tmp = tempfile.mkdtemp(prefix="vidal-bench-workers-")
+    root, stage = tmp, "probe"
+    write_manifest(n, root, stage)
+    if compact:
+        manifest.compact(root, stage, COMPACT_MB * MiB)
+    all_ids = manifest.done_ids(root, stage)
+    done = DoneIds.build(all_ids.slice(0, n // 2))  # the first half counts as done downstream
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    r: dict[str, Any] = {"rows": n, "compacted": compact, "parts": len(manifest.part_files(root, stage))}
+    r["load_before"] = load()
+    pending = PendingIds.build(done.pending(all_ids))
+    r["pending_shared_mib"] = round(pending.nbytes / MiB, 1)
+    ok_ids = manifest.read_columns(root, stage, ["video_id"], status="ok")["video_id"]
+    expected = int((~done.is_done(ok_ids)).sum())
+    del all_ids, ok_ids
+    peak = {"uss": 0, "rss": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for proc in psutil.Process().children(recursive=True):  # this instance's workers only
+                try:
+                    if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::"):
+                        m = proc.memory_full_info()
+                        peak["uss"], peak["rss"] = max(peak["uss"], m.uss), max(peak["rss"], m.rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            time.sleep(0.5)
+
+    threading.Thread(target=sample, daemon=True).start()
+    t = time.perf_counter()
+    ds = upstream._read_ok(root, stage, ["duration"])
+    ds = ds.map_batches(runner._drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(pending)]})
+    ds = ds.repartition(target_num_rows_per_block=ROWS_PER_PART).map_batches(
+        _pass_through, batch_format="pyarrow"
+    )
+    ds = ds.map_batches(
+        runner._write_part,
+        batch_size=ROWS_PER_PART,
+        batch_format="pyarrow",
+        fn_kwargs={"root": root, "stage": "out", "token": None},
+    )
+    written = sum(b["rows"] for b in ds.iter_rows())
+    r["plan_s"] = round(time.perf_counter() - t, 1)
+    stop.set()
+    assert written == expected, (written, expected)
+    r["largest_worker_uss_mib"] = round(peak["uss"] / MiB, 1)
+    r["largest_worker_rss_mib"] = round(peak["rss"] / MiB, 1)
+    r["load_after"] = load()
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return r
+
+
 def vidal_json(path: Path, n: int) -> None:
     """A file in the released VIDAL-10M shape: one object, YouTube id -> captions (about 600 bytes each)."""
     rng = np.random.default_rng(0)
@@ -339,7 +414,7 @@ def main() -> None:
         "what",
         nargs="?",
         default="resume",
-        choices=["resume", "control", "discover", "dedup", "_write", "_control"],
+        choices=["resume", "control", "workers", "discover", "dedup", "_write", "_control"],
     )
     p.add_argument("args", nargs="*")
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000])
@@ -353,6 +428,10 @@ def main() -> None:
     print("load average before:", load(), flush=True)
     if a.what == "control":
         run_control(a.sizes, a.backend)
+    elif a.what == "workers":
+        for n in a.sizes:
+            for compact in (False, True):
+                print(json.dumps(workers(n, compact)), flush=True)
     elif a.what == "discover":
         print(json.dumps(discover(a.entries)))
     elif a.what == "dedup":
