@@ -88,7 +88,10 @@ class ScoreConfig(StageConfig):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        backends.parse("alignment", v)
+        try:
+            backends.parse("alignment", v)
+        except backends.ModelLoadError as e:
+            raise ValueError(str(e)) from None  # pydantic names the dotted key for a ValueError
         return v
 
     @field_validator("device")
