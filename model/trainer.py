@@ -91,9 +91,8 @@ class Trainer:
         model_config = ModelConfig.model_validate(cfg.model_dict())
         self._plan_steps(model_config)  # data problems surface before a large model is built
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        if (
-            self.ckpt is not None
-        ):  # frozen weights come from the run's base, trainable ones from the checkpoint
+        # resuming: frozen weights come from the run's base, trainable ones from the checkpoint
+        if self.ckpt is not None:
             self.model = LanguageBind.load(self.out / BASE_DIR)
             weights, state, meta = read_checkpoint(self.ckpt)
             self.model.load_state_dict(weights, strict=False)  # before FSDP shards the parameters
