@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from contracts import manifest
+from contracts import manifest, store
 from contracts.backends import ModelLoadError
 from contracts.status import FAILED, FILTERED, OK
 from pipeline.config import load_config
 from stages.base import RunContext
 from stages.near_dup import decode_embeddings
-from stages.score import ScoreConfig, ScoreStage
+from stages.score import ScoreConfig, ScoreStage, apply_run_wide_rules
 from tests.alignment_model import CONCEPTS, jpeg_frames, trained_export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,3 +229,47 @@ def test_score_through_the_runner_keeps_the_run_wide_percentile_on_resume(tmp_pa
     assert {k: (r["status"], r["error"]) for k, r in rows().items()} == {
         k: (r["status"], r["error"]) for k, r in got.items()
     }
+
+
+def _manifest_of(root: Path, n_parts: int, rows: int) -> None:
+    rng = np.random.default_rng(0)
+    for k in range(n_parts):
+        ids = [f"v{k:03d}-{i:03d}" for i in range(rows)]
+        table = ScoreStage.rows_to_table(
+            [{"video_id": v, "status": OK, "score_mplug": float(rng.uniform(-0.2, 0.4))} for v in ids]
+        )
+        store.write_parquet(str(root / "score" / f"part-{k:05d}.parquet"), table)
+
+
+def _outcome(root: Path) -> list[tuple]:
+    rows = [r for p in sorted((root / "score").glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    return sorted((r["video_id"], r["status"], r["error"], r["score_rule"]) for r in rows)
+
+
+def test_a_pass_killed_while_rewriting_parts_ends_as_an_uninterrupted_one(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    cfg = ScoreConfig(model="tiny", dedup=False, keep_percentile=50)
+    _manifest_of(tmp_path / "clean", 30, 200)
+    apply_run_wide_rules(str(tmp_path / "clean"), "score", cfg)
+    expected = _outcome(tmp_path / "clean")
+    assert sum(r[1] == FILTERED for r in expected) == 3000
+
+    root = tmp_path / "killed"
+    _manifest_of(root, 30, 200)
+    before = {p.name for p in (root / "score").glob("part-*.parquet")}
+    code = (
+        "from stages.score import ScoreConfig, apply_run_wide_rules; "
+        f"apply_run_wide_rules({str(root)!r}, 'score', ScoreConfig(model='tiny', dedup=False, keep_percentile=50))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    while proc.poll() is None:  # SIGKILL as soon as the first rewritten part is there
+        if {p.name for p in (root / "score").glob("part-*.parquet")} - before:
+            proc.send_signal(signal.SIGKILL)
+            break
+    assert proc.wait() == -signal.SIGKILL, "the pass ended before it could be killed"
+    assert _outcome(root) != expected  # the kill left it half done
+    apply_run_wide_rules(str(root), "score", cfg)
+    assert _outcome(root) == expected
