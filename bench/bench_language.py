@@ -223,10 +223,10 @@ def blip_large(device: torch.device, dtype: torch.dtype, quick: bool) -> tuple[A
 
 
 def gpu_frame_captioner(device: torch.device, quick: bool) -> list[dict[str, Any]]:
-    from stages.backends.batching import pick_dtype
+    from contracts.backends import resolve_dtype
     from stages.backends.captioners import FrameCaptioner, ImageTextModel
 
-    dtype = pick_dtype(device, "auto") or torch.float32
+    dtype = resolve_dtype(device, "auto") or torch.float32
     model, processor = blip_large(device, dtype, quick)
     cap = FrameCaptioner(
         ImageTextModel(model, processor, "blip-large-random", device, dtype), max_new_tokens=20
@@ -273,9 +273,9 @@ def gpu_video_captioner(device: torch.device, quick: bool) -> list[dict[str, Any
     """Qwen2.5-VL-3B's architecture (random weights): videos/s, 4 frames of 224x392, 60 new tokens."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from stages.backends.batching import pick_dtype
+    from contracts.backends import resolve_dtype
 
-    dtype = pick_dtype(device, "auto") or torch.float32
+    dtype = resolve_dtype(device, "auto") or torch.float32
     text = dict(
         hidden_size=2048,
         num_hidden_layers=36,

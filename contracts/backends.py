@@ -16,8 +16,9 @@ offline demo). Every failure is a ``ModelLoadError`` whose message starts ``<kin
 and, when the family is the problem, lists the kind's known families.
 
 Loaders get the parsed ``ModelSpec``, a ``torch.device`` and an autocast / weight dtype (``None``:
-fp32), plus keyword options: one set per kind (the stage config's keys), of which each family takes
-the ones it uses by name and ignores the rest (``**_``), so a stage never branches on the family.
+fp32), plus keyword options: one set per kind (documented by the kind's backend module, mostly the
+stage config's keys), of which each family takes the ones it uses by name and ignores the rest
+(``**_``), so a stage never branches on the family.
 
 Backend modules register themselves when imported, and ``BACKEND_MODULES`` below names, as strings,
 the modules that hold each kind's backends: the registry imports them the first time a kind is used.
@@ -32,9 +33,12 @@ stage configs at config time and by ``check`` on the driver, before any work.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -69,6 +73,14 @@ class ModelSpec:
 
     def __str__(self) -> str:
         return self.text
+
+    @property
+    def local_path(self) -> Path | None:
+        """The name as a local path when it reads as one (``/``, ``./``, ``../``, ``~``, or an existing
+        directory); ``None`` for a hub id, which the model library resolves (and caches) itself."""
+        if self.name.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(self.name)):
+            return Path(self.name).expanduser()
+        return None
 
     def error(self, what: str) -> ModelLoadError:
         """A ``ModelLoadError`` in the registry's one message shape: ``<kind> model '<spec>': <what>``."""
@@ -105,7 +117,7 @@ def register(
 
     ``check(spec, **options)`` (optional) raises ``ModelLoadError`` for what would fail every load
     (a missing or truncated file) without loading weights. ``variants``: the names the family takes
-    (tiny's architectures); a bare ``tiny`` means the first. Registering
+    (tiny's architectures; ``()``: none); a bare ``tiny`` means the first. Registering
     the same (kind, family) twice replaces the first (a module imported again re-registers itself).
     """
 
@@ -162,9 +174,9 @@ def parse(kind: str, spec: str) -> ModelSpec:
         raise ModelLoadError(f"{kind} model {spec!r}: unknown family {family!r}; known: {known(kind)}")
     if backend.variants is not None:
         if name and name not in backend.variants:
-            listed = ", ".join(f"{family}:{v}" for v in backend.variants)
-            raise ModelLoadError(f"{kind} model {spec!r}: the {family} variants are {family}, {listed}")
-        name = name or backend.variants[0]
+            listed = "".join(f", {family}:{v}" for v in backend.variants)
+            raise ModelLoadError(f"{kind} model {spec!r}: the {family} variants are {family}{listed}")
+        name = name or next(iter(backend.variants), "")
     elif not name:
         raise ModelLoadError(f"{kind} model {spec!r}: {family}: needs a name; expected {backend.usage}")
     return ModelSpec(kind, family, name, text)
@@ -202,6 +214,29 @@ def load(
     dev = resolve_device(device)
     resolved = resolve_dtype(dev, dtype) if isinstance(dtype, str) else dtype
     return _REGISTRY[(kind, parsed.family)].load(parsed, dev, resolved, **options)
+
+
+def check_pretrained_dir(spec: ModelSpec, **_: Any) -> None:
+    """The checker of families stored as a hub id or a ``save_pretrained`` directory: a local path must
+    be a directory with a ``config.json`` (a hub id is resolved, and cached, by the library on the worker)."""
+    if (d := spec.local_path) is not None and not (d / "config.json").is_file():
+        what = "no config.json in" if d.is_dir() else "directory not found:"
+        raise spec.error(f"{what} {d} (expected a directory written by save_pretrained, or a hub id)")
+
+
+@contextlib.contextmanager
+def loading(
+    spec: ModelSpec, errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+) -> Iterator[None]:
+    """Around a model library's loader (``from_pretrained``): its errors become one ``ModelLoadError``
+    saying what to do, offline included."""
+    try:
+        yield
+    except errors as e:
+        raise spec.error(
+            f"cannot load it ({' '.join(str(e).split())[:300]}); with HF_HUB_OFFLINE=1 a hub id "
+            "must be in the local cache, or give a local directory"
+        ) from None
 
 
 # -- device and precision ----------------------------------------------------------------------------

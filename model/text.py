@@ -4,6 +4,12 @@ Two poolings: ``clip`` (a CLIP text model: EOS token, then its text projection: 
 setting) and ``mean`` (a sentence encoder such as the packaged all-MiniLM-L6-v2: masked mean of the
 last hidden states). The tower is frozen and always in eval mode, so a caption's embedding never
 changes and can be cached.
+
+Text towers are the ``text`` kind of the model-backend registry (``contracts.backends``), so the trainer
+and the curation scorer load them the same way: ``tiny`` (random, seeded) or a hub id / directory,
+written bare (``minilm``, ``openai/clip-vit-base-patch32``) or as ``hf:…``. Options: ``config`` (the
+``TextConfig``), ``embed_dim`` (tiny's projection size) and ``clip_model`` (a loaded ``CLIPModel``
+whose text half is reused).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from contracts import backends
+from contracts.backends import ModelSpec
 from model.model_config import TextConfig
 
 CLIP_CONTEXT = 77
@@ -126,26 +134,7 @@ class TextTower(nn.Module):
             self.cache.popitem(last=False)  # least recently used first
         return result
 
-    # -- construction -----------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, cfg: TextConfig, clip_model: nn.Module | None = None) -> TextTower:
-        """Build the tower named by ``cfg``; ``clip_model`` (a loaded ``CLIPModel``) is reused if given."""
-        if cfg.name_or_path == "tiny":
-            return cls.tiny(cfg)
-        if cfg.clip_config is not None:
-            return cls.from_clip_config(cfg)
-        path = resolve_text_path(cfg.name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if clip_model is not None:
-            encoder, projection, pooling = clip_model.text_model, clip_model.text_projection, "clip"
-        else:
-            encoder, projection, pooling = _load_encoder(path, cfg.pooling)
-        if pooling == "clip":
-            limit = min(CLIP_CONTEXT, encoder.config.max_position_embeddings)
-        else:
-            limit = min(SENTENCE_MAX_LENGTH, encoder.config.max_position_embeddings)
-        return cls(encoder, tokenizer, pooling, projection, cfg.max_length or limit, cfg.cache_size)
-
+    # -- construction (through the registry: ``backends.load("text", …)``) -------------------
     @classmethod
     def from_clip_config(cls, cfg: TextConfig) -> TextTower:
         """A CLIP text tower built from ``cfg.clip_config`` (random weights: the caller loads them) with the
@@ -197,6 +186,58 @@ class TextTower(nn.Module):
             cfg.max_length or CLIP_CONTEXT,
             cfg.cache_size,
         )
+
+
+def check_text(spec: ModelSpec, **_: Any) -> None:
+    """A local path must be a directory (a hub id is resolved by transformers, ``minilm`` is packaged)."""
+    if (d := spec.local_path) is not None and not d.is_dir():
+        raise spec.error(f"directory not found: {d}")
+
+
+@backends.register("text", "tiny", usage="tiny", variants=())
+def load_tiny(
+    spec: ModelSpec,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    config: TextConfig,
+    embed_dim: int | None = None,
+    **_: Any,
+) -> TextTower:
+    """The seeded random CLIP text tower of ``TextTower.tiny``."""
+    return TextTower.tiny(config, embed_dim).to(device=device, dtype=dtype or torch.float32)
+
+
+@backends.register(
+    "text", "hf", usage="hf:<hub id or dir> (or written bare, or minilm)", check=check_text, bare=True
+)
+def load_hf(
+    spec: ModelSpec,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    config: TextConfig,
+    clip_model: nn.Module | None = None,
+    **_: Any,
+) -> TextTower:
+    """A frozen text encoder from a hub id or directory; ``clip_model``'s text half when given, a CLIP
+    text tower of ``config.clip_config`` (its weights loaded later) when that is set."""
+    if config.clip_config is not None:
+        tower = TextTower.from_clip_config(config)
+    else:
+        path = resolve_text_path(spec.name)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if clip_model is not None:
+            encoder, projection, pooling = clip_model.text_model, clip_model.text_projection, "clip"
+        else:
+            encoder, projection, pooling = _load_encoder(path, config.pooling)
+        limit = min(
+            CLIP_CONTEXT if pooling == "clip" else SENTENCE_MAX_LENGTH, encoder.config.max_position_embeddings
+        )
+        tower = TextTower(
+            encoder, tokenizer, pooling, projection, config.max_length or limit, config.cache_size
+        )
+    return tower.to(device=device, dtype=dtype or torch.float32)
 
 
 def _load_encoder(path: str, pooling: str) -> tuple[nn.Module, nn.Module | None, str]:

@@ -1,5 +1,7 @@
 """Build the towers from a ``ModelConfig``: random (tiny/demo) or initialised from a CLIP checkpoint.
 
+The text tower comes from the model-backend registry (kind ``text``, ``model.text``).
+
 Loading goes through transformers' ``CLIPModel.from_pretrained`` (hub id or local directory), then
 adapts shapes per modality: the patch grid of the position embeddings is interpolated (audio's
 126 x 1036 fbank -> 9 x 74 patches of 14), the patch embedding is summed over RGB for a 1-channel
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, CLIPVisionConfig
 
+from contracts import backends
 from model.model_config import ModelConfig, TowerConfig
 from model.text import TextTower
 from model.vision import ModalityTower
@@ -99,15 +102,18 @@ def build_towers(config: ModelConfig) -> tuple[TextTower, dict[str, ModalityTowe
     """Text tower, modality towers, and the resolved config (checkpoint sizes filled in, ``init_from``
     cleared) that rebuilds the same module tree without the checkpoint (``LanguageBind.load``)."""
     clip = load_clip(config.init_from) if config.init_from else None
-    if config.text.name_or_path == "tiny":
-        text = TextTower.tiny(config.text, config.embed_dim)
-    else:
-        reuse = (
-            clip is not None
-            and config.text.name_or_path == config.init_from
-            and config.text.pooling != "mean"
-        )
-        text = TextTower.from_config(config.text, clip if reuse else None)
+    reuse = (
+        clip is not None and config.text.name_or_path == config.init_from and config.text.pooling != "mean"
+    )
+    text: TextTower = backends.load(
+        "text",
+        config.text.name_or_path,
+        "cpu",
+        "fp32",
+        config=config.text,
+        embed_dim=config.embed_dim,
+        clip_model=clip if reuse else None,
+    )
     if config.embed_dim is not None and config.embed_dim != text.dim:
         raise ValueError(f"embed_dim {config.embed_dim} differs from the text tower's output dim {text.dim}")
     embed_dim = text.dim

@@ -13,18 +13,17 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from contracts import backends
 from contracts.encodings import decode_flac
 from contracts.shard_format import SAMPLE_RATE
-from contracts.status import FAILED, OK
-from stages.backends import pick_device
-from stages.backends.asr import WhisperASR, check_whisper_spec, load_whisper
+from stages.backends.asr import DECODING_OPTIONS, WhisperASR
 from stages.backends.batching import BatchRunner, ItemError
-from stages.base import Stage, StageConfig, one_line
+from stages.base import ModelStageConfig, Results, Stage, model_name
 
 WINDOW_S = 30.0  # whisper's input window
 
 
-class AsrConfig(StageConfig):
+class AsrConfig(ModelStageConfig):
     batch_size: int = 8
     model: str = Field("whisper:small", description="whisper:<size or .pt path>, or tiny")
     download_root: str | None = Field(
@@ -39,12 +38,11 @@ class AsrConfig(StageConfig):
     decode_batch_size: int = Field(16, ge=1, description="clips per whisper.decode call")
     no_speech_threshold: float = Field(0.6, ge=0, le=1)
     logprob_threshold: float = -1.0
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
 
     @field_validator("model")
     @classmethod
     def _spec(cls, v: str) -> str:
-        return check_whisper_spec(v)
+        return model_name("asr", v)
 
 
 class AsrStage(Stage):
@@ -63,19 +61,17 @@ class AsrStage(Stage):
     )
     config: AsrConfig
 
+    def options(self) -> dict[str, Any]:
+        return {k: getattr(self.config, k) for k in ("download_root", *DECODING_OPTIONS)}
+
+    def check(self) -> None:
+        c = self.config
+        if c.check_on_driver:
+            backends.check("asr", c.model, device=c.device, precision=c.precision, **self.options())
+
     def setup(self) -> None:
         c = self.config
-        model, model_id = load_whisper(c.model, pick_device(c.device), c.download_root)
-        self.asr = WhisperASR(
-            model,
-            model_id,
-            language=c.language,
-            task=c.task,
-            max_new_tokens=c.max_new_tokens,
-            beam_size=c.beam_size,
-            no_speech_threshold=c.no_speech_threshold,
-            logprob_threshold=c.logprob_threshold,
-        )
+        self.asr: WhisperASR = backends.load("asr", c.model, c.device, c.precision, **self.options())
         self.runner = BatchRunner(c.decode_batch_size, self.asr.device, what="whisper")
 
     def models(self) -> dict[str, str]:
@@ -83,7 +79,7 @@ class AsrStage(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        out: list[dict[str, Any]] = [{"video_id": r["video_id"], "status": OK, "error": None} for r in rows]
+        out = Results(self, [r["video_id"] for r in rows])
         clips: dict[int, np.ndarray] = {}
         for i, r in enumerate(rows):
             if not r.get("audio"):
@@ -91,12 +87,10 @@ class AsrStage(Stage):
             try:
                 samples, rate = decode_flac(r["audio"])
             except Exception as e:  # PyAV raises its own error types for broken data
-                out[i].update(
-                    status=FAILED, error=one_line(f"audio does not decode: {type(e).__name__}: {e}")
-                )
+                out.fail(i, f"audio does not decode: {type(e).__name__}: {e}")
                 continue
             if rate != SAMPLE_RATE:
-                out[i].update(status=FAILED, error=f"audio is {rate} Hz; whisper needs {SAMPLE_RATE} Hz")
+                out.fail(i, f"audio is {rate} Hz; whisper needs {SAMPLE_RATE} Hz")
                 continue
             clips[i] = samples
         short = [i for i, a in clips.items() if len(a) <= WINDOW_S * SAMPLE_RATE]
@@ -110,12 +104,13 @@ class AsrStage(Stage):
                 results[i] = ItemError(f"whisper failed: {type(e).__name__}: {e}")
         for i, res in results.items():
             if isinstance(res, ItemError):
-                out[i].update(status=FAILED, error=one_line(res.reason))
+                out.fail(i, res.reason)
             else:
-                out[i].update(
+                out.set(
+                    i,
                     asr=res.text,
                     asr_language=res.language,
                     asr_no_speech_prob=res.no_speech_prob,
                     asr_model=self.asr.model_id,
                 )
-        return self.rows_to_table(out)
+        return out.table()

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contracts import backends
 from contracts.status import FAILED, FILTERED, OK, STATUSES  # noqa: F401  (re-exported for the stages)
 
 BASE_FIELDS = [
@@ -57,6 +58,40 @@ class StageConfig(BaseModel):
         if not 1 <= v[0] <= v[1]:
             raise ValueError("must be (min, max) with 1 <= min <= max")
         return v
+
+
+def model_name(kind: str, spec: str, *, allow_none: bool = False) -> str:
+    """A config validator's body for a model key: ``spec`` as the backend registry parses it (family
+    and variant known for ``kind``; no file is touched), or ``none`` where the stage allows it."""
+    if allow_none and spec == "none":
+        return spec
+    try:
+        backends.parse(kind, spec)
+    except backends.ModelLoadError as e:
+        raise ValueError(str(e)) from None  # pydantic reports ValueErrors with the dotted key
+    return spec
+
+
+class ModelStageConfig(StageConfig):
+    """Settings every model stage has: where its model runs, in what precision, and the driver's check."""
+
+    device: str = Field("auto", description="auto (CUDA when visible, else CPU), cpu, cuda, cuda:1")
+    precision: str = Field("auto", description="auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
+    check_on_driver: bool = Field(
+        True,
+        description="check the model files on the driver before actors "
+        "start (turn off when only the workers can see them)",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        return backends.check_device(v)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_name(cls, v: str) -> str:
+        return backends.check_precision(v)
 
 
 @dataclass(frozen=True)
@@ -167,6 +202,58 @@ class Stage:
         c = self.config
         actors = tuple(c.actors) if self.uses_model else None
         return Resources(c.batch_size, c.num_cpus, c.num_gpus, actors)
+
+
+class Results:
+    """The output rows of one batch of a model stage, filled by index as results arrive.
+
+    Every row starts ``ok``; ``set(i, **cols)`` records columns, ``fail(i, reason)`` fails the row
+    (the first reason stays), ``filter(i, reason)`` drops it by a rule. ``table()`` builds the output
+    in the stage's schema, and a failed row carries no partial columns: whatever was set before (or
+    after) it failed is null in the table, except the ``accounting`` columns, which say what the
+    attempt cost (tokens, requests) rather than what it produced.
+    """
+
+    def __init__(self, stage: type[Stage] | Stage, video_ids: list[str], accounting: tuple[str, ...] = ()):
+        self.stage = stage
+        self.columns = frozenset(f.name for f in stage.schema)
+        self.kept = ("video_id", "status", "error", *accounting)
+        self.rows: list[dict[str, Any]] = [{"video_id": v, "status": OK, "error": None} for v in video_ids]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def ok(self, i: int) -> bool:
+        """True while row ``i`` has neither failed nor been filtered."""
+        return self.rows[i]["status"] == OK
+
+    def set(self, i: int, **columns: Any) -> None:
+        """Columns of row ``i`` (names from the stage's schema)."""
+        unknown = [k for k in columns if k not in self.columns]
+        if unknown:
+            raise KeyError(f"not output columns of this stage: {', '.join(unknown)}")
+        self.rows[i].update(columns)
+
+    def get(self, i: int, column: str) -> Any:
+        """What row ``i`` holds in ``column`` so far (None when unset)."""
+        return self.rows[i].get(column)
+
+    def fail(self, i: int, reason: str) -> None:
+        """Row ``i`` failed with a one-line reason; a row already failed keeps its first reason."""
+        if self.rows[i]["status"] != FAILED:
+            self.rows[i].update(status=FAILED, error=one_line(reason))
+
+    def filter(self, i: int, reason: str) -> None:
+        """Row ``i`` is dropped by a rule (``filtered``); its columns stay, to show why."""
+        if self.ok(i):
+            self.rows[i].update(status=FILTERED, error=one_line(reason))
+
+    def table(self) -> pa.Table:
+        """The rows in the stage's output schema; failed rows with only ``video_id``, ``status``, ``error``
+        (and the accounting columns)."""
+        return self.stage.rows_to_table(
+            {k: r.get(k) for k in self.kept} if r["status"] == FAILED else r for r in self.rows
+        )
 
 
 class RowError(Exception):

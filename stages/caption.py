@@ -15,24 +15,17 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field, field_validator
 
+from contracts import backends
 from contracts.encodings import decode_image
-from contracts.status import FAILED, OK
-from stages.backends import pick_device
-from stages.backends.batching import BatchRunner, ItemError, flatten, pick_dtype, regroup
-from stages.backends.captioners import (
-    FrameCaptioner,
-    VideoCaptioner,
-    VideoRequest,
-    check_captioner_spec,
-    load_image_text_model,
-)
-from stages.base import Stage, StageConfig, one_line
+from stages.backends.batching import BatchRunner, ItemError, flatten, regroup
+from stages.backends.captioners import FrameCaptioner, VideoCaptioner, VideoRequest
+from stages.base import ModelStageConfig, Results, Stage, model_name
 from stages.prompts import clean_text, data_block, load_prompt
 
 IMPORTED = "imported"
 
 
-class CaptionConfig(StageConfig):
+class CaptionConfig(ModelStageConfig):
     batch_size: int = 8
     frame_model: str = Field(
         "hf:Salesforce/blip-image-captioning-large",
@@ -58,18 +51,16 @@ class CaptionConfig(StageConfig):
     max_title_chars: int = Field(200, ge=0, description="title characters quoted in the prompt")
     max_hashtags: int = Field(15, ge=0)
     keep_imported: bool = Field(True, description="keep ofa / mplug a source already carries")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
-    precision: str = Field("auto", description="auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
 
     @field_validator("frame_model")
     @classmethod
     def _frame_spec(cls, v: str) -> str:
-        return check_captioner_spec(v, video=False)
+        return model_name("frame_caption", v)
 
     @field_validator("video_model")
     @classmethod
     def _video_spec(cls, v: str) -> str:
-        return check_captioner_spec(v, video=True)
+        return model_name("video_caption", v, allow_none=True)
 
     @field_validator("video_prompt")
     @classmethod
@@ -128,23 +119,35 @@ class CaptionStage(Stage):
     )
     config: CaptionConfig
 
+    def check(self) -> None:
+        c = self.config
+        if c.check_on_driver:
+            backends.check("frame_caption", c.frame_model, device=c.device, precision=c.precision)
+            if c.video_model != "none":
+                backends.check("video_caption", c.video_model, device=c.device, precision=c.precision)
+
     def setup(self) -> None:
         c = self.config
-        device = pick_device(c.device)
-        dtype = pick_dtype(device, c.precision)
-        self.frames = FrameCaptioner(
-            load_image_text_model(c.frame_model, device, dtype, "blip"),
-            c.frame_prompt,
-            c.frame_max_new_tokens,
-            c.num_beams,
+        self.frames: FrameCaptioner = backends.load(
+            "frame_caption",
+            c.frame_model,
+            c.device,
+            c.precision,
+            prompt=c.frame_prompt,
+            max_new_tokens=c.frame_max_new_tokens,
+            num_beams=c.num_beams,
         )
+        device = self.frames.m.device
         self.frame_runner = BatchRunner(c.frame_batch_size, device, what="frame captioning")
         self.video: VideoCaptioner | None = None
         if c.video_model != "none":
-            self.video = VideoCaptioner(
-                load_image_text_model(c.video_model, device, dtype, "llava"),
-                c.video_max_new_tokens,
-                c.num_beams,
+            self.video = backends.load(
+                "video_caption",
+                c.video_model,
+                device,
+                c.precision,
+                max_new_tokens=c.video_max_new_tokens,
+                num_beams=c.num_beams,
             )
             self.video_runner = BatchRunner(c.video_batch_size, device, what="video captioning")
         self.prompt = load_prompt(c.video_prompt)
@@ -164,17 +167,13 @@ class CaptionStage(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         c = self.config
         rows = batch.to_pylist()
-        out: list[dict[str, Any]] = [{"video_id": r["video_id"], "status": OK, "error": None} for r in rows]
+        out = Results(self, [r["video_id"] for r in rows])
         images: dict[int, list[Image.Image]] = {}
         for i, r in enumerate(rows):
             try:
                 images[i] = frame_images(r.get("frames"))
             except ValueError as e:
-                out[i].update(status=FAILED, error=one_line(str(e)))
-
-        def fail(i: int, what: str, err: ItemError) -> None:
-            if out[i]["status"] == OK:
-                out[i].update(status=FAILED, error=one_line(f"{what}: {err.reason}"))
+                out.fail(i, str(e))
 
         # Frame captions, batched across all frames of all videos that need them.
         imported_ofa = {i for i, r in enumerate(rows) if c.keep_imported and r.get("ofa")}
@@ -182,35 +181,35 @@ class CaptionStage(Stage):
         items, owners = flatten([images[i] for i in todo])
         per_row = regroup(self.frame_runner.run(items, self.frames), owners, len(todo))
         for i, caps in zip(todo, per_row):
-            bad = next((x for x in caps if isinstance(x, ItemError)), None)
-            if bad:
-                fail(i, "frame captioning failed", bad)
-            out[i]["ofa"] = None if bad else caps
+            if bad := next((x for x in caps if isinstance(x, ItemError)), None):
+                out.fail(i, f"frame captioning failed: {bad.reason}")
+            else:
+                out.set(i, ofa=caps)
         for i in imported_ofa:
-            out[i]["ofa"] = rows[i]["ofa"]
+            out.set(i, ofa=rows[i]["ofa"])
 
         # Video captions: a few frames and the title/hashtags prompt per video.
         imported_mplug = {i for i, r in enumerate(rows) if c.keep_imported and r.get("mplug")}
-        todo = [i for i in images if i not in imported_mplug and out[i]["status"] == OK]
+        todo = [i for i in images if i not in imported_mplug and out.ok(i)]
         if self.video is not None and todo:
             results = self.video_runner.run(
                 [self.video_request(rows[i], images[i]) for i in todo], self.video
             )
             for i, cap in zip(todo, results):
                 if isinstance(cap, ItemError):
-                    fail(i, "video captioning failed", cap)
+                    out.fail(i, f"video captioning failed: {cap.reason}")
                 else:
-                    out[i]["mplug"] = cap
+                    out.set(i, mplug=cap)
         for i in imported_mplug:
-            out[i]["mplug"] = rows[i]["mplug"]
+            out.set(i, mplug=rows[i]["mplug"])
 
-        for i, o in enumerate(out):
-            if o["status"] != OK:  # a failed row carries no partial captions
-                o["ofa"] = o["mplug"] = None
-                continue
+        for i in range(len(rows)):
             made_mplug = self.video is not None and i not in imported_mplug
             ofa_id = IMPORTED if i in imported_ofa else self.frames.model_id
             mplug_id = IMPORTED if i in imported_mplug else (self.video.model_id if self.video else "none")
-            o["caption_model"] = f"ofa={ofa_id};mplug={mplug_id}"
-            o["caption_prompt_version"] = self.prompt.version if made_mplug else None
-        return self.rows_to_table(out)
+            out.set(
+                i,
+                caption_model=f"ofa={ofa_id};mplug={mplug_id}",
+                caption_prompt_version=self.prompt.version if made_mplug else None,
+            )
+        return out.table()  # a failed row carries no partial captions

@@ -10,7 +10,6 @@ with ``midas:<file.pt>``) have no metric scale: their per-frame depth order is s
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 import numpy as np
@@ -18,15 +17,12 @@ import pyarrow as pa
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from contracts import backends
 from contracts.encodings import encode_depth_png
 from contracts.shard_format import DEPTH_MAX_MM
-from contracts.status import FAILED, OK
-from stages.backends import parse_model_spec
-from stages.backends.batching import BatchRunner, Frame, FrameModelConfig, ItemError, map_frames
-from stages.backends.depth import TINY_ARCHS
-from stages.base import Stage
-
-log = logging.getLogger("vidal")
+from stages.backends.batching import Frame
+from stages.base import model_name
+from stages.frame_stage import FrameModelConfig, FrameStage
 
 
 class DepthConfig(FrameModelConfig):
@@ -48,12 +44,7 @@ class DepthConfig(FrameModelConfig):
     @field_validator("model")
     @classmethod
     def _known_family(cls, v: str) -> str:
-        family, name = parse_model_spec(v)
-        if family not in ("hf", "midas", "tiny"):
-            raise ValueError(f"depth models are hf:<id or dir>, midas:<file.pt> or tiny, not {family}:")
-        if family == "tiny" and name and name not in TINY_ARCHS:
-            raise ValueError(f"tiny depth models are tiny, {', '.join('tiny:' + a for a in TINY_ARCHS)}")
-        return v
+        return model_name("depth", v)
 
     @field_validator("midas_variant")
     @classmethod
@@ -66,12 +57,12 @@ class DepthConfig(FrameModelConfig):
 
     @model_validator(mode="after")
     def _midas_variant_known(self) -> DepthConfig:
-        family, name = parse_model_spec(self.model)
-        if family == "midas" and self.midas_variant is None:
+        spec = backends.parse("depth", self.model)
+        if spec.family == "midas" and self.midas_variant is None:
             from stages.backends.midas import variant_from_name
             from stages.backends.midas_dpt import VARIANTS
 
-            if variant_from_name(name) is None:
+            if variant_from_name(spec.name) is None:
                 raise ValueError(
                     f"depth.model {self.model!r}: the file name names no MiDaS variant; set "
                     f"depth.midas_variant to one of {', '.join(VARIANTS)}"
@@ -86,11 +77,8 @@ def to_millimetres(depth: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.nan_to_num(mm, nan=0.0).clamp(0, DEPTH_MAX_MM).to(torch.int32)
 
 
-class DepthStage(Stage):
+class DepthStage(FrameStage):
     name = "depth"
-    upstream = ("probe",)
-    reads = ("video_id", "frames")
-    uses_model = True
     Config = DepthConfig
     schema = pa.schema(
         [
@@ -99,57 +87,16 @@ class DepthStage(Stage):
             ("depth_model", pa.string()),
         ]
     )
+    column, model_column = "depth", "depth_model"
+    load_options = ("depth_kind", "min_side", "max_side", "midas_variant")
     config: DepthConfig
 
-    def models(self) -> dict[str, str]:
-        return {"depth": self.config.model}
-
-    def check(self) -> None:
-        # On the driver: a missing, truncated or foreign checkpoint fails here, before any actor starts
-        # and before --force deletes the stage's earlier output.
-        if self.config.check_on_driver:
-            from stages.backends.depth import check_spec
-
-            check_spec(self.config.model, self.config.midas_variant)
-
-    def setup(self) -> None:
-        from stages.backends.depth import load_depth_model
-
-        c = self.config
-        self.device, dtype = c.pick()
-        self.net = load_depth_model(
-            c.model, self.device, dtype, c.depth_kind, c.min_side, c.max_side, c.midas_variant
-        )
-        self.runner = BatchRunner(c.model_batch, self.device, what="depth model")
-        self.encoder = c.encoder_pool()
-        log.info("depth: %s (%s) on %s, autocast %s", c.model, self.net.kind, self.device, dtype)
-
-    def _predict(self, frames: list[Frame]) -> list[torch.Tensor]:
+    def infer(self, frames: list[Frame], video_ids: list[str]) -> list[torch.Tensor]:
         depth = self.net.predict([f.image for f in frames])
         return list(to_millimetres(depth, self.net.kind).cpu())
 
-    def process(self, batch: pa.Table) -> pa.Table:
-        ids = batch["video_id"].to_pylist()
-        results = map_frames(batch["frames"].to_pylist(), self._predict, self.runner, self.config.gpu_decode)
-        level = self.config.png_compression
-        encoded = {
-            i: self.encoder.map(lambda m: encode_depth_png(m.numpy().astype(np.uint16), level), res)
-            for i, res in enumerate(results)
-            if not isinstance(res, ItemError)
-        }
-        rows: list[dict[str, Any]] = []
-        for i, (vid, res) in enumerate(zip(ids, results)):
-            if isinstance(res, ItemError):
-                rows.append({"video_id": vid, "status": FAILED, "error": f"depth: {res.reason}"})
-                continue
-            rows.append(
-                {
-                    "video_id": vid,
-                    "status": OK,
-                    "error": None,
-                    "depth": list(encoded[i]),
-                    "depth_kind": self.net.kind,
-                    "depth_model": self.config.model,
-                }
-            )
-        return self.rows_to_table(rows)
+    def encode(self, output: torch.Tensor) -> bytes:
+        return encode_depth_png(output.numpy().astype(np.uint16), self.config.png_compression)
+
+    def row_columns(self) -> dict[str, Any]:
+        return {"depth_kind": self.net.kind, **super().row_columns()}

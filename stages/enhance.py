@@ -18,28 +18,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from contracts import store
-from contracts.status import FAILED, OK
-from stages.backends import parse_model_spec, pick_device
-from stages.backends.batching import ItemError, pick_dtype
+from contracts import backends, store
+from contracts.status import OK
+from stages.backends.batching import ItemError
 from stages.backends.llm import (
     Completion,
     Messages,
     OutputError,
-    check_spec,
     check_text,
     echo_ngrams,
-    load_chat_lm,
     parse_json_fields,
 )
-from stages.base import Stage, StageConfig, one_line
+from stages.base import ModelStageConfig, Results, Stage, model_name
 from stages.prompts import Prompt, clean_text, data_block, load_prompt
 
 POLISH, SOUND = "polish_mplug", "sound_mplug"
+USAGE = ("enhance_prompt_tokens", "enhance_completion_tokens", "enhance_requests")  # kept by failed rows
 IMPORTED = "imported"
 
 
-class EnhanceConfig(StageConfig):
+class EnhanceConfig(ModelStageConfig):
     batch_size: int = 16
     model: str = Field(
         "none", description="openai:<model>, hf:<id or dir>, tiny, or none (copy captions through)"
@@ -79,13 +77,11 @@ class EnhanceConfig(StageConfig):
     price_per_million_output_tokens: float = Field(0.0, ge=0, description="USD, for the cost estimate")
     # hf: / tiny
     generate_batch_size: int = Field(8, ge=1, description="conversations per generate call")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
-    precision: str = Field("auto", description="auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
 
     @field_validator("model")
     @classmethod
     def _spec(cls, v: str) -> str:
-        return check_spec(v)
+        return model_name("llm", v, allow_none=True)
 
     @field_validator("prompt", "polish_prompt", "sound_prompt")
     @classmethod
@@ -152,36 +148,31 @@ class EnhanceStage(Stage):
         self.echo = {k: echo_ngrams(p.instruction_words()) for k, p in self.prompts.items()}
         self.prompt_version = "+".join(p.version for p in self.prompts.values())
         self.backend: Any = None
-        if c.model == "none":
-            return
-        family, name = parse_model_spec(c.model)
-        if family == "openai":
-            from stages.backends.openai_client import OpenAIChatClient
+        if c.model != "none":
+            self.backend = backends.load("llm", c.model, c.device, c.precision, **self.options())
 
-            self.backend = OpenAIChatClient(
-                c.base_url,
-                name,
-                api_key_env=c.api_key_env,
-                concurrency=c.concurrency,
-                timeout_s=c.timeout_s,
-                max_retries=c.max_retries,
-                backoff_s=c.backoff_s,
-                max_backoff_s=c.max_backoff_s,
-                max_tokens=c.max_new_tokens,
-                temperature=c.temperature,
-                timeout_name="enhance.timeout_s",
-                json_mode=c.response_format == "json" and c.json_response_format,
-            )
-        else:
-            device = pick_device(c.device)
-            self.backend = load_chat_lm(
-                c.model,
-                device,
-                pick_dtype(device, c.precision),
-                max_new_tokens=c.max_new_tokens,
-                temperature=c.temperature,
-                batch_size=c.generate_batch_size,
-            )
+    def options(self) -> dict[str, Any]:
+        """The llm kind's options: the generation settings, and the client settings of ``openai:``."""
+        c = self.config
+        return {
+            "max_new_tokens": c.max_new_tokens,
+            "temperature": c.temperature,
+            "generate_batch_size": c.generate_batch_size,
+            "base_url": c.base_url,
+            "api_key_env": c.api_key_env,
+            "concurrency": c.concurrency,
+            "timeout_s": c.timeout_s,
+            "max_retries": c.max_retries,
+            "backoff_s": c.backoff_s,
+            "max_backoff_s": c.max_backoff_s,
+            "timeout_name": "enhance.timeout_s",
+            "json_mode": c.response_format == "json" and c.json_response_format,
+        }
+
+    def check(self) -> None:
+        c = self.config
+        if c.model != "none" and c.check_on_driver:
+            backends.check("llm", c.model, device=c.device, precision=c.precision, **self.options())
 
     def models(self) -> dict[str, str]:
         c = self.config
@@ -223,31 +214,22 @@ class EnhanceStage(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         c = self.config
         rows = batch.to_pylist()
-        out: list[dict[str, Any]] = [
-            {
-                "video_id": r["video_id"],
-                "status": OK,
-                "error": None,
-                "enhance_prompt_tokens": 0,
-                "enhance_completion_tokens": 0,
-                "enhance_requests": 0,
-            }
-            for r in rows
-        ]
+        out = Results(self, [r["video_id"] for r in rows], accounting=USAGE)
         todo = []
         for i, r in enumerate(rows):
+            out.set(i, **dict.fromkeys(USAGE, 0))
             if c.keep_imported and r.get(POLISH) and r.get(SOUND):
-                out[i].update({POLISH: r[POLISH], SOUND: r[SOUND], "enhance_model": IMPORTED})
+                out.set(i, **{POLISH: r[POLISH], SOUND: r[SOUND], "enhance_model": IMPORTED})
             elif self.backend is None:
                 text, source = unenhanced(r, c.max_output_chars)
-                out[i].update({POLISH: text, "enhance_model": "none", "enhance_note": f"copied {source}"})
+                out.set(i, **{POLISH: text, "enhance_model": "none", "enhance_note": f"copied {source}"})
             else:
                 todo.append(i)
         jobs = [j for i in todo for j in self.jobs_for(i, rows[i])]
         retry: list[tuple[Job, Messages, str]] = []
         notes: dict[int, list[str]] = {i: [] for i in todo}
         for job, res in zip(jobs, self.backend.complete([j.messages for j in jobs]) if jobs else []):
-            if (reason := self._take(out, job, res)) and out[job.row]["status"] == OK:
+            if (reason := self._take(out, job, res)) and out.ok(job.row):
                 correction = [
                     {"role": "assistant", "content": res.text[:4000]},
                     {
@@ -259,39 +241,31 @@ class EnhanceStage(Stage):
                 retry.append((job, job.messages + correction, reason))
         for (job, _, _), res in zip(retry, self.backend.complete([m for _, m, _ in retry]) if retry else []):
             if reason := self._take(out, job, res):
-                for f in job.fields:  # keep what we had without the LLM, and say why
-                    out[job.row][f] = (
-                        unenhanced(rows[job.row], c.max_output_chars)[0] if f == POLISH else None
-                    )
-                source = unenhanced(rows[job.row], c.max_output_chars)[1]
+                text, source = unenhanced(rows[job.row], c.max_output_chars)
+                # keep what we had without the LLM, and say why
+                out.set(job.row, **{f: text if f == POLISH else None for f in job.fields})
                 notes[job.row].append(
                     f"fallback for {'+'.join(job.fields)} after a retry: {reason}"
                     + (f"; {POLISH} copied from {source}" if POLISH in job.fields else "")
                 )
         for i in todo:
-            o = out[i]
-            if o["status"] != OK:  # a failed row carries no partial texts
-                o[POLISH] = o[SOUND] = None
-                continue
-            o.update(
+            out.set(
+                i,
                 enhance_model=self.backend.model_id,
                 enhance_prompt_version=self.prompt_version,
                 enhance_note="; ".join(notes[i]) or None,
             )
-        return self.rows_to_table(out)
+        return out.table()  # a failed row carries no partial texts
 
-    def _take(self, out: list[dict[str, Any]], job: Job, res: Completion | ItemError) -> str | None:
+    def _take(self, out: Results, job: Job, res: Completion | ItemError) -> str | None:
         """Record one reply into its row; the reason when it must be retried, else None."""
-        o = out[job.row]
         if isinstance(res, ItemError):  # the endpoint failed: the row fails, to be retried later
-            if o["status"] == OK:
-                o.update(status=FAILED, error=one_line(res.reason))
+            out.fail(job.row, res.reason)
             return None
-        o["enhance_prompt_tokens"] += res.prompt_tokens
-        o["enhance_completion_tokens"] += res.completion_tokens
-        o["enhance_requests"] += res.attempts
+        spent = (res.prompt_tokens, res.completion_tokens, res.attempts)
+        out.set(job.row, **{k: out.get(job.row, k) + n for k, n in zip(USAGE, spent)})
         try:
-            o.update(self.parse(job, res.text))
+            out.set(job.row, **self.parse(job, res.text))
             return None
         except OutputError as e:
             return str(e)

@@ -9,21 +9,17 @@ or MMagic checkpoints); ``tiny`` is a random-weight generator for tests and the 
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Literal
+from typing import Literal
 
 import pyarrow as pa
 import torch
 from pydantic import Field, field_validator
 
 from contracts.encodings import encode_jpeg
-from contracts.status import FAILED, OK
-from stages.backends import parse_model_spec
-from stages.backends.batching import BatchRunner, Frame, FrameModelConfig, ItemError, map_frames
+from stages.backends.batching import Frame
 from stages.backends.munit import MunitArch
-from stages.base import Stage
-
-log = logging.getLogger("vidal")
+from stages.base import model_name
+from stages.frame_stage import FrameModelConfig, FrameStage
 
 
 class InfraredConfig(FrameModelConfig):
@@ -66,19 +62,11 @@ class InfraredConfig(FrameModelConfig):
     @field_validator("model")
     @classmethod
     def _known_family(cls, v: str) -> str:
-        family, name = parse_model_spec(v)
-        if family not in ("munit", "cyclegan", "tiny"):
-            raise ValueError(f"infrared models are munit:<file>, cyclegan:<file> or tiny, not {family}:")
-        if family == "tiny" and name not in ("", "munit", "cyclegan"):
-            raise ValueError("tiny infrared models are tiny, tiny:munit, tiny:cyclegan")
-        return v
+        return model_name("infrared", v)
 
 
-class InfraredStage(Stage):
+class InfraredStage(FrameStage):
     name = "infrared"
-    upstream = ("probe",)
-    reads = ("video_id", "frames")
-    uses_model = True
     Config = InfraredConfig
     schema = pa.schema(
         [
@@ -86,73 +74,22 @@ class InfraredStage(Stage):
             ("infrared_model", pa.string()),
         ]
     )
+    column, model_column = "ir", "infrared_model"
+    load_options = (
+        "munit",
+        "source_domain",
+        "target_domain",
+        "allow_pickle",
+        "short_side",
+        "max_side",
+        "output_range",
+        "seed",
+    )
     config: InfraredConfig
 
-    def models(self) -> dict[str, str]:
-        return {"infrared": self.config.model}
+    def infer(self, frames: list[Frame], video_ids: list[str]) -> list[torch.Tensor]:
+        keys = [f"{video_ids[f.row]}/{f.index}" for f in frames]  # the style seed: video and frame
+        return list(self.net.translate([f.image for f in frames], keys).cpu())
 
-    def _model_kwargs(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "arch": c.munit,
-            "source": c.source_domain,
-            "target": c.target_domain,
-            "allow_pickle": c.allow_pickle,
-        }
-
-    def check(self) -> None:
-        # On the driver: a missing, truncated or foreign checkpoint fails here, before any actor starts
-        # and before --force deletes the stage's earlier output.
-        if self.config.check_on_driver:
-            from stages.backends.infrared import check_spec
-
-            check_spec(self.config.model, **self._model_kwargs())
-
-    def setup(self) -> None:
-        from stages.backends.infrared import load_infrared_model
-
-        c = self.config
-        self.device, dtype = c.pick()
-        self.net = load_infrared_model(
-            c.model,
-            self.device,
-            dtype,
-            short_side=c.short_side,
-            max_side=c.max_side,
-            output_range=c.output_range,
-            seed=c.seed,
-            **self._model_kwargs(),
-        )
-        self.runner = BatchRunner(c.model_batch, self.device, what="infrared model")
-        self.encoder = c.encoder_pool()
-        log.info("infrared: %s on %s, autocast %s", c.model, self.device, dtype)
-
-    def process(self, batch: pa.Table) -> pa.Table:
-        ids = batch["video_id"].to_pylist()
-
-        def translate(frames: list[Frame]) -> list[torch.Tensor]:
-            keys = [f"{ids[f.row]}/{f.index}" for f in frames]  # the style seed: video and frame
-            return list(self.net.translate([f.image for f in frames], keys).cpu())
-
-        results = map_frames(batch["frames"].to_pylist(), translate, self.runner, self.config.gpu_decode)
-        quality = self.config.jpeg_quality
-        encoded = {
-            i: self.encoder.map(lambda t: encode_jpeg(t.numpy(), quality), res)
-            for i, res in enumerate(results)
-            if not isinstance(res, ItemError)
-        }
-        rows: list[dict[str, Any]] = []
-        for i, (vid, res) in enumerate(zip(ids, results)):
-            if isinstance(res, ItemError):
-                rows.append({"video_id": vid, "status": FAILED, "error": f"infrared: {res.reason}"})
-                continue
-            rows.append(
-                {
-                    "video_id": vid,
-                    "status": OK,
-                    "error": None,
-                    "ir": list(encoded[i]),
-                    "infrared_model": self.config.model,
-                }
-            )
-        return self.rows_to_table(rows)
+    def encode(self, output: torch.Tensor) -> bytes:
+        return encode_jpeg(output.numpy(), self.config.jpeg_quality)

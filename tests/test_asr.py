@@ -12,10 +12,10 @@ import pytest
 import whisper
 from pydantic import ValidationError
 
+from contracts.backends import ModelLoadError
 from contracts.encodings import encode_flac
 from pipeline.synthetic import CONCEPTS, tone
 from stages.asr import AsrConfig, AsrStage
-from stages.backends import ModelLoadError
 from stages.backends.asr import TINY_ID, save_tiny_whisper
 from stages.base import RunContext
 

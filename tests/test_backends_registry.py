@@ -108,3 +108,73 @@ def test_the_floor_imports_no_stage_model_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        (
+            "caption.precision=fp7",
+            "caption.precision: Value error, precision 'fp7': expected one of auto, bf16",
+        ),
+        ("enhance.precision=fp7", "enhance.precision: Value error, precision 'fp7'"),
+    ],
+)
+def test_bad_model_settings_exit_2_with_one_line_before_any_work(tmp_path, override, words):
+    """Config time, on the driver: exit 2 and one problem line naming the dotted key; no Ray, no demo
+    media, no root (the CLI's config-error shape: ``error: invalid config:`` then one line per problem)."""
+    from tests.test_cli_errors import run_cli
+
+    res = run_cli(tmp_path, "--root", str(tmp_path / "root"), "--set", override)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert lines[0] == "error: invalid config:" and len(lines) == 2 and words in lines[1], res.stderr
+    assert res.stdout == ""
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "demo-media").exists()
+    assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("asr.device=gpu0", "asr.device: Value error, device 'gpu0'"),
+        ("depth.precision=half", "depth.precision: Value error, precision 'half'"),
+        (
+            "depth.model=onnx:x.onnx",
+            "depth.model: Value error, depth model 'onnx:x.onnx': unknown family 'onnx'",
+        ),
+        (
+            "infrared.model=tiny:pix2pix",
+            "infrared model 'tiny:pix2pix': the tiny variants are tiny, tiny:munit",
+        ),
+        (
+            "caption.video_model=tiny:qwen",
+            "video_caption model 'tiny:qwen': the tiny variants are tiny, tiny:llava",
+        ),
+        ("caption.frame_model=none", "frame_caption model 'none': expected family:name"),
+        ("enhance.model=whisper:small", "llm model 'whisper:small': unknown family 'whisper'; known: "),
+        ("asr.model=tiny:llama", "asr model 'tiny:llama': the tiny variants are tiny, tiny:whisper"),
+    ],
+)
+def test_every_model_stage_config_parses_its_model_through_the_registry(override, words):
+    from contracts.config_io import ConfigError
+    from pipeline.config import load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert words in str(e.value)
+
+
+def test_every_model_stage_kind_is_registered():
+    kinds = {
+        "depth": {"hf", "midas", "tiny"},
+        "infrared": {"munit", "cyclegan", "tiny"},
+        "asr": {"whisper", "tiny"},
+        "frame_caption": {"hf", "tiny"},
+        "video_caption": {"hf", "tiny"},
+        "llm": {"openai", "hf", "tiny"},
+        "text": {"hf", "tiny"},
+    }
+    for kind, expected in kinds.items():
+        assert set(backends.families(kind)) == expected, kind
+    assert backends.parse("text", "minilm") == ModelSpec("text", "hf", "minilm", "minilm")

@@ -9,18 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
+from contracts.backends import resolve_device, resolve_dtype
 from stages.backends.batching import (
     BatchRunner,
     Frame,
-    FrameModelConfig,
     ItemError,
     decode_frames,
     decode_image_tensor,
     flatten,
     map_frames,
-    pick_dtype,
     regroup,
 )
+from stages.frame_stage import FrameModelConfig
 
 CPU = torch.device("cpu")
 
@@ -156,13 +156,14 @@ def test_map_frames_fails_only_rows_with_bad_frames():
 
 
 def test_precision_choice():
-    assert pick_dtype(CPU, "auto") is None and pick_dtype(CPU, "fp32") is None
-    assert pick_dtype(CPU, "bf16") is torch.bfloat16 and pick_dtype(CPU, "fp16") is torch.float16
+    assert resolve_dtype(CPU, "auto") is None and resolve_dtype(CPU, "fp32") is None
+    assert resolve_dtype(CPU, "bf16") is torch.bfloat16 and resolve_dtype(CPU, "fp16") is torch.float16
     with pytest.raises(ValueError, match="precision"):
-        pick_dtype(CPU, "int8")
+        resolve_dtype(CPU, "int8")
     with pytest.raises(ValueError, match="expected one of"):
         FrameModelConfig(precision="half")
-    assert FrameModelConfig(device="cpu").pick() == (CPU, None)
+    config = FrameModelConfig(device="cpu")
+    assert resolve_device(config.device) == CPU and resolve_dtype(CPU, config.precision) is None
 
 
 def test_flatten_and_regroup_are_inverse():
@@ -171,3 +172,45 @@ def test_flatten_and_regroup_are_inverse():
     assert items == list("abcdef")
     back = regroup([x.upper() for x in items], owners, len(rows))
     assert back == [["A", "B"], [], [], ["C"], ["D", "E", "F"]]
+
+
+def test_results_a_failed_row_carries_no_partial_columns():
+    from stages.base import Results
+    from stages.caption import CaptionStage
+
+    out = Results(CaptionStage, ["a", "b", "c"])
+    out.set(0, ofa=["x"] * 8, mplug="m", caption_model="ofa=t;mplug=t")
+    out.set(1, ofa=["y"] * 8)
+    out.fail(1, "video captioning failed: boom\nsecond line")
+    out.fail(1, "a later reason")  # the first reason stays
+    out.set(1, mplug="set after the failure")
+    out.filter(2, "below the threshold")
+    rows = out.table().to_pylist()
+    assert rows[0] == {
+        "video_id": "a",
+        "status": "ok",
+        "error": None,
+        "ofa": ["x"] * 8,
+        "mplug": "m",
+        "caption_model": "ofa=t;mplug=t",
+        "caption_prompt_version": None,
+    }
+    assert rows[1]["status"] == "failed" and rows[1]["error"] == "video captioning failed: boom second line"
+    assert rows[1]["ofa"] is None and rows[1]["mplug"] is None  # set, then failed: null
+    assert rows[2]["status"] == "filtered" and rows[2]["error"] == "below the threshold"
+    assert out.table().schema == CaptionStage.output_schema()
+    with pytest.raises(KeyError, match="not output columns of this stage: status"):
+        out.set(0, status="ok")
+
+
+def test_results_keeps_the_accounting_columns_of_a_failed_row():
+    from stages.base import Results
+    from stages.enhance import USAGE, EnhanceStage
+
+    out = Results(EnhanceStage, ["a"], accounting=USAGE)
+    out.set(0, polish_mplug="half done", enhance_prompt_tokens=120, enhance_requests=2)
+    out.fail(0, "HTTP 500")
+    row = out.table().to_pylist()[0]
+    assert (
+        row["polish_mplug"] is None and row["enhance_prompt_tokens"] == 120 and row["enhance_requests"] == 2
+    )

@@ -10,13 +10,12 @@ import json
 
 import pyarrow as pa
 import pytest
-import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from contracts import backends
 from contracts.encodings import encode_jpeg
 from pipeline.synthetic import CONCEPTS, render_frames
-from stages.backends.captioners import load_image_text_model
 from stages.base import RunContext
 from stages.caption import CaptionConfig, CaptionStage, spread
 from stages.prompts import DATA_CLOSE, DATA_OPEN
@@ -165,7 +164,7 @@ def test_spread_picks_evenly_spaced_frames():
 @pytest.mark.parametrize("arch", ["blip", "git", "llava"])
 def test_hf_directory_loads_through_the_auto_classes(tmp_path, arch):
     """save_pretrained a tiny model, load it as hf:<dir> (AutoProcessor + AutoModelForImageTextToText)."""
-    tiny = load_image_text_model(f"tiny:{arch}", torch.device("cpu"), None, arch)
+    tiny = backends.load("frame_caption", f"tiny:{arch}", "cpu", "fp32").m
     tiny.model.save_pretrained(tmp_path / arch)
     tiny.processor.save_pretrained(tmp_path / arch)
     spec = f"hf:{tmp_path / arch}"

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from contracts.backends import ModelLoadError
 from contracts.config_io import ConfigError
 from contracts.encodings import encode_depth_png
 from pipeline.config import load_config
-from stages.backends import ModelLoadError
 from stages.backends.batching import decode_image_tensor
 from stages.backends.depth import build_tiny, save_tiny, tiny_config, tiny_processor
 from stages.base import RunContext
@@ -217,7 +217,7 @@ def test_weights_of_another_architecture_fail_listing_keys(saved_models, tmp_pat
 def test_config_rejects_other_families_and_bad_values():
     with pytest.raises(ConfigError, match="depth.model"):
         load_config(None, ["depth.model=munit:/x.pt"])
-    with pytest.raises(ConfigError, match="tiny depth models are tiny, tiny:glpn"):
+    with pytest.raises(ConfigError, match="the tiny variants are tiny, tiny:glpn"):
         load_config(None, ["depth.model=tiny:resnet"])
     with pytest.raises(ConfigError, match="depth.png_compression"):
         load_config(None, ["depth.png_compression=12"])

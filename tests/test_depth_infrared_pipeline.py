@@ -16,9 +16,9 @@ from PIL import Image
 
 from contracts import manifest
 from contracts import shard_format as fmt
+from contracts.backends import ModelLoadError
 from pipeline.config import load_config
 from pipeline.runner import run_pipeline, run_stage
-from stages.backends import ModelLoadError
 from tests.conftest import write_list
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
+from contracts import backends
+from contracts.backends import ModelLoadError
 from contracts.config_io import ConfigError
 from pipeline.config import load_config
-from stages.backends import ModelLoadError
-from stages.backends.depth import check_spec, load_depth_model
 from stages.backends.midas import (
     DERIVED_BUFFERS,
     expected_layout,
@@ -100,7 +100,7 @@ def loaded(release_file):
 
     def load(name: str):
         if name not in nets:
-            nets[name] = load_depth_model(f"midas:{release_file(name)}", CPU, None)
+            nets[name] = backends.load("depth", f"midas:{release_file(name)}", CPU, None)
         return nets[name]
 
     return load
@@ -135,7 +135,10 @@ def test_variant_comes_from_the_file_name_or_the_config():
     assert variant_from_name("/w/dpt_large-midas-2f21e586.pt") == "dpt_large_384"  # the v3.0 name
     assert variant_from_name("/w/dpt_hybrid-midas-501f0c75.pt") == "dpt_hybrid_384"
     assert variant_from_name("/w/my_depth.pt") is None
-    assert resolve_variant("midas:/w/my_depth.pt", "dpt_levit_224").name == "dpt_levit_224"
+    assert (
+        resolve_variant(backends.parse("depth", "midas:/w/my_depth.pt"), "dpt_levit_224").name
+        == "dpt_levit_224"
+    )
     with pytest.raises(ConfigError, match="depth.midas_variant"):
         load_config(None, ["depth.model=midas:/w/my_depth.pt"])
     with pytest.raises(ConfigError, match="depth.midas_variant"):
@@ -168,7 +171,7 @@ LARGE = pytest.mark.slow  # 345 M parameters: about a minute each on two busy co
 )
 def test_release_file_loads_strictly_and_predicts_deterministically(release_file, loaded, name, size):
     path = release_file(name)
-    check_spec(f"midas:{path}")  # the driver's check
+    backends.check("depth", f"midas:{path}")  # the driver's check
     net = loaded(name)
     assert net.kind == "relative"
     state = torch.load(path, weights_only=True, mmap=True)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from stages.backends.llm import load_chat_lm
+from contracts import backends
 from stages.base import RunContext
 from stages.enhance import EnhanceConfig, EnhanceStage
 from stages.prompts import DATA_CLOSE, DATA_OPEN
@@ -128,9 +128,7 @@ def test_json_mode_retries_once_then_keeps_the_unenhanced_caption(tmp_path):
 
 
 def test_hf_directory_loads_like_the_tiny_model(tmp_path):
-    import torch
-
-    tiny = load_chat_lm("tiny", torch.device("cpu"), None, max_new_tokens=12)
+    tiny = backends.load("llm", "tiny", "cpu", "fp32", max_new_tokens=12)
     tiny.model.save_pretrained(tmp_path / "llm")
     tiny.tokenizer.save_pretrained(tmp_path / "llm")
     spec = f"hf:{tmp_path / 'llm'}"

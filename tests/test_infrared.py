@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from contracts.backends import ModelLoadError
 from contracts.config_io import ConfigError
 from pipeline.config import load_config
-from stages.backends import ModelLoadError
 from stages.backends.infrared import style_codes
 from stages.backends.munit import TINY_ARCH, MunitGenerator
 from stages.base import RunContext

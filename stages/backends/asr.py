@@ -3,7 +3,9 @@
 ``whisper:<size>`` (``tiny`` … ``large-v3``, ``turbo``) loads through ``whisper.load_model`` with a
 configurable ``download_root`` (a filled cache works offline); ``whisper:/path/model.pt`` loads a
 checkpoint file; ``tiny`` builds a random-weight Whisper from ``ModelDimensions`` with whisper's
-shipped multilingual tokenizer. Audio never goes through ``whisper.load_audio`` (it runs an ffmpeg
+shipped multilingual tokenizer. Both register as kind ``asr`` in ``contracts.backends`` and load a
+``WhisperASR`` (options: the asr config's ``download_root`` and decoding keys; on CUDA whisper decodes
+in fp16 unless the precision is fp32). Audio never goes through ``whisper.load_audio`` (it runs an ffmpeg
 binary): callers pass 16 kHz float arrays.
 
 Clips up to 30 s (VIDAL's are at most 20 s) are decoded together in one batched ``whisper.decode``
@@ -19,9 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from stages.backends import ModelLoadError, parse_model_spec
+from contracts import backends
+from contracts.backends import ModelSpec
 
 TINY_ID = "tiny:whisper-random"
+DECODING_OPTIONS = (
+    "language",
+    "task",
+    "max_new_tokens",
+    "beam_size",
+    "no_speech_threshold",
+    "logprob_threshold",
+)
 SEED = 0
 
 
@@ -32,16 +43,6 @@ class Transcript:
     text: str
     language: str | None
     no_speech_prob: float | None
-
-
-def check_whisper_spec(spec: str) -> str:
-    """Validate an ASR model spec at config time."""
-    family, name = parse_model_spec(spec)
-    if family not in ("whisper", "tiny"):
-        raise ValueError(f"asr model {spec!r}: use whisper:<size or .pt path> (e.g. whisper:small) or tiny")
-    if family == "tiny" and name not in ("", "whisper"):
-        raise ValueError(f"asr model {spec!r}: the tiny ASR model is tiny (or tiny:whisper)")
-    return spec
 
 
 def build_tiny_whisper(seed: int = SEED) -> Any:
@@ -82,29 +83,49 @@ def save_tiny_whisper(path: str) -> str:
     return path
 
 
-def load_whisper(spec: str, device: torch.device, download_root: str | None = None) -> tuple[Any, str]:
-    """``(model, model_id)`` for ``whisper:…`` or ``tiny``; ``ModelLoadError`` saying what to do when impossible."""
+def check_whisper(spec: ModelSpec, **_: Any) -> None:
+    """A whisper size or an existing checkpoint file (the file's contents are read by the actor)."""
     import whisper
 
-    family, name = parse_model_spec(spec)
-    if family == "tiny":
-        return build_tiny_whisper().to(device), TINY_ID
-    if family != "whisper":
-        raise ModelLoadError(f"asr model {spec!r}: use whisper:<size or .pt path> or tiny")
-    if name not in whisper.available_models() and not os.path.isfile(name):
-        raise ModelLoadError(
-            f"asr model {spec!r}: not a whisper size ({', '.join(whisper.available_models())}) "
-            "nor a checkpoint file"
+    if spec.name not in whisper.available_models() and not os.path.isfile(spec.name):
+        raise spec.error(
+            f"not a whisper size ({', '.join(whisper.available_models())}) nor a checkpoint file"
         )
+
+
+@backends.register("asr", "whisper", usage="whisper:<size or .pt path>", check=check_whisper)
+def load_whisper(
+    spec: ModelSpec,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    download_root: str | None = None,
+    **options: Any,
+) -> WhisperASR:
+    """``whisper.load_model`` of a size (from ``download_root``'s cache or the network) or a file."""
+    import whisper
+
+    check_whisper(spec)
     try:
-        model = whisper.load_model(name, device=device, download_root=download_root)
+        model = whisper.load_model(spec.name, device=device, download_root=download_root)
     except (OSError, RuntimeError) as e:  # no network and no cached file, or a damaged file
         where = download_root or "~/.cache/whisper"
-        raise ModelLoadError(
-            f"asr model {spec!r}: cannot load it ({' '.join(str(e).split())[:200]}); offline, "
+        raise spec.error(
+            f"cannot load it ({' '.join(str(e).split())[:200]}); offline, "
             f"put the model's .pt file in {where} (asr.download_root)"
         ) from None
-    return model.eval(), spec
+    return _asr(model.eval(), spec.text, dtype, options)
+
+
+@backends.register("asr", "tiny", usage="tiny[:whisper]", variants=("whisper",))
+def load_tiny(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any) -> WhisperASR:
+    """The random-weight Whisper of ``build_tiny_whisper``, recorded as ``TINY_ID``."""
+    return _asr(build_tiny_whisper().to(device), TINY_ID, dtype, options)
+
+
+def _asr(model: Any, model_id: str, dtype: torch.dtype | None, options: dict[str, Any]) -> WhisperASR:
+    decoding = {k: options[k] for k in DECODING_OPTIONS if k in options}
+    return WhisperASR(model, model_id, fp16=dtype is not None, **decoding)  # fp32: precision fp32 on CUDA
 
 
 class WhisperASR:
@@ -121,12 +142,13 @@ class WhisperASR:
         beam_size: int | None = None,
         no_speech_threshold: float = 0.6,
         logprob_threshold: float = -1.0,
+        fp16: bool | None = None,
     ):
         import whisper
 
         self.model, self.model_id = model, model_id
         self.device = next(model.parameters()).device
-        self.fp16 = self.device.type == "cuda"
+        self.fp16 = self.device.type == "cuda" if fp16 is None else fp16 and self.device.type == "cuda"
         self.language, self.task = language, task
         self.max_new_tokens, self.beam_size = max_new_tokens, beam_size
         self.no_speech_threshold, self.logprob_threshold = no_speech_threshold, logprob_threshold

@@ -11,9 +11,8 @@ frame order::
 A batch that fails is split in halves and retried, down to single frames, so one bad frame (or a CUDA
 out-of-memory on a large batch) fails only the rows whose frames still fail alone. After an
 out-of-memory error the runner remembers the smaller size for that shape. ``flatten`` / ``regroup`` do
-the same bookkeeping for items that are not frames. Also here: the autocast precision choice
-(``pick_dtype``, ``autocast``) and ``FrameModelConfig``, the settings a frame-model stage shares
-(device, precision, model batch, nvJPEG decode, encoding threads).
+the same bookkeeping for items that are not frames. Also here: ``autocast`` for the dtype the
+registry resolved (``contracts.backends.resolve_dtype``).
 """
 
 from __future__ import annotations
@@ -22,21 +21,16 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import torch
-from pydantic import Field, field_validator
 
 from contracts.encodings import decode_rgb
-from stages.backends import pick_device
-from stages.base import StageConfig
 
 log = logging.getLogger("vidal")
 T = TypeVar("T")
 R = TypeVar("R")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -46,64 +40,7 @@ class ItemError:
     reason: str
 
 
-class FrameModelConfig(StageConfig):
-    """Settings shared by stages that run a model over video frames (depth and infrared; reusable)."""
-
-    batch_size: int = Field(16, ge=1, description="videos per process() call; frames are batched across them")
-    model_batch: int = Field(32, ge=1, description="frames per forward pass (halved on CUDA out-of-memory)")
-    device: str = Field("auto", description="auto (CUDA when visible, else CPU), cpu, cuda, cuda:1")
-    precision: str = Field(
-        "auto", description="autocast dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, fp32"
-    )
-    gpu_decode: bool = Field(True, description="decode JPEG frames with nvJPEG on CUDA")
-    check_on_driver: bool = Field(
-        True,
-        description="check the model files on the driver before actors "
-        "start (turn off when only the workers can see them)",
-    )
-    encode_threads: int = Field(0, ge=0, description="threads encoding the output images (0: num_cpus)")
-
-    @field_validator("precision")
-    @classmethod
-    def _known_precision(cls, v: str) -> str:
-        if v not in PRECISIONS:
-            raise ValueError(f"expected one of {PRECISIONS}")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _device_name(cls, v: str) -> str:
-        if v != "auto":
-            try:
-                torch.device(v)
-            except RuntimeError as e:
-                raise ValueError(str(e)) from None
-        return v
-
-    def pick(self) -> tuple[torch.device, torch.dtype | None]:
-        """The device and autocast dtype this config asks for, on this process."""
-        device = pick_device(self.device)
-        return device, pick_dtype(device, self.precision)
-
-    def encoder_pool(self) -> ThreadPoolExecutor:
-        """Threads for PNG/JPEG encoding (zlib and libjpeg release the GIL, so they run in parallel)."""
-        return ThreadPoolExecutor(
-            max(1, self.encode_threads or int(self.num_cpus)), thread_name_prefix="encode"
-        )
-
-
 # -- precision and device ----------------------------------------------------------------------------
-def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype: ``auto`` is bf16 on CUDA when supported, else fp16 on CUDA, fp32 on CPU."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for the device and dtype, or nothing when running in fp32."""
     if dtype is None:

@@ -8,6 +8,9 @@ BLIP (frame captions) or LLaVA (video captions) from a config; ``tiny:git`` a GI
 ``FrameCaptioner`` captions a batch of images, one caption each (the OFA-style ``ofa`` field).
 ``VideoCaptioner`` captions a batch of videos, each given as a few frames plus a chat prompt (the
 mPLUG-Owl-style ``mplug`` field). Both generate greedily (or with beams) and return plain strings.
+They register as kinds ``frame_caption`` (options ``prompt``, ``max_new_tokens``, ``num_beams``) and
+``video_caption`` (``max_new_tokens``, ``num_beams``) in ``contracts.backends``; the dtype is the
+weights' (``None``: fp32).
 """
 
 from __future__ import annotations
@@ -18,29 +21,14 @@ from typing import Any
 
 import torch
 
-from stages.backends import ModelLoadError, parse_model_spec
+from contracts import backends
+from contracts.backends import ModelSpec
 from stages.backends.tiny_text import build_tiny, tiny_model_id
 
 log = logging.getLogger("vidal")
-FAMILIES = ("hf", "tiny")
-TINY_FRAME_ARCHS = ("blip", "git", "llava")
+HF_USAGE = "hf:<hub id or local dir>"
+TINY_FRAME_ARCHS = ("blip", "git", "llava")  # the first is a bare tiny's
 TINY_VIDEO_ARCHS = ("llava",)
-
-
-def check_captioner_spec(spec: str, video: bool) -> str:
-    """Validate a captioner spec at config time (``none`` allowed for the video captioner)."""
-    if video and spec == "none":
-        return spec
-    family, name = parse_model_spec(spec)
-    if family not in FAMILIES:
-        raise ValueError(
-            f"captioner {spec!r}: unknown family {family!r}; use hf:<id or dir> or tiny"
-            + (" (or none)" if video else "")
-        )
-    archs = TINY_VIDEO_ARCHS if video else TINY_FRAME_ARCHS
-    if family == "tiny" and name and name not in archs:
-        raise ValueError(f"captioner {spec!r}: tiny architectures here are {', '.join(archs)}")
-    return spec
 
 
 @dataclass
@@ -79,41 +67,31 @@ class ImageTextModel:
         return [" ".join(t.split()) for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
 
-def load_image_text_model(
-    spec: str, device: torch.device, dtype: torch.dtype | None, tiny_arch: str
+def _ready(
+    model: Any, processor: Any, model_id: str, device: torch.device, dtype: torch.dtype | None
 ) -> ImageTextModel:
-    """Load ``hf:…`` or ``tiny[:arch]`` onto ``device``; ``ModelLoadError`` (with what to do) if impossible."""
-    family, name = parse_model_spec(spec)
     dtype = dtype or torch.float32
-    if family == "tiny":
-        arch = name or tiny_arch
-        model, processor = build_tiny(arch)
-        model_id = tiny_model_id(arch)
-    elif family == "hf":
-        model, processor = _load_hf(spec, name, dtype)
-        model_id = spec
-    else:
-        raise ModelLoadError(f"captioner {spec!r}: unknown family {family!r}; use hf:<id or dir> or tiny")
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None:
         tokenizer.padding_side = "left"  # batched generation continues every row at the same position
     return ImageTextModel(model.to(device=device, dtype=dtype).eval(), processor, model_id, device, dtype)
 
 
-def _load_hf(spec: str, name: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def image_text_hf(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None) -> ImageTextModel:
+    """``AutoModelForImageTextToText`` and ``AutoProcessor`` of a hub id or directory, in ``dtype``."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    try:
-        processor = AutoProcessor.from_pretrained(name)
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(
-            f"captioner {spec!r}: cannot load it ({' '.join(str(e).split())[:300]}); with "
-            "HF_HUB_OFFLINE=1 a hub id must be in the local cache, or give a local directory"
-        ) from None
-    return model, processor
+    with backends.loading(spec):
+        processor = AutoProcessor.from_pretrained(spec.name)
+        model = AutoModelForImageTextToText.from_pretrained(spec.name, dtype=dtype or torch.float32)
+    return _ready(model, processor, spec.text, device, dtype)
+
+
+def image_text_tiny(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None) -> ImageTextModel:
+    """A random-weight model of architecture ``spec.name`` (BLIP, GIT, LLaVA), the same on every actor."""
+    return _ready(*build_tiny(spec.name), tiny_model_id(spec.name), device, dtype)
 
 
 class FrameCaptioner:
@@ -188,3 +166,21 @@ class VideoCaptioner:
             self.m.processor(text=texts, images=images, padding=True, return_tensors="pt")
         )
         return self.m.decode(self.m.generate(inputs, self.max_new_tokens, self.num_beams))
+
+
+# -- registration: what each kind loads --------------------------------------------------------------
+CAPTIONERS = {"frame_caption": FrameCaptioner, "video_caption": VideoCaptioner}
+
+
+@backends.register("frame_caption", "hf", usage=HF_USAGE, check=backends.check_pretrained_dir)
+@backends.register("video_caption", "hf", usage=HF_USAGE, check=backends.check_pretrained_dir)
+def load_hf(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any) -> Any:
+    """The kind's captioner around a transformers image-text model."""
+    return CAPTIONERS[spec.kind](image_text_hf(spec, device, dtype), **options)
+
+
+@backends.register("frame_caption", "tiny", usage="tiny[:blip|git|llava]", variants=TINY_FRAME_ARCHS)
+@backends.register("video_caption", "tiny", usage="tiny[:llava]", variants=TINY_VIDEO_ARCHS)
+def load_tiny(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any) -> Any:
+    """The kind's captioner around a tiny random-weight model."""
+    return CAPTIONERS[spec.kind](image_text_tiny(spec, device, dtype), **options)

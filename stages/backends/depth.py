@@ -5,7 +5,9 @@
 such as ``Intel/dpt-beit-large-512``; relative) and Depth Anything (V2 relative, or the metric
 fine-tunes). ``midas:<file.pt>`` reads the original MiDaS / DPT release files on timm backbones
 (``stages.backends.midas``). ``tiny`` / ``tiny:<arch>`` builds a small random-weight model of one of the
-transformers architectures from a config (for tests and the offline demo).
+transformers architectures from a config (for tests and the offline demo). All three register as kind
+``depth`` in ``contracts.backends``, with the options ``depth_kind``, ``min_side``, ``max_side`` and
+(``midas:``) ``midas_variant``.
 
 ``DepthModel.predict`` takes same-shaped uint8 RGB frames on the model's device and returns one map per
 frame at the frame's size: metres for metric models, and for relative ones a per-frame normalised
@@ -16,14 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from stages.backends import ModelLoadError, parse_model_spec
+from contracts import backends
+from contracts.backends import ModelSpec
 from stages.backends.batching import autocast
 
 log = logging.getLogger("vidal")
@@ -132,51 +134,29 @@ def save_tiny(directory: str | Path, arch: str = "glpn") -> Path:
 
 
 # -- checks before loading ---------------------------------------------------------------------------
-def _looks_local(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(name))
-
-
-def check_spec(spec: str, midas_variant: str | None = None) -> None:
-    """Cheap checks that need no weights loaded: the name parses, a local dir has a supported config and
-    complete weight files (a ``midas:`` file: its keys and shapes). Raises ``ModelLoadError`` saying what
-    is wrong; run on the driver."""
-    family, name = parse_model_spec(spec)
-    if family == "midas":
-        from stages.backends.midas import check_midas_spec
-
-        check_midas_spec(spec, midas_variant)
+def check_hf(spec: ModelSpec, **_: Any) -> None:
+    """Cheap checks that need no weights loaded: a local dir has a supported config and complete weight
+    files (a hub id is resolved, and cached, by transformers in the actor). Run on the driver."""
+    d = spec.local_path
+    if d is None:
         return
-    if family == "tiny":
-        if (name or "glpn") not in TINY_ARCHS:
-            raise ModelLoadError(f"depth model {spec!r}: tiny architectures are {', '.join(TINY_ARCHS)}")
-        return
-    if family != "hf":
-        raise ModelLoadError(
-            f"depth model {spec!r}: unknown family {family!r}; use hf:<id or dir>, midas:<file.pt> or tiny"
-        )
-    if not _looks_local(name):
-        return  # a hub id: resolved (and cached) by transformers in the actor
-    d = Path(name).expanduser()
     if not d.is_dir():
-        raise ModelLoadError(f"depth model {spec!r}: directory not found: {d}")
+        raise spec.error(f"directory not found: {d}")
     try:
         model_type = json.loads((d / "config.json").read_text()).get("model_type")
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"depth model {spec!r}: no readable config.json in {d} ({e})") from None
+        raise spec.error(f"no readable config.json in {d} ({e})") from None
     if model_type not in SUPPORTED:
-        raise ModelLoadError(
-            f"depth model {spec!r}: model_type {model_type!r} is not a supported depth "
-            f"architecture ({', '.join(SUPPORTED)})"
+        raise spec.error(
+            f"model_type {model_type!r} is not a supported depth architecture ({', '.join(SUPPORTED)})"
         )
     present = [f for f in WEIGHT_FILES if (d / f).exists()]
     if not present:
-        raise ModelLoadError(
-            f"depth model {spec!r}: no weights in {d} (expected one of {', '.join(WEIGHT_FILES)})"
-        )
+        raise spec.error(f"no weights in {d} (expected one of {', '.join(WEIGHT_FILES)})")
     _check_weight_file(d / present[0], spec)
 
 
-def _check_weight_file(path: Path, spec: str) -> None:
+def _check_weight_file(path: Path, spec: ModelSpec) -> None:
     # Reads only headers / the zip directory, so a truncated download fails here and not in an actor.
     try:
         if path.name == "model.safetensors":
@@ -187,7 +167,7 @@ def _check_weight_file(path: Path, spec: str) -> None:
         elif path.name == "pytorch_model.bin":
             torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:
-        raise ModelLoadError(f"depth model {spec!r}: {path.name} is unreadable or truncated ({e})") from None
+        raise spec.error(f"{path.name} is unreadable or truncated ({e})") from None
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -263,67 +243,70 @@ def normalise_relative(disparity: torch.Tensor) -> torch.Tensor:
     return torch.where(spread > 0, scaled, torch.zeros_like(scaled)).clamp(0, 1)
 
 
-def load_depth_model(
-    spec: str,
+def _depth_model(
+    spec: ModelSpec,
+    model: Any,
+    processor: Any,
     device: torch.device,
     dtype: torch.dtype | None,
-    kind: str = "auto",
+    *,
+    depth_kind: str = "auto",
     min_side: int = 32,
     max_side: int = 1024,
-    midas_variant: str | None = None,
-) -> Any:
-    """Load ``hf:…``, ``midas:<file>`` or ``tiny[:arch]``: a ``DepthModel`` (or ``MidasDepthModel``, the
-    same surface); a checkpoint that does not fit its architecture raises ``ModelLoadError``."""
-    family, name = parse_model_spec(spec)
-    if family == "midas":
-        from stages.backends.midas import load_midas_model
-
-        return load_midas_model(spec, device, dtype, midas_variant, kind)
-    check_spec(spec)
-    if family == "tiny":
-        arch = name or "glpn"
-        model, processor = build_tiny(arch), tiny_processor(arch)
-    else:
-        model, processor = _load_hf(spec, name)
+    **_: Any,
+) -> DepthModel:
     detected = depth_kind_of(model.config)
-    if kind != "auto" and kind != detected:
-        log.warning("depth model %s: depth_kind set to %s (the config suggests %s)", spec, kind, detected)
-    return DepthModel(
-        model, processor, detected if kind == "auto" else kind, device, dtype, min_side, max_side
-    )
+    if depth_kind not in ("auto", detected):
+        log.warning(
+            "depth model %s: depth_kind set to %s (the config suggests %s)", spec, depth_kind, detected
+        )
+    kind = detected if depth_kind == "auto" else depth_kind
+    return DepthModel(model, processor, kind, device, dtype, min_side, max_side)
 
 
-def _load_hf(spec: str, name: str) -> tuple[Any, Any]:
+@backends.register("depth", "tiny", usage=f"tiny[:{'|'.join(TINY_ARCHS)}]", variants=TINY_ARCHS)
+def load_tiny(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any) -> DepthModel:
+    """A tiny random-weight model of ``spec.name``'s architecture (the same weights on every actor)."""
+    return _depth_model(spec, build_tiny(spec.name), tiny_processor(spec.name), device, dtype, **options)
+
+
+@backends.register("depth", "hf", usage="hf:<hub id or local dir>", check=check_hf)
+def load_hf(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any) -> DepthModel:
+    """A transformers depth model; a checkpoint that does not fit its architecture raises ``ModelLoadError``."""
+    check_hf(spec)
+    return _depth_model(spec, *_load_hf(spec), device, dtype, **options)
+
+
+def _load_hf(spec: ModelSpec) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(spec.name)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(
-            f"depth model {spec!r}: cannot read its config ({e}); with HF_HUB_OFFLINE=1 "
+        raise spec.error(
+            f"cannot read its config ({e}); with HF_HUB_OFFLINE=1 "
             "a hub id must be in the local cache, or give a local directory"
         ) from None
     if config.model_type not in SUPPORTED:
-        raise ModelLoadError(
-            f"depth model {spec!r}: model_type {config.model_type!r} is not a supported "
-            f"depth architecture ({', '.join(SUPPORTED)})"
+        raise spec.error(
+            f"model_type {config.model_type!r} is not a supported depth architecture ({', '.join(SUPPORTED)})"
         )
     try:
         model, info = AutoModelForDepthEstimation.from_pretrained(
-            name, config=config, output_loading_info=True, ignore_mismatched_sizes=True
+            spec.name, config=config, output_loading_info=True, ignore_mismatched_sizes=True
         )
-        processor = AutoImageProcessor.from_pretrained(name)
+        processor = AutoImageProcessor.from_pretrained(spec.name)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ModelLoadError(f"depth model {spec!r}: loading failed: {e}") from None
+        raise spec.error(f"loading failed: {e}") from None
     bad = [
         *info.get("missing_keys", []),
         *(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])),
     ]
     if bad:
-        raise ModelLoadError(
-            f"depth model {spec!r}: the weights do not fit a {config.model_type} model "
+        raise spec.error(
+            f"the weights do not fit a {config.model_type} model "
             f"({len(bad)} missing or mismatched, e.g. {', '.join(sorted(bad)[:5])})"
         )
     if info.get("unexpected_keys"):

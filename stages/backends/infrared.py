@@ -2,8 +2,11 @@
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (no code runs while unpickling) and loaded
 strictly: a file that is missing, truncated, or made for another architecture raises ``ModelLoadError``
-listing the missing / unexpected / reshaped keys. ``check_spec`` does the same against a meta-device
-model (no memory), so the driver can refuse a bad checkpoint before any actor starts.
+listing the missing / unexpected / reshaped keys. The families' checkers do the same against a
+meta-device model (no memory), so the driver can refuse a bad checkpoint before any actor starts. All
+three register as kind ``infrared`` in ``contracts.backends``; their options are the infrared config's
+keys (``munit``, ``source_domain``, ``target_domain``, ``allow_pickle``, ``short_side``, ``max_side``,
+``output_range``, ``seed``).
 
 ``InfraredModel.translate`` takes same-shaped uint8 RGB frames and one style key per frame and returns
 uint8 single-channel images of the frames' size. Frames are scaled to ``short_side`` (sRGB-TIR was
@@ -23,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.backends import ModelLoadError, parse_model_spec
+from contracts import backends
+from contracts.backends import ModelLoadError, ModelSpec
 from stages.backends.batching import autocast
 from stages.backends.cyclegan import ResnetGenerator, tiny_generator, to_native
 from stages.backends.munit import (
@@ -34,7 +38,7 @@ from stages.backends.munit import (
     tiny_translator,
 )
 
-FAMILIES = ("munit", "cyclegan", "tiny")
+TINY_VARIANTS = ("munit", "cyclegan")
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -150,26 +154,34 @@ def build_cyclegan(ckpt: Any, spec: str, domain: str, meta: bool = False) -> Res
     return net.eval()
 
 
-def check_spec(
-    spec: str, arch: MunitArch | None = None, source: str = "b", target: str = "a", allow_pickle: bool = False
-) -> None:
-    """Everything ``load`` checks, against meta-device models: for the driver, before any actor starts."""
-    family, name = parse_model_spec(spec)
-    if family not in FAMILIES:
-        raise ModelLoadError(
-            f"infrared model {spec!r}: unknown family {family!r}; use munit:<file>, cyclegan:<file> or tiny"
-        )
-    if family == "tiny":
-        if name not in ("", "munit", "cyclegan"):
-            raise ModelLoadError(
-                f"infrared model {spec!r}: tiny variants are tiny, tiny:munit, tiny:cyclegan"
-            )
-        return
-    ckpt = read_checkpoint(name, allow_pickle, f"infrared model {spec!r}")
-    if family == "munit":
-        build_munit(ckpt, spec, arch or MunitArch(), source, target, meta=True)
-    else:
-        build_cyclegan(ckpt, spec, target, meta=True)
+def _munit(
+    spec: ModelSpec,
+    meta: bool,
+    munit: MunitArch | None = None,
+    source_domain: str = "b",
+    target_domain: str = "a",
+    allow_pickle: bool = False,
+    **_: Any,
+) -> MunitTranslator:
+    ckpt = read_checkpoint(spec.name, allow_pickle, f"infrared model {spec.text!r}")
+    return build_munit(ckpt, spec.text, munit or MunitArch(), source_domain, target_domain, meta=meta)
+
+
+def _cyclegan(
+    spec: ModelSpec, meta: bool, target_domain: str = "a", allow_pickle: bool = False, **_: Any
+) -> ResnetGenerator:
+    ckpt = read_checkpoint(spec.name, allow_pickle, f"infrared model {spec.text!r}")
+    return build_cyclegan(ckpt, spec.text, target_domain, meta=meta)
+
+
+def check_munit(spec: ModelSpec, **options: Any) -> None:
+    """Everything loading checks (file, domains, keys and shapes), against meta-device generators."""
+    _munit(spec, meta=True, **options)
+
+
+def check_cyclegan(spec: ModelSpec, **options: Any) -> None:
+    """Everything loading checks, against a meta-device ResNet generator."""
+    _cyclegan(spec, meta=True, **options)
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -250,40 +262,43 @@ class InfraredModel:
         return (y[:, 0] * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def load_infrared_model(
-    spec: str,
+def _infrared_model(
+    net: nn.Module,
     device: torch.device,
     dtype: torch.dtype | None,
     *,
-    arch: MunitArch | None = None,
-    source: str = "b",
-    target: str = "a",
     short_side: int | None = 400,
     max_side: int = 1280,
     output_range: str = "minmax",
     seed: int = 0,
-    allow_pickle: bool = False,
+    **_: Any,
 ) -> InfraredModel:
-    """Load ``munit:<file>``, ``cyclegan:<file>`` or ``tiny[:munit|cyclegan]`` onto ``device``."""
-    family, name = parse_model_spec(spec)
-    if family == "tiny":
-        check_spec(spec)  # only validates the variant name
-        net: nn.Module = tiny_generator() if name == "cyclegan" else tiny_translator()
-    elif family == "munit":
-        net = build_munit(
-            read_checkpoint(name, allow_pickle, f"infrared model {spec!r}"),
-            spec,
-            arch or MunitArch(),
-            source,
-            target,
-        )
-    elif family == "cyclegan":
-        net = build_cyclegan(read_checkpoint(name, allow_pickle, f"infrared model {spec!r}"), spec, target)
-    else:
-        raise ModelLoadError(
-            f"infrared model {spec!r}: unknown family {family!r}; use munit:, cyclegan: or tiny"
-        )
     style_dim = net.style_dim if isinstance(net, MunitTranslator) else 0
     return InfraredModel(
         net, device, dtype, style_dim, net.multiple, short_side, max_side, output_range, seed
     )
+
+
+@backends.register("infrared", "munit", usage="munit:<checkpoint .pt> (sRGB-TIR)", check=check_munit)
+def load_munit(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any
+) -> InfraredModel:
+    """A MUNIT checkpoint: the source domain's content encoder and the target domain's decoder."""
+    return _infrared_model(_munit(spec, meta=False, **options), device, dtype, **options)
+
+
+@backends.register("infrared", "cyclegan", usage="cyclegan:<checkpoint .pt>", check=check_cyclegan)
+def load_cyclegan(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any
+) -> InfraredModel:
+    """A ResNet CycleGAN generator (pytorch-CycleGAN-and-pix2pix or MMagic checkpoints)."""
+    return _infrared_model(_cyclegan(spec, meta=False, **options), device, dtype, **options)
+
+
+@backends.register("infrared", "tiny", usage="tiny[:munit|cyclegan]", variants=TINY_VARIANTS)
+def load_tiny(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any
+) -> InfraredModel:
+    """A random-weight MUNIT translator or ResNet generator (the same weights on every actor)."""
+    net: nn.Module = tiny_generator() if spec.name == "cyclegan" else tiny_translator()
+    return _infrared_model(net, device, dtype, **options)

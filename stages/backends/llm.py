@@ -4,6 +4,9 @@
 ``hf:<hub id or dir>`` a local transformers causal LM with a chat template, batched; ``tiny`` a
 random-weight Llama with an on-the-fly BPE tokenizer. Every backend takes conversations (lists of
 ``{"role", "content"}`` messages) and returns, in order, a ``Completion`` or an ``ItemError`` each.
+They register as kind ``llm`` in ``contracts.backends``; its options are ``max_new_tokens`` and
+``temperature`` (all families), ``generate_batch_size`` (local models) and the client settings of
+``openai:`` (``base_url``, ``api_key_env``, ``concurrency``, ``timeout_s``, retries, ``json_mode``).
 
 ``check_text`` / ``parse_json_fields`` turn a raw reply into a kept text or raise ``OutputError`` with
 the reason (empty, too short or long, an echo of the prompt, hashtags or links, not the asked JSON).
@@ -19,7 +22,8 @@ from typing import Any
 
 import torch
 
-from stages.backends import ModelLoadError, parse_model_spec
+from contracts import backends
+from contracts.backends import ModelSpec
 from stages.backends.batching import BatchRunner, ItemError
 from stages.backends.tiny_text import build_tiny, tiny_model_id
 from stages.prompts import DATA_CLOSE, DATA_OPEN, words
@@ -43,18 +47,6 @@ class Completion:
 
 class OutputError(ValueError):
     """A reply that cannot be kept; the message is the reason recorded with the row."""
-
-
-def check_spec(spec: str) -> str:
-    """Validate an enhance model spec at config time."""
-    if spec == "none":
-        return spec
-    family, name = parse_model_spec(spec)
-    if family not in ("openai", "hf", "tiny"):
-        raise ValueError(f"enhance model {spec!r}: use openai:<model>, hf:<id or dir>, tiny or none")
-    if family == "tiny" and name not in ("", "llama"):
-        raise ValueError(f"enhance model {spec!r}: the tiny LLM is tiny (or tiny:llama)")
-    return spec
 
 
 # -- output checks -----------------------------------------------------------------------------------
@@ -179,32 +171,38 @@ def fold_system(messages: Messages) -> Messages:
     return rest
 
 
-def load_chat_lm(spec: str, device: torch.device, dtype: torch.dtype | None, **kwargs: Any) -> HFChatLM:
-    """``hf:…`` or ``tiny`` as an ``HFChatLM``; ``ModelLoadError`` saying what to do when impossible."""
-    family, name = parse_model_spec(spec)
-    if family == "tiny":
-        model, tokenizer = build_tiny("llama")
-        model_id = tiny_model_id("llama")
-    elif family == "hf":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32)
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelLoadError(
-                f"enhance model {spec!r}: cannot load it ({' '.join(str(e).split())[:300]}); "
-                "with HF_HUB_OFFLINE=1 a hub id must be in the local cache, or give a local "
-                "directory"
-            ) from None
-        if not tokenizer.chat_template:
-            raise ModelLoadError(
-                f"enhance model {spec!r}: its tokenizer has no chat template (use an instruct model)"
-            )
-        model_id = spec
-    else:
-        raise ModelLoadError(f"enhance model {spec!r}: not a local model (hf:… or tiny)")
+def _chat_lm(
+    model: Any,
+    tokenizer: Any,
+    model_id: str,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 0.0,
+    generate_batch_size: int = 8,
+    **_: Any,
+) -> HFChatLM:
     model = model.to(device=device, dtype=dtype or torch.float32).eval()
-    return HFChatLM(model, tokenizer, model_id, device, **kwargs)
+    return HFChatLM(model, tokenizer, model_id, device, max_new_tokens, temperature, generate_batch_size)
+
+
+@backends.register("llm", "hf", usage="hf:<hub id or local dir>", check=backends.check_pretrained_dir)
+def load_hf(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any) -> HFChatLM:
+    """A transformers causal LM with a chat template; ``ModelLoadError`` saying what to do when impossible."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with backends.loading(spec):
+        tokenizer = AutoTokenizer.from_pretrained(spec.name)
+        model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype or torch.float32)
+    if not tokenizer.chat_template:
+        raise spec.error("its tokenizer has no chat template (use an instruct model)")
+    return _chat_lm(model, tokenizer, spec.text, device, dtype, **options)
+
+
+@backends.register("llm", "tiny", usage="tiny[:llama]", variants=("llama",))
+def load_tiny(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, **options: Any) -> HFChatLM:
+    """A random-weight Llama with an on-the-fly BPE tokenizer (the same on every actor)."""
+    return _chat_lm(*build_tiny(spec.name), tiny_model_id(spec.name), device, dtype, **options)

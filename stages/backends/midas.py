@@ -30,7 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stages.backends import ModelLoadError, parse_model_spec
+from contracts import backends
+from contracts.backends import ModelLoadError, ModelSpec
 from stages.backends.batching import autocast
 from stages.backends.depth import normalise_relative
 from stages.backends.midas_dpt import LEVIT_FLAT, VARIANTS, MidasDPT, Variant
@@ -51,13 +52,12 @@ def variant_from_name(path: str) -> str | None:
     return names[max(found, key=len)] if found else None
 
 
-def resolve_variant(spec: str, explicit: str | None = None) -> Variant:
+def resolve_variant(spec: ModelSpec, explicit: str | None = None) -> Variant:
     """The variant of a ``midas:`` spec: ``explicit`` when given, else from the file name."""
-    _, path = parse_model_spec(spec)
-    name = explicit or variant_from_name(path)
+    name = explicit or variant_from_name(spec.name)
     if name is None:
-        raise ModelLoadError(
-            f"depth model {spec!r}: cannot tell the MiDaS variant from the file name; set "
+        raise spec.error(
+            "cannot tell the MiDaS variant from the file name; set "
             f"depth.midas_variant to one of {', '.join(VARIANTS)}"
         )
     if name not in VARIANTS:
@@ -216,12 +216,10 @@ def check_layout(variant: Variant, state: dict[str, Any], spec: str) -> None:
         )
 
 
-def check_midas_spec(spec: str, midas_variant: str | None = None) -> Variant:
+def check_midas(spec: ModelSpec, *, midas_variant: str | None = None, **_: Any) -> None:
     """On the driver: the variant is known, the file reads, and its keys and shapes fit it exactly."""
     variant = resolve_variant(spec, midas_variant)
-    path = Path(parse_model_spec(spec)[1]).expanduser()
-    check_layout(variant, read_state_dict(path, spec), spec)
-    return variant
+    check_layout(variant, read_state_dict(Path(spec.name).expanduser(), spec.text), spec.text)
 
 
 def save_original_layout(model: MidasDPT, path: str | Path) -> Path:
@@ -295,21 +293,28 @@ def _empty_model(variant: Variant) -> MidasDPT:
     return model.eval()
 
 
-def load_midas_model(
-    spec: str, device: torch.device, dtype: torch.dtype | None, midas_variant: str | None = None,
-    kind: str = "auto",
-) -> MidasDepthModel:  # fmt: skip
+@backends.register("depth", "midas", usage="midas:<MiDaS release .pt file>", check=check_midas)
+def load_midas(
+    spec: ModelSpec,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    midas_variant: str | None = None,
+    depth_kind: str = "auto",
+    **_: Any,
+) -> MidasDepthModel:
     """Build the variant's network and load the release file into it strictly."""
     variant = resolve_variant(spec, midas_variant)
-    path = Path(parse_model_spec(spec)[1]).expanduser()
-    state = read_state_dict(path, spec)  # memory-mapped: copied into the model, never held twice
-    check_layout(variant, state, spec)
+    state = read_state_dict(
+        Path(spec.name).expanduser(), spec.text
+    )  # memory-mapped: copied, never held twice
+    check_layout(variant, state, spec.text)
     model = _empty_model(variant)
     renamed = {n: t for k, t in state.items() if (n := original_to_timm(variant, k)) is not None}
     model.load_state_dict(renamed, strict=True)
     del state, renamed
-    if kind not in ("auto", "relative"):
+    if depth_kind not in ("auto", "relative"):
         log.warning(
-            "depth model %s: depth_kind set to %s (MiDaS predicts relative inverse depth)", spec, kind
+            "depth model %s: depth_kind set to %s (MiDaS predicts relative inverse depth)", spec, depth_kind
         )
-    return MidasDepthModel(model, "relative" if kind == "auto" else kind, device, dtype)
+    return MidasDepthModel(model, "relative" if depth_kind == "auto" else depth_kind, device, dtype)

@@ -6,6 +6,7 @@ hold a request past it), and retries with exponential backoff (and the server's 
 timeouts, dropped connections and malformed replies. Other 4xx answers are final. The API key is
 read from an environment variable when the client is built and only ever sent in the
 ``Authorization`` header: it is never logged, never put in an error message, never returned.
+Registered as the ``openai`` family of kind ``llm`` (``contracts.backends``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
+import torch
 
+from contracts import backends
+from contracts.backends import ModelSpec
 from stages.backends.batching import ItemError
 from stages.backends.http_deadline import Deadline, DeadlineAdapter
 from stages.backends.llm import Completion, Messages
@@ -171,3 +175,18 @@ class OpenAIChatClient:
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@backends.register("llm", "openai", usage="openai:<model> (with base_url)")
+def load_openai(
+    spec: ModelSpec,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    base_url: str = "https://api.openai.com/v1",
+    max_new_tokens: int = 300,
+    generate_batch_size: int | None = None,  # local models' setting; requests go ``concurrency`` at a time
+    **client: Any,
+) -> OpenAIChatClient:
+    """A client of ``spec.name`` at ``base_url``; nothing is loaded, and ``device`` / ``dtype`` are unused."""
+    return OpenAIChatClient(base_url, spec.name, max_tokens=max_new_tokens, **client)
