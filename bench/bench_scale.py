@@ -4,7 +4,7 @@ plane, at 1M and 3M synthetic manifest rows, projected linearly to VIDAL-10M's 1
     python bench/bench_scale.py resume  [--sizes 1000000 3000000]   # done-id structure, old set vs DoneIds
     python bench/bench_scale.py control [--sizes ...] [--backend local s3]   # per-stage phases, one process each
     python bench/bench_scale.py workers [--sizes 1000000]            # the runner's plan on Ray: largest worker
-    python bench/bench_scale.py discover [--entries 1000000]         # the VIDAL-10M JSON reader, rows/s
+    python bench/bench_scale.py discover [--entries 1000000] [--stage]   # VIDAL-10M JSON reader (and stage), rows/s
     python bench/bench_scale.py dedup   [--sizes 1000000 3000000]    # discover's dedup index, MiB per million
 
 ``control`` writes a manifest of N rows in the runner's parts (``run.rows_per_part`` 256; tiny columns:
@@ -14,7 +14,8 @@ check), the done ids read and ``DoneIds`` built, the upstream ok ids read (what 
 ``_SUCCESS`` totals, the duplicate check; then compaction (``run.compact_target_mb`` 128, eight threads
 standing in for the runner's Ray tasks) and the same phases over the compacted manifest, where
 ``_parts.json`` answers the footers and totals. Each (size, backend) runs in its own process, so the
-driver's peak RSS (``ru_maxrss``) is that configuration's alone. ``resume``: old = RSS growth of
+driver's peak RSS (``ru_maxrss``) is that configuration's alone (and compaction, which the runner runs
+as Ray tasks, runs in a process of its own). ``resume``: old = RSS growth of
 unpickling a list and building a frozenset (what each worker held); new = the ``DoneIds`` arrays' bytes
 (the node's one shared copy) and the pickled bytes that travel out of band (zero-copy from the object
 store); pending = the ``PendingIds`` hashes a stage with upstream ships instead (all ids pending: the most). The load average is printed beside every figure.
@@ -188,45 +189,48 @@ def write_manifest(n: int, root: str, stage: str = "probe") -> dict[str, Any]:
     return r
 
 
-def control(n: int, root: str, stage: str = "probe") -> dict[str, Any]:
-    """Time each control-plane phase of a stage start and end over the manifest ``write_manifest`` left,
-    then compaction, then the same phases over the compacted manifest."""
+def control(n: int, root: str, tag: str, stage: str = "probe") -> dict[str, Any]:
+    """Time each control-plane phase of a stage's start and end over the manifest as it is (``tag``:
+    before or after compaction), holding at once what the runner's driver holds: the done ids, their
+    ``DoneIds``, the upstream's ok ids and the ``PendingIds`` built from them."""
     from contracts import manifest
     from contracts.status import OK
 
     _storage(root)
-    r: dict[str, Any] = {"rows": n, "backend": root.split(":")[0] if ":" in root else "local"}
-    r["load_before"] = load()
+    r: dict[str, Any] = {f"{tag}_load": load()}
     base = peak_rss_mib()
+    r[f"{tag}_parts"] = len(_timed(r, f"{tag}_list_s", lambda: manifest.part_sizes(root, stage)))
+    _timed(r, f"{tag}_footers_s", lambda: manifest.check_readable(root, stage))
+    done = _timed(r, f"{tag}_done_ids_read_s", lambda: manifest.done_ids(root, stage))
+    built = _timed(r, f"{tag}_done_ids_build_s", lambda: DoneIds.build(done))
+    r["done_ids_node_mib"] = round(built.nbytes / MiB, 1)
+    ok = _timed(
+        r, f"{tag}_upstream_ok_ids_s", lambda: manifest.read_columns(root, stage, ["video_id"], status=OK)
+    )
+    held = _timed(r, f"{tag}_pending_s", lambda: PendingIds.build(built.pending(ok["video_id"])))
+    _timed(r, f"{tag}_success_totals_s", lambda: manifest.status_counts(root, stage))
+    _timed(r, f"{tag}_dedupe_check_s", lambda: manifest.dedupe(root, stage))
+    r[f"{tag}_driver_peak_mib"] = round(peak_rss_mib(), 1)
+    r[f"{tag}_driver_growth_mib"] = round(peak_rss_mib() - base, 1)
+    r["pending_node_mib"] = round(held.nbytes / MiB, 1)  # what the workers get, held until here
+    return r
 
-    def done_ids() -> None:
-        done = _timed(r, f"{tag}_done_ids_read_s", lambda: manifest.done_ids(root, stage))
-        built = _timed(r, f"{tag}_done_ids_build_s", lambda: DoneIds.build(done))
-        r["done_ids_node_mib"] = round(built.nbytes / MiB, 1)
 
-    for tag in ("before", "after"):
-        if tag == "after":
-            with ThreadPoolExecutor(8) as pool:  # the runner spreads the merges over Ray tasks
-                c = _timed(
-                    r,
-                    "compact_s",
-                    lambda: manifest.compact(
-                        root, stage, COMPACT_MB * MiB, lambda f, g: list(pool.map(f, g))
-                    ),
-                )
-            r["parts_after"] = c["parts_after"]
-        r[f"{tag}_parts"] = len(_timed(r, f"{tag}_list_s", lambda: manifest.part_sizes(root, stage)))
-        _timed(r, f"{tag}_footers_s", lambda: manifest.check_readable(root, stage))
-        done_ids()
-        _timed(
-            r, f"{tag}_upstream_ok_ids_s", lambda: manifest.read_columns(root, stage, ["video_id"], status=OK)
+def compact_child(n: int, root: str, stage: str = "probe") -> dict[str, Any]:
+    """Compaction, eight threads standing in for the runner's Ray tasks (its own process: in a run the
+    merges are tasks, not the driver)."""
+    from contracts import manifest
+
+    _storage(root)
+    r: dict[str, Any] = {"compact_load": load()}
+    with ThreadPoolExecutor(8) as pool:
+        c = _timed(
+            r,
+            "compact_s",
+            lambda: manifest.compact(root, stage, COMPACT_MB * MiB, lambda f, g: list(pool.map(f, g))),
         )
-        _timed(r, f"{tag}_success_totals_s", lambda: manifest.status_counts(root, stage))
-        _timed(r, f"{tag}_dedupe_check_s", lambda: manifest.dedupe(root, stage))
-        gc.collect()
-    r["driver_peak_mib"] = round(peak_rss_mib(), 1)
-    r["driver_peak_growth_mib"] = round(peak_rss_mib() - base, 1)
-    r["load_after"] = load()
+    r["parts_after"] = c["parts_after"]
+    r["compact_peak_mib"] = round(peak_rss_mib(), 1)
     return r
 
 
@@ -264,8 +268,11 @@ def run_control(sizes: list[int], backends: list[str]) -> None:
         results = []
         for n in sizes:
             root = f"{server.make_bucket('bench')}/scale-{n}" if server else f"{tmp}/scale-{n}"
-            written = _child("_write", str(n), root)
-            results.append({**_child("_control", str(n), root), **written})
+            r = {"rows": n, "backend": backend, **_child("_write", str(n), root)}
+            r.update(_child("_control", str(n), root, "before"))
+            r.update(_child("_compact", str(n), root))
+            r.update(_child("_control", str(n), root, "after"))
+            results.append(r)
             print(json.dumps(results[-1]), flush=True)
         if server is not None:
             server.stop()
@@ -366,8 +373,9 @@ def vidal_json(path: Path, n: int) -> None:
         out.write("\n}\n")
 
 
-def discover(entries: int) -> dict[str, Any]:
-    """The VIDAL-10M reader alone (stream -> candidate rows), one process: rows/s and peak RSS."""
+def discover(entries: int, stage: bool) -> dict[str, Any]:
+    """The VIDAL-10M reader alone (stream -> candidate rows), one process: rows/s and peak RSS; with
+    ``stage``, then the whole discover stage over the same file (``python -m pipeline.run``)."""
     from stages.sources.vidal10m import read_vidal10m
 
     tmp = Path(tempfile.mkdtemp(prefix="vidal-bench-json-"))
@@ -383,9 +391,38 @@ def discover(entries: int) -> dict[str, Any]:
     r["read_s"] = round(time.perf_counter() - t, 2)
     r["rows_per_s"] = round(rows / r["read_s"])
     r["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    assert rows == entries
+    if stage:  # the whole discover stage: a fresh local Ray instance (2 CPUs), rules, dedup, manifest writes
+        t = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.run",
+                "--root",
+                str(tmp / "root"),
+                "--stage",
+                "discover",
+                "--quiet",
+            ]
+            + [
+                "--set",
+                f'discover.vidal10m=["{f}"]',
+                "--set",
+                "run.ray_address=local",
+                "--set",
+                "run.num_cpus=2",
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+            check=True,
+            capture_output=True,
+        )
+        r["stage_wall_s"] = round(time.perf_counter() - t, 1)
+        success = json.loads((tmp / "root" / "discover" / "_SUCCESS.json").read_text())
+        r["stage_rows"], r["stage_rows_per_s"] = success["rows_in"], success["rows_per_s"]
+        r["stage_parts"] = len(list((tmp / "root" / "discover").glob("part-*.parquet")))
     r["load_after"] = load()
     shutil.rmtree(tmp, ignore_errors=True)
-    assert rows == entries
     return r
 
 
@@ -408,22 +445,26 @@ def dedup(n: int) -> dict[str, Any]:
     return r
 
 
+CHILDREN = {"_write": write_manifest, "_control": control, "_compact": compact_child}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "what",
         nargs="?",
         default="resume",
-        choices=["resume", "control", "workers", "discover", "dedup", "_write", "_control"],
+        choices=["resume", "control", "workers", "discover", "dedup", *CHILDREN],
     )
     p.add_argument("args", nargs="*")
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000])
     p.add_argument("--backend", nargs="+", default=["local", "s3"], choices=["local", "s3"])
     p.add_argument("--entries", type=int, default=1_000_000)
+    p.add_argument("--stage", action="store_true", help="discover: also run the whole stage")
     p.add_argument("--repeat", type=int, default=5)
     a = p.parse_args()
-    if a.what in ("_write", "_control"):  # one configuration, in its own process (see run_control)
-        print(json.dumps((write_manifest if a.what == "_write" else control)(int(a.args[0]), a.args[1])))
+    if a.what in CHILDREN:  # one step of one configuration, in its own process (see run_control)
+        print(json.dumps(CHILDREN[a.what](int(a.args[0]), *a.args[1:])))
         return
     print("load average before:", load(), flush=True)
     if a.what == "control":
@@ -433,7 +474,7 @@ def main() -> None:
             for compact in (False, True):
                 print(json.dumps(workers(n, compact)), flush=True)
     elif a.what == "discover":
-        print(json.dumps(discover(a.entries)))
+        print(json.dumps(discover(a.entries, a.stage)))
     elif a.what == "dedup":
         results = [dedup(n) for n in a.sizes]
         for r in results:
