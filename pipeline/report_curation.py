@@ -70,7 +70,6 @@ class Rule:
     meaning: str
     rows: int = 0
     examples: list[RuleExample] = field(default_factory=list)
-    parts: dict[str, str] = field(default_factory=dict)  # example video_id -> its manifest part
 
 
 @dataclass
@@ -159,32 +158,37 @@ def scan_curation(
                     rule.examples.append(
                         RuleExample(vid, cols["parent_id"][i], cols["start"][i], cols["end"][i], value, error)
                     )
-                    rule.parts[vid] = uri
-    return list(hists.values()), sorted(rules.values(), key=lambda r: -r.rows)
+    scored = [
+        h for h in hists.values() if h.kept.n + h.filtered.n
+    ]  # a column no row has a value in: left out
+    return scored, sorted(rules.values(), key=lambda r: -r.rows)
 
 
 def attach_frames(root: str, rules: list[Rule], frame_stages: list[str]) -> None:
     """The first frame of each example, from the latest of ``frame_stages`` (clip, probe) holding it:
-    a clip stage's filtered rows keep their frames; the score stage's come from clip or probe."""
+    a clip stage's filtered rows keep their frames; the score stage's come from clip or probe, with
+    the clip's parent and span, which the score manifest does not repeat."""
     from pipeline.report_stats import _batches
 
-    missing = {e.video_id: e for r in rules for e in r.examples}
+    missing: dict[str, list[RuleExample]] = {}
+    for e in (e for r in rules for e in r.examples):
+        missing.setdefault(e.video_id, []).append(e)
     for stage in frame_stages:
-        if not missing:
-            return
         for uri in manifest.part_files(root, stage):
             if not missing:
                 return
             ids = pa.array(list(missing), pa.string())
-            for batch in _batches(uri, ["video_id"]):
-                if not pc.any(pc.is_in(batch["video_id"], value_set=ids)).as_py():
-                    continue
-                for b in _batches(uri, ["video_id", "frames"], 64):
-                    hit = b.filter(pc.is_in(b["video_id"], value_set=ids))
-                    for vid, frames in zip(hit["video_id"].to_pylist(), hit["frames"].to_pylist()):
-                        if vid in missing and frames:
-                            missing.pop(vid).frame = frames[0]
-                break
+            if not any(
+                pc.any(pc.is_in(b["video_id"], value_set=ids)).as_py() for b in _batches(uri, ["video_id"])
+            ):
+                continue
+            for b in _batches(uri, ["video_id", "frames", "parent_id", "start", "end"], 64):
+                hit = b.filter(pc.is_in(b["video_id"], value_set=ids)).to_pylist()
+                for row in (r for r in hit if r["video_id"] in missing and r.get("frames")):
+                    for e in missing.pop(row["video_id"]):
+                        e.frame = row["frames"][0]
+                        if e.parent_id is None and row.get("parent_id"):
+                            e.parent_id, e.start, e.end = row["parent_id"], row.get("start"), row.get("end")
 
 
 def collect_curation(
@@ -224,8 +228,9 @@ def score_plot(h: ScoreHist) -> dict[str, Any]:
         "kind": "stacked",
         "edges": edges,
         "series": {"kept": h.kept.hist.tolist(), "filtered": h.filtered.hist.tolist()},
-        "xlabel": f"{h.column} ({'grey levels per 0.1 s' if h.column == 'motion' else 'cosine'}); "
-        f"last bar: {edges[-2]:g} and over",
+        "xlabel": f"{h.column} (grey levels / 0.1 s; last bar {edges[-2]:g}+)"
+        if h.column == "motion"
+        else f"{h.column} (cosine)",
     }
     if h.threshold is not None:
         plot["threshold"] = [float(h.threshold), h.threshold_key]

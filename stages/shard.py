@@ -222,7 +222,7 @@ def commit_shard(
 class ShardStage(Stage):
     name = "shard"
     upstream = ("probe",)
-    optional_upstream = ("discover", "download", "caption", "asr", "enhance", "depth", "infrared")
+    optional_upstream = ("discover", "download", "caption", "asr", "enhance", "depth", "infrared", "score")
     reads = None
     Config = ShardConfig
     uses_model = True  # one writer actor (config: shard.actors) bounds the samples held in memory

@@ -295,9 +295,9 @@ def test_dedupe_keeps_one_row_per_video_preferring_ok(tmp_path):
     assert manifest.dedupe(root, "s") == 0
 
 
-def test_demo_config_runs_the_clip_stage_on_long_videos_with_cuts():
-    """The demo lists clip, its long videos are split (longer than clip.max_duration, inside the crawl's
-    and probe's 20 s caps) and the caps pass the preflight check."""
+def test_demo_config_runs_the_curation_stages():
+    """The demo lists clip and score; its long videos are split (longer than clip.max_duration, inside
+    the crawl's and probe's 20 s caps) and the caps pass the preflight check."""
     from pipeline.preflight import check_clip_durations
     from pipeline.synthetic import long_demo_videos
 
@@ -309,3 +309,6 @@ def test_demo_config_runs_the_clip_stage_on_long_videos_with_cuts():
     assert all(cfg.clip.max_duration < n <= min(caps) for n in lengths), (lengths, caps)
     assert any(still for *_, still in long_demo_videos(cfg.run.demo_media.long_videos))
     assert cfg.clip.min_motion is not None  # the slideshow's still clips are what it filters
+    # the score stage runs offline on the tiny model, with a threshold, after every stage it reads
+    assert cfg.score.model == "tiny" and cfg.score.min_similarity is not None
+    assert cfg.run.stages[-2:] == ["score", "shard"]

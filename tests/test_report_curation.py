@@ -90,7 +90,16 @@ def test_score_histograms_thresholds_and_rules(curated):
     kept = [r["score_mplug"] for r in stored if r["status"] == "ok"]
     assert h.kept.hist.tolist() == np.histogram(kept, COSINE_EDGES)[0].tolist()
     ex = {r.name: r for r in collect(str(root)).curation.rules}
-    assert all(e.frame for e in ex["score.dedup"].examples)  # frames from the clip manifest
+    clip = {r["video_id"]: r for r in rows["clip"]}
+    for e in [*ex["score.dedup"].examples, *ex["score.min_similarity"].examples]:
+        c = clip[e.video_id]  # frame, parent and span from the clip manifest
+        assert (e.frame, e.parent_id, e.start, e.end) == (
+            c["frames"][0],
+            c["parent_id"],
+            c["start"],
+            c["end"],
+        )
+    assert "curation-score-score_ofa" not in tables  # a score column without values is left out
 
 
 def test_a_run_without_curation_stages_has_no_curation_section(tmp_path):
