@@ -126,10 +126,15 @@ class DoneIds:
                 j += 1
         return done
 
-    def pending(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array:
-        """The ids that are not done, in their order."""
+    def pending(self, ids: pa.Array | pa.ChunkedArray, chunk: int = 1 << 20) -> pa.Array:
+        """The ids that are not done, in their order (``chunk`` at a time, so that the driver's scratch
+        arrays stay at a million ids' worth whatever the run's size)."""
         ids = _one_array(ids)
-        return ids.filter(pa.array(~self.is_done(ids)))
+        kept = [
+            ids.slice(i, chunk).filter(pa.array(~self.is_done(ids.slice(i, chunk))))
+            for i in range(0, len(ids), chunk)
+        ]
+        return pa.concat_arrays(kept) if kept else ids
 
     def drop_done(self, batch: pa.Table) -> pa.Table:
         """The rows of ``batch`` whose ``video_id`` is not done."""

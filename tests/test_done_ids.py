@@ -82,3 +82,13 @@ def test_pending_filter_keeps_every_pending_row_and_errs_only_towards_redoing(bi
     else:  # the forced collisions really keep done rows, so the test above is not vacuous
         assert wrongly_kept
     assert PendingIds.build(pa.array([], pa.string())).keep_pending(batch).num_rows == 0
+
+
+def test_pending_in_chunks_is_the_same_as_at_once():
+    universe = _ids(2000, seed=7)
+    done = DoneIds.build(pa.array(universe[::3]), bits=4)
+    queried = pa.chunked_array([universe[:1500], universe[1500:]])
+    expected = [v for v in universe if v not in set(universe[::3])]
+    assert done.pending(queried, chunk=7).to_pylist() == expected
+    assert done.pending(queried).to_pylist() == expected
+    assert done.pending(pa.array([], pa.string())).to_pylist() == []
