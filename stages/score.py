@@ -39,7 +39,7 @@ from pydantic import Field, field_validator, model_validator
 from contracts import backends, store
 from contracts.status import FAILED, FILTERED, OK
 from stages.backends.batching import BatchRunner, ItemError
-from stages.base import Stage, StageConfig
+from stages.base import ModelStageConfig, Stage, model_name
 from stages.near_dup import LshParams, choose_kept, find_pairs, read_part_embeddings
 
 log = logging.getLogger("vidal")
@@ -53,7 +53,7 @@ EMBEDDING = "clip_embedding"
 LENGTH = "dedup_length"
 
 
-class ScoreConfig(StageConfig):
+class ScoreConfig(ModelStageConfig):
     batch_size: int = 32
     model: str = Field(
         "languagebind:LanguageBind/LanguageBind_Video_FT",
@@ -82,27 +82,11 @@ class ScoreConfig(StageConfig):
     )
     dedup_rows_per_partition: int = Field(200_000, ge=1000, description="rows one comparing task holds")
     model_batch: int = Field(32, ge=1, description="clips per forward pass (halved on CUDA out-of-memory)")
-    device: str = Field("auto", description="auto (CUDA when visible, else CPU), cpu, cuda, cuda:1")
-    precision: str = Field("auto", description="auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        try:
-            backends.parse("alignment", v)
-        except backends.ModelLoadError as e:
-            raise ValueError(str(e)) from None  # pydantic names the dotted key for a ValueError
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _device_name(cls, v: str) -> str:
-        return backends.check_device(v)
-
-    @field_validator("precision")
-    @classmethod
-    def _precision_name(cls, v: str) -> str:
-        return backends.check_precision(v)
+        return model_name("alignment", v)
 
     @model_validator(mode="after")
     def _filter_field_scored(self) -> ScoreConfig:
@@ -165,7 +149,8 @@ class ScoreStage(Stage):
 
     def check(self) -> None:
         c = self.config
-        backends.check("alignment", c.model, device=c.device, precision=c.precision)
+        if c.check_on_driver:
+            backends.check("alignment", c.model, device=c.device, precision=c.precision)
 
     def setup(self) -> None:
         c = self.config
