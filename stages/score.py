@@ -138,11 +138,6 @@ class ScoreStage(Stage):
         self._reconciles = 0
         self._pass: dict[str, int] = {}
 
-    @classmethod
-    def plan_upstream(cls, config: Any, present: list[str]) -> tuple[list[str], list[str]]:
-        required, _ = super().plan_upstream(config, present)
-        return required, [s for s in cls.optional_upstream if s in present]
-
     def models(self) -> dict[str, str]:
         note = " (random weights: scores carry no meaning)" if self.config.model.startswith("tiny") else ""
         return {"score": self.config.model + note}
@@ -164,11 +159,15 @@ class ScoreStage(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         c = self.config
         rows = batch.to_pylist()
-        clip_emb = self.runner.run(
-            [r.get("frames") or [] for r in rows],
+        with_frames = [i for i, r in enumerate(rows) if r.get("frames")]
+        embedded = self.runner.run(
+            [rows[i]["frames"] for i in with_frames],
             lambda clips: list(self.aligner.embed_clips(clips)),
-            key=len,
+            key=len,  # clips of as many frames batch together
         )
+        clip_emb: list[Any] = [None] * len(rows)
+        for i, e in zip(with_frames, embedded):
+            clip_emb[i] = e
         texts = sorted({t for r in rows for f in c.fields for t in row_texts(r, f)})
         text_emb = dict(zip(texts, self.aligner.embed_texts(texts))) if texts else {}
         out: list[dict[str, Any]] = []

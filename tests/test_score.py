@@ -86,6 +86,7 @@ def test_min_similarity_filters_what_it_says(trained):
     rows = held_out_rows(0)[:6] + held_out_rows(3)[6:12]
     rows.append({"video_id": "no-text", "frames": jpeg_frames(CONCEPTS[0], 9), "duration": 2.0})
     rows.append({"video_id": "bad-frames", "frames": [b"not a jpeg"] * 8, "duration": 2.0, "mplug": "x"})
+    rows.append({"video_id": "no-frames", "frames": None, "duration": 2.0, "mplug": "x"})
     free = {r["video_id"]: r for r in trained.process(pa.Table.from_pylist(rows)).to_pylist()}
     scored = sorted(r["score_mplug"] for r in free.values() if r["score_mplug"] is not None)
     threshold = float(np.median(scored))
@@ -94,6 +95,8 @@ def test_min_similarity_filters_what_it_says(trained):
     for vid, r in out.items():
         if vid == "bad-frames":
             assert r["status"] == FAILED and "not" in r["error"] and "image" in r["error"]
+        elif vid == "no-frames":
+            assert r["status"] == FAILED and r["error"] == "score: no frames to embed"
         elif vid == "no-text":  # nothing to score against: kept, score null
             assert r["status"] == OK and r["score_mplug"] is None
         elif r["score_mplug"] < threshold:
@@ -101,7 +104,7 @@ def test_min_similarity_filters_what_it_says(trained):
             assert f"{r['score_mplug']:.4f}" in r["error"] and str(threshold) in r["error"]
         else:
             assert r["status"] == OK and r["error"] is None
-        if vid != "bad-frames":
+        if vid not in ("bad-frames", "no-frames"):
             assert r["score_mplug"] == free[vid]["score_mplug"]  # the threshold changes no score
     assert sum(r["status"] == FILTERED for r in out.values()) == sum(x < threshold for x in scored) >= 5
 
