@@ -331,6 +331,13 @@ def _forget_stats(root: str, stage: str, uris: list[str]) -> None:
         store.write_json(store.join(stage_dir(root, stage), STATS), {"parts": kept})
 
 
+def _weights(stats: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """What a part weighs for compaction: its bytes on disk or, when larger, its columns' uncompressed
+    bytes, so that a merged part is at most about the target in memory too (one read task holds one
+    part: well-compressed captions would otherwise put a whole run's rows in one task)."""
+    return {n: max(e["bytes"], sum(e["columns"].values())) for n, e in stats.items()}
+
+
 def plan_compaction(sizes: dict[str, int], target_bytes: int) -> list[list[str]]:
     """Groups of small parts (under half the target), in name order, each group's bytes at most the
     target; groups of one part are left as they are."""
@@ -394,20 +401,21 @@ def compact(
     target_bytes: int,
     map_groups: Callable[[Callable[[list[str]], Any], list[list[str]]], Any] = map,
 ) -> dict[str, int]:
-    """Merge a stage's small parts into parts of about ``target_bytes`` and write ``_parts.json``.
+    """Merge a stage's small parts into parts of about ``target_bytes`` (on disk and uncompressed, see
+    ``_weights``) and write ``_parts.json``.
 
     ``map_groups(fn, groups)`` runs the merges (the runner spreads them over Ray tasks; the default runs
     them here, one after another). Returns the parts before and after."""
     recover_compaction(root, stage)
     store.remove_temp_files(stage_dir(root, stage))
-    sizes = before = part_sizes(root, stage)
+    stats = before = part_stats(root, stage)
     merged: dict[str, dict[str, Any]] = {}
     merges = 0
     # Merged parts compress better than their inputs did; one still under half the target is merged
     # again with its like, so a second compaction finds nothing to do.
-    while groups := plan_compaction(sizes, target_bytes) if target_bytes > 0 else []:
+    while groups := plan_compaction(_weights(stats), target_bytes) if target_bytes > 0 else []:
         merged.update(map_groups(functools.partial(merge_parts, root, stage), groups))
         merges += len(groups)
-        sizes = part_sizes(root, stage)
+        stats = part_stats(root, stage, fresh=merged)
     after = part_stats(root, stage, write=True, fresh=merged)
     return {"parts_before": len(before), "parts_after": len(after), "merges": merges}

@@ -160,3 +160,22 @@ def test_kill_9_during_compaction_then_rerun_loses_and_doubles_nothing(tmp_path,
     assert not list((tmp_path / STAGE).glob(f"{manifest.JOURNAL_PREFIX}*"))
     assert not list((tmp_path / STAGE).glob(".*"))  # no temp file left
     assert len(manifest.part_files(root, STAGE)) < 300 // 4
+
+
+def test_a_merged_part_stays_near_the_target_uncompressed_too(tmp_path):
+    """Captions compress ~50x: by file size alone a whole run's rows would land in one part (one read
+    task); weighed by the larger of file and uncompressed bytes, merged parts stay near the target."""
+    root = str(tmp_path)
+    for i in range(40):
+        caps = [f"a dog runs on a sunny beach, take {i * 50 + j}; " * 40 for j in range(50)]
+        t = _rows(i * 50, 50).append_column("caption", pa.array(caps))
+        store.write_parquet(manifest.new_part_uri(root, STAGE), t)
+    stats = manifest.part_stats(root, STAGE)
+    one = max(sum(e["columns"].values()) for e in stats.values())
+    assert one > 5 * max(e["bytes"] for e in stats.values())  # really compressible
+    target = one * 8
+    manifest.compact(root, STAGE, target_bytes=target)
+    after = manifest.part_stats(root, STAGE)
+    assert 40 // 8 <= len(after) < 40 // 2
+    assert all(sum(e["columns"].values()) <= target + one for e in after.values())
+    assert sum(e["rows"] for e in after.values()) == 2000
