@@ -14,8 +14,9 @@ Dedup: ``stages.score.apply_run_wide_rules`` over a score manifest of synthetic 
 (random unit vectors, 1% of them noisy copies at cosine ~0.97 of another row) in parts of 50k rows:
 the whole pass as the stage runs it at its end (reading the parts, LSH through Ray tasks, exact
 comparison per bucket, choosing who stays, rewriting the parts that change). Reported: wall time, the
-pairs' recall against the planted copies, the driver's peak RSS during the pass and the peak RSS summed over Ray's
-worker processes (sampled every 0.2 s; includes the object-store pages they map).
+pairs' recall against the planted copies, the driver's peak RSS during the pass and the peak RSS summed over
+the Ray processes it started (sampled every 0.2 s; counts the object-store pages each maps, so an upper
+bound).
 
 Usage::
 
@@ -128,7 +129,8 @@ def bench_align(models: list[str], repeats: int, clips: int) -> None:
 
 
 class RssSampler:
-    """Peak RSS of this process and peak RSS summed over Ray's worker processes, sampled in a thread."""
+    """Peak RSS of this process and peak RSS summed over its descendants (the local Ray instance it started:
+    GCS, raylet, workers), sampled in a thread."""
 
     def __init__(self) -> None:
         import psutil
@@ -144,11 +146,9 @@ class RssSampler:
 
         while not self.stop.is_set():
             total = 0
-            for p in psutil.process_iter(["cmdline"]):
+            for p in self.me.children(recursive=True):  # this driver's Ray processes, not other sessions'
                 try:
-                    cmd = " ".join(p.info["cmdline"] or [])
-                    if "ray::" in cmd or "default_worker.py" in cmd:
-                        total += p.memory_info().rss
+                    total += p.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
             self.peak = max(self.peak, total)

@@ -3,9 +3,10 @@
 Every clip embedding (unit length) gets ``tables`` keys of ``bits`` sign bits each, from hyperplanes drawn
 from a fixed seed. Two clips at cosine ``c`` share one table's key with probability
 ``(1 - arccos(c) / pi) ** bits``, so they meet in at least one table with probability
-``1 - (1 - (1 - arccos(c) / pi) ** bits) ** tables`` (``recall_at``): 0.96 at c = 0.95 and 0.998 at
+``1 - (1 - (1 - arccos(c) / pi) ** bits) ** tables`` (``recall_at``): 0.96 at c = 0.95 and 0.999 at
 c = 0.98 for the defaults (16 tables of 16 bits), while two unrelated clips (c ~ 0) share a key with
-probability 2**-16 per table. Inside a bucket every pair is compared exactly, so nothing is reported
+probability 2**-16 per table: about rows**2 / 2**17 chance pairs per table, which at a million rows
+calls for more bits (and tables to keep the recall: 24 of 20 bits). Inside a bucket every pair is compared exactly, so nothing is reported
 above the threshold that is not above it.
 
 Memory: tables are processed in rounds of ``tables_per_round``. In a round each part of the input is
@@ -28,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SMALL_BUCKET = 64  # buckets up to this size are compared pair by offset, larger ones by a matrix product
+SMALL_BUCKET = 64  # buckets up to this size: stacked Gram matrices, one numpy call per size; larger: blocks
 BLOCK = 2048  # rows per matrix-product block in a large bucket
+CHUNK_ROWS = 16384  # rows of small buckets gathered at once (float32: 48 MB at 768 dimensions)
 
 # A part of the input: called in a Ray task, returns (global row numbers int64 [n], embeddings float16 [n, d]).
 PartReader = Callable[[], tuple[np.ndarray, np.ndarray]]
@@ -87,13 +89,23 @@ def read_part_embeddings(
     return rows.astype(np.int64) + first, decode_embeddings(col.take(pa.array(rows)).to_pylist())
 
 
-def _dot_rows(emb: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    out = np.empty(len(a), dtype=np.float32)
-    for s in range(0, len(a), chunk):
-        x = emb[a[s : s + chunk]].astype(np.float32)
-        y = emb[b[s : s + chunk]].astype(np.float32)
-        out[s : s + chunk] = np.einsum("ij,ij->i", x, y)
-    return out
+def _same_size_buckets(
+    starts: np.ndarray, size: int, order: np.ndarray, r: np.ndarray, emb: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair inside the buckets of one size, as stacked Gram matrices: each row is read once per
+    bucket (not once per pair), ``CHUNK_ROWS`` rows at a time."""
+    iu, ju = np.triu_indices(size, 1)
+    found_a, found_b, found_s = [], [], []
+    per_chunk = max(1, CHUNK_ROWS // size)
+    for c in range(0, len(starts), per_chunk):
+        pos = starts[c : c + per_chunk, None] + np.arange(size)[None, :]  # [buckets, size]
+        x = emb[order[pos]].astype(np.float32)  # [buckets, size, dim]
+        sims = np.matmul(x, x.transpose(0, 2, 1))[:, iu, ju]  # [buckets, pairs]
+        bi, pi = np.nonzero(sims >= threshold)
+        found_a.append(r[pos[bi, iu[pi]]])
+        found_b.append(r[pos[bi, ju[pi]]])
+        found_s.append(sims[bi, pi])
+    return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s)
 
 
 def bucket_pairs(
@@ -104,19 +116,12 @@ def bucket_pairs(
     k, r = keys[order], rows[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
     sizes = np.diff(np.r_[starts, len(k)])
-    size_of = np.repeat(sizes, sizes)
-    small = size_of <= SMALL_BUCKET
     found_a, found_b, found_s = [], [], []
-    for d in range(1, min(SMALL_BUCKET, len(k))):
-        same = (k[:-d] == k[d:]) & small[:-d]
-        if not same.any():
-            break
-        i = np.flatnonzero(same)
-        sims = _dot_rows(emb, order[i], order[i + d])
-        hit = sims >= threshold
-        found_a.append(r[i][hit])
-        found_b.append(r[i + d][hit])
-        found_s.append(sims[hit])
+    for size in np.unique(sizes[(sizes > 1) & (sizes <= SMALL_BUCKET)]).tolist():
+        a, b, s = _same_size_buckets(starts[sizes == size], size, order, r, emb, threshold)
+        found_a.append(a)
+        found_b.append(b)
+        found_s.append(s)
     for start, size in zip(starts[sizes > SMALL_BUCKET], sizes[sizes > SMALL_BUCKET]):
         members = order[start : start + size]
         for s in range(0, size, BLOCK):
