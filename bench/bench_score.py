@@ -200,7 +200,7 @@ def write_manifest(root: Path, rows: int, seed: int = 0) -> set[tuple[str, str]]
     return planted
 
 
-def bench_dedup(rows: int, repeats: int, cpus: int, tables_per_round: int) -> None:
+def bench_dedup(rows: int, repeats: int, cpus: int, tables_per_round: int, tables: int, bits: int) -> None:
     import pyarrow.parquet as pq
     import ray
 
@@ -212,9 +212,11 @@ def bench_dedup(rows: int, repeats: int, cpus: int, tables_per_round: int) -> No
         print(
             json.dumps({"rows": rows, "manifest_written_s": round(time.perf_counter() - t0, 1)}), flush=True
         )
-        # the defaults (threshold 0.95, 16 tables of 16 bits) but for the copies the object store holds
+        # threshold 0.95 (the default); tables, bits and tables per round as given
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-        cfg = ScoreConfig(model="tiny", dedup_tables_per_round=tables_per_round)
+        cfg = ScoreConfig(
+            model="tiny", dedup_tables_per_round=tables_per_round, dedup_tables=tables, dedup_bits=bits
+        )
         for r in range(repeats):
             with RssSampler() as rss:
                 start = time.perf_counter()
@@ -232,6 +234,8 @@ def bench_dedup(rows: int, repeats: int, cpus: int, tables_per_round: int) -> No
                     {
                         "rows": rows,
                         "repeat": r,
+                        "tables": tables,
+                        "bits": bits,
                         "tables_per_round": tables_per_round,
                         "wall_s": round(wall, 1),
                         "near_duplicates": counts["near_duplicates"],
@@ -259,11 +263,13 @@ def main() -> int:
     d.add_argument("--repeats", type=int, default=3)
     d.add_argument("--cpus", type=int, default=2)
     d.add_argument("--tables-per-round", type=int, default=4)
+    d.add_argument("--tables", type=int, default=16)
+    d.add_argument("--bits", type=int, default=16)
     args = ap.parse_args()
     if args.what == "align":
         bench_align(args.models.split(","), args.repeats, args.clips)
     else:
-        bench_dedup(args.rows, args.repeats, args.cpus, args.tables_per_round)
+        bench_dedup(args.rows, args.repeats, args.cpus, args.tables_per_round, args.tables, args.bits)
     return 0
 
 
