@@ -65,9 +65,15 @@ def _fnv1a(offsets: np.ndarray, data: np.ndarray, bits: int) -> np.ndarray:
     return h & np.uint64((1 << bits) - 1) if bits < 64 else h
 
 
-def id_hashes(ids: pa.Array | pa.ChunkedArray, bits: int = 64) -> np.ndarray:
-    offsets, data = _flat(ids)
-    return _fnv1a(offsets, data, bits)
+def id_hashes(ids: pa.Array | pa.ChunkedArray, bits: int = 64, chunk: int = 1 << 20) -> np.ndarray:
+    """The hash of each id, ``chunk`` ids at a time (the per-byte passes' scratch stays a million ids'
+    worth on a driver hashing ten million)."""
+    ids = _one_array(ids)
+    out = np.empty(len(ids), np.uint64)
+    for i in range(0, len(ids), chunk):
+        offsets, data = _flat(ids.slice(i, chunk))
+        out[i : i + chunk] = _fnv1a(offsets, data, bits)
+    return out
 
 
 @dataclass(frozen=True)
