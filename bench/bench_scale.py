@@ -189,16 +189,15 @@ def write_manifest(n: int, root: str, stage: str = "probe") -> dict[str, Any]:
     return r
 
 
-def control(n: int, root: str, tag: str, stage: str = "probe") -> dict[str, Any]:
+def start(r: dict[str, Any], tag: str, root: str, stage: str) -> None:
     """Time each control-plane phase of a stage's start and end over the manifest as it is (``tag``:
-    before or after compaction), holding at once what the runner's driver holds: the done ids, their
-    ``DoneIds``, the upstream's ok ids and the ``PendingIds`` built from them."""
+    before or after compaction), holding at once what the runner's driver holds at a stage start: the done
+    ids, their ``DoneIds``, the upstream's ok ids and the ``PendingIds`` built from them."""
     from contracts import manifest
     from contracts.status import OK
 
     _storage(root)
-    r: dict[str, Any] = {f"{tag}_load": load()}
-    base = peak_rss_mib()
+    r[f"{tag}_load"] = load()
     r[f"{tag}_parts"] = len(_timed(r, f"{tag}_list_s", lambda: manifest.part_sizes(root, stage)))
     _timed(r, f"{tag}_footers_s", lambda: manifest.check_readable(root, stage))
     done = _timed(r, f"{tag}_done_ids_read_s", lambda: manifest.done_ids(root, stage))
@@ -208,12 +207,26 @@ def control(n: int, root: str, tag: str, stage: str = "probe") -> dict[str, Any]
         r, f"{tag}_upstream_ok_ids_s", lambda: manifest.read_columns(root, stage, ["video_id"], status=OK)
     )
     held = _timed(r, f"{tag}_pending_s", lambda: PendingIds.build(built.pending(ok["video_id"])))
+    r["pending_node_mib"] = round(held.nbytes / MiB, 1)  # what the workers get
+    r[f"{tag}_start_peak_mib"] = round(peak_rss_mib(), 1)
+
+
+def control(n: int, root: str, tag: str, stage: str = "probe") -> dict[str, Any]:
+    """A stage's start, then its end (the runner drops the start's ids once they are shipped)."""
+    r: dict[str, Any] = {}
+    start(r, tag, root, stage)
+    end(r, tag, root, stage)
+    return r
+
+
+def end(r: dict[str, Any], tag: str, root: str, stage: str) -> None:
+    """A stage end's control plane: the duplicate check and the ``_SUCCESS`` totals."""
+    from contracts import manifest
+
+    gc.collect()
     _timed(r, f"{tag}_success_totals_s", lambda: manifest.status_counts(root, stage))
     _timed(r, f"{tag}_dedupe_check_s", lambda: manifest.dedupe(root, stage))
     r[f"{tag}_driver_peak_mib"] = round(peak_rss_mib(), 1)
-    r[f"{tag}_driver_growth_mib"] = round(peak_rss_mib() - base, 1)
-    r["pending_node_mib"] = round(held.nbytes / MiB, 1)  # what the workers get, held until here
-    return r
 
 
 def compact_child(n: int, root: str, stage: str = "probe") -> dict[str, Any]:

@@ -215,10 +215,13 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
     done = DoneIds.build(manifest.done_ids(root, name))
     report = StageReport(stage=name, skipped=len(done))
     ds = _skip_done(ds, done, upstream_ids, name)
+    del done, upstream_ids  # shipped: the driver needs neither at the stage end (its own id reads)
     if ds is not None:
         stage.prepare()
         try:
-            _execute(ds, stage, config, report, config_json, context, expected - len(done) if expected else 0)
+            _execute(
+                ds, stage, config, report, config_json, context, expected - report.skipped if expected else 0
+            )
         finally:
             stage.finish()
     _finish_output(stage, root, config.run.compact_target_mb)
