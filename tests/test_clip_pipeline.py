@@ -160,6 +160,30 @@ def test_shuffle_join_by_parent_gives_the_same_samples(clip_run, tmp_path):
     assert again.rows_in == 0 and again.skipped == 5
 
 
+@pytest.mark.slow
+def test_score_reads_clip_rows_and_shard_drops_what_it_filters(clip_run):
+    root, inputs, *_ = clip_run
+    stages = "run.stages=[discover, download, probe, clip, caption, score, shard]"
+    score = [
+        "score.model=tiny",
+        "score.fields=[mplug]",
+        "score.dedup=false",
+        "score.min_similarity=null",
+        stages,
+    ]
+    first = run_stage(config_for(root, inputs, *score), "score")
+    clip_ok = sorted(r["video_id"] for r in rows_of(root, "clip") if r["status"] == OK)
+    scored = {r["video_id"]: r["score_mplug"] for r in rows_of(root, "score")}
+    assert first.counts[OK] == 5 and sorted(scored) == clip_ok  # one score per clip, parents never
+    low = sorted(scored.values())
+    cut = (low[1] + low[2]) / 2  # the two lowest-scoring rows fall below it
+    again = run_stage(config_for(root, inputs, *score, f"score.min_similarity={cut}"), "score", "force")
+    kept = sorted(r["video_id"] for r in rows_of(root, "score") if r["status"] == OK)
+    assert again.counts == {OK: 3, "failed": 0, FILTERED: 2} and len(kept) == 3
+    report = run_stage(config_for(root, inputs, stages), "shard", "force")
+    assert report.counts[OK] == 3 and sorted(samples(root)) == kept
+
+
 def test_clip_plan_swaps_probe_and_joins_earlier_stages_by_parent():
     run = ["discover", "download", "probe", "clip", "caption", "enhance", "shard"]
     assert clip_plan("caption", run, ["probe"], ["discover"], True) == (
