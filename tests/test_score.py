@@ -206,6 +206,8 @@ def test_score_through_the_runner_keeps_the_run_wide_percentile_on_resume(tmp_pa
             f"score.model=vidal:{trained_export()}",
             "score.fields=[mplug]",
             "score.keep_percentile=50",
+            "score.min_similarity=null",
+            "score.filter_field=mplug",
             "score.dedup=false",
             "score.batch_size=3",  # the percentile is the run's, not a batch's
         ],
