@@ -282,3 +282,56 @@ def test_a_pass_killed_while_rewriting_parts_ends_as_an_uninterrupted_one(tmp_pa
     assert _outcome(root) != expected  # the kill left it half done
     apply_run_wide_rules(str(root), "score", cfg)
     assert _outcome(root) == expected
+
+
+@pytest.mark.slow
+def test_near_duplicates_through_the_runner(tmp_path, ray_local):
+    from pipeline.runner import run_pipeline, run_stage
+    from pipeline.synthetic import encode_video, render_frames
+    from tests.conftest import write_list
+
+    frames = render_frames(CONCEPTS[0], n_frames=20, size=(96, 72), seed=42)
+    listed = []
+    for name, codec, clip in [
+        ("a", "libx264", frames),
+        ("a-copy", "mpeg4", frames),
+        ("a-short", "libx264", frames[:16]),
+    ]:
+        encode_video(tmp_path / f"{name}.mp4", clip, 10, codec=codec)
+        listed.append({"path": str(tmp_path / f"{name}.mp4"), "title": name, "mplug": CONCEPTS[0].title})
+    for i in (3, 6, 9):  # other colours
+        encode_video(
+            tmp_path / f"o{i}.mp4", render_frames(CONCEPTS[i], n_frames=20, size=(96, 72), seed=i), 10
+        )
+        listed.append({"path": str(tmp_path / f"o{i}.mp4"), "title": f"o{i}", "mplug": CONCEPTS[i].title})
+    stages = ["discover", "download", "probe", "score"]
+    overrides = [
+        f"run.root={tmp_path / 'root'}",
+        f"run.stages=[{', '.join(stages)}]",
+        f"discover.inputs=[{write_list(tmp_path / 'videos.csv', listed)}]",
+        "run.demo_media=",
+        "probe.short_side=64",
+        f"score.model=vidal:{trained_export()}",
+        "score.fields=[mplug]",
+        "score.filter_field=mplug",
+        "score.min_similarity=null",
+        "score.dedup=true",
+        "score.dedup_threshold=0.99",
+        "score.batch_size=2",
+    ]
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
+    first = run_pipeline(cfg, stages)[-1]
+    root = str(tmp_path / "root")
+    got = {r["video_id"]: r for p in manifest.part_files(root, "score") for r in pq.read_table(p).to_pylist()}
+    dropped = {v: r for v, r in got.items() if r["status"] == FILTERED}
+    assert first.totals == {OK: 4, FAILED: 0, FILTERED: 2}, first.totals
+    assert all(r["score_rule"] == "near_dup" for r in dropped.values())
+    # a and its re-encoded copy last 2 s: the smaller id stays; the trimmed copy (1.6 s) goes for it too
+    keepers = {r["error"].split()[2] for r in dropped.values()}
+    assert all(r["error"].startswith("near-duplicate of ") for r in dropped.values()) and len(keepers) == 1
+    (keeper,) = keepers
+    assert got[keeper]["status"] == OK and got[keeper]["dedup_length"] == pytest.approx(2.0)
+    assert sorted(round(r["dedup_length"], 1) for r in dropped.values()) == [1.6, 2.0]
+    assert all(v > keeper for v, r in dropped.items() if round(r["dedup_length"], 1) == 2.0)
+    again = run_stage(cfg, "score")
+    assert again.rows_in == 0 and again.totals == first.totals
