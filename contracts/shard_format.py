@@ -67,6 +67,10 @@ JSON_FIELDS = (
     "parent_id",  # with the clip stage: the video a clip was cut from, and the clip's span in it (s)
     "start",
     "end",
+    "score_raw",  # with the score stage: cosine of the clip with each text field (null without it)
+    "score_mplug",
+    "score_polish_mplug",
+    "score_ofa",
     "models",
 )
 # ``txt``: the configured field, then these in order (the most polished caption first, the title last).
@@ -118,6 +122,15 @@ def sample_text(meta: dict[str, Any], field: str | None = None) -> str | None:
 def is_valid_video_id(video_id: str) -> bool:
     """True for ids made only of ``[A-Za-z0-9_-]``, at most 64 characters (safe as a key and a file name)."""
     return bool(_VIDEO_ID.match(video_id))
+
+
+def raw_text(row: dict[str, Any]) -> str | None:
+    """VIDAL's ``raw``: the released one when imported, else the title followed by its hashtags."""
+    if row.get("raw"):
+        return row["raw"]
+    tags = " ".join(f"#{t}" for t in row.get("hashtags") or [])
+    text = " ".join(x for x in (row.get("title") or "", tags) if x).strip()
+    return text or None
 
 
 def encode_json(meta: dict[str, Any]) -> bytes:

@@ -245,7 +245,7 @@ class TextAcc(Acc):
 
     def texts(self, batch: pa.RecordBatch) -> list[str | None]:
         if self.name == "raw":
-            from stages.shard import raw_text  # the shard writer's definition of raw
+            from contracts.shard_format import raw_text  # the shard writer's definition of raw
 
             return [
                 raw_text(r)

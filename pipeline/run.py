@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from contracts.backends import ModelLoadError
     from contracts.lock import RootLocked
     from pipeline.runner import run_pipeline, summary_table
     from pipeline.stall import StageStopped
     from pipeline.upstream import StageInputError
-    from stages.backends import ModelLoadError
 
     mode = "force" if args.force else "retry_failed" if args.retry_failed else "resume"
     try:

@@ -37,6 +37,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from contracts import backends, store
+from contracts.shard_format import raw_text
 from contracts.status import FAILED, FILTERED, OK
 from stages.backends.batching import BatchRunner, ItemError
 from stages.base import ModelStageConfig, Stage, model_name
@@ -106,7 +107,7 @@ class ScoreConfig(ModelStageConfig):
 
 def row_texts(row: dict[str, Any], field: str) -> list[str]:
     """The texts of one field of a row (``ofa``: its non-empty per-frame captions)."""
-    value = row.get(field)
+    value = raw_text(row) if field == "raw" else row.get(field)  # raw: as the shard JSON has it
     items = value if isinstance(value, list) else [value]
     return [t.strip() for t in items if isinstance(t, str) and t.strip()]
 
@@ -119,7 +120,7 @@ class ScoreStage(Stage):
     name = "score"
     upstream = ("probe",)
     optional_upstream = ("discover", "caption", "enhance")
-    reads = ("video_id", "frames", "duration", *TEXT_FIELDS)
+    reads = ("video_id", "frames", "duration", "title", "hashtags", *TEXT_FIELDS)
     uses_model = True
     Config = ScoreConfig
     schema = pa.schema(

@@ -33,6 +33,7 @@ from pydantic import Field, field_validator
 
 from contracts import lock, store
 from contracts import shard_format as fmt
+from contracts.shard_format import raw_text
 from contracts.status import FAILED, OK, transient
 from stages.base import Stage, StageConfig, run_isolated
 
@@ -99,15 +100,6 @@ def index_names(shard_dir: str) -> list[str]:
 def read_index(shard_dir: str, name: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = store.resolve(store.join(shard_dir, f"{name}.parquet"))
     return pq.read_table(path, filesystem=fs, columns=columns)
-
-
-def raw_text(row: dict[str, Any]) -> str | None:
-    """VIDAL's ``raw``: the released one when imported, else the title followed by its hashtags."""
-    if row.get("raw"):
-        return row["raw"]
-    tags = " ".join(f"#{t}" for t in row.get("hashtags") or [])
-    text = " ".join(x for x in (row.get("title") or "", tags) if x).strip()
-    return text or None
 
 
 def sample_url(row: dict[str, Any]) -> str | None:

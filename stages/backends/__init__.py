@@ -8,5 +8,3 @@ in ``setup()``, and the registry imports the kind's modules listed in ``BACKEND_
 """
 
 from __future__ import annotations
-
-from contracts.backends import ModelLoadError  # noqa: F401  (pipeline.run catches it by this name)
