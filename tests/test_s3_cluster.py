@@ -41,7 +41,8 @@ endpoint, root, inputs = sys.argv[1:4]
 gpu = [f"{s}.num_gpus=1" for s in ("caption", "asr", "enhance", "depth", "infrared")]
 config = load_config("configs/demo.yaml", [
     f"run.root={root}", f"run.ray_address={cluster.address}", "run.demo_media=", f"discover.inputs=[{inputs}]",
-    "shard.samples_per_shard=2", f"run.storage.endpoint={endpoint}", "run.storage.region=us-east-1", *gpu])
+    "shard.samples_per_shard=2", f"run.storage.endpoint={endpoint}", "run.storage.region=us-east-1",
+    "run.stages=[discover,download,probe,caption,asr,enhance,depth,infrared,shard]", *gpu])
 reports = run_pipeline(config, list(config.run.stages))
 
 # Every actor the run made, alive or dead, from the GCS actor table (the public state API needs the

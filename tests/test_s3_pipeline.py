@@ -65,6 +65,8 @@ def pipeline_cmd(root: str, inputs: Path, endpoint: str, *extra: str) -> list[st
         "run.demo_media=",
         "--set",
         "shard.samples_per_shard=2",
+        "--set",
+        f"run.stages=[{','.join(STAGES)}]",  # VIDAL's nine: the demo's curation stages are not this test's
         *storage_args(endpoint),
         *extra,
     ]
