@@ -316,7 +316,7 @@ def test_near_duplicates_through_the_runner(tmp_path, ray_local):
         "score.filter_field=mplug",
         "score.min_similarity=null",
         "score.dedup=true",
-        "score.dedup_threshold=0.99",
+        "score.dedup_threshold=0.97",  # the trimmed copy sits near 0.99 (its 8 frames fall elsewhere)
         "score.batch_size=2",
     ]
     cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
