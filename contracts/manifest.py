@@ -171,14 +171,18 @@ def drop_rows(
         if n_drop == 0:
             continue
         dropped += n_drop
-        kept = _read_table(uri).filter(pc.invert(mask))
+        _rewrite_part(uri, _read_table(uri).filter(pc.invert(mask)))
         rewritten.append(uri)
-        if len(kept):
-            store.write_parquet(uri, kept)
-        else:
-            store.remove(uri)
     _forget_stats(root, stage, rewritten)
     return dropped
+
+
+def _rewrite_part(uri: str, kept: pa.Table) -> None:
+    """Replace a part by the rows it keeps (atomically), or remove it when none are left."""
+    if len(kept):
+        store.write_parquet(uri, kept)
+    else:
+        store.remove(uri)
 
 
 def drop_status(root: str, stage: str, status: str) -> int:
@@ -189,7 +193,7 @@ def drop_status(root: str, stage: str, status: str) -> int:
 def drop_transient_failures(root: str, stage: str) -> int:
     """Drop failed rows whose reason is transient, so that this run retries them; returns how many."""
     return drop_rows(
-        root, stage, lambda t: pc.and_(pc.equal(t["status"], "failed"), pc.starts_with(t["error"], TRANSIENT))
+        root, stage, lambda t: pc.and_(pc.equal(t["status"], FAILED), pc.starts_with(t["error"], TRANSIENT))
     )
 
 
@@ -245,12 +249,8 @@ def dedupe(root: str, stage: str) -> int:
         if all(keep):
             continue
         removed += len(keep) - sum(keep)
-        table = _read_table(uri).filter(pa.array(keep))
+        _rewrite_part(uri, _read_table(uri).filter(pa.array(keep)))
         rewritten.append(uri)
-        if len(table):
-            store.write_parquet(uri, table)
-        else:
-            store.remove(uri)
     _forget_stats(root, stage, rewritten)
     return removed
 
