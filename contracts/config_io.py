@@ -7,6 +7,7 @@ should be greater than or equal to 1 (got 0)``), not with a traceback from a wor
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import yaml
@@ -50,3 +51,15 @@ def format_validation_error(error: ValidationError) -> str:
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"{key}: {msg}{got}")
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """The ``--set KEY=VALUE`` option of every config-driven command (collected in ``args.overrides``)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable; values are YAML)",
+    )

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from contracts.config_io import ConfigError
+from contracts.config_io import ConfigError, add_set_option
 from model.checkpoint import export_checkpoint, prepare_out
 from model.train_config import TrainConfig, load_train_config
 from model.trainer import Trainer
@@ -53,14 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-steps", type=int, help="optimizer steps (sets optim.max_steps; the schedule follows)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=5e-4 (repeatable; values are YAML)",
-    )
+    add_set_option(p, "optim.lr=5e-4")
     p.add_argument(
         "--resume", metavar="latest|PATH", help="continue a run: 'latest' in --out, or a checkpoint"
     )

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # `python pipeline/run.py` (the form `ray submit`
 from pydantic import BaseModel  # noqa: E402
 
 from contracts import store
-from contracts.config_io import ConfigError  # noqa: E402
+from contracts.config_io import ConfigError, add_set_option  # noqa: E402
 from pipeline import preflight, root_inputs  # noqa: E402
 from pipeline.config import load_config
 from pipeline.preflight import UserError  # noqa: E402
@@ -69,14 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="discard the selected stages' output and redo them"
     )
     mode.add_argument("--retry-failed", action="store_true", help="redo only the rows that failed before")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set depth.batch_size=32 (repeatable; values are YAML)",
-    )
+    add_set_option(p, "depth.batch_size=32")
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the final summary")
     return p
 
