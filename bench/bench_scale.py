@@ -306,13 +306,13 @@ def _pass_through(batch: pa.Table) -> pa.Table:
 def workers(n: int, compact: bool) -> dict[str, Any]:
     """The runner's per-stage plan on a local Ray instance (2 CPUs) over an n-row manifest, half of it
     done: one read task per part (``pipeline.upstream._read_ok``), the pending-id filter, the manifest
-    writer (``pipeline.runner._write_part``), with ``rows_per_part`` blocks between them. The largest Ray
+    writer (``pipeline.stage_output.write_part``), with ``rows_per_part`` blocks between them. The largest Ray
     worker's USS (private memory) and RSS are sampled every 0.5 s."""
     import psutil
     import ray
 
     from contracts import manifest
-    from pipeline import runner, upstream
+    from pipeline import stage_output, upstream, workers
 
     tmp = tempfile.mkdtemp(prefix="vidal-bench-workers-")
     root, stage = tmp, "probe"
@@ -346,12 +346,12 @@ def workers(n: int, compact: bool) -> dict[str, Any]:
     threading.Thread(target=sample, daemon=True).start()
     t = time.perf_counter()
     ds = upstream._read_ok(root, stage, ["duration"])
-    ds = ds.map_batches(runner._drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(pending)]})
+    ds = ds.map_batches(workers.drop_done, batch_format="pyarrow", fn_kwargs={"done_ref": [ray.put(pending)]})
     ds = ds.repartition(target_num_rows_per_block=ROWS_PER_PART).map_batches(
         _pass_through, batch_format="pyarrow"
     )
     ds = ds.map_batches(
-        runner._write_part,
+        stage_output.write_part,
         batch_size=ROWS_PER_PART,
         batch_format="pyarrow",
         fn_kwargs={"root": root, "stage": "out", "token": None},

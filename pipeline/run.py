@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from contracts.backends import ModelLoadError
     from contracts.lock import RootLocked
-    from pipeline.runner import run_pipeline, summary_table
+    from pipeline.runner import run_pipeline
+    from pipeline.stage_output import summary_table
     from pipeline.stall import StageStopped
     from pipeline.upstream import StageInputError
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     root = store.normalize(config.run.root)
     print(f"\nrun root: {root}")
     print(summary_table(reports))
-    from pipeline.runner import failure_note
+    from pipeline.stage_output import failure_note
 
     if note := failure_note(reports, root):  # failures over each stage's whole manifest
         print(note)

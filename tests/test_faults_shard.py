@@ -146,7 +146,7 @@ def stage_actor_pids() -> list[int]:
     pids = []
     for p in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if "_StageActor" in " ".join(p.cmdline()):
+            if "StageActor" in " ".join(p.cmdline()):
                 pids.append(p.pid)
         except psutil.Error:
             pass

@@ -14,7 +14,8 @@ import pytest
 
 from contracts import manifest, store
 from pipeline.config import load_config
-from pipeline.runner import failure_note, run_pipeline, run_stage
+from pipeline.runner import run_pipeline, run_stage
+from pipeline.stage_output import failure_note
 from pipeline.upstream import StageInputError
 from tests.conftest import write_list
 from tests.test_faults_shard import make_probe_root

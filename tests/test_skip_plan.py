@@ -8,7 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 
 from contracts import manifest
-from pipeline import runner
+from pipeline import runner, stage_output
 from pipeline.runner import run_pipeline
 from tests.conftest import write_list
 from tests.test_pipeline_run import config_for, read_manifest
@@ -46,7 +46,7 @@ def test_all_done_rerun_starts_no_plan_and_keeps_success(tmp_path, ray_local, go
         assert success is not None and success["skipped_already_done"] == 4 and success["rows_in"] == 0
         assert success["totals"]["ok"] == 4
     assert {s: sorted(r["video_id"] for r in read_manifest(root, s)) for s in STAGES} == before
-    assert "skipped" in runner.summary_table(again)
+    assert "skipped" in stage_output.summary_table(again)
 
     # one probe row removed: probe's plan runs again, for that row only
     copy = tmp_path / "copy"
