@@ -88,7 +88,10 @@ def test_non_public_addresses_are_refused_by_default(server, tmp_path, route):
     assert server.log == [], "nothing reached the server"
 
 
-def test_every_redirect_is_checked(server, tmp_path):
+@pytest.mark.parametrize("route", ["auto", "yt-dlp"])
+def test_every_redirect_is_checked(server, tmp_path, route):
+    """On both routes: with yt-dlp forced, a URL only its generic extractor takes has its redirects
+    followed through the checked session before yt-dlp fetches it."""
     server.reset_stats()
     hop = {
         "to_metadata": server.url("/redirect-to/" + quote(METADATA, safe="")),
@@ -96,14 +99,15 @@ def test_every_redirect_is_checked(server, tmp_path):
         "to_allowed": server.url("/redirect/a.mp4"),
     }
     started = time.monotonic()
-    out = download(tmp_path, hop, allow_private_addresses=["127.0.0.1/32"])  # only the test server
+    out = download(tmp_path, hop, route=route, allow_private_addresses=["127.0.0.1/32"])  # the test server
     assert time.monotonic() - started < 3
     assert out["to_metadata"]["error"] == (
         "redirect refused: 169.254.169.254 is a link-local address; "
         "set download.allow_private_addresses to allow it"
     )
     assert out["to_private"]["error"].startswith("redirect refused: 192.168.1.1 is a private address")
-    assert (out["to_allowed"]["status"], out["to_allowed"]["downloader"]) == ("ok", "http")
+    downloader = "http" if route == "auto" else "yt-dlp"
+    assert (out["to_allowed"]["status"], out["to_allowed"]["downloader"]) == ("ok", downloader)
 
 
 def test_a_page_cannot_point_ytdlp_at_the_metadata_service(server, tmp_path):

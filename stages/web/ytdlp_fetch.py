@@ -101,6 +101,13 @@ KNOWN_MESSAGES = (
 )
 
 
+def extractor_for(url: str) -> str:
+    """The key of the first yt-dlp extractor that takes ``url`` (yt-dlp's own order; no request)."""
+    from yt_dlp.extractor import gen_extractor_classes
+
+    return next((ie.ie_key() for ie in gen_extractor_classes() if ie.suitable(url)), "Generic")
+
+
 class CollectingLogger:
     """A yt-dlp logger that keeps the last messages of this thread instead of printing them."""
 
@@ -225,6 +232,7 @@ class YtdlpDownloader:
         self._local.received = 0
         ydl.params["outtmpl"] = {"default": os.path.join(out_dir.replace("%", "%%"), "media.%(ext)s")}
         try:
+            self._check_start(url)
             info = self.retry.call(lambda: self._extract(ydl, url))
             if not info:
                 raise RowError(f"yt-dlp found nothing: {self._last(logger)}")
@@ -252,6 +260,16 @@ class YtdlpDownloader:
             return ydl.extract_info(url, download=False)
         except Exception as e:
             raise self._failure(e) from None
+
+    def _check_start(self, url: str) -> None:
+        # yt-dlp fetches the page itself, following its redirects unchecked. A URL only the generic
+        # extractor takes (any web page, not a site yt-dlp knows) has its redirects followed here first,
+        # through the checked session, as the direct path follows every hop; a site's extractor calls
+        # that site's own hosts.
+        if self.redirects_problem is None or not url.lower().startswith(("http://", "https://")):
+            return
+        if extractor_for(url) in GENERIC_EXTRACTORS and (problem := self.redirects_problem(url)):
+            raise failures.refused_address(problem)
 
     def _check_before_download(self, info: dict[str, Any]) -> None:
         kind = info.get("_type", "video")
