@@ -114,3 +114,37 @@ def test_audio_is_sample_for_sample_the_per_frame_resample(clips, name):
     ref = reference_audio(clips[name])
     assert rate == 16_000
     assert len(ours) == len(ref) and np.array_equal(ours, ref)
+
+
+def random_frame(width: int, height: int, pix_fmt: str, rng: np.random.Generator) -> av.VideoFrame:
+    frame = av.VideoFrame(width, height, pix_fmt)
+    for plane in frame.planes:
+        plane.update(rng.integers(0, 256, plane.buffer_size, dtype=np.uint8).tobytes())
+    return frame
+
+
+def test_frame_converter_is_byte_identical_to_one_rgb24_call():
+    """The converter takes swscale's planar RGB output where ``planar_rgb_is_exact`` says it is the same
+    bytes as packed RGB; on noise (every rounding shows) it must be, on both sides of the rule."""
+    from av.video.reformatter import VideoReformatter
+
+    from stages.media.decode import FrameConverter, planar_rgb_is_exact
+
+    rng, reference = np.random.default_rng(3), VideoReformatter()
+    sizes = [(1280, 720), (1920, 1080), (1080, 1920), (640, 480), (480, 270), (300, 258), (258, 300)]
+    formats = ["yuv420p", "yuvj420p", "yuv422p", "yuv444p", "nv12"]
+    planar = packed = 0
+    for (w, h), pix_fmt in [(s, f) for s in sizes for f in formats]:
+        frame = random_frame(w, h, pix_fmt, rng)
+        for short_side in (256, 128, 257, 97):
+            convert = FrameConverter(short_side)
+            tw, th = convert.target_size(w, h)
+            want = reference.reformat(frame, width=tw, height=th, format="rgb24", threads=1).to_ndarray()
+            got = convert(frame)
+            assert got.shape == want.shape and np.array_equal(got, want), (w, h, pix_fmt, short_side)
+            if planar_rgb_is_exact(pix_fmt, tw, h, th):
+                planar += 1
+            else:
+                packed += 1
+    assert planar_rgb_is_exact("yuv420p", 455, 720, 256)  # 720p to short side 256 takes it
+    assert planar > 30 and packed > 30, (planar, packed)  # both ways taken
