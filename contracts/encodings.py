@@ -91,12 +91,18 @@ def decode_depth_png(data: bytes) -> np.ndarray:
 
 # -- audio: FLAC ----------------------------------------------------------------------------------
 def encode_flac(samples: np.ndarray, rate: int) -> bytes:
-    """Mono int16 samples -> FLAC bytes (lossless, in memory)."""
+    """Mono int16 samples -> FLAC bytes (lossless, in memory).
+
+    FFmpeg's encoder at its default level 5, with 4096-sample blocks (libFLAC's default; FFmpeg picks
+    by duration, 1152 at 16 kHz) and no padding block (the muxer's default reserves 8 KiB for tags
+    written later): the same samples, 10 s at 16 kHz encoded in 1.9 instead of 2.5 ms and 3-26% smaller.
+    Levels 0-2 are slower here (more bits to write), level 8 twice as slow.
+    """
     import av
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format="flac") as out:
-        st = out.add_stream("flac", rate=rate, layout="mono")
+    with av.open(buf, "w", format="flac", options={"metadata_header_padding": "0"}) as out:
+        st = out.add_stream("flac", rate=rate, layout="mono", options={"frame_size": "4096"})
         frame = av.AudioFrame.from_ndarray(
             samples.reshape(1, -1).astype(np.int16), format="s16", layout="mono"
         )
