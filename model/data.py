@@ -15,7 +15,8 @@ decode (``model.samples``) and batch, so the training process only receives tens
 - a sample that fails to decode is skipped and counted (``bad``), one without the requested
   modalities or text is skipped and counted (``filtered``); neither stops the run, but a whole pass
   over a worker's shards without one usable sample does (``NoUsableSamples``): repeating the pass
-  could never fill the epoch's batches, and the stream would spin forever;
+  could never fill the epoch's batches, and the stream would spin forever (resampled draws have no
+  pass: there it stops once every shard has been read through and each sample read was unusable);
 - every batch says which worker made it and how many samples that worker has read this epoch, which
   makes the data position of a checkpoint exact (``resume``): augmentation and text choices are
   seeded per sample from ``(seed, epoch, key)``, so a resumed run sees the same batches.
@@ -66,6 +67,14 @@ class _Tally:
     def __init__(self) -> None:
         self.bad = self.filtered = self.used = self.skipped = 0
         self.first_reason: str | None = None
+        self.watch: _Watch | None = None  # resampled mode only
+
+    def usable(self) -> None:
+        self.watch = None  # a usable sample: the stream can fill batches; stop watching, forget
+
+    def unusable(self, sample: dict[str, Any]) -> None:
+        if self.watch is not None:
+            self.watch.unusable(sample)
 
     def counts(self) -> dict[str, int]:
         return {"bad": self.bad, "filtered": self.filtered}
@@ -124,6 +133,39 @@ class DataConfig(BaseModel):
         if v not in TEXT_FIELDS:
             raise ValueError(f"unknown text field {v!r}; choose from {list(TEXT_FIELDS)}")
         return v
+
+
+class _Watch:
+    """Resampled mode's test for a stream that can never fill a batch. Draws never end, so there is no
+    pass to count; instead, until the first usable sample (then it is dropped), it records which
+    shards have been read to their end and which samples of them the consumer found unusable. Once every
+    shard has been read through at least once and every distinct sample read has been handled unusable,
+    more draws can only repeat them (a shard's contents do not change), and ``exhausted`` is called."""
+
+    def __init__(self, shards: list[str], exhausted: Any) -> None:
+        self.shards, self.exhausted = set(shards), exhausted
+        self.read: set[str] = set()
+        self.pending: set[tuple[str, str]] = set()  # read, not yet handled (in the shuffle buffer)
+        self.handled: set[tuple[str, str]] = set()
+
+    def emitted(self, sample: dict[str, Any]) -> None:
+        key = (sample["__url__"], sample["__key__"])
+        if key not in self.handled:
+            self.pending.add(key)
+
+    def read_to_end(self, url: str) -> None:
+        self.read.add(url)
+        self._check()
+
+    def unusable(self, sample: dict[str, Any]) -> None:
+        key = (sample["__url__"], sample["__key__"])
+        self.pending.discard(key)
+        self.handled.add(key)
+        self._check()
+
+    def _check(self) -> None:
+        if not self.pending and self.read >= self.shards:
+            self.exhausted()
 
 
 # -- the stream -------------------------------------------------------------------------------
@@ -213,13 +255,11 @@ class ShardStream(IterableDataset):
             return True
 
         for pass_index, urls in enumerate(self._passes(worker, workers)):
-            streams = ({"url": u, "stream": self._open(u, handler)} for u in urls)
-            files = tar_file_expander((s for s in streams if s["stream"] is not None), handler=handler)
-            samples = (
-                s
-                for s in group_by_keys(files, handler=handler)
-                if keep_key(s["__key__"], self.split, self.cfg.holdout, self.cfg.split_seed)
-            )
+            if self.cfg.resampled:  # draws never end, so no pass ends: a watch tells an unusable stream
+                tally.watch = _Watch(
+                    self.urls, lambda: self._nothing_usable(sorted(self.urls), worker, tally)
+                )
+            samples = self._read(urls, handler, tally.watch)
             if self.train and self.cfg.shuffle_buffer > 1:
                 rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}:{pass_index}")
                 buffer = self.cfg.shuffle_buffer
@@ -229,6 +269,23 @@ class ShardStream(IterableDataset):
             if tally.used == used and tally.skipped == skipped:
                 self._nothing_usable(urls, worker, tally)
                 return
+
+    def _read(self, urls: Any, handler: Any, watch: _Watch | None) -> Iterator[dict[str, Any]]:
+        """The samples of this split in ``urls``' shards, in order; with a watch (resampled), shard by shard,
+        so that it knows when a shard has been read to its end."""
+        kept = lambda s: keep_key(s["__key__"], self.split, self.cfg.holdout, self.cfg.split_seed)  # noqa: E731
+        if watch is None:
+            streams = ({"url": u, "stream": self._open(u, handler)} for u in urls)
+            files = tar_file_expander((s for s in streams if s["stream"] is not None), handler=handler)
+            yield from (s for s in group_by_keys(files, handler=handler) if kept(s))
+            return
+        for url in urls:
+            if (stream := self._open(url, handler)) is not None:
+                files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+                for sample in filter(kept, group_by_keys(files, handler=handler)):
+                    watch.emitted(sample)
+                    yield sample
+            watch.read_to_end(url)
 
     def _nothing_usable(self, urls: list[str] | Iterator[str], worker: int, tally: _Tally) -> None:
         """A pass without one usable sample: an evaluation pass ends; a training pass, which would be
@@ -272,6 +329,7 @@ class ShardStream(IterableDataset):
             read += 1
             if read <= skip:  # already trained on before the checkpoint: skip before decoding
                 tally.skipped += 1
+                tally.usable()
                 continue
             try:
                 item = decode_sample(
@@ -290,11 +348,14 @@ class ShardStream(IterableDataset):
                 tally.filtered += 1
                 tally.first_reason = tally.first_reason or f"filtered {e}"
                 log.debug("filtered %s", e)
+                tally.unusable(sample)
                 continue
             except Exception as e:
                 tally.bad_data(f"bad sample {sample.get('__key__')}", e)
+                tally.unusable(sample)
                 continue
             tally.used += 1
+            tally.usable()
             items.append(item)
             if len(items) == self.cfg.batch_size:
                 yield self._finish(items, worker, read, tally, reported, started)

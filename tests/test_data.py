@@ -223,6 +223,40 @@ def test_a_pass_without_one_usable_sample_stops_training_with_the_reason(tmp_pat
     assert last["key"] == [] and last["stats"]["bad"] == 16
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resampled_shards_without_one_usable_sample_stop_training(tmp_path, shards, workers):
+    """Resampled draws never end, so there is no pass to count: the stream stops once every shard has been
+    read through and every sample read was unusable; a single usable sample late in one shard keeps it going."""
+    import shutil
+
+    def write(root: Path, keep_good: str | None) -> None:
+        root.mkdir()
+        for n, shard in enumerate(shards[:4]):
+            members = [
+                (k, f if k == keep_good else {**f, "rgb.3.jpg": b"not a jpeg"}) for k, f in _members(shard)
+            ]
+            write_tar(str(root / f"{fmt.shard_name(n)}.tar"), members)
+            shutil.copy(shard.with_suffix(".parquet"), root / f"{fmt.shard_name(n)}.parquet")
+
+    def stream(root: Path, buffer: int) -> ShardStream:
+        cfg = DataConfig(
+            resampled=True, shards=str(root), batch_size=2, workers=workers, shuffle_buffer=buffer
+        )
+        return ShardStream(cfg, SIZES, batches_per_epoch=4, seed=0)
+
+    write(tmp_path / "bad", keep_good=None)
+    with pytest.raises(
+        NoUsableSamples, match=r"gave no usable sample \(\d+ bad.*first reason: bad sample syn-"
+    ):
+        list(make_loader(stream(tmp_path / "bad", 4)))
+    last_of_third = _members(shards[2])[-1][0]
+    write(tmp_path / "one-good", keep_good=last_of_third)
+    for buffer in (0, 8):
+        batches = list(make_loader(stream(tmp_path / "one-good", buffer)))
+        assert len(batches) == 4 and {k for b in batches for k in b["key"]} == {last_of_third}
+
+
 def _members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path) as tar:
