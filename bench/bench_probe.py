@@ -20,6 +20,7 @@ Usage::
 
     python bench/bench_probe.py --repeat 5                       # all sets, decoder threads 1 and 2
     python bench/bench_probe.py --sets 720p-gop2s 720p-single --profile   # where the time goes
+    python bench/bench_probe.py --sets 720p-gop2s 720p-single --parts     # each fixed piece alone, no profiler
     git show c967d95:stages/media/decode.py > /tmp/media_before.py
     python bench/bench_probe.py --compare-with /tmp/media_before.py  # an older media.py, interleaved
 """
@@ -287,6 +288,92 @@ def profile_probe(paths: list[str], probe_file: Callable, repeat: int) -> dict[s
     return {k: parts[k] * 1000 for k in PARTS}
 
 
+def part_timers(paths: list[str]) -> dict[str, Callable[[str], int]]:
+    """One callable per piece of probe's fixed work, each timed alone (CPU), to subtract pairwise.
+
+    The frames and audio the conversions and encoders take are made once beforehand (untimed), so
+    these are the pieces' own costs on the same inputs probe gives them.
+    """
+    frames, audio = {}, {}
+    for path in paths:
+        p = media.probe_file(path, num_frames=8, short_side=256, threads=1)
+        audio[path] = p.audio
+        with av.open(path) as c:
+            tb = float(c.streams.video[0].time_base)
+            decoded = list(c.decode(video=0))
+        # the frames probe kept: the decoded frame nearest each of its (rounded) frame times
+        frames[path] = [min(decoded, key=lambda f, t=t: abs(f.pts * tb - t)) for t in p.frame_times]
+    convert = media.FrameConverter(256)
+
+    def opened(path: str) -> int:
+        with av.open(path, metadata_errors="ignore"):
+            return 0
+
+    def demuxed(path: str) -> int:
+        with av.open(path, metadata_errors="ignore") as c:
+            return sum(1 for _ in c.demux())
+
+    def audio_decoded(path: str, resample: bool = False) -> int:
+        with av.open(path, metadata_errors="ignore") as c:
+            a = c.streams.audio[0]
+            r = av.AudioResampler(format="s16", layout="mono", rate=16_000, frame_size=16_000)
+            n = 0
+            for packet in c.demux():  # every packet, as probe demuxes; only audio decoded
+                for f in a.codec_context.decode(packet) if packet.stream is a else ():
+                    n += sum(x.samples for x in r.resample(f)) if resample else f.samples
+            return n
+
+    return {
+        "container open": opened,
+        "demux every packet": demuxed,
+        "audio decode": audio_decoded,
+        "audio resample": lambda path: audio_decoded(path, resample=True),
+        "8 frame conversions": lambda path: sum(convert(f).size for f in frames[path]),
+        "8 JPEGs": lambda path: sum(len(encode_jpeg(convert(f), 90)) for f in frames[path]),
+        "FLAC": lambda path: len(encode_flac(audio[path], 16_000)),
+    }
+
+
+def parts_table(name: str, paths: list[str], repeat: int, plans: dict) -> list[list[str]]:
+    """CPU ms per video of probe's pieces, each alone, interleaved with probe, the limit and full decoding."""
+    methods = part_timers(paths)
+    methods |= {
+        "probe": probe_with(media.probe_file, 1),
+        "probe_file": lambda path: media.probe_file(path, threads=1).decoded_frames,
+        "limit": decode_limit(plans),
+        "full": full_decode_pyav(1),
+    }
+    t = interleaved(methods, paths, repeat)
+    ms = {k: statistics.median(v["cpu"]) / len(paths) * 1000 for k, v in t.items()}
+    # pieces that are measured on top of another one: their own share is the difference
+    own = {
+        "container open": ms["container open"],
+        "demux every packet": ms["demux every packet"] - ms["container open"],
+        "audio decode": ms["audio decode"] - ms["demux every packet"],
+        "audio resample": ms["audio resample"] - ms["audio decode"],
+        "8 frame conversions": ms["8 frame conversions"],
+        "8 JPEGs": ms["8 JPEGs"] - ms["8 frame conversions"],
+        "FLAC": ms["FLAC"],
+    }
+    allowance = ms["full"] / 1.8 - ms["limit"]
+    rows = [[name, part, f"{v:.2f}"] for part, v in own.items()]
+    rows += [
+        [
+            name,
+            "sum of the pieces beyond decoding (open and video demux are in the limit too)",
+            f"{sum(own.values()) - own['container open'] - own['demux every packet']:.2f}",
+        ],
+        [
+            name,
+            "probe (stage work) / probe_file / limit / full decoding",
+            f"{ms['probe']:.1f} / {ms['probe_file']:.1f} / {ms['limit']:.1f} / {ms['full']:.1f}",
+        ],
+        [name, "probe - limit", f"{ms['probe'] - ms['limit']:.2f}"],
+        [name, "allowance over the limit at 1.8x full decoding (full / 1.8 - limit)", f"{allowance:.2f}"],
+    ]
+    return rows
+
+
 def profile_table(columns: dict[str, dict[str, float]]) -> str:
     """Parts as rows, one column of CPU ms per video (and share of the total) per profiled code."""
     lines = [
@@ -342,6 +429,11 @@ def main() -> None:
         metavar="MEDIA_PY",
         help="an older stages/media/decode.py to time beside the current one (interleaved)",
     )
+    ap.add_argument(
+        "--parts",
+        action="store_true",
+        help="also time each piece of probe's fixed work alone (CPU, no profiler)",
+    )
     ap.add_argument("--no-opencv", action="store_true")
     args = ap.parse_args()
     cv2.setNumThreads(1)
@@ -354,7 +446,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"PyAV {av.__version__}, OpenCV {cv2.__version__}; {args.clips} clips per set, median of {args.repeat}"
     )
-    rows_main, rows_threads, profiles = [], [], []
+    rows_main, rows_threads, profiles, rows_parts = [], [], [], []
     for name in args.sets:
         paths = make_set(name, args.clips, args.clip_dir)
         before = load()
@@ -399,6 +491,10 @@ def main() -> None:
                     f"{before} → {after}",
                 ]
             )
+        if args.parts:
+            rows_parts += parts_table(name, paths, args.repeat, plans) + [
+                [name, "load average start → end", f"{after} → {load()}"]
+            ]
         if args.profile and name.startswith("720p"):
             cols = {"now": profile_probe(paths, media.probe_file, args.repeat)}
             if older is not None:
@@ -435,6 +531,9 @@ def main() -> None:
         ],
         rows_threads,
     )
+    if rows_parts:
+        print("\nprobe's pieces, each timed alone: CPU ms per video, medians over repeats, interleaved\n")
+        _table(["set", "piece", "CPU ms per video"], rows_parts)
     for name, prof, ld in profiles:
         print(
             f"\nWhere one probe call spends its time: {name}, cProfile (CPU time) over {args.repeat} calls "
