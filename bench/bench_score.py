@@ -21,7 +21,10 @@ bound).
 Usage::
 
     python bench/bench_score.py align [--models hf-b32,tiny] [--repeats 3]
-    python bench/bench_score.py dedup --rows 100000 [--repeats 3]
+    python bench/bench_score.py dedup --rows 100000 [--repeats 3] [--tables auto] [--bits auto]
+
+Dedup's LSH sizes default to the stage's (``auto``: chosen from the rows, ``stages.near_dup.auto_lsh``);
+the tables and bits used are printed with each result.
 """
 
 from __future__ import annotations
@@ -200,7 +203,9 @@ def write_manifest(root: Path, rows: int, seed: int = 0) -> set[tuple[str, str]]
     return planted
 
 
-def bench_dedup(rows: int, repeats: int, cpus: int, tables_per_round: int, tables: int, bits: int) -> None:
+def bench_dedup(
+    rows: int, repeats: int, cpus: int, tables_per_round: int, tables: int | str, bits: int | str
+) -> None:
     import pyarrow.parquet as pq
     import ray
 
@@ -234,8 +239,9 @@ def bench_dedup(rows: int, repeats: int, cpus: int, tables_per_round: int, table
                     {
                         "rows": rows,
                         "repeat": r,
-                        "tables": tables,
-                        "bits": bits,
+                        "tables": counts["lsh_tables"],
+                        "bits": counts["lsh_bits"],
+                        "sizes": f"{tables} x {bits}",
                         "tables_per_round": tables_per_round,
                         "wall_s": round(wall, 1),
                         "near_duplicates": counts["near_duplicates"],
@@ -251,6 +257,10 @@ def bench_dedup(rows: int, repeats: int, cpus: int, tables_per_round: int, table
     ray.shutdown()
 
 
+def lsh_size(v: str) -> int | str:
+    return v if v == "auto" else int(v)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="what", required=True)
@@ -263,8 +273,8 @@ def main() -> int:
     d.add_argument("--repeats", type=int, default=3)
     d.add_argument("--cpus", type=int, default=2)
     d.add_argument("--tables-per-round", type=int, default=4)
-    d.add_argument("--tables", type=int, default=16)
-    d.add_argument("--bits", type=int, default=16)
+    d.add_argument("--tables", type=lsh_size, default="auto", help="LSH tables: auto (the default) or N")
+    d.add_argument("--bits", type=lsh_size, default="auto", help="bits per table: auto (the default) or N")
     args = ap.parse_args()
     if args.what == "align":
         bench_align(args.models.split(","), args.repeats, args.clips)

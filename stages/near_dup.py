@@ -2,13 +2,29 @@
 
 Every clip embedding (unit length) gets ``tables`` keys of ``bits`` sign bits each, from hyperplanes drawn
 from a fixed seed. Two clips at cosine ``c`` share one table's key with probability
-``(1 - arccos(c) / pi) ** bits``, so they meet in at least one table with probability
-``1 - (1 - (1 - arccos(c) / pi) ** bits) ** tables`` (``recall_at``): 0.96 at c = 0.95 and 0.999 at
-c = 0.98 for the defaults (16 tables of 16 bits), while two unrelated clips (c ~ 0) share a key with
-probability 2**-16 per table: about rows**2 / 2**17 chance pairs per table, which at a million rows
-calls for more bits (and tables to keep the recall: 24 of 20 bits). Inside a bucket every pair is
-compared exactly, so nothing is reported above the threshold that is not above it. Measured
-(``bench/bench_score.py``): 1M 768-d rows in 143 s on 2 CPUs with 24 x 20, 100k in 7-9 s.
+``p(c) ** bits``, ``p(c) = 1 - arccos(c) / pi``, so they meet in at least one table with probability
+``1 - (1 - p(c) ** bits) ** tables`` (``recall_at``). Inside a bucket every pair is compared exactly, so
+nothing is reported above the threshold that is not above it; what LSH can cost is recall.
+
+The defaults are sized to the run (``auto_lsh``, ``score.dedup_tables`` / ``dedup_bits: auto``):
+
+- **bits** = ``ceil(log2(rows)) - 3``, at least 8. Two unrelated clips (cosine ~0) share a key with
+  probability ``2 ** -bits``, so a row meets ``rows * 2 ** -bits`` = 4-8 chance neighbours per table:
+  buckets stay small whatever the size of the run, and comparing a row with them (4-8 dot products)
+  costs about what moving the row through the round's shuffle costs; more bits would shrink the
+  buckets further but need more tables, each a full pass over the embeddings.
+- **tables** = the fewest with ``recall_at(threshold) >= RECALL`` (0.98):
+  ``ceil(ln(1 - 0.98) / ln(1 - p(threshold) ** bits))``.
+
+At the default threshold 0.95 (``p`` = 0.899): 1k rows 8 x 8 (recall 0.988), 100k 16 x 14 (0.983),
+1M 22 x 17 (0.980), 10M 35 x 21 (0.981); chance pairs compared in all, ``tables * rows ** 2 / 2 **
+(bits + 1)``: 4.9 M at 100k, 84 M at 1M. At the frame signature's 0.93 (``p`` = 0.880) it takes about
+half as many tables again (100k: 22 x 14, 1M: 33 x 17).
+(The former fixed 16 x 16 gave 0.96 at 0.95 whatever the size, with 2**-16 chance pairs per table,
+which at 1M rows is 7.6 M per table.) Explicit integers are used as given. The recall assumes
+unrelated embeddings near-orthogonal; a model whose embeddings share a common direction puts more
+unrelated pairs in each bucket (more work, the same recall). Measured (``bench/bench_score.py``):
+1M 768-d rows in 143 s on 2 CPUs with 24 x 20, 100k in 7-9 s with 16 x 16 (bench/RESULTS.md).
 
 Memory: tables are processed in rounds of ``tables_per_round``. In a round each part of the input is
 read by one task, which sends each row (its float16 embedding) to the partition its key hashes to; one
@@ -38,6 +54,10 @@ CHUNK_ROWS = 16384  # rows of small buckets gathered at once (float32: 48 MB at 
 PartReader = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
+RECALL = 0.98  # auto_lsh's bar: the probability that a pair at the threshold shares a bucket
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class LshParams:
     threshold: float = 0.95
@@ -52,6 +72,21 @@ def recall_at(cosine: float, tables: int, bits: int) -> float:
     """Probability that two unit vectors at ``cosine`` share a key in at least one of the tables."""
     p = 1.0 - math.acos(max(-1.0, min(1.0, cosine))) / math.pi
     return 1.0 - (1.0 - p**bits) ** tables
+
+
+def auto_lsh(
+    rows: int, threshold: float, tables: int | str = AUTO, bits: int | str = AUTO
+) -> tuple[int, int]:
+    """``(tables, bits)`` for a pass over ``rows`` embeddings: ``"auto"`` ones sized as the module says,
+    integers kept. Auto tables meet ``RECALL`` at ``threshold`` (up to 255 tables, where it cannot)."""
+    if bits == AUTO:
+        bits = min(56, max(8, math.ceil(math.log2(max(rows, 2))) - 3))
+    if tables == AUTO:
+        p = 1.0 - math.acos(max(-1.0, min(1.0, threshold))) / math.pi
+        miss = 1.0 - p ** int(bits)
+        tables = 1 if miss <= 0 else math.ceil(math.log(1.0 - RECALL) / math.log(miss) - 1e-9)
+        tables = min(255, max(1, tables))
+    return int(tables), int(bits)
 
 
 def hyperplanes(dim: int, params: LshParams) -> np.ndarray:
@@ -81,13 +116,18 @@ def read_part_embeddings(
     uri: str, column: str, rows: np.ndarray, first: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """A ``PartReader`` over a manifest part: the embeddings of some of its rows (numbers within the part),
-    with their global numbers (``first`` + row). Light on purpose: Ray workers import only numpy and pyarrow."""
+    with their global numbers (``first`` + row); rows without one (null) are left out. Light on purpose:
+    Ray workers import only numpy and pyarrow."""
     import pyarrow as pa
 
     from contracts import manifest
 
-    col = manifest.read_part(uri, [column])[column]
-    return rows.astype(np.int64) + first, decode_embeddings(col.take(pa.array(rows)).to_pylist())
+    blobs = manifest.read_part(uri, [column])[column].take(pa.array(rows)).to_pylist()
+    present = np.array([b is not None for b in blobs], dtype=bool)
+    kept = [b for b in blobs if b is not None]
+    if not kept:
+        return np.empty(0, dtype=np.int64), np.empty((0, 1), dtype="<f2")
+    return rows[present].astype(np.int64) + first, decode_embeddings(kept)
 
 
 def _same_size_buckets(
@@ -176,7 +216,10 @@ def find_pairs(parts: Sequence[PartReader], total_rows: int, params: LshParams) 
 
     @ray.remote
     def compare(*pieces_per_part: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        flat = [piece for pieces in pieces_per_part for piece in pieces]
+        flat = [piece for pieces in pieces_per_part for piece in pieces if len(piece[0])]
+        if not flat:  # a part without embeddings (rows scored before the signature was chosen) sends none
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty.copy(), np.empty(0, dtype=np.float32)
         keys = np.concatenate([f[0] for f in flat])
         rows = np.concatenate([f[1] for f in flat])
         emb = np.concatenate([f[2] for f in flat])

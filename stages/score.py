@@ -16,10 +16,14 @@ the runner calls after the plan, after a killed run's rerun, and on a rerun with
   filtered (the percentile over every row the per-row rules kept, not per batch);
 - ``score.dedup``: near-duplicates across the run (``stages.near_dup``: LSH buckets through Ray, each
   compared exactly); the one kept is the longest, then the smallest ``video_id``, and the others are
-  filtered naming it.
+  filtered naming it. What is compared is ``score.dedup_embedding``: ``model``, the clip embedding
+  above (alike when two clips show the same thing), or ``frames``, a pixel signature of the clip's
+  frames (``stages.backends.frame_signature``: alike when one is a re-encoded, resized or trimmed copy
+  of the other; the demo's, whose random model cannot tell clips apart).
 
-The embeddings stay in this stage's manifest (``clip_embedding``: float16 bytes, little-endian), so the
-pass reads them part by part and never needs them all in one process. The pass is recomputed from the
+The embeddings stay in this stage's manifest (``clip_embedding``, and ``frame_signature`` when chosen:
+float16 bytes, little-endian), so the pass reads them part by part and never needs them all in one
+process. Rows scored before ``dedup_embedding: frames`` was set have no signature and are not compared. The pass is recomputed from the
 manifest every time (rows it filtered before are first taken back), so its result is the same whatever
 was killed, resumed or added: which rows it filters is marked in ``score_rule``.
 """
@@ -40,8 +44,9 @@ from contracts import backends, store
 from contracts.shard_format import raw_text
 from contracts.status import FAILED, FILTERED, OK
 from stages.backends.batching import BatchRunner, ItemError
+from stages.backends.frame_signature import frame_signature
 from stages.base import ModelStageConfig, Stage, model_name
-from stages.near_dup import LshParams, choose_kept, find_pairs, read_part_embeddings
+from stages.near_dup import LshParams, auto_lsh, choose_kept, find_pairs, read_part_embeddings
 
 log = logging.getLogger("vidal")
 
@@ -51,6 +56,8 @@ RULE_PERCENTILE = "percentile"
 RULE_NEAR_DUP = "near_dup"
 RUN_WIDE_RULES = (RULE_PERCENTILE, RULE_NEAR_DUP)
 EMBEDDING = "clip_embedding"
+SIGNATURE = "frame_signature"
+DEDUP_COLUMNS = {"model": EMBEDDING, "frames": SIGNATURE}
 LENGTH = "dedup_length"
 
 
@@ -73,11 +80,18 @@ class ScoreConfig(ModelStageConfig):
         None, gt=0, le=100, description="keep the run's best N percent by score (null: all)"
     )
     dedup: bool = Field(True, description="filter near-duplicate clips across the run")
-    dedup_threshold: float = Field(
-        0.95, gt=0, le=1, description="cosine at or above which clips are duplicates"
+    dedup_embedding: Literal["model", "frames"] = Field(
+        "model", description="what dedup compares: the model's clip embedding, or a frame signature"
     )
-    dedup_tables: int = Field(16, ge=1, le=255, description="LSH tables (more: better recall, more work)")
-    dedup_bits: int = Field(16, ge=1, le=56, description="hyperplanes per table (more: smaller buckets)")
+    dedup_threshold: float = Field(
+        0.95, gt=0, le=1, description="cosine at or above which clips are duplicates (frames: 0.93)"
+    )
+    dedup_tables: int | Literal["auto"] = Field(
+        "auto", description="LSH tables (auto: from the rows, recall >= 0.98 at the threshold)"
+    )
+    dedup_bits: int | Literal["auto"] = Field(
+        "auto", description="hyperplanes per table (auto: about log2(rows) - 3)"
+    )
     dedup_tables_per_round: int = Field(
         4, ge=1, description="tables shuffled at once (copies of the embeddings)"
     )
@@ -89,17 +103,27 @@ class ScoreConfig(ModelStageConfig):
     def _known_model(cls, v: str) -> str:
         return model_name("alignment", v)
 
+    @field_validator("dedup_tables", "dedup_bits")
+    @classmethod
+    def _lsh_range(cls, v: int | str, info: Any) -> int | str:
+        top = 255 if info.field_name == "dedup_tables" else 56
+        if isinstance(v, int) and not 1 <= v <= top:
+            raise ValueError(f"must be auto or an integer in 1..{top}")
+        return v
+
     @model_validator(mode="after")
     def _filter_field_scored(self) -> ScoreConfig:
         if self.filter_field not in self.fields:
             raise ValueError(f"filter_field {self.filter_field!r} is not among fields {self.fields}")
         return self
 
-    def lsh(self) -> LshParams:
+    def lsh(self, rows: int) -> LshParams:
+        """The LSH parameters for a pass over ``rows`` embeddings (``auto`` ones from ``near_dup.auto_lsh``)."""
+        tables, bits = auto_lsh(rows, self.dedup_threshold, self.dedup_tables, self.dedup_bits)
         return LshParams(
             threshold=self.dedup_threshold,
-            tables=self.dedup_tables,
-            bits=self.dedup_bits,
+            tables=tables,
+            bits=bits,
             tables_per_round=self.dedup_tables_per_round,
             rows_per_partition=self.dedup_rows_per_partition,
         )
@@ -129,6 +153,7 @@ class ScoreStage(Stage):
             ("score_model", pa.string()),
             ("score_rule", pa.string()),  # the rule that filtered the row, null when kept
             (EMBEDDING, pa.binary()),  # float16 little-endian, the model's embedding size
+            (SIGNATURE, pa.binary()),  # float16 little-endian, 512: only with dedup_embedding frames
             (LENGTH, pa.float64()),  # seconds: the longest of a group of duplicates stays
         ]
     )
@@ -195,6 +220,12 @@ class ScoreStage(Stage):
                 EMBEDDING: encode_embedding(emb),
                 LENGTH: row.get("duration"),
             }
+            if c.dedup_embedding == "frames":
+                try:
+                    record[SIGNATURE] = frame_signature(row["frames"]).astype("<f2").tobytes()
+                except (OSError, ValueError) as e:  # a frame PIL cannot decode
+                    out.append({"video_id": vid, "status": FAILED, "error": f"score: frame signature: {e}"})
+                    continue
             s = scores.get(f"score_{c.filter_field}")
             if c.min_similarity is not None and s is not None and s < c.min_similarity:
                 record.update(
@@ -278,17 +309,21 @@ def apply_run_wide_rules(root: str, stage: str, c: ScoreConfig) -> dict[str, int
             for k, uri in enumerate(parts):
                 mine = candidates[(candidates >= firsts[k]) & (candidates < firsts[k + 1])] - firsts[k]
                 if len(mine):
-                    readers.append(partial(read_part_embeddings, uri, EMBEDDING, mine, int(firsts[k])))
-            a, b, sims = find_pairs(readers, len(candidates), c.lsh())
+                    column = DEDUP_COLUMNS[c.dedup_embedding]
+                    readers.append(partial(read_part_embeddings, uri, column, mine, int(firsts[k])))
+            lsh = c.lsh(len(candidates))
+            a, b, sims = find_pairs(readers, len(candidates), lsh)
             ids = t["video_id"].to_pylist()
             lengths = t[LENGTH].to_numpy(zero_copy_only=False).astype(np.float64)
             dropped = choose_kept(a, b, sims, lambda i: (-np.nan_to_num(lengths[i], nan=0.0), ids[i]))
             for i, (kept, s) in dropped.items():
                 new_status[i], new_rule[i] = FILTERED, RULE_NEAR_DUP
+                what = "cosine" if c.dedup_embedding == "model" else "cosine of frame signatures"
                 new_error[i] = (
-                    f"near-duplicate of {ids[kept]} (cosine {s:.4f} >= score.dedup_threshold {c.dedup_threshold:g})"
+                    f"near-duplicate of {ids[kept]} ({what} {s:.4f} >= score.dedup_threshold {c.dedup_threshold:g})"
                 )
             counts["near_duplicates"] = len(dropped)
+            counts["lsh_tables"], counts["lsh_bits"] = lsh.tables, lsh.bits
 
     for k, uri in enumerate(parts):
         lo, hi = firsts[k], firsts[k + 1]

@@ -3,7 +3,10 @@ score stage's run-wide pass over real videos (re-encoded, resized and trimmed co
 
 The embeddings of the video cases come from the tiny model trained in ``tests.alignment_model``: it tells
 colours and shapes apart but not much more, so the distinct clips differ in colour (two renderings of
-one concept are semantic duplicates to it, as they would be to SemDedup).
+one concept are semantic duplicates to it, as they would be to SemDedup); or from the frame signature
+(``score.dedup_embedding: frames``), which tells renderings apart too and is computed from the frames
+alone. ``auto`` LSH sizes are checked against the recall formula over a range of run sizes, and the
+formula against buckets of pairs planted at the threshold.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from PIL import Image
 from contracts import store
 from contracts.status import FILTERED, OK
 from pipeline.synthetic import CONCEPTS, encode_video, render_frames
+from stages.backends.frame_signature import frame_signature
 from stages.base import RunContext
 from stages.near_dup import (
+    RECALL,
     LshParams,
+    auto_lsh,
     bucket_pairs,
     choose_kept,
     find_pairs,
@@ -34,7 +40,7 @@ from stages.near_dup import (
     table_keys,
 )
 from stages.probe import ProbeConfig, ProbeStage
-from stages.score import ScoreConfig, ScoreStage, apply_run_wide_rules
+from stages.score import SIGNATURE, ScoreConfig, ScoreStage, apply_run_wide_rules
 from tests.alignment_model import trained_export
 
 
@@ -119,6 +125,54 @@ def test_the_longest_stays_then_the_smallest_id_and_a_chain_keeps_its_far_ends()
     assert dropped.keys() == {0} and dropped[0][0] == 1
 
 
+@pytest.mark.parametrize("threshold", [0.9, 0.93, 0.95, 0.98])
+def test_auto_lsh_meets_the_recall_bar_with_small_buckets_at_every_size(threshold):
+    for rows in [2, 300, 5000, 100_000, 1_000_000, 10_000_000, 100_000_000]:
+        tables, bits = auto_lsh(rows, threshold)
+        assert recall_at(threshold, tables, bits) >= RECALL, (rows, tables, bits)
+        assert recall_at(threshold, tables - 1, bits) < RECALL  # and no table more than it needs
+        assert 8 <= bits <= 56 and (rows <= 2**11 or 4 < rows / 2**bits <= 8)  # 4-8 chance neighbours
+    assert auto_lsh(10**6, 0.95) == (22, 17) and auto_lsh(10**5, 0.95) == (16, 14)
+
+
+def test_explicit_lsh_sizes_are_used_as_given():
+    assert auto_lsh(10**6, 0.95, tables=24, bits=20) == (24, 20)
+    assert auto_lsh(10**6, 0.95, tables=24) == (24, 17)
+    assert auto_lsh(10**6, 0.95, bits=20)[1] == 20
+    cfg = ScoreConfig(model="tiny", dedup_tables=5, dedup_bits=9)
+    assert (cfg.lsh(10**7).tables, cfg.lsh(10**7).bits) == (5, 9)
+    assert (ScoreConfig(model="tiny").lsh(10**5).tables, ScoreConfig(model="tiny").lsh(10**5).bits) == (
+        16,
+        14,
+    )
+    for bad in ({"dedup_tables": 0}, {"dedup_bits": 57}, {"dedup_tables": "many"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ScoreConfig(model="tiny", **bad)
+
+
+def test_pairs_planted_at_the_threshold_are_found_as_often_as_auto_promises():
+    """Pairs at exactly the threshold, the hardest the pass must find: the share found by the auto tables
+    is the formula's (0.98 or more), within binomial noise."""
+    rng = np.random.default_rng(5)
+    n, dim, pairs, c = 6000, 64, 400, 0.95
+    x = rng.standard_normal((n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for i in range(pairs):  # row n - pairs + i at cosine exactly c to row i
+        z = rng.standard_normal(dim)
+        z -= (z @ x[i]) * x[i]
+        x[n - pairs + i] = c * x[i] + np.sqrt(1 - c * c) * z / np.linalg.norm(z)
+    tables, bits = auto_lsh(n, c - 0.002)  # float16 storage moves cosines by ~1e-3
+    params = LshParams(threshold=c - 0.002, tables=tables, bits=bits)
+    x16 = x.astype(np.float16)
+    keys = table_keys(x16, hyperplanes(dim, params))
+    found: set[tuple[int, int]] = set()
+    for t in range(tables):
+        a, b, _ = bucket_pairs(keys[:, t], np.arange(n), x16, params.threshold)
+        found |= set(zip(a.tolist(), b.tolist()))
+    share = len(found & {(i, n - pairs + i) for i in range(pairs)}) / pairs
+    assert share >= RECALL - 3 * np.sqrt(RECALL * (1 - RECALL) / pairs), share
+
+
 # -- real videos through probe and the score stage -----------------------------------------------------
 @pytest.fixture(scope="module")
 def copies(tmp_path_factory) -> dict[str, Path]:
@@ -154,6 +208,48 @@ def scored(copies) -> list[dict]:
     return out
 
 
+@pytest.fixture(scope="module")
+def probed(copies) -> dict[str, dict]:
+    probe = ProbeStage(ProbeConfig(short_side=64), RunContext(root=""))
+    return {k: probe.process_row({"video_id": k, "media": str(p)}) for k, p in copies.items()}
+
+
+@pytest.fixture(scope="module")
+def signed(probed) -> list[dict]:
+    """The score stage's rows with frame signatures (the model is the demo's random ``tiny``: unused)."""
+    rows = [{"video_id": f"clip-{k}", **r} for k, r in probed.items()]
+    stage = ScoreStage(
+        ScoreConfig(model="tiny", device="cpu", fields=["mplug"], dedup_embedding="frames"), RunContext("")
+    )
+    stage.setup()
+    out = stage.process(pa.Table.from_pylist(rows)).to_pylist()
+    assert all(r["status"] == OK and len(r[SIGNATURE]) == 2 * 1024 for r in out)
+    return out
+
+
+def test_frame_signatures_of_copies_are_close_and_of_other_clips_far(probed, tmp_path):
+    sig = {k: frame_signature(r["frames"]) for k, r in probed.items()}
+    assert all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in sig.values())
+    cos = {k: float(sig["orig"] @ v) for k, v in sig.items() if k != "orig"}
+    assert min(cos["reenc"], cos["small"], cos["trim"]) >= 0.935, cos
+    assert max(cos[f"other{k}"] for k in (17, 30, 44, 60)) < 0.85, cos
+    # a still picture (no trail: the floor keeps JPEG noise from counting) and its MPEG-4 copy; another still
+    for name, concept, codec in [
+        ("still", 7, "libx264"),
+        ("still-copy", 7, "mpeg4"),
+        ("still-other", 8, "libx264"),
+    ]:
+        frame = render_frames(CONCEPTS[concept], n_frames=1, size=(320, 240), seed=concept)
+        encode_video(tmp_path / f"{name}.mp4", frame.repeat(30, axis=0), 15, codec=codec)
+    probe = ProbeStage(ProbeConfig(short_side=64), RunContext(root=""))
+    still = {
+        n: frame_signature(probe.process_row({"video_id": n, "media": str(tmp_path / f"{n}.mp4")})["frames"])
+        for n in ("still", "still-copy", "still-other")
+    }
+    assert float(still["still"] @ still["still-copy"]) >= 0.95
+    assert float(still["still"] @ still["still-other"]) < 0.5
+
+
 def write_parts(root: Path, rows: list[dict], sizes: list[int]) -> None:
     table = ScoreStage.rows_to_table(rows)
     start = 0
@@ -170,8 +266,18 @@ def statuses(root: Path) -> dict[str, tuple[str, str | None]]:
     }
 
 
-def test_copies_are_found_distinct_clips_kept_whatever_the_order_and_parts(tmp_path, ray_local, scored):
-    cfg = ScoreConfig(model="tiny", dedup_threshold=0.99)
+@pytest.mark.parametrize(
+    "rows, cfg",
+    [
+        ("scored", ScoreConfig(model="tiny", dedup_threshold=0.99)),
+        ("signed", ScoreConfig(model="tiny", dedup_embedding="frames", dedup_threshold=0.93)),
+    ],
+    ids=["model", "frames"],
+)
+def test_copies_are_found_distinct_clips_kept_whatever_the_order_and_parts(
+    tmp_path, ray_local, request, rows, cfg
+):
+    scored = request.getfixturevalue(rows)
     results = []
     for k, (order, sizes) in enumerate(
         [(range(8), [8]), ([7, 3, 0, 5, 1, 6, 2, 4], [3, 1, 4]), ([4, 2, 6, 1, 5, 0, 3, 7], [2, 2, 2, 2])]
@@ -188,7 +294,8 @@ def test_copies_are_found_distinct_clips_kept_whatever_the_order_and_parts(tmp_p
     for copy in ("reenc", "small", "trim"):
         status, error = got[f"clip-{copy}"]
         assert status == FILTERED and error.startswith("near-duplicate of clip-orig (cosine ")
-        assert float(error.split("cosine ")[1].split()[0]) >= 0.99
+        assert float(error.split(" >= ")[0].split()[-1]) >= cfg.dedup_threshold
+        assert ("frame signatures" in error) == (cfg.dedup_embedding == "frames")
     assert all(got[f"clip-other{k}"] == (OK, None) for k in (17, 30, 44, 60))
 
 
@@ -201,3 +308,18 @@ def test_the_pass_is_recomputed_not_stacked(tmp_path, ray_local, scored):
     assert before == sorted((tmp_path / "score").glob("part-*.parquet"))  # nothing rewritten (names change)
     off = apply_run_wide_rules(str(tmp_path), "score", ScoreConfig(model="tiny", dedup=False))
     assert off["near_duplicates"] == 0 and all(s == OK for s, _ in statuses(tmp_path).values())
+
+
+def test_rows_without_a_signature_are_left_out_not_a_crash(tmp_path, ray_local, signed):
+    """Rows scored before ``dedup_embedding: frames`` was set carry no signature: they are not compared."""
+    rows = [
+        dict(r, **{SIGNATURE: None}) if r["video_id"] in ("clip-reenc", "clip-other17") else r for r in signed
+    ]
+    write_parts(tmp_path, rows, [3, 5])
+    cfg = ScoreConfig(model="tiny", dedup_embedding="frames", dedup_threshold=0.93)
+    counts = apply_run_wide_rules(str(tmp_path), "score", cfg)
+    got = statuses(tmp_path)
+    assert counts["near_duplicates"] == 2 and got["clip-reenc"] == (OK, None)
+    assert got["clip-small"][0] == got["clip-trim"][0] == FILTERED
+    write_parts(tmp_path / "none", [dict(r, **{SIGNATURE: None}) for r in signed], [4, 4])
+    assert apply_run_wide_rules(str(tmp_path / "none"), "score", cfg)["near_duplicates"] == 0

@@ -285,7 +285,14 @@ def test_a_pass_killed_while_rewriting_parts_ends_as_an_uninterrupted_one(tmp_pa
 
 
 @pytest.mark.slow
-def test_near_duplicates_through_the_runner(tmp_path, ray_local):
+@pytest.mark.parametrize(
+    "embedding, threshold",
+    [
+        ("model", 0.97),
+        ("frames", 0.93),
+    ],  # model: the trimmed copy sits near 0.99 (its 8 frames fall elsewhere)
+)
+def test_near_duplicates_through_the_runner(tmp_path, ray_local, embedding, threshold):
     from pipeline.runner import run_pipeline, run_stage
     from pipeline.synthetic import encode_video, render_frames
     from tests.conftest import write_list
@@ -316,7 +323,8 @@ def test_near_duplicates_through_the_runner(tmp_path, ray_local):
         "score.filter_field=mplug",
         "score.min_similarity=null",
         "score.dedup=true",
-        "score.dedup_threshold=0.97",  # the trimmed copy sits near 0.99 (its 8 frames fall elsewhere)
+        f"score.dedup_embedding={embedding}",
+        f"score.dedup_threshold={threshold}",
         "score.batch_size=2",
     ]
     cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
