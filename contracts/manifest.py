@@ -116,9 +116,10 @@ def read_columns(root: str, stage: str, columns: list[str], status: str | None =
 
 
 def check_readable(root: str, stage: str) -> None:
-    """Read the footer (a few KiB) of every part that ``_parts.json`` does not vouch for (a part read
-    whole when its statistics were taken, and of the same size now), so that a cut-short part fails here,
-    on the driver, naming the file, rather than in a worker mid-stage."""
+    """Read the footer (a few KiB) of every part that ``_parts.json`` does not vouch for (a part whose
+    statistics were taken from its footer, when it was read or by its own writer, and of the same size
+    now), so that a cut-short part fails here, on the driver, naming the file, rather than in a worker
+    mid-stage."""
     known = _read_stats(root, stage)
     unknown = [n for n, size in part_sizes(root, stage).items() if known.get(n, {}).get("bytes") != size]
     _each_part(_footer, [store.join(stage_dir(root, stage), n) for n in unknown])
@@ -217,28 +218,36 @@ def dedupe(root: str, stage: str) -> int:
     """Keep one row per video_id (the best status, then the first part); returns rows removed.
 
     Duplicates arise when a killed run's in-flight tasks finish after a rerun has read what was
-    done; the rerun calls this before it declares the stage complete.
+    done; the rerun's stage end removes them (``contracts.stage_end``, which reads only the parts that
+    may hold one) before it declares the stage complete. This reads every part's ids.
     """
-    parts = part_files(root, stage)
     ids = read_columns(root, stage, ["video_id"])["video_id"]
     if len(pc.unique(ids)) == len(ids):  # the usual case, in Arrow: no Python object per id
         return 0
+    removed, rewritten = dedupe_parts(part_files(root, stage))
+    _forget_stats(root, stage, rewritten)
+    return removed
+
+
+def dedupe_parts(uris: list[str]) -> tuple[int, list[str]]:
+    """Keep one row per video_id among the parts ``uris`` (the best status, then the first part), which
+    must hold every copy of any id that has one; returns (rows removed, the parts rewritten or removed)."""
     best: dict[str, tuple[int, int]] = {}  # video_id -> (rank, part index)
     counts: Counter[str] = Counter()
-    per_part: list[tuple[list[str], list[str]]] = []
-    for i, uri in enumerate(parts):
+    per_part: list[list[str]] = []
+    for i, uri in enumerate(uris):
         t = _read_table(uri, ["video_id", "status"])
         ids, statuses = t["video_id"].to_pylist(), t["status"].to_pylist()
-        per_part.append((ids, statuses))
+        per_part.append(ids)
         for vid, st in zip(ids, statuses):
             counts[vid] += 1
             cand = (STATUS_RANK.get(st, 3), i)
             if vid not in best or cand < best[vid]:
                 best[vid] = cand
     if all(n == 1 for n in counts.values()):
-        return 0
+        return 0, []
     removed, rewritten = 0, []
-    for i, (uri, (ids, _)) in enumerate(zip(parts, per_part)):
+    for i, (uri, ids) in enumerate(zip(uris, per_part)):
         keep = [counts[v] == 1 or best[v][1] == i for v in ids]
         # within the winning part a duplicate id may repeat: keep its first occurrence only
         seen: set[str] = set()
@@ -251,8 +260,7 @@ def dedupe(root: str, stage: str) -> int:
         removed += len(keep) - sum(keep)
         _rewrite_part(uri, _read_table(uri).filter(pa.array(keep)))
         rewritten.append(uri)
-    _forget_stats(root, stage, rewritten)
-    return removed
+    return removed, rewritten
 
 
 # -- per-part statistics and compaction -------------------------------------------------------------
@@ -281,11 +289,15 @@ def _read_stats(root: str, stage: str) -> dict[str, dict[str, Any]]:
 
 
 def _stats_of(uri: str, nbytes: int, status: pa.ChunkedArray | pa.Array | None = None) -> dict[str, Any]:
-    """One part's entry in ``_parts.json``: bytes, rows, rows per status and each column's uncompressed
-    bytes (from the footer, which also proves the part readable, so ``check_readable`` may trust it)."""
-    meta = _footer(uri)
+    """One part's entry in ``_parts.json``, from its footer (which also proves the part readable, so
+    ``check_readable`` may trust it) and its ``status`` column."""
     if status is None:
         status = read_part(uri, ["status"])["status"]
+    return entry_of(_footer(uri), nbytes, status)
+
+
+def entry_of(meta: pq.FileMetaData, nbytes: int, status: pa.ChunkedArray | pa.Array) -> dict[str, Any]:
+    """A part's ``_parts.json`` entry: bytes, rows, rows per status and each column's uncompressed bytes."""
     counts = Counter(status.to_pylist())
     columns: Counter[str] = Counter()
     for g in range(meta.num_row_groups):
@@ -299,6 +311,28 @@ def _stats_of(uri: str, nbytes: int, status: pa.ChunkedArray | pa.Array | None =
         **{s: counts.get(s, 0) for s in STATUSES},
         "columns": dict(columns),
     }
+
+
+def write_part_file(uri: str, table: pa.Table) -> dict[str, Any]:
+    """Write one part atomically (as ``store.write_parquet``) and return its ``_parts.json`` entry, from
+    the writer's own footer and byte count: nothing is read back."""
+    footer: list[pq.FileMetaData] = []
+    with store.open_atomic(uri) as f:
+        pq.write_table(table, f, compression="zstd", metadata_collector=footer)
+        nbytes = f.tell()
+    return entry_of(footer[0], nbytes, table["status"])
+
+
+def read_ids_and_stats(uri: str, nbytes: int) -> tuple[dict[str, Any], pa.Array]:
+    """A part's ``_parts.json`` entry and its ids, in one open of the file (footer, then two columns)."""
+    fs, path = store.resolve(uri)
+    try:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            t = pf.read(columns=["video_id", "status"])
+    except (pa.ArrowException, OSError) as e:
+        raise ManifestPartError(uri, e) from None
+    return entry_of(pf.metadata, nbytes, t["status"]), t["video_id"].combine_chunks()
 
 
 def part_stats(
@@ -372,10 +406,7 @@ def merge_parts(root: str, stage: str, inputs: list[str]) -> tuple[str, dict[str
     table = pa.concat_tables(
         [_read_table(store.join(out_dir, n)) for n in inputs], promote_options="permissive"
     ).combine_chunks()
-    out_uri = store.join(out_dir, output)
-    store.write_parquet(out_uri, table)
-    fs, path = store.resolve(out_uri)
-    stats = _stats_of(out_uri, fs.get_file_info(path).size, table["status"])
+    stats = write_part_file(store.join(out_dir, output), table)
     for name in inputs:
         store.remove(store.join(out_dir, name))
     store.remove(journal)
@@ -400,22 +431,26 @@ def compact(
     stage: str,
     target_bytes: int,
     map_groups: Callable[[Callable[[list[str]], Any], list[list[str]]], Any] = map,
+    stats: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, int]:
     """Merge a stage's small parts into parts of about ``target_bytes`` (on disk and uncompressed, see
     ``_weights``) and write ``_parts.json``.
 
     ``map_groups(fn, groups)`` runs the merges (the runner spreads them over Ray tasks; the default runs
-    them here, one after another). Returns the parts before and after."""
-    recover_compaction(root, stage)
-    store.remove_temp_files(stage_dir(root, stage))
-    stats = before = part_stats(root, stage)
-    merged: dict[str, dict[str, Any]] = {}
-    merges = 0
+    them here, one after another). ``stats``: every committed part's entry, when the caller knows them
+    (the stage end, ``contracts.stage_end``, which has repaired the directory): then nothing but the
+    merges' inputs is read. Returns the parts before and after."""
+    if stats is None:
+        recover_compaction(root, stage)
+        store.remove_temp_files(stage_dir(root, stage))
+        stats = part_stats(root, stage)
+    before, merges = len(stats), 0
     # Merged parts compress better than their inputs did; one still under half the target is merged
     # again with its like, so a second compaction finds nothing to do.
     while groups := plan_compaction(_weights(stats), target_bytes) if target_bytes > 0 else []:
-        merged.update(map_groups(functools.partial(merge_parts, root, stage), groups))
+        merged = dict(map_groups(functools.partial(merge_parts, root, stage), groups))
+        gone = {n for g in groups for n in g}
+        stats = {**{n: e for n, e in stats.items() if n not in gone}, **merged}
         merges += len(groups)
-        stats = part_stats(root, stage, fresh=merged)
-    after = part_stats(root, stage, write=True, fresh=merged)
-    return {"parts_before": len(before), "parts_after": len(after), "merges": merges}
+    store.write_json(store.join(stage_dir(root, stage), STATS), {"parts": dict(sorted(stats.items()))})
+    return {"parts_before": before, "parts_after": len(stats), "merges": merges}

@@ -19,7 +19,7 @@ workers get ``PendingIds`` instead: only the 64-bit hashes of the ids still to d
 80 MB per node at 10M (a fresh run; a resume ships fewer). A row is kept when its hash is pending. That
 filter errs only one way: a done id sharing a pending id's hash (about one pair in 2^64 / (done x
 pending)) is redone, never lost, and the duplicate row it writes is removed at the stage end
-(``contracts.manifest.dedupe``); a pending id is always kept.
+(``contracts.stage_end``); a pending id is always kept.
 """
 
 from __future__ import annotations
@@ -30,50 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-FNV_PRIME = np.uint64(0x100000001B3)
+from contracts.id_hash import flat, id_hashes, one_array
 
-
-def _one_array(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(ids, pa.ChunkedArray):
-        return ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
-    return ids
-
-
-def _flat(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """The offsets (int64, ``len + 1``) and UTF-8 bytes of a string array, without copying the bytes."""
-    ids = _one_array(ids)
-    ids = pc.fill_null(ids, "") if ids.null_count else ids
-    ids = ids.cast(pa.large_string())
-    _, offsets_buf, data_buf = ids.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int64)[ids.offset : ids.offset + len(ids) + 1]
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    return offsets, data
-
-
-def _fnv1a(offsets: np.ndarray, data: np.ndarray, bits: int) -> np.ndarray:
-    """FNV-1a 64 of each id, vectorised over the ids (one pass per byte position); stable across
-    processes and runs, unlike Python's ``hash``."""
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    h = np.full(len(lengths), FNV_OFFSET, np.uint64)
-    active = np.flatnonzero(lengths > 0)
-    pos = 0
-    while len(active):
-        h[active] = (h[active] ^ data[starts[active] + pos].astype(np.uint64)) * FNV_PRIME
-        pos += 1
-        active = active[lengths[active] > pos]
-    return h & np.uint64((1 << bits) - 1) if bits < 64 else h
-
-
-def id_hashes(ids: pa.Array | pa.ChunkedArray, bits: int = 64, chunk: int = 1 << 20) -> np.ndarray:
-    """The hash of each id, ``chunk`` ids at a time (the per-byte passes' scratch stays a million ids'
-    worth on a driver hashing ten million)."""
-    ids = _one_array(ids)
-    out = np.empty(len(ids), np.uint64)
-    for i in range(0, len(ids), chunk):
-        offsets, data = _flat(ids.slice(i, chunk))
-        out[i : i + chunk] = _fnv1a(offsets, data, bits)
-    return out
+__all__ = ["DoneIds", "PendingIds", "id_hashes"]
 
 
 @dataclass(frozen=True)
@@ -89,8 +48,8 @@ class DoneIds:
     def build(cls, ids: pa.Array | pa.ChunkedArray, bits: int = 64) -> DoneIds:
         hashes = id_hashes(ids, bits)
         order = np.argsort(hashes, kind="stable")
-        ordered = _one_array(ids).take(pa.array(order))
-        offsets, data = _flat(ordered)
+        ordered = one_array(ids).take(pa.array(order))
+        offsets, data = flat(ordered)
         start = int(offsets[0]) if len(offsets) else 0
         end = int(offsets[-1]) if len(offsets) else 0
         return cls(hashes[order].copy(), offsets - start, data[start:end].copy(), bits)
@@ -110,7 +69,7 @@ class DoneIds:
 
     def is_done(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """A boolean mask: True where the id is among the done ids (exact, whatever the hashes)."""
-        ids = _one_array(ids)
+        ids = one_array(ids)
         n = len(self.hashes)
         if n == 0 or len(ids) == 0:
             return np.zeros(len(ids), bool)
@@ -135,7 +94,7 @@ class DoneIds:
     def pending(self, ids: pa.Array | pa.ChunkedArray, chunk: int = 1 << 20) -> pa.Array:
         """The ids that are not done, in their order (``chunk`` at a time, so that the driver's scratch
         arrays stay at a million ids' worth whatever the run's size)."""
-        ids = _one_array(ids)
+        ids = one_array(ids)
         kept = [
             ids.slice(i, chunk).filter(pa.array(~self.is_done(ids.slice(i, chunk))))
             for i in range(0, len(ids), chunk)

@@ -9,6 +9,7 @@ end. A part is written only while this driver still holds the root's lock (``con
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ import ray
 
 import contracts
 from contracts import lock, manifest, store
+from contracts.id_hash import id_hashes
+from contracts.stage_end import Written, end_stage
 from contracts.status import FAILED, FILTERED, OK
 from stages.base import RunContext, Stage
 
@@ -40,16 +43,21 @@ class StageReport:
     wall_s: float = 0.0
     parts: int = 0
     reasons: list[dict[str, Any]] = field(default_factory=list)  # top failure / filter reasons
+    # each part's statistics and ids' hashes as its writer reported them, for the stage end
+    written: Written = field(default_factory=Written, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "written"}
 
 
 def write_part(batch: pa.Table, root: str, stage: str, token: str | None = None) -> pa.Table:
-    """Write one manifest part and return one stats row describing it; nothing once the run lost the lock."""
+    """Write one manifest part and return one stats row describing it (counts and reasons for the report;
+    the part's name, ``_parts.json`` entry and ids' hashes for the stage end, which then need not read
+    it); nothing once the run lost the lock."""
     if not lock.holds(root, token):
         raise lock.RootLocked(f"[{stage}] the lock on {root} was taken over by another driver; not writing")
-    store.write_parquet(manifest.new_part_uri(root, stage), batch)
+    uri = manifest.new_part_uri(root, stage)
+    entry = manifest.write_part_file(uri, batch)
     statuses = batch["status"].to_pylist()
     reasons = collections.Counter()
     example: dict[tuple[str, str], str] = {}
@@ -61,6 +69,9 @@ def write_part(batch: pa.Table, root: str, stage: str, token: str | None = None)
     c = collections.Counter(statuses)
     return pa.table(
         {
+            "part": [uri.rsplit("/", 1)[1]],
+            "entry": [json.dumps(entry)],
+            "hashes": pa.array([id_hashes(batch["video_id"]).tobytes()], pa.binary()),
             "rows": [len(batch)],
             OK: [c[OK]],
             FAILED: [c[FAILED]],
@@ -84,6 +95,7 @@ def collect(batches: Iterator[pa.Table], report: StageReport, expected: int, int
         for row in batch.to_pylist():
             report.rows_in += row["rows"]
             report.parts += 1
+            report.written.add(row["part"], json.loads(row["entry"]), row["hashes"])
             for s in (OK, FAILED, FILTERED):
                 report.counts[s] += row[s]
             for r in row["reasons"]:
@@ -124,13 +136,23 @@ def prepare_output(root: str, name: str, mode: Mode) -> None:
         log.info("[%s] retrying %d rows that failed for a transient reason", name, n)
 
 
-def finish_output(stage: Stage, root: str, compact_target_mb: float) -> None:
+def finish_output(
+    stage: Stage, root: str, compact_target_mb: float, report: StageReport | None = None
+) -> None:
     """After the plan: publish-side repairs, duplicates of a killed run removed, small parts merged and
-    the per-part statistics written (what ``_SUCCESS.json`` counts from)."""
+    the per-part statistics written (what ``_SUCCESS.json`` counts from), in one read of each part this
+    run wrote (``contracts.stage_end``; without ``report``, the parts its writers reported are read too)."""
     log_repairs(stage.name, stage.reconcile())
-    if removed := manifest.dedupe(root, stage.name):
-        log.warning("[%s] removed %d duplicate rows left by an earlier, killed run", stage.name, removed)
-    c = manifest.compact(root, stage.name, int(compact_target_mb * 2**20), on_ray)
+    written = report.written if report is not None else None
+    c = end_stage(root, stage.name, int(compact_target_mb * 2**20), written, on_ray)
+    if report is not None:
+        report.written = Written()  # the hashes are no longer needed: free them before _SUCCESS.json
+    if c["duplicates_removed"]:
+        log.warning(
+            "[%s] removed %d duplicate rows left by an earlier, killed run",
+            stage.name,
+            c["duplicates_removed"],
+        )
     if c["merges"]:
         log.info("[%s] compacted %d manifest parts into %d", stage.name, c["parts_before"], c["parts_after"])
 

@@ -231,7 +231,8 @@ class ShardStage(Stage):
     def reconcile(self) -> dict[str, int]:
         from stages.shards.reconcile import reconcile
 
-        return reconcile(self.context.root, self.name)
+        self._tally: dict[str, int] = {}
+        return reconcile(self.context.root, self.name, self._tally)
 
     def setup(self) -> None:
         self.dir = store.join(self.context.root, self.name)
@@ -291,11 +292,16 @@ class ShardStage(Stage):
         ]
 
     def summary(self) -> dict[str, Any]:
+        """The shards after the stage end's reconcile, which counted them (each index read once); read
+        here only when no reconcile ran in this process."""
         shard_dir = store.join(self.context.root, self.name)
-        names = shard_names(shard_dir)
-        total, nbytes = 0, 0
-        for name in names:
-            t = read_index(shard_dir, name, ["bytes"])
-            total += len(t)
-            nbytes += sum(t["bytes"].to_pylist())
-        return {"shards": len(names), "samples": total, "bytes": nbytes, "dir": shard_dir}
+        tally = getattr(self, "_tally", None)
+        if not tally:
+            names = shard_names(shard_dir)
+            tables = [read_index(shard_dir, name, ["bytes"]) for name in names]
+            tally = {
+                "shards": len(names),
+                "samples": sum(len(t) for t in tables),
+                "bytes": sum(sum(t["bytes"].to_pylist()) for t in tables),
+            }
+        return {**tally, "dir": shard_dir}

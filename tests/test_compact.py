@@ -5,11 +5,7 @@ start-up checks and totals trust it only where the part is the one it describes.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contracts import manifest, store
+from tests.killing import kill_9_when
 
 STAGE = "probe"
 REPO = Path(__file__).resolve().parent.parent
@@ -143,18 +140,8 @@ def test_kill_9_during_compaction_then_rerun_loses_and_doubles_nothing(tmp_path,
     inputs = [tmp_path / STAGE / n for n in manifest.part_sizes(root, STAGE)]
     target = max(manifest.part_sizes(root, STAGE).values()) * 6
     script = KILLED.format(repo=str(REPO), root=root, stage=STAGE, target=target)
-    proc = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if sum(not p.exists() for p in inputs) >= gone:
-            break
-        time.sleep(0.002)
-    killed = proc.poll() is None
-    if killed:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed = kill_9_when(script, lambda: sum(not p.exists() for p in inputs) >= gone)
     assert killed, "compaction finished before the kill: make the manifest bigger"
-    assert proc.returncode == -signal.SIGKILL
     manifest.compact(root, STAGE, target_bytes=target)
     _assert_exact(root, expected)
     assert not list((tmp_path / STAGE).glob(f"{manifest.JOURNAL_PREFIX}*"))

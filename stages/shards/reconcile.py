@@ -57,8 +57,10 @@ def _rewrite_without(shard_dir: str, name: str, drop: set[str]) -> str | None:
     return new
 
 
-def reconcile(root: str, stage: str = "shard") -> dict[str, int]:
-    """Repair the shard directory and manifest of ``root`` (see the module docstring); returns counts."""
+def reconcile(root: str, stage: str = "shard", tally: dict[str, int] | None = None) -> dict[str, int]:
+    """Repair the shard directory and manifest of ``root`` (see the module docstring); returns counts.
+    Each index is read once; ``tally``, when given, receives the shards, samples and bytes the repaired
+    directory holds (what the stage's ``_SUCCESS.json`` reports, so it need not read them again)."""
     shard_dir = manifest.stage_dir(root, stage)
     counts = {"leftovers_removed": store.remove_temp_files(shard_dir)}
     tars, indexes = set(shard_names(shard_dir)), set(index_names(shard_dir))
@@ -84,26 +86,32 @@ def reconcile(root: str, stage: str = "shard") -> dict[str, int]:
         )
         if st == OK
     }
-    holders: dict[str, list[str]] = defaultdict(list)
+    held: dict[str, tuple[str, int]] = {}  # key -> (the tar that keeps it, its bytes)
+    others: dict[str, list[tuple[str, int]]] = defaultdict(list)  # a key's other tars (duplicates)
     for name in sorted(tars & indexes):
-        for key in read_index(shard_dir, name, ["key"])["key"].to_pylist():
-            holders[key].append(name)
-    drop: dict[str, set[str]] = defaultdict(set)
-    for key, names in holders.items():
-        if len(names) > 1:
-            keeper = named[key] if named.get(key) in names else names[0]
-            for name in names:
-                if name != keeper:
-                    drop[name].add(key)
-    for name, keys in sorted(drop.items()):
-        _rewrite_without(shard_dir, name, keys)
-    counts["duplicates_removed"] = sum(len(k) for k in drop.values())
-
-    held: dict[str, tuple[str, int]] = {}
-    for name in shard_names(shard_dir) if drop else sorted(tars & indexes):
         t = read_index(shard_dir, name, ["key", "bytes"])
         for key, nbytes in zip(t["key"].to_pylist(), t["bytes"].to_pylist()):
-            held[key] = (name, nbytes)
+            if key in held:
+                others[key].append((name, nbytes))
+            else:
+                held[key] = (name, nbytes)
+    drop: dict[str, set[str]] = defaultdict(set)
+    for key, extra in others.items():
+        holders = [held[key], *extra]
+        names = [n for n, _ in holders]
+        keeper = named[key] if named.get(key) in names else names[0]
+        for name, nbytes in holders:
+            if name == keeper:
+                held[key] = (name, nbytes)
+            else:
+                drop[name].add(key)
+    renamed = {name: _rewrite_without(shard_dir, name, keys) for name, keys in sorted(drop.items())}
+    if renamed:  # a rewritten tar's kept samples are under its new name
+        held = {key: (renamed.get(name) or name, nbytes) for key, (name, nbytes) in held.items()}
+    counts["duplicates_removed"] = sum(len(k) for k in drop.values())
+    if tally is not None:
+        shards = (tars & indexes) - renamed.keys() | {n for n in renamed.values() if n}
+        tally.update(shards=len(shards), samples=len(held), bytes=sum(b for _, b in held.values()))
 
     def stale(t: pa.Table) -> pa.Array:
         return pa.array(
