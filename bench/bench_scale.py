@@ -2,20 +2,22 @@
 plane, at 1M and 3M synthetic manifest rows, projected linearly to VIDAL-10M's 10,076,613.
 
     python bench/bench_scale.py resume  [--sizes 1000000 3000000]   # done-id structure, old set vs DoneIds
-    python bench/bench_scale.py control [--sizes ...] [--backend local s3]   # per-stage phases, one process each
+    python bench/bench_scale.py control [--sizes ...] [--backend local s3] [--unreported]   # stage start/end phases
     python bench/bench_scale.py workers [--sizes 1000000]            # the runner's plan on Ray: largest worker
     python bench/bench_scale.py discover [--entries 1000000] [--stage]   # VIDAL-10M JSON reader (and stage), rows/s
     python bench/bench_scale.py dedup   [--sizes 1000000 3000000]    # discover's dedup index, MiB per million
 
 ``control`` writes a manifest of N rows in the runner's parts (``run.rows_per_part`` 256; tiny columns:
-video_id, status, error, duration) on local disk or on the S3-compatible test server (moto, 127.0.0.1), and
-times on the driver what a stage start and end do over it: listing, every part's footer (the start-up
-check), the done ids read and ``DoneIds`` built, the upstream ok ids read (what the join plans from),
-``_SUCCESS`` totals, the duplicate check; then compaction (``run.compact_target_mb`` 128, eight threads
-standing in for the runner's Ray tasks) and the same phases over the compacted manifest, where
-``_parts.json`` answers the footers and totals. Each (size, backend) runs in its own process, so the
-driver's peak RSS (``ru_maxrss``) is that configuration's alone (and compaction, which the runner runs
-as Ray tasks, runs in a process of its own). ``resume``: old = RSS growth of
+video_id, status, error, duration) on local disk or on the S3-compatible test server (moto, 127.0.0.1)
+through the runner's part writer, and times on the driver what a stage start does over it: listing, every
+part's footer (the start-up check), the done ids read and ``DoneIds`` built, the upstream ok ids read (what
+the join plans from), the pending set; then the stage's first end (``contracts.stage_end.end_stage``:
+duplicate check from the writers' reported hashes, compaction to ``run.compact_target_mb`` 128 with the
+merges in eight processes standing in for the runner's Ray tasks, ``_parts.json``); then the same start over
+the compacted manifest and the end of a resumed stage that wrote 1,024 rows (the older parts' ids read for
+the check) and the ``_SUCCESS`` totals. ``--unreported`` adds the first end of a killed driver's rerun (no
+report: every part read once before its merge) on a second copy. Each step runs in its own process, so the
+driver's peak RSS (``ru_maxrss``) is that step's alone. ``resume``: old = RSS growth of
 unpickling a list and building a frozenset (what each worker held); new = the ``DoneIds`` arrays' bytes
 (the node's one shared copy) and the pickled bytes that travel out of band (zero-copy from the object
 store); pending = the ``PendingIds`` hashes a stage with upstream ships instead (all ids pending: the most). The load average is printed beside every figure.
@@ -171,21 +173,29 @@ def _storage(root: str) -> None:
         store.configure(S3Server(port=int(os.environ["VIDAL_BENCH_S3_PORT"])).storage())
 
 
-def write_manifest(n: int, root: str, stage: str = "probe") -> dict[str, Any]:
+def write_manifest(n: int, root: str, written_file: str = "", stage: str = "probe") -> dict[str, Any]:
     """The manifest a stage of n rows leaves: n / 256 parts, written by eight threads (many workers
-    write at once in a run). Its own process, so the phases' peak below is theirs alone."""
-    from contracts import manifest, store
+    write at once in a run) through the runner's writer (``stage_output.write_part``), whose stats rows
+    the driver collects (``collect``): ``written_file`` gets what the driver then holds (each part's
+    ``_parts.json`` entry and its ids' hashes) for the stage end's step. Its own process, so the phases'
+    peak below is theirs alone."""
+    from pipeline.stage_output import StageReport, collect, write_part
 
     _storage(root)
     ids = synthetic_ids(n)
 
-    def write(i: int) -> None:
-        part = synthetic_part(ids.slice(i, ROWS_PER_PART), i)
-        store.write_parquet(manifest.new_part_uri(root, stage), part)
+    def write(i: int) -> pa.Table:
+        return write_part(synthetic_part(ids.slice(i, ROWS_PER_PART), i), root, stage)
 
     r: dict[str, Any] = {}
     with ThreadPoolExecutor(8) as pool:
-        _timed(r, "write_parts_s", lambda: list(pool.map(write, range(0, n, ROWS_PER_PART))))
+        rows = _timed(r, "write_parts_s", lambda: list(pool.map(write, range(0, n, ROWS_PER_PART))))
+    report = StageReport(stage=stage)
+    collect(iter(rows), report, n, 1e9)
+    if written_file:
+        with open(written_file, "wb") as f:
+            pickle.dump(report.written, f, protocol=5)
+    r["written_hashes_mib"] = round(len(report.written.buffer) / MiB, 1)
     return r
 
 
@@ -212,38 +222,76 @@ def start(r: dict[str, Any], tag: str, root: str, stage: str) -> None:
 
 
 def control(n: int, root: str, tag: str, stage: str = "probe") -> dict[str, Any]:
-    """A stage's start, then its end (the runner drops the start's ids once they are shipped)."""
+    """A stage's start (the runner drops the start's ids once they are shipped); after compaction, also
+    the end of a resumed stage that wrote 1,024 new rows (the older parts' ids read for the check)."""
     r: dict[str, Any] = {}
     start(r, tag, root, stage)
-    end(r, tag, root, stage)
+    if tag == "after":
+        resumed_end(r, root, stage)
     return r
 
 
-def end(r: dict[str, Any], tag: str, root: str, stage: str) -> None:
-    """A stage end's control plane: the duplicate check and the ``_SUCCESS`` totals."""
+def resumed_end(r: dict[str, Any], root: str, stage: str) -> None:
+    """The end of a resumed stage over the compacted manifest: 1,024 new rows in four reported parts; the
+    duplicate check reads the compacted parts' ids; then the ``_SUCCESS`` totals (``_parts.json``)."""
     from contracts import manifest
+    from contracts.stage_end import end_stage
+    from pipeline.stage_output import StageReport, collect, write_part
 
     gc.collect()
-    _timed(r, f"{tag}_success_totals_s", lambda: manifest.status_counts(root, stage))
-    _timed(r, f"{tag}_dedupe_check_s", lambda: manifest.dedupe(root, stage))
-    r[f"{tag}_driver_peak_mib"] = round(peak_rss_mib(), 1)
+    ids = synthetic_ids(1024, seed=7)
+    report = StageReport(stage=stage)
+    collect(
+        iter([write_part(synthetic_part(ids.slice(i, 256), i), root, stage) for i in range(0, 1024, 256)]),
+        report,
+        1024,
+        1e9,
+    )
+    c = _timed(
+        r, "after_resumed_end_s", lambda: end_stage(root, stage, COMPACT_MB * MiB, report.written, _threads)
+    )
+    r["after_resumed_end_parts_read"] = c["parts_read"]
+    _timed(r, "after_success_totals_s", lambda: manifest.status_counts(root, stage))
+    r["after_driver_peak_mib"] = round(peak_rss_mib(), 1)
 
 
-def compact_child(n: int, root: str, stage: str = "probe") -> dict[str, Any]:
-    """Compaction, eight threads standing in for the runner's Ray tasks (its own process: in a run the
-    merges are tasks, not the driver)."""
-    from contracts import manifest
+def _threads(fn: Any, groups: list[Any]) -> list[Any]:
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(fn, groups))
+
+
+def end_child(n: int, root: str, written_file: str = "", stage: str = "probe") -> dict[str, Any]:
+    """The first end of the stage (``contracts.stage_end.end_stage``) as the runner's driver runs it, given
+    what the part writers reported (``written_file``; none: a killed driver's rerun, every part read).
+    The merges run in eight processes standing in for the runner's Ray tasks, so this process's peak is
+    the driver's alone; ``end_check_s`` is the duplicate check's share (sorting the reported hashes)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from contracts import stage_end
 
     _storage(root)
-    r: dict[str, Any] = {"compact_load": load()}
-    with ThreadPoolExecutor(8) as pool:
+    written = None
+    if written_file:
+        with open(written_file, "rb") as f:
+            written = pickle.load(f)
+        by_part = [(name, written.hashes()[slice(*span)]) for name, span in written.spans.items()]
+        r0: dict[str, Any] = {}
+        _timed(r0, "end_check_s", lambda: stage_end._holding_a_hash_twice(by_part))
+        del by_part
+    else:
+        r0 = {}
+    gc.collect()
+    r: dict[str, Any] = {"end_load": load(), **r0, "end_reported": written is not None}
+    with ProcessPoolExecutor(8, initializer=_storage, initargs=(root,)) as pool:
         c = _timed(
             r,
-            "compact_s",
-            lambda: manifest.compact(root, stage, COMPACT_MB * MiB, lambda f, g: list(pool.map(f, g))),
+            "end_s",
+            lambda: stage_end.end_stage(
+                root, stage, COMPACT_MB * MiB, written, lambda f, g: list(pool.map(f, g))
+            ),
         )
-    r["parts_after"] = c["parts_after"]
-    r["compact_peak_mib"] = round(peak_rss_mib(), 1)
+    r.update(end_parts_read=c["parts_read"], parts_after=c["parts_after"], end_merges=c["merges"])
+    r["end_driver_peak_mib"] = round(peak_rss_mib(), 1)
     return r
 
 
@@ -270,7 +318,7 @@ def _child(*args: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_control(sizes: list[int], backends: list[str]) -> None:
+def run_control(sizes: list[int], backends: list[str], unreported: bool = False) -> None:
     for backend in backends:
         server, tmp = None, tempfile.mkdtemp(prefix="vidal-bench-scale-")
         if backend == "s3":
@@ -281,10 +329,15 @@ def run_control(sizes: list[int], backends: list[str]) -> None:
         results = []
         for n in sizes:
             root = f"{server.make_bucket('bench')}/scale-{n}" if server else f"{tmp}/scale-{n}"
-            r = {"rows": n, "backend": backend, **_child("_write", str(n), root)}
+            written = f"{tmp}/written-{n}.pkl"
+            r = {"rows": n, "backend": backend, **_child("_write", str(n), root, written)}
             r.update(_child("_control", str(n), root, "before"))
-            r.update(_child("_compact", str(n), root))
+            r.update(_child("_end", str(n), root, written))
             r.update(_child("_control", str(n), root, "after"))
+            if unreported:  # a killed driver's rerun: the same manifest again, its end with no report
+                again = f"{root}-unreported"
+                _child("_write", str(n), again)
+                r.update({f"unreported_{k}": v for k, v in _child("_end", str(n), again).items()})
             results.append(r)
             print(json.dumps(results[-1]), flush=True)
         if server is not None:
@@ -316,7 +369,7 @@ def workers(n: int, compact: bool) -> dict[str, Any]:
 
     tmp = tempfile.mkdtemp(prefix="vidal-bench-workers-")
     root, stage = tmp, "probe"
-    write_manifest(n, root, stage)
+    write_manifest(n, root, stage=stage)
     if compact:
         manifest.compact(root, stage, COMPACT_MB * MiB)
     all_ids = manifest.done_ids(root, stage)
@@ -458,7 +511,7 @@ def dedup(n: int) -> dict[str, Any]:
     return r
 
 
-CHILDREN = {"_write": write_manifest, "_control": control, "_compact": compact_child}
+CHILDREN = {"_write": write_manifest, "_control": control, "_end": end_child}
 
 
 def main() -> None:
@@ -474,6 +527,9 @@ def main() -> None:
     p.add_argument("--backend", nargs="+", default=["local", "s3"], choices=["local", "s3"])
     p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--stage", action="store_true", help="discover: also run the whole stage")
+    p.add_argument(
+        "--unreported", action="store_true", help="control: also the stage end of a killed driver's rerun"
+    )
     p.add_argument("--repeat", type=int, default=5)
     a = p.parse_args()
     if a.what in CHILDREN:  # one step of one configuration, in its own process (see run_control)
@@ -481,7 +537,7 @@ def main() -> None:
         return
     print("load average before:", load(), flush=True)
     if a.what == "control":
-        run_control(a.sizes, a.backend)
+        run_control(a.sizes, a.backend, a.unreported)
     elif a.what == "workers":
         for n in a.sizes:
             for compact in (False, True):
