@@ -1,15 +1,27 @@
 """What runs inside the Ray workers of a stage's plan, and how a stage is placed on them.
 
-Model stages run on an actor pool (``setup()`` once per actor, ``num_gpus`` from config); I/O and CPU
-stages run as tasks that keep one stage instance per worker process. An actor holds its CPUs for the
-whole stage while the reads and manifest writes around it are tasks, so a pool is sized to leave one CPU
-for them (``fit_actor_pool``); otherwise on a one-CPU machine the actor takes the only CPU and the reads
-never run.
+Stages run as Ray Data tasks on Ray's worker processes, which Ray reuses from task to task and from one
+stage's plan to the next. A process keeps one stage instance at a time (``setup()`` once per process
+and stage): a model stage's first batch in a process drops the instance of the stage it served before,
+so the heavy imports (torch, transformers: 1-5 s) are paid once per process for the whole run and the
+models do not pile up across stages. A model stage's ``actors: [min, max]`` bounds how many of its
+tasks run at once (``max``), as it bounded its pool.
+
+Stages that ask for a GPU keep an actor pool per stage (``setup()`` once per actor, ``num_gpus`` from
+config): Ray gives a GPU task a fresh process (``max_calls=1``), because the device a process sees
+(``CUDA_VISIBLE_DEVICES``) is fixed when CUDA starts in it, so reusing the process for another GPU
+could put two stages on one device. An actor holds its CPUs for the whole stage while the reads and
+manifest writes around it are tasks, so a pool is sized to leave one CPU for them
+(``fit_actor_pool``); otherwise on a one-CPU machine the actor takes the only CPU and the reads never
+run.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +35,9 @@ from stages.base import Resources, RunContext, Stage
 
 log = logging.getLogger("vidal")
 
-_WORKER_STAGES: dict[tuple[str, str], Stage] = {}
+# the stage this process serves now (at most one): the run's context is in the key, so a stage of another
+# run (another root or lock token) on the same cluster never gets this one's instance
+_WORKER_STAGE: dict[tuple[str, RunContext], Stage] = {}
 _DONE_IDS: dict[str, DoneIds | PendingIds] = {}  # the current stage's, zero-copy from the object store
 
 
@@ -42,12 +56,34 @@ def _checked(stage: Stage, out: pa.Table) -> pa.Table:
     return out.select(schema.names).cast(schema)
 
 
+def worker_stage(name: str, config_json: dict[str, Any], context: RunContext) -> Stage:
+    """This process's instance of the stage, built (``setup()``) on its first batch here, after the
+    instance of the stage the process served before is dropped."""
+    key = (name, context)
+    stage = _WORKER_STAGE.get(key)
+    if stage is None:
+        release_worker_stage()
+        stage = _WORKER_STAGE[key] = _make_stage(name, config_json, context)
+    return stage
+
+
+def release_worker_stage() -> None:
+    """Drop the stage instance this process holds and give its memory back (its models, their tensors)."""
+    if not _WORKER_STAGE:
+        return
+    _WORKER_STAGE.clear()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    try:  # glibc keeps freed heap pages mapped; hand them back so the process's RSS shrinks
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def run_task(batch: pa.Table, name: str, config_json: dict[str, Any], context: RunContext) -> pa.Table:
-    # One stage instance per worker process, so setup() (clients, caches) is paid once.
-    key = (name, context.stage_config_hash)
-    if key not in _WORKER_STAGES:
-        _WORKER_STAGES[key] = _make_stage(name, config_json, context)
-    stage = _WORKER_STAGES[key]
+    stage = worker_stage(name, config_json, context)
     return _checked(stage, stage.process(batch))
 
 
@@ -104,12 +140,31 @@ def fit_actor_pool(res: Resources, cluster: dict[str, float], stage: str) -> Res
     return Resources(res.batch_size, cpus, res.num_gpus, (lo, hi))
 
 
+def fit_tasks(res: Resources, cluster: dict[str, float], stage: str) -> Resources:
+    """The stage's resources for tasks: at most the cluster's CPUs per task (a larger ask never runs)."""
+    total = cluster.get("CPU", 0.0)
+    if 0 < total < res.num_cpus:
+        log.warning(
+            "[%s] the cluster has %g CPUs: each task reserves %g CPUs instead of %g",
+            stage,
+            total,
+            total,
+            res.num_cpus,
+        )
+        return Resources(res.batch_size, total, res.num_gpus, res.actors)
+    return res
+
+
 def apply_stage(
     ds: ray.data.Dataset, stage: Stage, config_json: dict[str, Any], context: RunContext
 ) -> tuple[ray.data.Dataset, dict[str, float], str]:
     """The plan with the stage's processing added: (plan, the resources one worker waits for, "actor" or
-    "task"), the last two for the stall message."""
-    res = fit_actor_pool(stage.resources(), ray.cluster_resources(), stage.name)
+    "task"), the last two for the stall message. GPU stages run on an actor pool, the others as tasks
+    on the cluster's reused worker processes (a model stage's tasks bounded by its ``actors`` maximum)."""
+    res = stage.resources()
+    pool = bool(res.actors and res.num_gpus)
+    cluster = ray.cluster_resources()
+    res = fit_actor_pool(res, cluster, stage.name) if pool else fit_tasks(res, cluster, stage.name)
     kwargs = {"name": stage.name, "config_json": config_json, "context": context}
     common: dict[str, Any] = {
         "batch_size": res.batch_size,
@@ -119,7 +174,8 @@ def apply_stage(
     waits_for = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
     if res.num_gpus:
         common["num_gpus"] = res.num_gpus
-    if res.actors:
+    if pool:
+        assert res.actors is not None
         ds = ds.map_batches(
             StageActor,
             fn_constructor_kwargs=kwargs,
@@ -127,4 +183,6 @@ def apply_stage(
             compute=ray.data.ActorPoolStrategy(min_size=res.actors[0], max_size=res.actors[1]),
         )
         return ds, waits_for, "actor"
+    if res.actors:
+        common["compute"] = ray.data.TaskPoolStrategy(size=res.actors[1])
     return ds.map_batches(run_task, fn_kwargs=kwargs, **common), waits_for, "task"

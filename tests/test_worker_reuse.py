@@ -1,0 +1,139 @@
+"""Model stages without a GPU run on Ray's reused worker processes (issue 18): in one run, the same worker
+process serves several model stages and imports torch once, and a process keeps one stage instance at a
+time, so the previous stage's models do not pile up.
+
+Which process imported what is observed from outside the code under test: the driver runs with a
+``sitecustomize`` (on ``PYTHONPATH``, inherited by the local Ray instance's workers) that appends a
+line to ``<pid>.log`` whenever a process executes one of the watched modules."""
+
+from __future__ import annotations
+
+import collections
+import gc
+import os
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from contracts import manifest
+from pipeline import workers
+from pipeline.config import load_config, section_hash
+from stages.base import RunContext
+from tests.test_faults_shard import make_probe_root
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_STAGES = ["caption", "depth", "infrared"]  # the demo's tiny models, all reading probe's frames
+
+SITECUSTOMIZE = """
+import os, sys
+
+_LOG = os.environ["VIDAL_IMPORT_LOG"]
+_WATCH = {WATCH!r}
+
+
+class _Logged:  # the module's own loader, recording that this process executes the module
+    def __init__(self, name, real):
+        self._name, self._real = name, real
+
+    def __getattr__(self, attr):
+        return getattr(self._real, attr)
+
+    def create_module(self, spec):
+        return self._real.create_module(spec)
+
+    def exec_module(self, module):
+        with open(os.path.join(_LOG, f"{{os.getpid()}}.log"), "a") as f:
+            f.write(self._name + "\\n")
+        self._real.exec_module(module)
+
+
+class _Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name not in _WATCH:
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    spec.loader = _Logged(name, spec.loader)
+                    return spec
+        return None
+
+
+sys.meta_path.insert(0, _Watch())
+"""
+
+
+def imports_by_process(log_dir: Path) -> dict[int, collections.Counter]:
+    return {int(p.stem): collections.Counter(p.read_text().split()) for p in log_dir.glob("*.log")}
+
+
+def test_model_stages_share_worker_processes_and_import_torch_once(tmp_path):
+    root = tmp_path / "root"
+    ids = make_probe_root(root, n=6, jpeg_size=(64, 48))
+    hook, logs = tmp_path / "hook", tmp_path / "imports"
+    hook.mkdir()
+    logs.mkdir()
+    watch = ("torch", *(f"stages.{s}" for s in MODEL_STAGES))
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE.format(WATCH=watch))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+        "VIDAL_IMPORT_LOG": str(logs),
+    }
+    args = [sys.executable, "pipeline/run.py", "--config", "configs/demo.yaml", "--root", str(root)]
+    for kv in (f"run.stages=[{','.join(MODEL_STAGES)}]", "run.ray_address=local", "run.num_cpus=2"):
+        args += ["--set", kv]
+    driver = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _, err = driver.communicate(timeout=400)
+    assert driver.returncode == 0, err[-3000:]
+    for stage in MODEL_STAGES:  # the work itself: every row exactly once, ok
+        rows = [r for p in manifest.part_files(str(root), stage) for r in pq.read_table(p).to_pylist()]
+        assert sorted(r["video_id"] for r in rows) == ids and {r["status"] for r in rows} == {"ok"}, stage
+
+    seen = imports_by_process(logs)
+    assert seen.pop(driver.pid, None), "the hook did not run in the driver"  # the driver plans every stage
+    served = {pid: {s for s in MODEL_STAGES if c[f"stages.{s}"]} for pid, c in seen.items()}
+    assert set().union(*served.values()) == set(MODEL_STAGES), served
+    # one process served two or more of the model stages: its heavy imports were paid once for them
+    assert max(len(s) for s in served.values()) >= 2, served
+    with_torch = [pid for pid, c in seen.items() if c["torch"]]
+    assert all(seen[pid]["torch"] == 1 for pid in with_torch)
+    # a fresh pool per stage imported torch in one new process per stage; reused workers: at most one
+    # per CPU of the instance
+    assert 1 <= len(with_torch) <= 2 < len(MODEL_STAGES), seen
+
+
+def test_next_stage_drops_the_previous_stage_instance(tmp_path):
+    root = tmp_path / "root"
+    make_probe_root(root, n=2, jpeg_size=(64, 48))
+    batch = pq.read_table(manifest.part_files(str(root), "probe")).select(["video_id", "frames"])
+    config = load_config(REPO / "configs" / "demo.yaml", [f"run.root={root}", "run.demo_media="])
+
+    def call(stage: str, context_root: Path = root):
+        section = getattr(config, stage)
+        context = RunContext(root=str(context_root), stage_config_hash=section_hash(section))
+        out = workers.run_task(batch, stage, section.model_dump(mode="json"), context)
+        assert out["status"].to_pylist() == ["ok", "ok"]
+        (instance,) = workers._WORKER_STAGE.values()  # one instance per process at a time
+        return instance
+
+    try:
+        depth = call("depth")
+        assert call("depth") is depth  # setup() once per process and stage
+        gone = [weakref.ref(depth), weakref.ref(depth.net), weakref.ref(depth.net.model)]
+        del depth
+        infrared = call("infrared")
+        gc.collect()
+        assert [r() for r in gone] == [None, None, None], "the depth stage's model outlived it"
+        # the same stage for another run root is another instance (the context is part of the key)
+        other = call("infrared", tmp_path / "other-root")
+        assert other is not infrared and other.context.root.endswith("other-root")
+    finally:
+        workers.release_worker_stage()
+    assert not workers._WORKER_STAGE
