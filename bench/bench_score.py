@@ -21,7 +21,7 @@ bound).
 Usage::
 
     python bench/bench_score.py align [--models hf-b32,tiny] [--repeats 3]
-    python bench/bench_score.py dedup --rows 100000 [--repeats 3] [--tables auto] [--bits auto]
+    python bench/bench_score.py dedup --rows 100000 [--repeats 3] [--tables auto] [--bits auto] [--copy-cosine 0.952]
 
 Dedup's LSH sizes default to the stage's (``auto``: chosen from the rows, ``stages.near_dup.auto_lsh``);
 the tables and bits used are printed with each result.
@@ -49,6 +49,7 @@ from contracts import store  # noqa: E402
 from contracts.encodings import encode_jpeg  # noqa: E402
 from pipeline.synthetic import CONCEPTS, render_frames  # noqa: E402
 from stages.base import RunContext  # noqa: E402
+from stages.near_dup import recall_at  # noqa: E402
 from stages.score import ScoreConfig, ScoreStage, apply_run_wide_rules  # noqa: E402
 
 DIM = 768
@@ -167,9 +168,13 @@ class RssSampler:
         self.thread.join()
 
 
-def write_manifest(root: Path, rows: int, seed: int = 0) -> set[tuple[str, str]]:
-    """Parts of a score manifest; the last 1% of each part are noisy copies (cosine ~0.97) of random rows
-    of the part before (of its own first half for the first part). Returns the (original, copy) id pairs."""
+def write_manifest(
+    root: Path, rows: int, copy_cosine: float | None = None, seed: int = 0
+) -> set[tuple[str, str]]:
+    """Parts of a score manifest; the last 1% of each part are noisy copies (cosine ~0.97, or exactly
+    ``copy_cosine``) of random rows of the part before that are not copies themselves (of its own first
+    half for the first part): in a chain a-b-c the pass keeps a and c, so b-c would count as missed.
+    Returns the (original, copy) id pairs."""
     import pyarrow as pa
 
     rng = np.random.default_rng(seed)
@@ -181,9 +186,15 @@ def write_manifest(root: Path, rows: int, seed: int = 0) -> set[tuple[str, str]]
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         dups = max(1, n // 100)
         src, src_lo = (previous, lo - PART_ROWS) if previous is not None else (x[: n // 2], lo)
-        pick = rng.choice(len(src), size=dups, replace=False)
+        originals = len(src) - max(1, len(src) // 100) if previous is not None else len(src)
+        pick = rng.choice(originals, size=dups, replace=False)  # not a copy: no chains of copies
         noise = rng.standard_normal((dups, DIM), dtype=np.float32) * (0.25 / np.sqrt(DIM))
-        x[n - dups :] = src[pick] + noise
+        if copy_cosine is None:
+            x[n - dups :] = src[pick] + noise
+        else:  # the noise made orthogonal to the original: the copy sits at exactly copy_cosine
+            noise -= np.sum(noise * src[pick], axis=1, keepdims=True) * src[pick]
+            noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+            x[n - dups :] = copy_cosine * src[pick] + np.sqrt(1 - copy_cosine**2) * noise
         x[n - dups :] /= np.linalg.norm(x[n - dups :], axis=1, keepdims=True)
         planted |= {(f"v{src_lo + int(i):08d}", f"v{lo + n - dups + k:08d}") for k, i in enumerate(pick)}
         previous = x
@@ -204,7 +215,13 @@ def write_manifest(root: Path, rows: int, seed: int = 0) -> set[tuple[str, str]]
 
 
 def bench_dedup(
-    rows: int, repeats: int, cpus: int, tables_per_round: int, tables: int | str, bits: int | str
+    rows: int,
+    repeats: int,
+    cpus: int,
+    tables_per_round: int,
+    tables: int | str,
+    bits: int | str,
+    copy_cosine: float | None = None,
 ) -> None:
     import pyarrow.parquet as pq
     import ray
@@ -213,7 +230,7 @@ def bench_dedup(
         root = Path(tmp)
         t0 = time.perf_counter()
         with multiprocessing.get_context("spawn").Pool(1) as pool:  # the generator's memory is not the pass's
-            planted = pool.apply(write_manifest, (root, rows))
+            planted = pool.apply(write_manifest, (root, rows, copy_cosine))
         print(
             json.dumps({"rows": rows, "manifest_written_s": round(time.perf_counter() - t0, 1)}), flush=True
         )
@@ -234,6 +251,7 @@ def bench_dedup(
                 if row["status"] == "filtered"
             }
             found = {p for p in planted if p in dropped or p[::-1] in dropped}
+            lsh_used = (counts["lsh_tables"], counts["lsh_bits"])
             print(
                 json.dumps(
                     {
@@ -246,7 +264,9 @@ def bench_dedup(
                         "wall_s": round(wall, 1),
                         "near_duplicates": counts["near_duplicates"],
                         "planted": len(planted),
+                        "copy_cosine": copy_cosine or "~0.97",
                         "planted_found": round(len(found) / len(planted), 4),
+                        "recall_at_formula": round(recall_at(copy_cosine or 0.97, *lsh_used), 4),
                         "driver_peak_rss_mb": round(rss.driver_peak / 2**20),
                         "workers_peak_rss_sum_mb": round(rss.peak / 2**20),
                         "load": load(),
@@ -275,11 +295,22 @@ def main() -> int:
     d.add_argument("--tables-per-round", type=int, default=4)
     d.add_argument("--tables", type=lsh_size, default="auto", help="LSH tables: auto (the default) or N")
     d.add_argument("--bits", type=lsh_size, default="auto", help="bits per table: auto (the default) or N")
+    d.add_argument(
+        "--copy-cosine", type=float, default=None, help="plant copies at exactly this cosine (default ~0.97)"
+    )
     args = ap.parse_args()
     if args.what == "align":
         bench_align(args.models.split(","), args.repeats, args.clips)
     else:
-        bench_dedup(args.rows, args.repeats, args.cpus, args.tables_per_round, args.tables, args.bits)
+        bench_dedup(
+            args.rows,
+            args.repeats,
+            args.cpus,
+            args.tables_per_round,
+            args.tables,
+            args.bits,
+            args.copy_cosine,
+        )
     return 0
 
 
