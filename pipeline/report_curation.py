@@ -132,8 +132,9 @@ def scan_curation(
             f"score.keep_percentile {cfg['keep_percentile']:g}: the best share is kept"
         )
     if stage == "score" and cfg.get("dedup") and value_col in hists:
+        what = "frame signatures" if cfg.get("dedup_embedding") == "frames" else "clip embeddings"
         hists[value_col].notes.append(
-            f"score.dedup: clips at cosine {cfg.get('dedup_threshold')} or above are one"
+            f"score.dedup: clips whose {what} are at cosine {cfg.get('dedup_threshold')} or above are one"
         )
     rules: dict[str, Rule] = {}
     wanted = ["video_id", "status", "error", "parent_id", "start", "end", "score_rule", *score_cols]

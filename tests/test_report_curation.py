@@ -86,6 +86,7 @@ def test_score_histograms_thresholds_and_rules(curated):
     rules = by_label(tables["curation-rules"])
     assert int(rules["score.min_similarity"]["rows"]) == 2 and int(rules["score.dedup"]["rows"]) == 1
     (h,) = [h for h in collect(str(root)).curation.scores if h.column == "score_mplug"]
+    assert "score.dedup: clips whose clip embeddings are at cosine 0.95 or above are one" in h.notes
     stored = rows_of(root, "score")  # as the stage's schema stores them (float32 there)
     kept = [r["score_mplug"] for r in stored if r["status"] == "ok"]
     assert h.kept.hist.tolist() == np.histogram(kept, COSINE_EDGES)[0].tolist()
