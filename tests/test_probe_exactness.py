@@ -148,3 +148,58 @@ def test_frame_converter_is_byte_identical_to_one_rgb24_call():
                 packed += 1
     assert planar_rgb_is_exact("yuv420p", 455, 720, 256)  # 720p to short side 256 takes it
     assert planar > 30 and packed > 30, (planar, packed)  # both ways taken
+
+
+def per_frame_resample(frames: list[av.AudioFrame], rate: int) -> np.ndarray:
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    out = [r.to_ndarray().reshape(-1) for f in frames for r in resampler.resample(f)]
+    out += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize(
+    "fmt, layout, in_rate, n_frames",
+    [
+        ("fltp", "stereo", 44_100, 100),
+        ("s16", "stereo", 48_000, 33),
+        ("flt", "mono", 8_000, 5),
+        ("s32p", "mono", 22_050, 64),
+    ],
+)
+def test_chunked_audio_is_the_per_frame_resample(fmt, layout, in_rate, n_frames):
+    """``AudioTrack`` resamples decoded frames in chunks: the samples must be one call per frame's."""
+    from stages.media.decode import AudioTrack
+
+    rng, frames = np.random.default_rng(n_frames), []
+    channels = 2 if layout == "stereo" else 1
+    for i in range(n_frames):
+        if fmt.endswith("p"):
+            shape = (channels, 1024)
+        else:
+            shape = (1, 1024 * channels)
+        data = rng.uniform(-0.8, 0.8, shape)
+        if fmt.startswith("s16"):
+            data = (data * 32767).astype(np.int16)
+        elif fmt.startswith("s32"):
+            data = (data * 2**31).astype(np.int32)
+        else:
+            data = data.astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+        frame.sample_rate, frame.pts = in_rate, i * 1024
+        frames.append(frame)
+    track = AudioTrack(16_000)
+    for f in frames:
+        track.add(f)
+    got = track.finish()
+    want = per_frame_resample(frames, 16_000)
+    assert got is not None and got.dtype == np.int16 and np.array_equal(got, want)
+
+
+def test_audio_under_a_second_is_kept(tmp_path):
+    """The one-second output frames hold everything back until the flush: a 0.5 s track must survive."""
+    path = tmp_path / "short.mp4"
+    make_clip(path, CONCEPTS[2], seconds=0.5, fps=30, size=(160, 120), seed=1)
+    row = probe_row(path)
+    assert row["has_audio"]
+    pcm, _ = decode_flac(row["audio"])
+    assert np.array_equal(np.round(pcm * 32768).astype(np.int16), reference_audio(path))
