@@ -161,6 +161,7 @@ class FrameConverter:
     def __init__(self, short_side: int):
         self.short_side = short_side
         self.reformatter = VideoReformatter()
+        self.packer = VideoReformatter()  # planar to packed RGB, unscaled: a copy, faster than numpy's
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         scale = self.short_side / min(width, height) if self.short_side else 1.0
@@ -169,9 +170,12 @@ class FrameConverter:
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         tw, th = self.target_size(frame.width, frame.height)
         planar = planar_rgb_is_exact(frame.format.name, tw, frame.height, th)
-        rgb = self.reformatter.reformat(
+        small = self.reformatter.reformat(
             frame, width=tw, height=th, format="gbrp" if planar else "rgb24", threads=1
-        ).to_ndarray()  # gbrp comes back as (H, W, 3) in R, G, B order
+        )
+        if planar:
+            small = self.packer.reformat(small, format="rgb24", threads=1)
+        rgb = small.to_ndarray()
         rotation = _rotation(frame)
         # the display matrix rotates counter-clockwise by `rotation` degrees
         return np.ascontiguousarray(np.rot90(rgb, k=(rotation // 90) % 4)) if rotation % 360 else rgb
