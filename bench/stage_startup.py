@@ -7,8 +7,10 @@ everything already done still costs.
 On a fresh local Ray instance: one pipeline run of all configured stages on ``--videos`` clips, then,
 per stage and ``--repeat`` times each:
 
-- ``rerun, all done``: ``run_stage`` in resume mode when every upstream id is already done; the runner
-  still plans, starts workers or actors (model loads) and writes ``_SUCCESS.json``;
+- ``rerun, all done``: ``run_stage`` in resume mode when every upstream id is already done (the runner
+  starts no plan, issue 18 change 1: the bookkeeping and ``_SUCCESS.json`` are what is left);
+- ``rerun, forced``: ``run_stage`` with ``--force``, every row redone on the same Ray instance: the
+  start-up a rerun with work left pays (worker processes, imports, model loads) plus the work;
 - ``plan in the driver``: ``upstream_input`` (finding and planning the upstream parts) plus
   ``manifest.done_ids``, the part of that rerun that decides there is nothing to do;
 - ``rerun that skips the plan (projected)``: that plus the bookkeeping such a rerun would still do
@@ -151,6 +153,7 @@ def measure(config: str, videos: int, repeat: int, overrides: list[str]) -> dict
         cls = get_stage_class(name)
         section = getattr(cfg, name)
         rerun = median_time(lambda name=name: run_stage(cfg, name, mode="resume"), repeat)
+        forced = median_time(lambda name=name: run_stage(cfg, name, mode="force"), repeat)
 
         def plan(cls: Any = cls, name: str = name) -> None:
             if cls.upstream or cls.optional_upstream:
@@ -179,6 +182,7 @@ def measure(config: str, videos: int, repeat: int, overrides: list[str]) -> dict
             "plain_process_s": process_s,
             "fixed_startup_s": first[name] - setup_s - process_s if setup_s is not None else None,
             "rerun_all_done_s": rerun,
+            "rerun_forced_s": forced,
             "plan_in_driver_s": plan_s,
             "rerun_with_skip_projected_s": skip_s,
             "import_s": import_seconds(cls.__module__, repeat),
@@ -198,21 +202,29 @@ def as_markdown(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.2f} s" for k, v in r["ray"].items()),
         "",
         "| stage | first run s | plain setup s | plain process s | fixed start-up s | rerun, all done s "
-        "| plan in the driver s | rerun that skips the plan (projected) s | import in a fresh process s "
-        "| load average |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| rerun, forced s | plan in the driver s | rerun that skips the plan (projected) s "
+        "| import in a fresh process s | load average |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, s in r["stages"].items():
         lines.append(
             f"| {name} | {f(s['first_run_s'])} | {f(s['plain_setup_s'])} | {f(s['plain_process_s'])} | "
-            f"{f(s['fixed_startup_s'])} | {f(s['rerun_all_done_s'])} | {f(s['plan_in_driver_s'])} | "
+            f"{f(s['fixed_startup_s'])} | {f(s['rerun_all_done_s'])} | {f(s.get('rerun_forced_s'))} | "
+            f"{f(s['plan_in_driver_s'])} | "
             f"{f(s['rerun_with_skip_projected_s'])} | {f(s['import_s'])} | {s['load']} |"
         )
-    keys = ("first_run_s", "rerun_all_done_s", "plan_in_driver_s", "rerun_with_skip_projected_s")
-    total = {k: sum(s[k] or 0 for s in r["stages"].values()) for k in keys}
+    keys = (
+        "first_run_s",
+        "rerun_all_done_s",
+        "rerun_forced_s",
+        "plan_in_driver_s",
+        "rerun_with_skip_projected_s",
+    )
+    total = {k: sum(s.get(k) or 0 for s in r["stages"].values()) for k in keys}
     lines.append(
         f"| all stages | {f(total['first_run_s'])} | | | | {f(total['rerun_all_done_s'])} | "
-        f"{f(total['plan_in_driver_s'])} | {f(total['rerun_with_skip_projected_s'])} | | |"
+        f"{f(total['rerun_forced_s'])} | {f(total['plan_in_driver_s'])} | "
+        f"{f(total['rerun_with_skip_projected_s'])} | | |"
     )
     return "\n".join(lines)
 
