@@ -48,11 +48,13 @@ class DoneIds:
     def build(cls, ids: pa.Array | pa.ChunkedArray, bits: int = 64) -> DoneIds:
         hashes = id_hashes(ids, bits)
         order = np.argsort(hashes, kind="stable")
-        ordered = one_array(ids).take(pa.array(order))
-        offsets, data = flat(ordered)
-        start = int(offsets[0]) if len(offsets) else 0
-        end = int(offsets[-1]) if len(offsets) else 0
-        return cls(hashes[order].copy(), offsets - start, data[start:end].copy(), bits)
+        hashes = hashes[order]
+        offsets, data = flat(one_array(ids).take(pa.array(order)))
+        del order
+        start, end = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
+        if start or end != len(data):  # a view into a larger buffer: keep this array's bytes only
+            offsets, data = offsets - start, data[start:end].copy()
+        return cls(hashes, offsets, data, bits)
 
     def __len__(self) -> int:
         return len(self.hashes)
