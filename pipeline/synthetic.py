@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -214,6 +215,42 @@ def long_demo_videos(count: int) -> list[tuple[str, list[Concept], list[float], 
     return out
 
 
+COPY_KINDS = ("reencoded", "resized", "trimmed")
+COPIED_CONCEPTS = (3, 27, 51, 9, 33, 57)  # the first clips of these concepts are copied, in this order
+
+
+def demo_copies(count: int) -> list[tuple[str, int]]:
+    """(kind, concept index) of the demo's planted copies: MPEG-4 re-encodes, copies resized to 5/8 and
+    copies trimmed to their first 80 %, in turn, of the first rendering of ``COPIED_CONCEPTS``."""
+    return [(COPY_KINDS[k % 3], COPIED_CONCEPTS[k % len(COPIED_CONCEPTS)]) for k in range(count)]
+
+
+def make_copy(
+    path: str | Path,
+    concept: Concept,
+    kind: str,
+    *,
+    seconds: float,
+    fps: int,
+    size: tuple[int, int],
+    seed: int,
+) -> None:
+    """A copy of ``make_clip``'s clip of the same arguments, as a re-upload would make it (``COPY_KINDS``)."""
+    n = max(1, round(seconds * fps))
+    frames = render_frames(concept, n_frames=n, size=size, seed=seed)
+    sound = tone(concept, seconds, 44_100)
+    if kind == "reencoded":
+        encode_video(path, frames, fps, sound, codec="mpeg4")
+    elif kind == "resized":
+        w, h = (size[0] * 5 // 8) // 2 * 2, (size[1] * 5 // 8) // 2 * 2
+        encode_video(
+            path, np.stack([np.asarray(Image.fromarray(f).resize((w, h))) for f in frames]), fps, sound
+        )
+    else:
+        keep = max(1, round(n * 0.8))
+        encode_video(path, frames[:keep], fps, sound[: round(len(sound) * keep / n)])
+
+
 def make_demo_media(
     out_dir: str | Path,
     *,
@@ -223,19 +260,23 @@ def make_demo_media(
     size: tuple[int, int] = (320, 240),
     as_urls: bool = False,
     long_videos: int = 0,
+    copies: int = 0,
 ) -> Path:
     """Generate the demo clips once and a CSV list of them; returns the list's path.
 
     The list has ``path`` (or ``url`` as ``file://`` when ``as_urls``), ``title``, ``hashtags`` and
     ``description`` columns: the ``files`` input of the pipeline. Reuses clips made with the same
     parameters. ``long_videos`` adds that many longer videos with scene cuts (``long_demo_videos``)
-    for the clip stage.
+    for the clip stage; ``copies`` that many copies of short clips (``demo_copies``), listed with their
+    source's title, for the score stage's near-duplicate rule.
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     params = {"per_concept": per_concept, "seconds": seconds, "fps": fps, "size": list(size), "v": 1}
     if long_videos:
         params["long_videos"] = long_videos
+    if copies:
+        params["copies"] = copies
     list_path = out / ("videos_urls.csv" if as_urls else "videos.csv")
     stamp = out / "params.json"
     if list_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == params:
@@ -265,6 +306,19 @@ def make_demo_media(
                 "title": f"{kind}: " + ", then ".join(c.title for c in concepts),
                 "hashtags": " ".join(f"#{t}" for t in [kind, *concepts[0].hashtags]),
                 "description": f"Synthetic {kind} of {len(concepts)} scenes, {sum(lengths):g} s.",
+            }
+        )
+    for kind, i in demo_copies(copies):
+        concept = CONCEPTS[i]
+        video = out / f"copy-{kind}-{concept.slug}.mp4"
+        if not video.exists() or not stamp.exists() or json.loads(stamp.read_text()) != params:
+            make_copy(video, concept, kind, seconds=seconds, fps=fps, size=size, seed=i)  # make_clip's k = 0
+        rows.append(
+            {
+                ("url" if as_urls else "path"): video.as_uri() if as_urls else str(video),
+                "title": concept.title,
+                "hashtags": " ".join(f"#{t}" for t in concept.hashtags),
+                "description": f"A {kind} copy of synthetic clip 0 of {concept.title}.",
             }
         )
     stamp.write_text(json.dumps(params))

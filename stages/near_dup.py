@@ -18,8 +18,8 @@ The defaults are sized to the run (``auto_lsh``, ``score.dedup_tables`` / ``dedu
 
 At the default threshold 0.95 (``p`` = 0.899): 1k rows 8 x 8 (recall 0.988), 100k 16 x 14 (0.983),
 1M 22 x 17 (0.980), 10M 35 x 21 (0.981); chance pairs compared in all, ``tables * rows ** 2 / 2 **
-(bits + 1)``: 4.9 M at 100k, 84 M at 1M. At the frame signature's 0.93 (``p`` = 0.880) it takes about
-half as many tables again (100k: 22 x 14, 1M: 33 x 17).
+(bits + 1)``: 4.9 M at 100k, 84 M at 1M. At the frame signature's 0.92 (``p`` = 0.872) it takes about
+half as many tables again (100k: 25 x 14, 1M: 39 x 17).
 (The former fixed 16 x 16 gave 0.96 at 0.95 whatever the size, with 2**-16 chance pairs per table,
 which at 1M rows is 7.6 M per table.) Explicit integers are used as given. The recall assumes
 unrelated embeddings near-orthogonal; a model whose embeddings share a common direction puts more

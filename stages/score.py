@@ -84,7 +84,7 @@ class ScoreConfig(ModelStageConfig):
         "model", description="what dedup compares: the model's clip embedding, or a frame signature"
     )
     dedup_threshold: float = Field(
-        0.95, gt=0, le=1, description="cosine at or above which clips are duplicates (frames: 0.93)"
+        0.95, gt=0, le=1, description="cosine at or above which clips are duplicates (frames: 0.92)"
     )
     dedup_tables: int | Literal["auto"] = Field(
         "auto", description="LSH tables (auto: from the rows, recall >= 0.98 at the threshold)"

@@ -25,7 +25,7 @@ from PIL import Image
 
 from contracts import store
 from contracts.status import FILTERED, OK
-from pipeline.synthetic import CONCEPTS, encode_video, render_frames
+from pipeline.synthetic import CONCEPTS, demo_copies, encode_video, make_demo_media, render_frames
 from stages.backends.frame_signature import frame_signature
 from stages.base import RunContext
 from stages.near_dup import (
@@ -231,7 +231,7 @@ def test_frame_signatures_of_copies_are_close_and_of_other_clips_far(probed, tmp
     sig = {k: frame_signature(r["frames"]) for k, r in probed.items()}
     assert all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in sig.values())
     cos = {k: float(sig["orig"] @ v) for k, v in sig.items() if k != "orig"}
-    assert min(cos["reenc"], cos["small"], cos["trim"]) >= 0.935, cos
+    assert min(cos["reenc"], cos["small"], cos["trim"]) >= 0.925, cos
     assert max(cos[f"other{k}"] for k in (17, 30, 44, 60)) < 0.85, cos
     # a still picture (no trail: the floor keeps JPEG noise from counting) and its MPEG-4 copy; another still
     for name, concept, codec in [
@@ -270,7 +270,7 @@ def statuses(root: Path) -> dict[str, tuple[str, str | None]]:
     "rows, cfg",
     [
         ("scored", ScoreConfig(model="tiny", dedup_threshold=0.99)),
-        ("signed", ScoreConfig(model="tiny", dedup_embedding="frames", dedup_threshold=0.93)),
+        ("signed", ScoreConfig(model="tiny", dedup_embedding="frames", dedup_threshold=0.92)),
     ],
     ids=["model", "frames"],
 )
@@ -316,10 +316,33 @@ def test_rows_without_a_signature_are_left_out_not_a_crash(tmp_path, ray_local, 
         dict(r, **{SIGNATURE: None}) if r["video_id"] in ("clip-reenc", "clip-other17") else r for r in signed
     ]
     write_parts(tmp_path, rows, [3, 5])
-    cfg = ScoreConfig(model="tiny", dedup_embedding="frames", dedup_threshold=0.93)
+    cfg = ScoreConfig(model="tiny", dedup_embedding="frames", dedup_threshold=0.92)
     counts = apply_run_wide_rules(str(tmp_path), "score", cfg)
     got = statuses(tmp_path)
     assert counts["near_duplicates"] == 2 and got["clip-reenc"] == (OK, None)
     assert got["clip-small"][0] == got["clip-trim"][0] == FILTERED
     write_parts(tmp_path / "none", [dict(r, **{SIGNATURE: None}) for r in signed], [4, 4])
     assert apply_run_wide_rules(str(tmp_path / "none"), "score", cfg)["near_duplicates"] == 0
+
+
+def test_the_copies_planted_in_the_demo_media_are_near_duplicates_of_their_sources(tmp_path):
+    """``make_demo_media(copies=3)`` at the demo's sizes (configs/demo.yaml), through probe at its short side:
+    each copy's signature is within the demo's threshold of its source, and no other clip is."""
+    import csv
+
+    listing = make_demo_media(tmp_path, per_concept=1, seconds=2.0, fps=15, size=(320, 240), copies=3)
+    with open(listing) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(CONCEPTS) + 3
+    probe = ProbeStage(ProbeConfig(short_side=128), RunContext(root=""))
+    sig = {
+        Path(r["path"]).stem: frame_signature(
+            probe.process_row({"video_id": "v", "media": r["path"]})["frames"]
+        )
+        for r in rows
+    }
+    for kind, i in demo_copies(3):
+        pair = (f"{CONCEPTS[i].slug}-0", f"copy-{kind}-{CONCEPTS[i].slug}")
+        assert float(sig[pair[0]] @ sig[pair[1]]) >= 0.92, (pair, float(sig[pair[0]] @ sig[pair[1]]))
+        assert max(float(sig[pair[0]] @ v) for k, v in sig.items() if k not in pair) < 0.92
+        (title,) = {r["title"] for r in rows if Path(r["path"]).stem in pair}  # listed as a re-upload
