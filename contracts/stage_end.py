@@ -75,9 +75,7 @@ def end_stage(
     known.update(reported)
     unreported = [n for n in sizes if n not in known]
     stats = {**{n: saved[n] for n in vouched}, **{n: written.entries[n] for n in reported}}
-    read = manifest._each_part(
-        lambda n: manifest.read_ids_and_stats(store.join(out_dir, n), sizes[n]), unreported
-    )
+    read = manifest._each_part(lambda n: _entry_and_hashes(store.join(out_dir, n), sizes[n]), unreported)
     stats.update({n: entry for n, (entry, _) in zip(unreported, read)})
     removed, parts_read = 0, len(unreported)
     if reported or unreported:  # new rows: the check covers every row (vouched parts' ids read)
@@ -86,7 +84,7 @@ def end_stage(
         by_part = [
             *zip(vouched, old),
             *((n, written.hashes()[slice(*written.spans[n])]) for n in reported),
-            *((n, id_hashes(ids)) for n, (_, ids) in zip(unreported, read)),
+            *((n, hashes) for n, (_, hashes) in zip(unreported, read)),
         ]
         del read, old
         suspects = _holding_a_hash_twice(by_part)
@@ -100,6 +98,11 @@ def end_stage(
                     stats[name] = manifest.read_ids_and_stats(uri, _size(uri))[0]
     c = manifest.compact(root, stage, target_bytes, map_groups, stats=stats)
     return {"duplicates_removed": removed, "parts_read": parts_read, **c}
+
+
+def _entry_and_hashes(uri: str, nbytes: int) -> tuple[dict[str, Any], np.ndarray]:
+    entry, ids = manifest.read_ids_and_stats(uri, nbytes)
+    return entry, id_hashes(ids)  # the ids' strings are not kept: 8 bytes a row
 
 
 def _hashes_of(uri: str) -> np.ndarray:

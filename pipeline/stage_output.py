@@ -147,6 +147,7 @@ def finish_output(
     c = end_stage(root, stage.name, int(compact_target_mb * 2**20), written, on_ray)
     if report is not None:
         report.written = Written()  # the hashes are no longer needed: free them before _SUCCESS.json
+    log.debug("[%s] stage end: %s", stage.name, c)
     if c["duplicates_removed"]:
         log.warning(
             "[%s] removed %d duplicate rows left by an earlier, killed run",
