@@ -12,10 +12,11 @@ naming the file and what to do, never a raw Parquet error.
 
 At scale (issue 19) a stage writes one part per ``run.rows_per_part`` rows: 39,000 parts for VIDAL-10M's
 ten million rows at 256 a part, each one listing entry, one footer request and one read task downstream.
-``compact`` merges the small parts into files of about ``run.compact_target_mb`` (the runner calls it at
-every stage end), and ``_parts.json`` beside the parts keeps each part's size, rows, status counts and
-uncompressed column bytes, so that ``_SUCCESS.json``'s totals and the start-up footer check cost one listing
-plus the parts written since, not one read per part. A merge is journalled (``_compact-*.json``: inputs and
+``compact`` merges the small parts into files of about ``run.compact_target_mb`` (at every stage end, by
+``contracts.stage_end``), and ``_parts.json`` beside the parts keeps each part's size, rows, status counts
+and uncompressed column bytes, so that ``_SUCCESS.json``'s totals and the start-up footer check cost one
+listing plus the parts written since, not one read per part; a part's writer can give its entry
+(``write_part_file``), so that not even those are read. A merge is journalled (``_compact-*.json``: inputs and
 output) before its output is written and the journal is removed after its inputs are deleted, so a kill at
 any point is repaired by ``recover_compaction`` (output committed: finish deleting the inputs; else: drop the
 journal) and every row is in exactly one part.
