@@ -316,12 +316,11 @@ def part_timers(paths: list[str]) -> dict[str, Callable[[str], int]]:
     def audio_decoded(path: str, resample: bool = False) -> int:
         with av.open(path, metadata_errors="ignore") as c:
             a = c.streams.audio[0]
-            r = av.AudioResampler(format="s16", layout="mono", rate=16_000, frame_size=16_000)
-            n = 0
+            track, n = media.AudioTrack(16_000), 0
             for packet in c.demux():  # every packet, as probe demuxes; only audio decoded
                 for f in a.codec_context.decode(packet) if packet.stream is a else ():
-                    n += sum(x.samples for x in r.resample(f)) if resample else f.samples
-            return n
+                    n += track.add(f) or f.samples if resample else f.samples
+            return len(track.finish()) if resample else n
 
     return {
         "container open": opened,
