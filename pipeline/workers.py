@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -82,8 +83,23 @@ def release_worker_stage() -> None:
         pass
 
 
+def fit_torch_threads() -> None:
+    """torch's threads to this task's CPUs. Ray sets ``OMP_NUM_THREADS`` from each task's ``num_cpus``,
+    but torch reads it once, at its import: in a reused process, under an earlier stage's task."""
+    torch = sys.modules.get("torch")
+    if torch is None or not ray.is_initialized():
+        return
+    runtime = ray.get_runtime_context()
+    if runtime.worker.mode != ray.WORKER_MODE:  # called in the driver (a plain loop)
+        return
+    threads = max(1, math.floor(runtime.get_assigned_resources().get("CPU", 1.0)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def run_task(batch: pa.Table, name: str, config_json: dict[str, Any], context: RunContext) -> pa.Table:
     stage = worker_stage(name, config_json, context)
+    fit_torch_threads()
     return _checked(stage, stage.process(batch))
 
 

@@ -137,3 +137,25 @@ def test_next_stage_drops_the_previous_stage_instance(tmp_path):
     finally:
         workers.release_worker_stage()
     assert not workers._WORKER_STAGE
+
+
+def _torch_threads(batch: dict) -> dict:
+    import torch  # imported in this worker under whichever task came first
+
+    workers.fit_torch_threads()
+    return {"pid": [os.getpid()] * len(batch["id"]), "threads": [torch.get_num_threads()] * len(batch["id"])}
+
+
+def test_a_reused_process_gives_torch_the_threads_of_its_current_task(ray_local):
+    import ray
+
+    seen = {}
+    for cpus in (1, 2, 1):  # a process that imported torch in a one-CPU task, then serves two-CPU tasks
+        rows = (
+            ray.data.range(4, override_num_blocks=4)
+            .map_batches(_torch_threads, batch_size=1, num_cpus=cpus)
+            .take_all()
+        )
+        assert {r["threads"] for r in rows} == {cpus}, rows
+        seen[cpus] = seen.get(cpus, set()) | {r["pid"] for r in rows}
+    assert seen[1] & seen[2], "no worker process served both task sizes: the case is not exercised"
