@@ -7,7 +7,7 @@ a plain Python loop and run through the real runner on Ray, each at two run leng
 From the two lengths (in batches ``B1 < B2``) each path is fitted as ``time = fixed + B * per_batch``:
 
 - plain loop: ``fixed`` is ``setup()`` (model load), ``per_batch`` the mean ``process()`` time;
-- runner: ``run_stage`` wall time (plan, actor start and ``setup()``, reading upstream manifests,
+- runner: ``run_stage`` wall time (plan, the worker's or GPU actor's ``setup()``, reading upstream manifests,
   writing parts and ``_SUCCESS.json``);
 - reported: the runner's extra fixed start-up cost (seconds) and its marginal overhead per batch
   (ms, and as a fraction of the plain ``per_batch``).
@@ -15,7 +15,7 @@ From the two lengths (in batches ``B1 < B2``) each path is fitted as ``time = fi
 Inputs: the stage's direct upstream manifests, replicated to the requested row counts (video ids
 suffixed ``-rK``) from a source run root. Without ``--source-root`` one is built first by running the
 stage's required upstream stages on a few synthetic demo clips. The plain loop uses as many torch
-threads as the stage's ``num_cpus`` (what Ray gives its actor), so both paths get the same CPU.
+threads as the stage's ``num_cpus`` (what Ray gives its task or actor), so both paths get the same CPU.
 
 Use it from Python as ``measure(stage, overrides, rows=(32, 128))``; it returns the figures as a dict.
 """
