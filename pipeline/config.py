@@ -32,6 +32,7 @@ class DemoMediaConfig(BaseModel):
     size: tuple[int, int] = (320, 240)
     fps: int = Field(15, ge=1)
     long_videos: int = Field(0, ge=0, description="longer videos with scene cuts, for the clip stage")
+    copies: int = Field(0, ge=0, description="re-encoded, resized and trimmed copies, for score.dedup")
 
 
 class RunConfig(BaseModel):

@@ -167,6 +167,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[BaseModel, list[str]]:
             size=tuple(demo.size),
             as_urls=True,
             long_videos=demo.long_videos,
+            copies=demo.copies,
         )
         config.discover.inputs = [*config.discover.inputs, str(demo_list)]  # beside any list added to it
     if current and (remembered is None or added):

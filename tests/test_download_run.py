@@ -144,6 +144,6 @@ def test_the_demo_goes_through_ytdlp_with_file_urls(tmp_path):
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     discover, download = rows_of(root, "discover"), rows_of(root, "download")
-    # 72 concepts and the 4 long videos of demo_media.long_videos (for the clip stage)
-    assert len(download) == 72 + 4 and all(r["url"].startswith("file://") for r in discover.values())
+    # 72 concepts, the 4 long videos of demo_media.long_videos (for the clip stage) and its 3 copies (score.dedup)
+    assert len(download) == 72 + 4 + 3 and all(r["url"].startswith("file://") for r in discover.values())
     assert {(r["status"], r["downloader"]) for r in download.values()} == {("ok", "yt-dlp")}

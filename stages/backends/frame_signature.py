@@ -5,7 +5,7 @@ it; and the demo's ``tiny`` random model puts every clip within cosine 0.99 of e
 signature is computed from the clip's own 8 JPEG frames, no model, and is meant for copies: re-encoded,
 resized or trimmed versions of one video.
 
-Each frame becomes a 32 x 32 RGB thumbnail (JPEG draft decoding at a reduced scale, then a box filter).
+Each frame becomes a 64 x 64 RGB thumbnail (JPEG draft decoding at a reduced scale, then a box filter).
 Two parts, joined with 70 % and 30 % of the weight:
 
 - the **picture**: the mean over the frames of the thumbnails, each with its own per-channel mean
@@ -25,14 +25,15 @@ stream is frozen, so signatures written by different versions of this code and o
 comparable.
 
 Measured (cosines to the original; four synthetic sets like ``tests/test_near_dup.py``'s, probe's frames
-at 64 px short side, and the demo's planted copies at its 128 px): MPEG-4 re-encodes 0.965-0.97,
-copies resized to 5/8 0.985-0.99, copies trimmed by a fifth at either end 0.927-0.966; other renderings
-of the same concept (another size, place and background) at most 0.83; other concepts over the
-identical background up to 0.954 (a shape crossing the same path the other way: a mean does not see
-direction). Over the demo's 297 clips one pair of distinct clips measures 0.922 (a white square on one
-path, going up in one and down in the other) and every other pair under 0.92 (the next 0.9198). Hence ``dedup_threshold`` 0.92
-for this signature; the model's default 0.95 would miss trimmed copies. Cost: about 5 ms of CPU per
-clip.
+at 64 px short side, and the demo's 288 short clips and its 3 planted copies at its 128 px): MPEG-4
+re-encodes 0.967-0.99, copies resized to 5/8 0.981-0.994, copies trimmed by a fifth at either end
+0.933-0.961; distinct clips at most 0.910 (the demo: two renderings of one concept, a yellow square going
+left; next 0.896). 64 px, not 32: at 32 the demo's distinct clips reached 0.924 (renderings of one
+concept, and a white square on one path going up in one clip and down in the other: a mean does not see
+direction) against trimmed copies from 0.927, no threshold between them; at 64 the gap is 0.910-0.933.
+Hence ``dedup_threshold`` 0.92 for this signature (the model's default 0.95 would miss trimmed copies).
+Cost: about 13 ms of CPU per clip at load 6-10 (the 12,291 x 1,024 projection is 50 MB, made once per
+process).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-SIZE = 32  # thumbnail side
+SIZE = 64  # thumbnail side
 DIM = 1024  # signature length after the projection
 FLOOR = 0.02  # RMS (pixel values in 0..1) under which the picture part is not scaled up to unit length
 CAST_FLOOR = 0.1  # length of the colour cast under which it is not scaled up either
@@ -64,8 +65,14 @@ def thumbnails(frames: Sequence[bytes]) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def projection() -> np.ndarray:
-    """``[SIZE * SIZE * 3 + 3, DIM]`` float32, the same in every process and version (legacy stream)."""
-    return np.random.RandomState(SEED).standard_normal((SIZE * SIZE * 3 + 3, DIM)).astype(np.float32)
+    """``[SIZE * SIZE * 3 + 3, DIM]`` float32, the same in every process and version (legacy stream); SIZE and
+    SEED fix it: changing either makes new signatures incomparable with stored ones."""
+    rows, rng = SIZE * SIZE * 3 + 3, np.random.RandomState(SEED)
+    out = np.empty((rows, DIM), dtype=np.float32)
+    for start in range(0, rows, 1024):  # the stream in order, a block at a time: no float64 copy of it all
+        block = out[start : start + 1024]
+        block[:] = rng.standard_normal(block.shape)
+    return out
 
 
 def frame_signature(frames: Sequence[bytes]) -> np.ndarray:
