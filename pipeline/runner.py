@@ -121,7 +121,7 @@ def run_stage(config: BaseModel, name: str, mode: Mode = "resume") -> StageRepor
             )
         finally:
             stage.finish()
-    finish_output(stage, root, config.run.compact_target_mb)
+    finish_output(stage, root, config.run.compact_target_mb, report)
     report.totals = manifest.status_counts(root, name)
     report.wall_s = round(time.time() - started, 3)
     manifest.write_success(root, name, success_summary(report, stage, context, config_json))

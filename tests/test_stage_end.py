@@ -272,3 +272,32 @@ def test_kill_9_during_the_stage_end_then_rerun_keeps_every_id_once(tmp_path, at
     _assert_stats_true(root)
     assert not list((tmp_path / STAGE).glob(f"{manifest.JOURNAL_PREFIX}*"))
     assert c["parts_after"] < 200 // 3
+
+
+def test_the_runner_hands_its_written_parts_to_the_stage_end(tmp_path, ray_local, good_videos, monkeypatch):
+    """Through ``run_pipeline``: every stage's end gets the parts its writers reported and reads none of
+    them for the duplicate check."""
+    from pipeline import stage_output
+    from pipeline.runner import run_pipeline
+    from tests.conftest import write_list
+    from tests.test_pipeline_run import config_for, read_manifest
+
+    stages = ["discover", "download", "probe", "shard"]
+    seen = []
+    real = stage_output.end_stage
+
+    def spy(root, stage, target, written, map_groups):
+        counts = real(root, stage, target, written, map_groups)
+        seen.append((stage, len(written.entries) if written else 0, counts))
+        return counts
+
+    monkeypatch.setattr(stage_output, "end_stage", spy)
+    rows = [{"path": str(p), "title": p.stem, "hashtags": ""} for p in good_videos[:4]]
+    root = tmp_path / "root"
+    run_pipeline(config_for(root, write_list(tmp_path / "videos.csv", rows)), stages)
+    assert [s for s, _, _ in seen] == stages
+    for stage, reported, counts in seen:
+        assert reported > 0 and counts["parts_read"] == 0 and counts["duplicates_removed"] == 0, stage
+    for s in stages[1:]:
+        ids = [r["video_id"] for r in read_manifest(root, s)]
+        assert len(ids) == len(set(ids)) == 4
