@@ -139,10 +139,11 @@ def prepare_output(root: str, name: str, mode: Mode) -> None:
 def finish_output(
     stage: Stage, root: str, compact_target_mb: float, report: StageReport | None = None
 ) -> None:
-    """After the plan: publish-side repairs, duplicates of a killed run removed, small parts merged and
+    """After the plan: publish-side repairs, the stage's run-wide rules, duplicates of a killed run removed, small parts merged and
     the per-part statistics written (what ``_SUCCESS.json`` counts from), in one read of each part this
     run wrote (``contracts.stage_end``; without ``report``, the parts its writers reported are read too)."""
     log_repairs(stage.name, stage.reconcile())
+    stage.after_plan()  # run-wide rules (score): the parts they rewrite are read below as unreported
     written = report.written if report is not None else None
     c = end_stage(root, stage.name, int(compact_target_mb * 2**20), written, on_ray)
     if report is not None:

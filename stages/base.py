@@ -164,6 +164,12 @@ class Stage:
         kills and retries. Returns counts of what it repaired; by default nothing to do."""
         return {}
 
+    def after_plan(self) -> None:
+        """On the driver, once the plan has run (or found nothing left to do), before the stage end's
+        duplicate check and compaction: rules that need every row of the run rewrite its manifest here
+        (score's percentile and near-duplicates); their counts go in ``summary()``. Must give the same
+        result when repeated (a killed run's rerun calls it again). By default nothing."""
+
     @classmethod
     def plan_upstream(cls, config: Any, present: list[str]) -> tuple[list[str], list[str]]:
         """(required, optional) upstream stages for this run, given those with output under the root."""

@@ -9,7 +9,7 @@ describes one frame, but the mean keeps one score per field whatever the model).
 ``score_<field>``; a field without text in a row scores null. A row whose ``score.filter_field``
 scores below ``score.min_similarity`` is ``filtered`` here, with its score in the reason.
 
-Run-wide rules need every row first, so they run on the driver at the stage's end (``reconcile``, which
+Run-wide rules need every row first, so they run on the driver at the stage's end (``after_plan``, which
 the runner calls after the plan, after a killed run's rerun, and on a rerun with nothing left to do):
 
 - ``score.keep_percentile``: rows whose filter score is below that percentile of the run's scores are
@@ -161,7 +161,6 @@ class ScoreStage(Stage):
 
     def __init__(self, config: ScoreConfig, context: Any):
         super().__init__(config, context)
-        self._reconciles = 0
         self._pass: dict[str, int] = {}
 
     def models(self) -> dict[str, str]:
@@ -237,13 +236,9 @@ class ScoreStage(Stage):
         return self.rows_to_table(out)
 
     # -- the run-wide pass, on the driver ------------------------------------------------------------
-    def reconcile(self) -> dict[str, int]:
-        self._reconciles += 1
-        if self._reconciles % 2:  # the runner's first call is before the plan: the rows are not all there
-            return {}
+    def after_plan(self) -> None:
         self._pass = apply_run_wide_rules(self.context.root, self.name, self.config)
-        log.info("[%s] run-wide rules: %s", self.name, self._pass)
-        return {}  # not repairs: the counts go into _SUCCESS.json (summary)
+        log.info("[%s] run-wide rules: %s", self.name, self._pass)  # _SUCCESS.json has them (summary)
 
     def summary(self) -> dict[str, Any]:
         return {"run_wide": self._pass} if self._pass else {}
