@@ -1,11 +1,11 @@
 """What runs inside the Ray workers of a stage's plan, and how a stage is placed on them.
 
 Stages run as Ray Data tasks on Ray's worker processes, which Ray reuses from task to task and from one
-stage's plan to the next. A process keeps one stage instance at a time (``setup()`` once per process
-and stage): a model stage's first batch in a process drops the instance of the stage it served before,
-so the heavy imports (torch, transformers: 1-5 s) are paid once per process for the whole run and the
-models do not pile up across stages. A model stage's ``actors: [min, max]`` bounds how many of its
-tasks run at once (``max``), as it bounded its pool.
+stage's plan to the next. A process builds a stage's instance on its first batch there (``setup()``
+once per process and stage) and holds at most one model stage's: the next stage's first batch drops the
+model the process served before, so the heavy imports (torch, transformers: 1-5 s) are paid once per
+process for the whole run and the models do not pile up across stages. A model stage's
+``actors: [min, max]`` bounds how many of its tasks run at once (``max``), as it bounded its pool.
 
 Stages that ask for a GPU keep an actor pool per stage (``setup()`` once per actor, ``num_gpus`` from
 config): Ray gives a GPU task a fresh process (``max_calls=1``), because the device a process sees
@@ -36,9 +36,9 @@ from stages.base import Resources, RunContext, Stage
 
 log = logging.getLogger("vidal")
 
-# the stage this process serves now (at most one): the run's context is in the key, so a stage of another
-# run (another root or lock token) on the same cluster never gets this one's instance
-_WORKER_STAGE: dict[tuple[str, RunContext], Stage] = {}
+# this process's stage instances: of one run at a time (the run's context is in the key, so a stage of another
+# run on the same cluster never gets this one's instance), with at most one model stage among them
+_WORKER_STAGES: dict[tuple[str, RunContext], Stage] = {}
 _DONE_IDS: dict[str, DoneIds | PendingIds] = {}  # the current stage's, zero-copy from the object store
 
 
@@ -58,21 +58,29 @@ def _checked(stage: Stage, out: pa.Table) -> pa.Table:
 
 
 def worker_stage(name: str, config_json: dict[str, Any], context: RunContext) -> Stage:
-    """This process's instance of the stage, built (``setup()``) on its first batch here, after the
-    instance of the stage the process served before is dropped."""
+    """This process's instance of the stage, built (``setup()``) on its first batch here. Building one
+    first drops the model stage the process served before, and any stage of another run: a process holds
+    at most one model, while the light stages' instances (clients, caches) stay for the run."""
     key = (name, context)
-    stage = _WORKER_STAGE.get(key)
+    stage = _WORKER_STAGES.get(key)
     if stage is None:
-        release_worker_stage()
-        stage = _WORKER_STAGE[key] = _make_stage(name, config_json, context)
+        release_worker_stages(keep=context)
+        stage = _WORKER_STAGES[key] = _make_stage(name, config_json, context)
     return stage
 
 
-def release_worker_stage() -> None:
-    """Drop the stage instance this process holds and give its memory back (its models, their tensors)."""
-    if not _WORKER_STAGE:
+def release_worker_stages(keep: RunContext | None = None) -> None:
+    """Drop this process's model stage instances and those of another run than ``keep``'s (its root and
+    lock token; every instance without it), and give a dropped model's memory back (its tensors, the
+    heap pages they used)."""
+    run = None if keep is None else (keep.root, keep.run_token)
+    dropped = [k for k, s in _WORKER_STAGES.items() if s.uses_model or (k[1].root, k[1].run_token) != run]
+    models = any(_WORKER_STAGES[k].uses_model for k in dropped)
+    for k in dropped:
+        del _WORKER_STAGES[k]
+    if not models:  # light instances go by reference counting; a full collection with torch and
+        # transformers imported costs ~0.1 s of CPU (235k objects)
         return
-    _WORKER_STAGE.clear()
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():

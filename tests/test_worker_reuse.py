@@ -1,6 +1,7 @@
 """Model stages without a GPU run on Ray's reused worker processes (issue 18): in one run, the same worker
-process serves several model stages and imports torch once, and a process keeps one stage instance at a
-time, so the previous stage's models do not pile up.
+process serves several model stages and imports torch once; a process holds at most one model stage's
+instance (the next stage's first batch frees the previous model), so models do not pile up across stages,
+and torch gets the threads of the process's current task.
 
 Which process imported what is observed from outside the code under test: the driver runs with a
 ``sitecustomize`` (on ``PYTHONPATH``, inherited by the local Ray instance's workers) that appends a
@@ -109,34 +110,50 @@ def test_model_stages_share_worker_processes_and_import_torch_once(tmp_path):
     assert 1 <= len(with_torch) <= 2 < len(MODEL_STAGES), seen
 
 
-def test_next_stage_drops_the_previous_stage_instance(tmp_path):
+def test_a_process_holds_one_model_stage_and_keeps_the_light_ones(tmp_path):
     root = tmp_path / "root"
     make_probe_root(root, n=2, jpeg_size=(64, 48))
-    batch = pq.read_table(manifest.part_files(str(root), "probe")).select(["video_id", "frames"])
-    config = load_config(REPO / "configs" / "demo.yaml", [f"run.root={root}", "run.demo_media="])
+    probe = pq.read_table(manifest.part_files(str(root), "probe"))
+    overrides = [
+        f"run.root={root}",
+        "run.demo_media=",
+        "clip.motion=false",
+        "clip.min_motion=null",
+    ]  # clip: short rows pass through
+    config = load_config(REPO / "configs" / "demo.yaml", overrides)
 
     def call(stage: str, context_root: Path = root):
         section = getattr(config, stage)
         context = RunContext(root=str(context_root), stage_config_hash=section_hash(section))
+        batch = probe if stage == "clip" else probe.select(["video_id", "frames"])
         out = workers.run_task(batch, stage, section.model_dump(mode="json"), context)
-        assert out["status"].to_pylist() == ["ok", "ok"]
-        (instance,) = workers._WORKER_STAGE.values()  # one instance per process at a time
-        return instance
+        assert out["status"].to_pylist() == ["ok", "ok"], out["error"].to_pylist()
+        return workers._WORKER_STAGES[(stage, context)]
+
+    def held() -> list[str]:
+        return sorted(name for name, _ in workers._WORKER_STAGES)
 
     try:
         depth = call("depth")
         assert call("depth") is depth  # setup() once per process and stage
         gone = [weakref.ref(depth), weakref.ref(depth.net), weakref.ref(depth.net.model)]
         del depth
-        infrared = call("infrared")
-        gc.collect()
+        infrared = call("infrared")  # the next model stage: the previous one's model is freed first
+        assert held() == ["infrared"]
         assert [r() for r in gone] == [None, None, None], "the depth stage's model outlived it"
-        # the same stage for another run root is another instance (the context is part of the key)
-        other = call("infrared", tmp_path / "other-root")
-        assert other is not infrared and other.context.root.endswith("other-root")
+        gone = [weakref.ref(infrared), weakref.ref(infrared.net)]
+        del infrared
+        clip = call("clip")  # a light stage after a model stage: the model goes too
+        gc.collect()
+        assert held() == ["clip"] and [r() for r in gone] == [None, None]
+        call("depth")
+        assert call("clip") is clip and held() == ["clip", "depth"]  # light instances stay for the run
+        # another run root on the same cluster: its own instances, the other run's dropped
+        other = call("clip", tmp_path / "other-root")
+        assert other is not clip and other.context.root.endswith("other-root") and held() == ["clip"]
     finally:
-        workers.release_worker_stage()
-    assert not workers._WORKER_STAGE
+        workers.release_worker_stages()
+    assert not workers._WORKER_STAGES
 
 
 def _torch_threads(batch: dict) -> dict:
