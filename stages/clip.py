@@ -37,7 +37,7 @@ from contracts.encodings import encode_flac, encode_jpeg
 from contracts.shard_format import NUM_FRAMES, SAMPLE_RATE
 from contracts.status import FILTERED, OK
 from stages.base import RowError, RowFiltered, Stage, StageConfig, run_isolated
-from stages.media.decode import FrameConverter, MediaError, open_media, target_times
+from stages.media.decode import AudioTrack, FrameConverter, MediaError, open_media, target_times
 from stages.media.scenes import ANALYSIS_SHORT_SIDE, CutDetector, MotionMeter
 from stages.probe import ProbeStage
 
@@ -154,12 +154,7 @@ def scan_video(
         )  # frames drained at the end carry no time base of their own
         every = max(1, int(fps // GRID_HZ))
         small_of, full_of = FrameConverter(ANALYSIS_SHORT_SIDE), FrameConverter(short_side)
-        resampler = (
-            av.AudioResampler(format="s16", layout="mono", rate=audio_rate, frame_size=audio_rate)
-            if a_s
-            else None
-        )
-        audio: list[np.ndarray] = []
+        audio = AudioTrack(audio_rate) if a_s else None
         audio_start: float | None = None
         n = 0
         try:
@@ -167,7 +162,7 @@ def scan_video(
                 if packet.stream is a_s:
                     for af in a_s.codec_context.decode(packet if packet.size else None):
                         audio_start = af.time if audio_start is None and af.time is not None else audio_start
-                        audio += [r.to_ndarray().reshape(-1) for r in resampler.resample(af)]
+                        audio.add(af)
                     continue
                 for f in vs.codec_context.decode(packet if packet.size else None):
                     seg.push((f.pts or 0) * tb, small_of(f), lambda f=f: full_of(f), n % every == 0)
@@ -177,9 +172,7 @@ def scan_video(
         if not n:
             raise MediaError("no video frames could be decoded")
         seg.close(seg.last_t + 1.0 / fps)
-        if resampler is not None and audio:
-            audio += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
-    samples = np.concatenate(audio).astype(np.int16) if audio else None
+        samples = audio.finish() if audio is not None else None  # the resampler's tail too (under 1 s)
     return seg.clips, samples, audio_start or 0.0
 
 

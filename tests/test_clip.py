@@ -168,6 +168,19 @@ def test_long_video_without_cuts_split_at_fixed_stride(tmp_path):
     assert [(round(r["start"], 1), round(r["end"], 1)) for r in clips] == [(0, 12), (12, 24)]
 
 
+def test_audio_shorter_than_a_second_is_kept(tmp_path):
+    """The resampler hands out one-second frames: under a second of audio comes out only when it is
+    flushed, which the clip stage once skipped (``has_audio`` false)."""
+    t = np.arange(round(0.6 * RATE)) / RATE
+    sound = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    encode_video(tmp_path / "short-sound.mp4", scene(61, 20 * FPS), FPS, sound)
+    first, *others, parent = run_clip([probe_row(tmp_path / "short-sound.mp4", "s")], max_duration=8)
+    assert parent["status"] == FILTERED and first["has_audio"]
+    samples, rate = decode_flac(first["audio"])
+    assert abs(len(samples) / rate - 0.6) < 0.05 and abs(dominant_hz(samples[400:-400], rate) - 440) < 10
+    assert others and not any(r["has_audio"] for r in others)  # no sound after 0.6 s
+
+
 def test_every_clip_lasts_min_to_max_and_starts_at_a_cut_or_a_stride(cut_videos):
     path, cuts = cut_videos[0]
     *clips, parent = run_clip([probe_row(path, "v")], max_duration=1.5, min_duration=1.0)
