@@ -163,10 +163,12 @@ def measure(config: str, videos: int, repeat: int, overrides: list[str]) -> dict
         instance = cls(section, RunContext(root=root))
 
         def bookkeeping(stage: Any = instance, name: str = name) -> None:
-            # what a rerun that skips the plan still does: reconcile twice, dedupe, count (a projection)
+            # what a rerun that skips the plan still does: reconcile twice, the run-wide rules, dedupe,
+            # count (a projection)
             stage.reconcile()
             manifest.drop_transient_failures(root, name)
             stage.reconcile()
+            stage.after_plan()
             manifest.dedupe(root, name)
             manifest.status_counts(root, name)
 

@@ -1,6 +1,6 @@
 """The stage interface: what every pipeline stage is, independent of how the runner executes it.
 
-A stage is a small class. The runner (``pipeline.runner``) builds one instance per Ray actor or task,
+A stage is a small class. The runner (``pipeline.runner``) builds one instance per Ray actor or worker process,
 calls ``setup()`` once and ``process(batch)`` per batch. ``process`` gets a ``pyarrow.Table`` with the
 columns in ``reads`` (from the ``ok`` rows of the ``upstream`` stages joined on ``video_id``) and
 returns a table with ``video_id``, ``status``, ``error`` and the columns of ``schema``. One bad row
@@ -35,7 +35,10 @@ class StageConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="rows per call of process()")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per task or actor")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions share a GPU)")
-    actors: tuple[int, int] = Field((1, 1), description="actor pool (min, max) for model stages")
+    actors: tuple[int, int] = Field(
+        (1, 1),
+        description="model stages: a GPU stage's actor pool (min, max); without a GPU, max bounds its tasks at once",
+    )
 
     # Validators, not Field bounds, so that a subclass that changes a default keeps the check.
     @field_validator("batch_size")
@@ -96,7 +99,8 @@ class ModelStageConfig(StageConfig):
 
 @dataclass(frozen=True)
 class Resources:
-    """How the runner should schedule a stage: tasks for I/O stages, an actor pool for model stages."""
+    """How the runner should schedule a stage: ``actors`` set for model stages (an actor pool when they ask
+    for a GPU, else tasks at most ``actors[1]`` at a time, ``pipeline.workers``), None for I/O stages."""
 
     batch_size: int = 16
     num_cpus: float = 1.0
@@ -121,7 +125,7 @@ class Stage:
     optional_upstream: ClassVar[tuple[str, ...]] = ()  # left-joined when present in the run
     reads: ClassVar[tuple[str, ...] | None] = ("video_id",)  # None: every upstream column
     schema: ClassVar[pa.Schema] = pa.schema([])  # output columns besides video_id/status/error
-    uses_model: ClassVar[bool] = False  # True: run on an actor pool, setup() once per actor
+    uses_model: ClassVar[bool] = False  # True: actors bound it (pool with a GPU); setup() once per process
     Config: ClassVar[type[StageConfig]] = StageConfig
 
     def __init__(self, config: StageConfig, context: RunContext):
@@ -130,7 +134,7 @@ class Stage:
 
     # -- what subclasses implement -------------------------------------------------------------
     def setup(self) -> None:
-        """Load models or open clients; called once per actor (or task) before any batch."""
+        """Load models or open clients; called once per actor or worker process before its first batch."""
 
     def process(self, batch: pa.Table) -> pa.Table:
         """Turn an input batch into output rows; by default one ``process_row`` call per row."""
@@ -204,7 +208,7 @@ class Stage:
         return pa.Table.from_pydict(columns, schema=schema)
 
     def resources(self) -> Resources:
-        """Scheduling from config: an actor pool when the stage loads a model, else tasks."""
+        """Scheduling from config: the actors bound when the stage loads a model, else free tasks."""
         c = self.config
         actors = tuple(c.actors) if self.uses_model else None
         return Resources(c.batch_size, c.num_cpus, c.num_gpus, actors)

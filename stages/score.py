@@ -1,6 +1,6 @@
 """Score stage: how well each clip matches its own texts, and which clips are near-duplicates of others.
 
-Per row (on an actor pool, like the other model stages): the clip's embedding from ``score.model`` (the
+Per row (on the model stages' workers: an actor pool with a GPU, reused task processes without): the clip's embedding from ``score.model`` (the
 video tower over its frames; for ``hf:`` CLIP, the mean of its per-frame image embeddings) and the
 cosine similarity with each text field in ``score.fields``: ``raw`` (the source's title), ``mplug``,
 ``polish_mplug``, and ``ofa``, whose 8 per-frame captions are embedded one by one and averaged (then

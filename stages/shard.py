@@ -217,7 +217,7 @@ class ShardStage(Stage):
     optional_upstream = ("discover", "download", "caption", "asr", "enhance", "depth", "infrared", "score")
     reads = None
     Config = ShardConfig
-    uses_model = True  # one writer actor (config: shard.actors) bounds the samples held in memory
+    uses_model = True  # one writer at a time (shard.actors max) bounds the samples held in memory
     schema = pa.schema([("shard", pa.string()), ("bytes", pa.int64())])
     config: ShardConfig
 
