@@ -58,6 +58,12 @@ class RunConfig(BaseModel):
         description="at each stage end, manifest parts under half this size (MiB) are merged into parts "
         "of about this size; 0 keeps the parts as written",
     )
+    reuse_workers: bool = Field(
+        True,
+        description="model stages without a GPU run as tasks on Ray's reused worker processes (torch "
+        "imported once per process for the run); false: an actor pool per stage, the model loaded in "
+        "at most actors[1] processes",
+    )
     progress_interval_s: float = Field(10.0, gt=0)
     stall_timeout_s: float = Field(
         600,

@@ -182,7 +182,7 @@ def _execute(
     # Blocks of at most rows_per_part rows: a task's output reaches the manifest when the task ends,
     # so this bounds what a killed run loses, and it spreads small runs over all workers.
     ds = ds.repartition(target_num_rows_per_block=config.run.rows_per_part)
-    ds, waits_for, per = apply_stage(ds, stage, config_json, context)
+    ds, waits_for, per = apply_stage(ds, stage, config_json, context, config.run.reuse_workers)
     ds = ds.map_batches(
         write_part,
         batch_size=config.run.rows_per_part,

@@ -180,13 +180,18 @@ def fit_tasks(res: Resources, cluster: dict[str, float], stage: str) -> Resource
 
 
 def apply_stage(
-    ds: ray.data.Dataset, stage: Stage, config_json: dict[str, Any], context: RunContext
+    ds: ray.data.Dataset,
+    stage: Stage,
+    config_json: dict[str, Any],
+    context: RunContext,
+    reuse_workers: bool = True,
 ) -> tuple[ray.data.Dataset, dict[str, float], str]:
     """The plan with the stage's processing added: (plan, the resources one worker waits for, "actor" or
     "task"), the last two for the stall message. GPU stages run on an actor pool, the others as tasks
-    on the cluster's reused worker processes (a model stage's tasks bounded by its ``actors`` maximum)."""
+    on the cluster's reused worker processes (a model stage's tasks bounded by its ``actors`` maximum);
+    without ``reuse_workers`` (``run.reuse_workers: false``) every model stage gets its actor pool."""
     res = stage.resources()
-    pool = bool(res.actors and res.num_gpus)
+    pool = bool(res.actors and (res.num_gpus or not reuse_workers))
     cluster = ray.cluster_resources()
     res = fit_actor_pool(res, cluster, stage.name) if pool else fit_tasks(res, cluster, stage.name)
     kwargs = {"name": stage.name, "config_json": config_json, "context": context}

@@ -18,6 +18,7 @@ import weakref
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from contracts import manifest
 from pipeline import workers
@@ -72,7 +73,9 @@ def imports_by_process(log_dir: Path) -> dict[int, collections.Counter]:
     return {int(p.stem): collections.Counter(p.read_text().split()) for p in log_dir.glob("*.log")}
 
 
-def test_model_stages_share_worker_processes_and_import_torch_once(tmp_path):
+@pytest.mark.parametrize("reuse", [True, False], ids=["reused", "pool-per-stage"])
+def test_model_stages_share_worker_processes_and_import_torch_once(tmp_path, reuse):
+    """And with ``run.reuse_workers: false``, each model stage gets its own actor pool, as before."""
     root = tmp_path / "root"
     ids = make_probe_root(root, n=6, jpeg_size=(64, 48))
     hook, logs = tmp_path / "hook", tmp_path / "imports"
@@ -86,7 +89,12 @@ def test_model_stages_share_worker_processes_and_import_torch_once(tmp_path):
         "VIDAL_IMPORT_LOG": str(logs),
     }
     args = [sys.executable, "pipeline/run.py", "--config", "configs/demo.yaml", "--root", str(root)]
-    for kv in (f"run.stages=[{','.join(MODEL_STAGES)}]", "run.ray_address=local", "run.num_cpus=2"):
+    for kv in (
+        f"run.stages=[{','.join(MODEL_STAGES)}]",
+        "run.ray_address=local",
+        "run.num_cpus=2",
+        f"run.reuse_workers={str(reuse).lower()}",
+    ):
         args += ["--set", kv]
     driver = subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -101,12 +109,14 @@ def test_model_stages_share_worker_processes_and_import_torch_once(tmp_path):
     assert seen.pop(driver.pid, None), "the hook did not run in the driver"  # the driver plans every stage
     served = {pid: {s for s in MODEL_STAGES if c[f"stages.{s}"]} for pid, c in seen.items()}
     assert set().union(*served.values()) == set(MODEL_STAGES), served
-    # one process served two or more of the model stages: its heavy imports were paid once for them
-    assert max(len(s) for s in served.values()) >= 2, served
     with_torch = [pid for pid, c in seen.items() if c["torch"]]
     assert all(seen[pid]["torch"] == 1 for pid in with_torch)
-    # a fresh pool per stage imported torch in one new process per stage; reused workers: at most one
-    # per CPU of the instance
+    if not reuse:  # a fresh one-actor pool per stage: one new process per stage, torch imported in each
+        assert sorted(len(s) for s in served.values() if s) == [1, 1, 1] and len(with_torch) == 3, served
+        return
+    # one process served two or more of the model stages: its heavy imports were paid once for them
+    assert max(len(s) for s in served.values()) >= 2, served
+    # reused workers: at most one per CPU of the instance
     assert 1 <= len(with_torch) <= 2 < len(MODEL_STAGES), seen
 
 
