@@ -24,7 +24,8 @@ half as many tables again (100k: 25 x 14, 1M: 39 x 17).
 which at 1M rows is 7.6 M per table.) Explicit integers are used as given. The recall assumes
 unrelated embeddings near-orthogonal; a model whose embeddings share a common direction puts more
 unrelated pairs in each bucket (more work, the same recall). Measured (``bench/bench_score.py``):
-1M 768-d rows in 143 s on 2 CPUs with 24 x 20, 100k in 7-9 s with 16 x 16 (bench/RESULTS.md).
+1M 768-d rows in 108 s on 2 CPUs with the auto 22 x 17 (0.9985 of planted copies found), 100k in 3.7-6.5 s
+with 16 x 14, on the quiet machine (bench/RESULTS.md).
 
 Memory: tables are processed in rounds of ``tables_per_round``. In a round each part of the input is
 read by one task, which sends each row (its float16 embedding) to the partition its key hashes to; one
