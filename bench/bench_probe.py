@@ -58,6 +58,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.synthetic import CONCEPTS, make_clip  # noqa: E402
 from stages.base import RunContext  # noqa: E402
 from stages.media import decode as media  # noqa: E402
+from stages.media.audio import AudioTrack  # noqa: E402
 from stages.media.decode import target_times  # noqa: E402
 from stages.probe import ProbeStage  # noqa: E402
 
@@ -316,7 +317,7 @@ def part_timers(paths: list[str]) -> dict[str, Callable[[str], int]]:
     def audio_decoded(path: str, resample: bool = False) -> int:
         with av.open(path, metadata_errors="ignore") as c:
             a = c.streams.audio[0]
-            track, n = media.AudioTrack(16_000), 0
+            track, n = AudioTrack(16_000), 0
             for packet in c.demux():  # every packet, as probe demuxes; only audio decoded
                 for f in a.codec_context.decode(packet) if packet.stream is a else ():
                     n += track.add(f) or f.samples if resample else f.samples

@@ -37,7 +37,8 @@ from contracts.encodings import encode_flac, encode_jpeg
 from contracts.shard_format import NUM_FRAMES, SAMPLE_RATE
 from contracts.status import FILTERED, OK
 from stages.base import RowError, RowFiltered, Stage, StageConfig, run_isolated
-from stages.media.decode import AudioTrack, FrameConverter, MediaError, open_media, target_times
+from stages.media.audio import AudioTrack
+from stages.media.decode import FrameConverter, MediaError, open_media, target_times
 from stages.media.scenes import ANALYSIS_SHORT_SIDE, CutDetector, MotionMeter
 from stages.probe import ProbeStage
 

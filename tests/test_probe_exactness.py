@@ -168,7 +168,7 @@ def per_frame_resample(frames: list[av.AudioFrame], rate: int) -> np.ndarray:
 )
 def test_chunked_audio_is_the_per_frame_resample(fmt, layout, in_rate, n_frames):
     """``AudioTrack`` resamples decoded frames in chunks: the samples must be one call per frame's."""
-    from stages.media.decode import AudioTrack
+    from stages.media.audio import AudioTrack
 
     rng, frames = np.random.default_rng(n_frames), []
     channels = 2 if layout == "stereo" else 1
