@@ -153,7 +153,7 @@ class ScoreStage(Stage):
             ("score_model", pa.string()),
             ("score_rule", pa.string()),  # the rule that filtered the row, null when kept
             (EMBEDDING, pa.binary()),  # float16 little-endian, the model's embedding size
-            (SIGNATURE, pa.binary()),  # float16 little-endian, 512: only with dedup_embedding frames
+            (SIGNATURE, pa.binary()),  # float16 little-endian, frame_signature.DIM: only with dedup_embedding frames
             (LENGTH, pa.float64()),  # seconds: the longest of a group of duplicates stays
         ]
     )
@@ -300,11 +300,10 @@ def apply_run_wide_rules(root: str, stage: str, c: ScoreConfig) -> dict[str, int
     if c.dedup:
         candidates = np.flatnonzero(new_status == OK)
         if len(candidates) > 1:
-            readers = []
+            readers, column = [], DEDUP_COLUMNS[c.dedup_embedding]
             for k, uri in enumerate(parts):
                 mine = candidates[(candidates >= firsts[k]) & (candidates < firsts[k + 1])] - firsts[k]
                 if len(mine):
-                    column = DEDUP_COLUMNS[c.dedup_embedding]
                     readers.append(partial(read_part_embeddings, uri, column, mine, int(firsts[k])))
             lsh = c.lsh(len(candidates))
             a, b, sims = find_pairs(readers, len(candidates), lsh)
