@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 import contracts
@@ -58,24 +59,23 @@ def write_part(batch: pa.Table, root: str, stage: str, token: str | None = None)
         raise lock.RootLocked(f"[{stage}] the lock on {root} was taken over by another driver; not writing")
     uri = manifest.new_part_uri(root, stage)
     entry = manifest.write_part_file(uri, batch)
-    statuses = batch["status"].to_pylist()
     reasons = collections.Counter()
     example: dict[tuple[str, str], str] = {}
-    for vid, status, err in zip(batch["video_id"].to_pylist(), statuses, batch["error"].to_pylist()):
-        if status != OK:
-            k = (status, err or "")
-            reasons[k] += 1
-            example.setdefault(k, vid)
-    c = collections.Counter(statuses)
+    # the entry counted each status; the reasons need only the rows that are not ok
+    not_ok = batch.filter(pc.fill_null(pc.not_equal(batch["status"], OK), True))
+    for vid, status, err in zip(*(not_ok[c].to_pylist() for c in ("video_id", "status", "error"))):
+        k = (status, err or "")
+        reasons[k] += 1
+        example.setdefault(k, vid)
     return pa.table(
         {
             "part": [uri.rsplit("/", 1)[1]],
             "entry": [json.dumps(entry)],
             "hashes": pa.array([id_hashes(batch["video_id"]).tobytes()], pa.binary()),
             "rows": [len(batch)],
-            OK: [c[OK]],
-            FAILED: [c[FAILED]],
-            FILTERED: [c[FILTERED]],
+            OK: [entry[OK]],
+            FAILED: [entry[FAILED]],
+            FILTERED: [entry[FILTERED]],
             "reasons": [
                 [
                     {"status": s, "reason": r, "count": n, "example": example[(s, r)]}
