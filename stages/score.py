@@ -153,7 +153,7 @@ class ScoreStage(Stage):
             ("score_model", pa.string()),
             ("score_rule", pa.string()),  # the rule that filtered the row, null when kept
             (EMBEDDING, pa.binary()),  # float16 little-endian, the model's embedding size
-            (SIGNATURE, pa.binary()),  # float16 little-endian, frame_signature.DIM: only with dedup_embedding frames
+            (SIGNATURE, pa.binary()),  # float16 LE, frame_signature.DIM: only with dedup_embedding frames
             (LENGTH, pa.float64()),  # seconds: the longest of a group of duplicates stays
         ]
     )
